@@ -1,0 +1,233 @@
+//! The server's replies: `error` and `ack` frames, and the error body they share.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::code::ErrorCode;
+use crate::envelope::{Parts, encode_parts};
+use crate::types;
+
+/// An error as it travels on the wire: a stable code, a human message, and optional
+/// structured details (for example the failing field paths).
+///
+/// ```
+/// use switchboard_proto::{ErrorBody, ErrorCode};
+/// let e = ErrorBody::new(ErrorCode::UnknownType, "no handler for `dance`");
+/// assert_eq!(e.code, "UNKNOWN_TYPE");
+/// assert_eq!(e.known_code(), Some(ErrorCode::UnknownType));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The UPPER_SNAKE error code: one of [`ErrorCode`] or an application's own.
+    pub code: Cow<'static, str>,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Structured context, for programs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}
+
+impl ErrorBody {
+    /// An error with one of switchboard's own codes.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            code: Cow::Borrowed(code.as_str()),
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// An error with an application-defined code, e.g. `"USER_NOT_FOUND"`.
+    pub fn custom(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            code: code.into(),
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// Adds structured details.
+    pub fn with_details(mut self, details: serde_json::Value) -> ErrorBody {
+        self.details = Some(details);
+        self
+    }
+
+    /// The code as a known [`ErrorCode`], if it is one.
+    pub fn known_code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_wire(&self.code)
+    }
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ErrorBody {}
+
+/// The status of an acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    /// The message was handled; `result` holds the handler's return value, if any.
+    Ok,
+    /// The message failed; `code` and `message` say why.
+    Error,
+}
+
+/// The payload of an `ack` frame, as a client reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The `ref` of the acknowledged message.
+    #[serde(rename = "ref")]
+    pub ref_id: String,
+    /// Whether it succeeded.
+    pub status: AckStatus,
+    /// The handler's return value (status `ok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// The error code (status `error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The error message (status `error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Error details (status `error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}
+
+impl Ack {
+    /// The result, or the error this ack reports.
+    pub fn into_result(self) -> Result<Option<serde_json::Value>, ErrorBody> {
+        match self.status {
+            AckStatus::Ok => Ok(self.result),
+            AckStatus::Error => Err(ErrorBody {
+                code: Cow::Owned(
+                    self.code
+                        .unwrap_or_else(|| ErrorCode::HandlerError.as_str().to_owned()),
+                ),
+                message: self.message.unwrap_or_default(),
+                details: self.details,
+            }),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AckOut<'a> {
+    #[serde(rename = "ref")]
+    ref_id: &'a str,
+    status: AckStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a RawValue>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    error: Option<&'a ErrorBody>,
+}
+
+fn frame(kind: &str, payload: &impl Serialize) -> String {
+    // Payloads built here are structs of strings and JSON values: serializing cannot fail.
+    let payload = serde_json::value::to_raw_value(payload).unwrap_or_else(|_| unreachable!());
+    encode_parts(&Parts {
+        kind,
+        payload: &payload,
+        ref_id: None,
+        room: None,
+        to: None,
+        from: None,
+    })
+}
+
+/// `{"type":"ack","payload":{"ref":…,"status":"ok","result":…}}`; `result` is left out
+/// when the handler returned nothing.
+///
+/// ```
+/// let frame = switchboard_proto::ack_ok("m1", None);
+/// assert_eq!(frame, r#"{"type":"ack","payload":{"ref":"m1","status":"ok"}}"#);
+/// ```
+pub fn ack_ok(ref_id: &str, result: Option<&RawValue>) -> String {
+    frame(
+        types::ACK,
+        &AckOut {
+            ref_id,
+            status: AckStatus::Ok,
+            result,
+            error: None,
+        },
+    )
+}
+
+/// `{"type":"ack","payload":{"ref":…,"status":"error","code":…,"message":…}}`.
+pub fn ack_error(ref_id: &str, error: &ErrorBody) -> String {
+    frame(
+        types::ACK,
+        &AckOut {
+            ref_id,
+            status: AckStatus::Error,
+            result: None,
+            error: Some(error),
+        },
+    )
+}
+
+/// `{"type":"error","payload":{"code":…,"message":…}}`, for failures of messages
+/// without a `ref`.
+///
+/// ```
+/// use switchboard_proto::{error_frame, ErrorBody, ErrorCode};
+/// let f = error_frame(&ErrorBody::new(ErrorCode::InvalidJson, "expected value"));
+/// assert_eq!(f, r#"{"type":"error","payload":{"code":"INVALID_JSON","message":"expected value"}}"#);
+/// ```
+pub fn error_frame(error: &ErrorBody) -> String {
+    frame(types::ERROR, error)
+}
+
+/// The reply to a failed message: an error `ack` when it had a `ref`, else an `error`.
+pub fn error_reply(ref_id: Option<&str>, error: &ErrorBody) -> String {
+    match ref_id {
+        Some(r) => ack_error(r, error),
+        None => error_frame(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Envelope;
+    use serde_json::json;
+
+    #[test]
+    fn acks_round_trip_through_the_client_shape() {
+        let result = serde_json::value::to_raw_value(&json!({"sent": true})).unwrap();
+        let env = Envelope::decode(&ack_ok("r1", Some(&result))).unwrap();
+        assert_eq!(env.kind, "ack");
+        let ack: Ack = env.payload_as().unwrap();
+        assert_eq!(ack.ref_id, "r1");
+        assert_eq!(
+            ack.clone().into_result().unwrap(),
+            Some(json!({"sent": true}))
+        );
+
+        let err = ErrorBody::custom("DIVIDE_BY_ZERO", "cannot divide by zero")
+            .with_details(json!({"b": 0}));
+        let env = Envelope::decode(&ack_error("r2", &err)).unwrap();
+        assert_eq!(
+            env.payload.to_value(),
+            json!({"ref":"r2","status":"error","code":"DIVIDE_BY_ZERO",
+                   "message":"cannot divide by zero","details":{"b":0}})
+        );
+        let ack: Ack = env.payload_as().unwrap();
+        assert_eq!(ack.into_result().unwrap_err(), err);
+    }
+
+    #[test]
+    fn error_reply_picks_ack_when_there_is_a_ref() {
+        let e = ErrorBody::new(ErrorCode::UnknownType, "x");
+        assert!(error_reply(Some("a"), &e).starts_with(r#"{"type":"ack""#));
+        assert!(error_reply(None, &e).starts_with(r#"{"type":"error""#));
+    }
+}
