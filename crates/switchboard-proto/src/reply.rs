@@ -67,8 +67,6 @@ impl fmt::Display for ErrorBody {
     }
 }
 
-impl std::error::Error for ErrorBody {}
-
 /// The status of an acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,0 +1,203 @@
+//! The `Backplane`: everything that leaves this node goes through it.
+//!
+//! A server delivers every send to its own connections first, then hands the same
+//! [`Delivery`] to its backplane so other nodes deliver it to theirs. The default,
+//! [`LocalBackplane`], is a single node: publishing does nothing and costs nothing.
+//! Cluster backends (Redis, NATS) live in their own crates and implement this trait.
+
+use std::fmt;
+use std::sync::Weak;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConnId;
+use crate::handler::BoxFuture;
+use crate::server::ServerInner;
+
+/// Who a delivery is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Target {
+    /// Every connection.
+    All,
+    /// Only these connections.
+    Conns(Vec<ConnId>),
+    /// The members of a room.
+    Room(String),
+}
+
+/// One send, as it crosses nodes: the target, who to leave out, and the frame already
+/// encoded (encoded once by the sending node, whatever the number of recipients).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Who it is for.
+    pub target: Target,
+    /// Connections to leave out (the sender, usually).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<ConnId>,
+    /// The encoded JSON text frame.
+    pub frame: String,
+}
+
+/// A change of presence other nodes may want to know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PresenceEvent {
+    /// A connection opened on this node.
+    Connected(ConnId),
+    /// A connection closed on this node.
+    Disconnected(ConnId),
+    /// A connection joined a room.
+    Joined(ConnId, String),
+    /// A connection left a room.
+    Left(ConnId, String),
+}
+
+/// A backplane failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BackplaneError {
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl BackplaneError {
+    /// An error with a message.
+    pub fn new(message: impl Into<String>) -> BackplaneError {
+        BackplaneError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error with a message and its cause.
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> BackplaneError {
+        BackplaneError {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+/// This node, as a backplane sees it: where deliveries from other nodes go.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub(crate) inner: Weak<ServerInner>,
+}
+
+impl fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeHandle").finish_non_exhaustive()
+    }
+}
+
+impl NodeHandle {
+    /// Delivers a delivery that came from another node to this node's connections.
+    /// Returns how many connections it reached (0 once the server is gone).
+    pub fn deliver(&self, delivery: &Delivery) -> usize {
+        match self.inner.upgrade() {
+            Some(inner) => inner.deliver_local(delivery),
+            None => 0,
+        }
+    }
+
+    /// The server's name.
+    pub fn server_name(&self) -> Option<String> {
+        self.inner.upgrade().map(|i| i.config.name.clone())
+    }
+}
+
+/// The link between the nodes of a cluster.
+///
+/// Implementations must not block in [`publish`](Backplane::publish) or
+/// [`presence`](Backplane::presence): they run on the sending path. A backplane that
+/// cannot keep up queues within a bound and drops (and reports) beyond it.
+pub trait Backplane: Send + Sync + 'static {
+    /// A short name for logs and `/health`: `local`, `redis`, ...
+    fn name(&self) -> &'static str;
+
+    /// Starts the backplane. Deliveries from other nodes go to `node`.
+    fn start(&self, node: NodeHandle) -> BoxFuture<'_, Result<(), BackplaneError>>;
+
+    /// Sends a delivery to the other nodes (this node has already delivered it locally).
+    fn publish(&self, delivery: &Delivery);
+
+    /// Tells the other nodes about presence changes.
+    fn presence(&self, event: &PresenceEvent);
+
+    /// Connections across the cluster; `None` when this backplane has no cluster view
+    /// (the server then reports its own count).
+    fn connection_count(&self) -> BoxFuture<'_, Result<Option<usize>, BackplaneError>>;
+
+    /// A room's members across the cluster; `None` when there is no cluster view.
+    fn room_members(
+        &self,
+        room: &str,
+    ) -> BoxFuture<'_, Result<Option<Vec<ConnId>>, BackplaneError>>;
+
+    /// Whether the backplane is currently connected (for `/health`).
+    fn is_healthy(&self) -> bool {
+        true
+    }
+
+    /// Stops the backplane; called once, last, during shutdown.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
+/// The single-node backplane: nothing leaves the process. The default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalBackplane;
+
+impl Backplane for LocalBackplane {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn start(&self, _node: NodeHandle) -> BoxFuture<'_, Result<(), BackplaneError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn publish(&self, _delivery: &Delivery) {}
+
+    fn presence(&self, _event: &PresenceEvent) {}
+
+    fn connection_count(&self) -> BoxFuture<'_, Result<Option<usize>, BackplaneError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    fn room_members(
+        &self,
+        _room: &str,
+    ) -> BoxFuture<'_, Result<Option<Vec<ConnId>>, BackplaneError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_serialize_compactly_for_other_nodes() {
+        let d = Delivery {
+            target: Target::Room("general".into()),
+            exclude: vec![ConnId::from_u64(1)],
+            frame: r#"{"type":"chat","payload":{}}"#.into(),
+        };
+        let text = serde_json::to_string(&d).unwrap();
+        assert_eq!(
+            text,
+            r#"{"target":{"kind":"room","value":"general"},"exclude":["0000000000000001"],"frame":"{\"type\":\"chat\",\"payload\":{}}"}"#
+        );
+        assert_eq!(serde_json::from_str::<Delivery>(&text).unwrap(), d);
+    }
+}

@@ -1,0 +1,122 @@
+//! Server settings and their defaults.
+
+use std::time::Duration;
+
+use switchboard_proto::DEFAULT_MAX_MESSAGE_SIZE;
+
+/// What happens when a client's outbound queue is full because it reads slower than
+/// messages arrive for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SlowConsumerPolicy {
+    /// Drop the queued messages and close the connection with `SLOW_CONSUMER` (4007).
+    /// The client reconnects and resynchronises; the server's memory stays bounded.
+    #[default]
+    Disconnect,
+    /// Drop the new message and keep the connection (the send reports
+    /// [`SendError::Full`](crate::SendError::Full)). For feeds where only the latest
+    /// state matters.
+    DropNew,
+}
+
+/// Server settings, mirroring netconduit's `ServerDescriptor`.
+///
+/// Every limit has an explicit default, listed on its field.
+///
+/// ```
+/// use switchboard_server::ServerConfig;
+/// let config = ServerConfig {
+///     port: 9000,
+///     name: "ChatServer".into(),
+///     ..ServerConfig::default()
+/// };
+/// assert_eq!(config.host, "127.0.0.1");
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Address to bind to. Default `127.0.0.1` (loopback: exposing a server is a choice).
+    pub host: String,
+    /// Port to listen on; 0 picks a free one. Default `8080`.
+    pub port: u16,
+    /// The server's name, sent to clients in `connected`. Default `"switchboard"`.
+    pub name: String,
+    /// The HTTP path of the WebSocket endpoint. Default `/ws`.
+    pub path: String,
+    /// The largest incoming message, in bytes; larger ones get `MESSAGE_TOO_LARGE` and a
+    /// close with 1009. Default 64 KiB.
+    pub max_message_size: usize,
+    /// Most concurrent connections; the next client gets `SERVER_FULL` (close 4005, retry
+    /// after backoff). Default 10,000.
+    pub max_connections: usize,
+    /// Most frames waiting to be written to one client. Default 1,024.
+    pub outbound_queue: usize,
+    /// Most bytes waiting to be written to one client. Default 4 MiB.
+    pub outbound_queue_bytes: usize,
+    /// What happens when a client's outbound queue is full. Default: disconnect.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// The socket write buffer per connection, in bytes (netconduit's `buffer_size`).
+    /// Default 4 KiB: larger buffers cost memory on every idle connection.
+    pub buffer_size: usize,
+    /// How long shutdown waits for in-flight handlers and queued messages. Default 10 s.
+    pub shutdown_grace: Duration,
+    /// Most rooms one connection may be in. Default 100.
+    pub max_rooms_per_connection: usize,
+    /// Send `user_joined` / `user_left` to a room's members. Default true.
+    pub room_notifications: bool,
+    /// Relay messages of types no handler takes to the room (`room`) or client (`to`)
+    /// they name, instead of answering `UNKNOWN_TYPE`. The hub turns this on. Default false.
+    pub relay_unhandled: bool,
+    /// The password clients must send in their first message. Enforced from the
+    /// authentication release on; a server configured with one refuses to start until then.
+    pub password: Option<String>,
+    /// How long a client has to authenticate. Default 30 s (enforced with `password`).
+    pub auth_timeout: Duration,
+    /// How often the server pings an idle client. Default 30 s. (Reserved: heartbeats
+    /// arrive with the liveness release.)
+    pub heartbeat_interval: Duration,
+    /// Silence after which a client is considered dead. Default 90 s. (Reserved.)
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".to_owned(),
+            port: 8080,
+            name: "switchboard".to_owned(),
+            path: "/ws".to_owned(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_connections: 10_000,
+            outbound_queue: 1024,
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            buffer_size: 4 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+            max_rooms_per_connection: 100,
+            room_notifications: true,
+            relay_unhandled: false,
+            password: None,
+            auth_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The default settings listening on `host:port`.
+    pub fn new(host: impl Into<String>, port: u16) -> ServerConfig {
+        ServerConfig {
+            host: host.into(),
+            port,
+            ..ServerConfig::default()
+        }
+    }
+
+    /// Sets the server name.
+    pub fn name(mut self, name: impl Into<String>) -> ServerConfig {
+        self.name = name.into();
+        self
+    }
+}

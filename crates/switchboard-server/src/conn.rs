@@ -1,0 +1,373 @@
+//! A connection handle and its bounded outbound queue.
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use serde::Serialize;
+use switchboard_proto::{Envelope, ErrorCode, Parts, Payload, close_reason, encode_parts};
+use tokio::sync::Notify;
+
+use crate::config::SlowConsumerPolicy;
+use crate::server::ServerInner;
+use crate::util::lock;
+use crate::{ConnId, SendError, Server};
+
+/// One pre-encoded outgoing frame. Clones share the bytes, so a broadcast encodes once.
+#[derive(Debug, Clone)]
+pub(crate) enum Frame {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
+
+impl Frame {
+    pub(crate) fn text(s: String) -> Frame {
+        Frame::Text(Utf8Bytes::from(s))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Frame::Text(t) => t.len(),
+            Frame::Binary(b) => b.len(),
+        }
+    }
+}
+
+/// How and why a connection is being closed by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Closing {
+    pub(crate) code: u16,
+    pub(crate) reason: String,
+    /// Abort: drop what is queued and stop now (slow consumer, write error). Otherwise
+    /// in-flight handlers finish and queued frames are flushed first.
+    pub(crate) abort: bool,
+    /// The close was the client's doing (it closed, or the socket dropped): no close
+    /// frame of ours to send.
+    pub(crate) by_client: bool,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    closing: Option<Closing>,
+    reader_done: bool,
+    finished: bool,
+}
+
+/// What the writer should do next.
+pub(crate) enum WriterStep {
+    /// Frames were moved into the batch: write them, flush once.
+    Write,
+    /// Nothing to do until notified.
+    Wait,
+    /// Done: close with this.
+    Finish(Closing),
+}
+
+/// The rooms a connection is in; `gone` is set when it disconnects, under the same
+/// lock, so a late join cannot leave a dead connection in a room.
+#[derive(Debug, Default)]
+pub(crate) struct RoomSet {
+    pub(crate) names: HashSet<Arc<str>>,
+    pub(crate) gone: bool,
+}
+
+pub(crate) struct ConnShared {
+    pub(crate) id: ConnId,
+    pub(crate) session_id: String,
+    pub(crate) remote_addr: Option<SocketAddr>,
+    server: Weak<ServerInner>,
+    outbox: Mutex<OutboxState>,
+    queue_len: usize,
+    queue_bytes: usize,
+    policy: SlowConsumerPolicy,
+    /// Wakes the writer: frames queued, or closing.
+    pub(crate) wake_writer: Notify,
+    /// Wakes the reader: stop reading, we are closing.
+    pub(crate) wake_reader: Notify,
+    /// Wakes a writer stuck on a slow socket: abort.
+    pub(crate) wake_abort: Notify,
+    pub(crate) rooms: Mutex<RoomSet>,
+}
+
+/// A connected client, as server code sees it: cheap to clone, safe to keep.
+///
+/// Sends never wait: they queue a frame on the connection's bounded outbound queue and
+/// return. A client that does not keep up meets the server's [`SlowConsumerPolicy`].
+///
+/// ```no_run
+/// # async fn demo(conn: switchboard_server::Conn) {
+/// conn.send_message("notification", &serde_json::json!({"text": "Your session expires in 5 minutes"}))
+///     .ok();
+/// conn.send_message("kicked", &serde_json::json!({"reason": "Violation"})).ok();
+/// conn.disconnect();
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Conn {
+    pub(crate) shared: Arc<ConnShared>,
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.shared.id)
+            .field("remote_addr", &self.shared.remote_addr)
+            .finish()
+    }
+}
+
+impl PartialEq for Conn {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl Eq for Conn {}
+
+impl Conn {
+    pub(crate) fn new(
+        id: ConnId,
+        remote_addr: Option<SocketAddr>,
+        server: &Arc<ServerInner>,
+    ) -> Conn {
+        let config = &server.config;
+        Conn {
+            shared: Arc::new(ConnShared {
+                id,
+                session_id: format!("{:016x}", crate::id::random_u64()),
+                remote_addr,
+                server: Arc::downgrade(server),
+                outbox: Mutex::new(OutboxState::default()),
+                queue_len: config.outbound_queue.max(1),
+                queue_bytes: config.outbound_queue_bytes.max(1),
+                policy: config.slow_consumer,
+                wake_writer: Notify::new(),
+                wake_reader: Notify::new(),
+                wake_abort: Notify::new(),
+                rooms: Mutex::new(RoomSet::default()),
+            }),
+        }
+    }
+
+    /// The connection's id (`client_id` on the wire).
+    pub fn id(&self) -> ConnId {
+        self.shared.id
+    }
+
+    /// This connection's session id (`session_id` in `connected`).
+    pub fn session_id(&self) -> &str {
+        &self.shared.session_id
+    }
+
+    /// The client's address, when the server knows it.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.shared.remote_addr
+    }
+
+    /// The server this connection belongs to, while it runs.
+    pub fn server(&self) -> Option<Server> {
+        self.shared.server.upgrade().map(|inner| Server { inner })
+    }
+
+    /// Sends `{"type": kind, "payload": payload}` to this client.
+    ///
+    /// Fails if the payload is not a JSON object, if the connection is closing, or if
+    /// its outbound queue is full.
+    pub fn send_message<T: Serialize + ?Sized>(
+        &self,
+        kind: &str,
+        payload: &T,
+    ) -> Result<(), SendError> {
+        let payload =
+            Payload::from_serialize(payload).map_err(|e| SendError::Encode(e.to_string()))?;
+        self.push(Frame::text(encode_parts(&Parts {
+            kind,
+            payload: payload.as_raw(),
+            ref_id: None,
+            room: None,
+            to: None,
+            from: None,
+        })))
+    }
+
+    /// Sends a whole envelope to this client.
+    pub fn send(&self, envelope: &Envelope) -> Result<(), SendError> {
+        self.push(Frame::text(envelope.encode()))
+    }
+
+    /// Sends a binary frame to this client.
+    pub fn send_binary(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
+        self.push(Frame::Binary(data.into()))
+    }
+
+    /// Closes the connection as a kick: close code 4004 (`KICKED`), which tells clients
+    /// not to reconnect. Messages queued before it are delivered first.
+    pub fn disconnect(&self) {
+        self.close(ErrorCode::Kicked, "disconnected by the server");
+    }
+
+    /// Closes the connection with one of switchboard's codes and a reason. Messages
+    /// queued before it are delivered first; in-flight handlers finish.
+    pub fn close(&self, code: ErrorCode, reason: &str) {
+        self.begin_close(Closing {
+            code: code.close_code_or_internal(),
+            reason: close_reason(code, reason),
+            abort: false,
+            by_client: false,
+        });
+    }
+
+    /// True until the connection has closed.
+    pub fn is_connected(&self) -> bool {
+        !lock(&self.shared.outbox).finished
+    }
+
+    /// The rooms this connection is in (after it has gone: the rooms it was in).
+    pub fn rooms(&self) -> Vec<String> {
+        let mut rooms: Vec<String> = lock(&self.shared.rooms)
+            .names
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        rooms.sort();
+        rooms
+    }
+
+    /// True if this connection is in `room`.
+    pub fn in_room(&self, room: &str) -> bool {
+        lock(&self.shared.rooms).names.contains(room)
+    }
+
+    /// Joins `room` (notifying its members with `user_joined`). Returns false if it was
+    /// already a member.
+    pub fn join(&self, room: &str) -> Result<bool, SendError> {
+        match self.server() {
+            Some(server) => server.join(self, room),
+            None => Err(SendError::Closed),
+        }
+    }
+
+    /// Leaves `room` (notifying its members with `user_left`). Returns false if it was
+    /// not a member.
+    pub fn leave(&self, room: &str) -> bool {
+        match self.server() {
+            Some(server) => server.leave(self, room),
+            None => false,
+        }
+    }
+
+    /// Queues a frame, applying the slow-consumer policy when the queue is full.
+    pub(crate) fn push(&self, frame: Frame) -> Result<(), SendError> {
+        let mut st = lock(&self.shared.outbox);
+        if st.finished || st.closing.as_ref().is_some_and(|c| c.abort || c.by_client) {
+            return Err(SendError::Closed);
+        }
+        let len = frame.len();
+        if st.frames.len() >= self.shared.queue_len || st.bytes + len > self.shared.queue_bytes {
+            match self.shared.policy {
+                SlowConsumerPolicy::DropNew => {
+                    tracing::debug!(conn = %self.shared.id, "outbound queue full, message dropped");
+                    return Err(SendError::Full);
+                }
+                SlowConsumerPolicy::Disconnect => {
+                    tracing::info!(conn = %self.shared.id, "slow consumer, disconnecting");
+                    st.frames.clear();
+                    st.bytes = 0;
+                    st.closing = Some(Closing {
+                        code: ErrorCode::SlowConsumer.close_code_or_internal(),
+                        reason: close_reason(ErrorCode::SlowConsumer, "outbound queue full"),
+                        abort: true,
+                        by_client: false,
+                    });
+                    drop(st);
+                    self.wake_all(true);
+                    return Err(SendError::Full);
+                }
+            }
+        }
+        st.bytes += len;
+        st.frames.push_back(frame);
+        drop(st);
+        self.shared.wake_writer.notify_one();
+        Ok(())
+    }
+
+    /// Starts closing; the first reason wins, except that an abort overrides a graceful close.
+    pub(crate) fn begin_close(&self, closing: Closing) {
+        let mut st = lock(&self.shared.outbox);
+        match &st.closing {
+            Some(existing) if existing.abort || !closing.abort => return,
+            _ => {}
+        }
+        if closing.abort {
+            st.frames.clear();
+            st.bytes = 0;
+        }
+        let abort = closing.abort;
+        st.closing = Some(closing);
+        drop(st);
+        self.wake_all(abort);
+    }
+
+    fn wake_all(&self, abort: bool) {
+        self.shared.wake_reader.notify_one();
+        self.shared.wake_writer.notify_one();
+        if abort {
+            self.shared.wake_abort.notify_one();
+        }
+    }
+
+    /// The reader has stopped: no more handlers will run for this connection.
+    pub(crate) fn reader_finished(&self, closing_if_none: Closing) {
+        let mut st = lock(&self.shared.outbox);
+        st.reader_done = true;
+        if st.closing.is_none() {
+            st.closing = Some(closing_if_none);
+        }
+        drop(st);
+        self.shared.wake_writer.notify_one();
+    }
+
+    /// Moves queued frames into `batch`, or says to wait or finish.
+    pub(crate) fn take_batch(&self, batch: &mut VecDeque<Frame>) -> WriterStep {
+        let mut st = lock(&self.shared.outbox);
+        if let Some(c) = st.closing.clone() {
+            if c.abort || c.by_client {
+                st.finished = true;
+                return WriterStep::Finish(c);
+            }
+        }
+        if !st.frames.is_empty() {
+            std::mem::swap(&mut st.frames, batch);
+            st.bytes = 0;
+            return WriterStep::Write;
+        }
+        // Give back memory after a burst: an idle connection should cost little.
+        if st.frames.capacity() > 64 {
+            st.frames = VecDeque::new();
+        }
+        match &st.closing {
+            Some(c) if st.reader_done => {
+                let c = c.clone();
+                st.finished = true;
+                WriterStep::Finish(c)
+            }
+            _ => WriterStep::Wait,
+        }
+    }
+
+    /// The closing state, if closing has begun.
+    pub(crate) fn closing(&self) -> Option<Closing> {
+        lock(&self.shared.outbox).closing.clone()
+    }
+
+    /// Marks the connection finished (no more frames accepted).
+    pub(crate) fn mark_finished(&self) {
+        lock(&self.shared.outbox).finished = true;
+    }
+}

@@ -1,0 +1,104 @@
+//! Connections by id, and rooms to their members.
+//!
+//! Both maps sit behind short std locks that are never held across an `.await`:
+//! lookups clone the `Conn` handles they need and release the lock before sending.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::util::{read, write};
+use crate::{Conn, ConnId};
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    conns: RwLock<HashMap<ConnId, Conn>>,
+    rooms: RwLock<HashMap<Arc<str>, HashMap<ConnId, Conn>>>,
+}
+
+impl Registry {
+    pub(crate) fn insert(&self, conn: Conn) {
+        write(&self.conns).insert(conn.id(), conn);
+    }
+
+    pub(crate) fn remove(&self, id: ConnId) -> Option<Conn> {
+        write(&self.conns).remove(&id)
+    }
+
+    pub(crate) fn get(&self, id: ConnId) -> Option<Conn> {
+        read(&self.conns).get(&id).cloned()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        read(&self.conns).len()
+    }
+
+    pub(crate) fn ids(&self) -> Vec<ConnId> {
+        read(&self.conns).keys().copied().collect()
+    }
+
+    /// Calls `f` on every connection while holding the read lock: `f` must not block.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Conn)) {
+        for c in read(&self.conns).values() {
+            f(c);
+        }
+    }
+
+    /// Calls `f` on every member of `room` while holding the read lock.
+    pub(crate) fn for_each_in_room(&self, room: &str, mut f: impl FnMut(&Conn)) {
+        if let Some(members) = read(&self.rooms).get(room) {
+            for c in members.values() {
+                f(c);
+            }
+        }
+    }
+
+    /// Adds `conn` to `room`; returns the room's interned name, and false if already in.
+    pub(crate) fn join(&self, room: &str, conn: &Conn) -> (Arc<str>, bool) {
+        let mut rooms = write(&self.rooms);
+        if let Some((name, members)) = rooms.get_key_value(room) {
+            let name = name.clone();
+            let added = !members.contains_key(&conn.id());
+            if added {
+                rooms
+                    .get_mut(room)
+                    .map(|m| m.insert(conn.id(), conn.clone()));
+            }
+            return (name, added);
+        }
+        let name: Arc<str> = Arc::from(room);
+        rooms.insert(name.clone(), HashMap::from([(conn.id(), conn.clone())]));
+        (name, true)
+    }
+
+    /// Removes `id` from `room`, dropping the room when it empties; true if it was in.
+    pub(crate) fn leave(&self, room: &str, id: ConnId) -> bool {
+        let mut rooms = write(&self.rooms);
+        let Some(members) = rooms.get_mut(room) else {
+            return false;
+        };
+        let removed = members.remove(&id).is_some();
+        if members.is_empty() {
+            rooms.remove(room);
+        }
+        removed
+    }
+
+    pub(crate) fn room_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = read(&self.rooms).keys().map(|k| k.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    pub(crate) fn room_members(&self, room: &str) -> Vec<ConnId> {
+        let mut v: Vec<ConnId> = read(&self.rooms)
+            .get(room)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub(crate) fn room_size(&self, room: &str) -> usize {
+        read(&self.rooms).get(room).map_or(0, HashMap::len)
+    }
+}

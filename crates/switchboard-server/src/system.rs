@@ -1,0 +1,70 @@
+//! The built-in message types: `ping`, `join_room` / `subscribe`, `leave_room` / `unsubscribe`.
+//!
+//! They are ordinary handlers registered first, so an application can add its own
+//! handlers for the same types: at a higher priority to check or refuse (an error stops
+//! the chain), at the default priority to act after the built-in one.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use switchboard_proto::{Envelope, ErrorCode, types};
+
+use crate::{Conn, HandlerError, Json, SendError, Server, ServerBuilder};
+
+pub(crate) fn register(builder: ServerBuilder) -> ServerBuilder {
+    builder
+        .on(types::PING, ping)
+        .on(types::JOIN_ROOM, join_room)
+        .on(types::SUBSCRIBE, join_room)
+        .on(types::LEAVE_ROOM, leave_room)
+        .on(types::UNSUBSCRIBE, leave_room)
+}
+
+async fn ping(conn: Conn) {
+    let _ = conn.send_message(types::PONG, &json!({}));
+}
+
+#[derive(Deserialize)]
+struct RoomArgs {
+    room_id: Option<String>,
+    topic: Option<String>,
+}
+
+/// The room a join/leave names: `payload.room_id`, `payload.topic`, or the envelope's `room`.
+fn room_of(env: &Envelope) -> Result<String, HandlerError> {
+    let args: RoomArgs = env
+        .payload
+        .deserialize()
+        .map_err(|e| HandlerError::invalid_payload(&e))?;
+    args.room_id
+        .or(args.topic)
+        .or_else(|| env.room.clone())
+        .ok_or_else(|| {
+            HandlerError::code_of(ErrorCode::InvalidPayload, "missing field `room_id`")
+                .with_details(json!({"path": "room_id", "reason": "missing field `room_id`"}))
+        })
+}
+
+fn room_error(e: SendError) -> HandlerError {
+    match e {
+        SendError::InvalidRoom(m) => HandlerError::code_of(ErrorCode::InvalidRoom, m),
+        other => HandlerError::internal(other.to_string()),
+    }
+}
+
+async fn join_room(server: Server, conn: Conn, env: Envelope) -> Result<Json<Value>, HandlerError> {
+    let room = room_of(&env)?;
+    server.join(&conn, &room).map_err(room_error)?;
+    let members = server.inner.registry.room_size(&room);
+    Ok(Json(json!({ "room_id": room, "members": members })))
+}
+
+async fn leave_room(
+    server: Server,
+    conn: Conn,
+    env: Envelope,
+) -> Result<Json<Value>, HandlerError> {
+    let room = room_of(&env)?;
+    server.leave(&conn, &room);
+    let members = server.inner.registry.room_size(&room);
+    Ok(Json(json!({ "room_id": room, "members": members })))
+}
