@@ -33,7 +33,6 @@ pub enum SlowConsumerPolicy {
 /// assert_eq!(config.host, "127.0.0.1");
 /// ```
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct ServerConfig {
     /// Address to bind to. Default `127.0.0.1` (loopback: exposing a server is a choice).
     pub host: String,
@@ -49,7 +48,7 @@ pub struct ServerConfig {
     /// Most concurrent connections; the next client gets `SERVER_FULL` (close 4005, retry
     /// after backoff). Default 10,000.
     pub max_connections: usize,
-    /// Most frames waiting to be written to one client. Default 1,024.
+    /// Most frames waiting to be written to one client. Default 8,192.
     pub outbound_queue: usize,
     /// Most bytes waiting to be written to one client. Default 4 MiB.
     pub outbound_queue_bytes: usize,
@@ -88,7 +87,7 @@ impl Default for ServerConfig {
             path: "/ws".to_owned(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_connections: 10_000,
-            outbound_queue: 1024,
+            outbound_queue: 8192,
             outbound_queue_bytes: 4 * 1024 * 1024,
             slow_consumer: SlowConsumerPolicy::Disconnect,
             buffer_size: 4 * 1024,

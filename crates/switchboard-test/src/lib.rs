@@ -1,1 +1,243 @@
-pub fn x() {}
+//! Test harness for switchboard: a server on port 0 and a raw WebSocket client that
+//! speaks frames exactly as written, for tests that check the wire itself.
+//!
+//! Every wait is bounded by [`TIMEOUT`] so a broken test fails instead of hanging, and
+//! nothing sleeps to synchronise: tests wait for the frame or event they expect.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use switchboard_server::{Server, ServerBuilder, ServerConfig};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The longest any harness wait lasts before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server listening on a free loopback port.
+pub struct TestServer {
+    /// The server handle.
+    pub server: Server,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Builds and serves on 127.0.0.1:0; returns once it is listening.
+    pub async fn start(builder: ServerBuilder) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free port");
+        let addr = listener.local_addr().expect("local addr");
+        let server = builder.build();
+        let s = server.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = s.serve(listener).await {
+                panic!("server failed: {e}");
+            }
+        });
+        TestServer {
+            server,
+            addr,
+            task: Some(task),
+        }
+    }
+
+    /// A server with default settings and the given handlers.
+    pub async fn with(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> TestServer {
+        TestServer::start(configure(Server::builder())).await
+    }
+
+    /// Test defaults: port 0, a short shutdown grace.
+    pub fn config() -> ServerConfig {
+        ServerConfig {
+            port: 0,
+            shutdown_grace: Duration::from_secs(5),
+            ..ServerConfig::default()
+        }
+    }
+
+    /// The WebSocket URL.
+    pub fn url(&self) -> String {
+        format!("ws://{}{}", self.addr, self.server.config().path)
+    }
+
+    /// An HTTP URL on the server.
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Connects a raw client and reads its `connected` frame.
+    pub async fn raw(&self) -> RawClient {
+        let mut c = RawClient::connect(&self.url()).await;
+        let hello = c.recv().await;
+        assert_eq!(hello["type"], "connected", "first frame: {hello}");
+        c.id = hello["payload"]["client_id"]
+            .as_str()
+            .expect("client_id")
+            .to_owned();
+        c
+    }
+
+    /// Shuts the server down and waits for `serve` to return.
+    pub async fn stop(mut self) {
+        self.server.shutdown().await;
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(TIMEOUT, task)
+                .await
+                .expect("serve returns after shutdown")
+                .expect("serve task");
+        }
+    }
+}
+
+/// A WebSocket client with no protocol logic: it sends and reads frames as they are.
+pub struct RawClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The client id from `connected` (empty until read).
+    pub id: String,
+}
+
+/// A close frame as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// The close code; 1006 if the connection dropped without a close frame.
+    pub code: u16,
+    /// The reason text.
+    pub reason: String,
+}
+
+impl RawClient {
+    /// Opens the socket without reading anything.
+    pub async fn connect(url: &str) -> RawClient {
+        let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        RawClient {
+            ws,
+            id: String::new(),
+        }
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub async fn send(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// Sends text exactly as given.
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("send text");
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, data: Vec<u8>) {
+        self.ws
+            .send(Message::binary(data))
+            .await
+            .expect("send binary");
+    }
+
+    /// The next text frame as JSON; panics on close or timeout.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("connection open")
+                .expect("read frame");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON frame"),
+                Message::Close(f) => panic!("closed while waiting for a frame: {f:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next frame of type `kind`, skipping others.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// The next binary frame.
+    pub async fn recv_binary(&mut self) -> Vec<u8> {
+        loop {
+            let msg = tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("connection open")
+                .expect("read frame");
+            if let Message::Binary(b) = msg {
+                return b.to_vec();
+            }
+        }
+    }
+
+    /// Sends `value` and returns the next frame.
+    pub async fn roundtrip(&mut self, value: Value) -> Value {
+        self.send(value).await;
+        self.recv().await
+    }
+
+    /// Reads until the server closes; returns the close frame, skipping other frames.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            match tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .expect("close in time")
+            {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return Closed {
+                        code: u16::from(f.code),
+                        reason: f.reason.to_string(),
+                    };
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return Closed {
+                        code: 1005,
+                        reason: String::new(),
+                    };
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    return Closed {
+                        code: 1006,
+                        reason: String::new(),
+                    };
+                }
+            }
+        }
+    }
+
+    /// True if no frame arrives before the server answers a `ping`: proves nothing was
+    /// queued for this client before it, without sleeping.
+    pub async fn nothing_pending(&mut self) -> bool {
+        let frame = self.roundtrip(serde_json::json!({"type": "ping"})).await;
+        frame["type"] == "pong"
+    }
+
+    /// Closes the socket politely (code 1000).
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        // Drain until the server's close answer arrives.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(TIMEOUT, self.ws.next()).await {}
+    }
+
+    /// Drops the TCP connection without a close frame.
+    pub fn drop_connection(self) {
+        drop(self);
+    }
+}
