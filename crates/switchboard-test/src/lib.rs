@@ -231,7 +231,11 @@ impl RawClient {
 
     /// Closes the socket politely (code 1000).
     pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "bye".into(),
+        };
+        let _ = self.ws.close(Some(frame)).await;
         // Drain until the server's close answer arrives.
         while let Ok(Some(Ok(_))) = tokio::time::timeout(TIMEOUT, self.ws.next()).await {}
     }
