@@ -72,9 +72,22 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
         }),
     );
 
-    let reader = read_loop(&server, &conn, &mut stream);
-    let writer = write_loop(&conn, &mut sink);
-    let ((), closing) = tokio::join!(reader, writer);
+    let closing = {
+        let reader = read_loop(&server, &conn, &mut stream);
+        let writer = write_loop(&conn, &mut sink);
+        tokio::pin!(reader, writer);
+        tokio::select! {
+            closing = &mut writer => {
+                // A graceful finish happens only once the reader is done; an abort
+                // (slow consumer, dead socket, grace period over) drops an in-flight handler.
+                if !closing.abort {
+                    reader.await;
+                }
+                closing
+            }
+            () = &mut reader => writer.await,
+        }
+    };
     finish(&mut sink, &mut stream, &closing).await;
     conn.mark_finished();
 

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::json;
-use switchboard_proto::{ErrorCode, MAX_ID_LEN, Parts, Payload, encode_parts, types};
+use switchboard_proto::{ErrorCode, MAX_ID_LEN, Parts, Payload, close_reason, encode_parts, types};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backplane::{Backplane, Delivery, LocalBackplane, NodeHandle, PresenceEvent, Target};
-use crate::conn::{Conn, Frame};
+use crate::conn::{Closing, Conn, Frame};
 use crate::handler::{BoxFuture, Erased, Handler};
 use crate::id::IdGen;
 use crate::registry::Registry;
@@ -789,7 +789,8 @@ impl Server {
     /// Shuts down gracefully: stop accepting, run the shutdown hooks, close every client
     /// with 1001 (`SHUTTING_DOWN`, reconnect after backoff) once its in-flight handler
     /// finishes and its queue is flushed, wait for them up to
-    /// [`shutdown_grace`](ServerConfig::shutdown_grace), then stop the backplane.
+    /// [`shutdown_grace`](ServerConfig::shutdown_grace) (then cancel the handlers still
+    /// running and close those clients too), then stop the backplane.
     /// Calling it again waits for the first call to finish.
     pub async fn shutdown(&self) {
         if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
@@ -810,8 +811,18 @@ impl Server {
         {
             tracing::warn!(
                 remaining = self.inner.tracker.len(),
-                "shutdown grace period over; connections still open are dropped"
+                "shutdown grace period over; aborting in-flight handlers"
             );
+            self.inner.registry.for_each(|c| {
+                c.begin_close(Closing {
+                    code: ErrorCode::ShuttingDown.close_code_or_internal(),
+                    reason: close_reason(ErrorCode::ShuttingDown, "server shutting down"),
+                    abort: true,
+                    by_client: false,
+                });
+            });
+            // Each connection now only sends its close frame (bounded by its own timeouts).
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tracker.wait()).await;
         }
         self.inner.backplane.shutdown().await;
         self.inner.running.store(false, Ordering::Release);

@@ -1,0 +1,280 @@
+//! The Rust client against a real server over real sockets.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchboard_client::{
+    Client, ConnectError, ConnectionState, Reconnect, RequestError, SendError,
+};
+use switchboard_server::{Conn, HandlerError, Json, ServerConfig};
+use switchboard_test::{TIMEOUT, TestServer};
+use tokio::sync::Notify;
+
+async fn server(release: Arc<Notify>) -> TestServer {
+    TestServer::with(move |b| {
+        b.config(ServerConfig {
+            relay_unhandled: true,
+            ..TestServer::config()
+        })
+        .on("add", |Json(v): Json<Value>| async move {
+            Json(v["a"].as_f64().unwrap_or(0.0) + v["b"].as_f64().unwrap_or(0.0))
+        })
+        .on("divide", |Json(v): Json<Value>| async move {
+            let b = v["b"].as_f64().unwrap_or(0.0);
+            if b == 0.0 {
+                return Err(HandlerError::new("DIVIDE_BY_ZERO", "Cannot divide by zero")
+                    .with_details(json!({"b": b})));
+            }
+            Ok(Json(v["a"].as_f64().unwrap_or(0.0) / b))
+        })
+        .on("wait", move || {
+            let release = release.clone();
+            async move { release.notified().await }
+        })
+        .on("hello", |conn: Conn| async move {
+            conn.send_message("greeting", &json!({"text": "hi"})).ok();
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn request_returns_typed_results_and_typed_errors() {
+    let s = server(Arc::new(Notify::new())).await;
+    let client = Client::connect(&s.url()).await.unwrap();
+    assert_eq!(client.state(), ConnectionState::Open);
+    assert_eq!(client.id().len(), 16);
+    assert_eq!(client.session().server, "switchboard");
+
+    let sum: f64 = client
+        .request("add", &json!({"a": 2, "b": 3}), TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(sum, 5.0);
+
+    let err = client
+        .request::<f64, _>("divide", &json!({"a": 1, "b": 0}), TIMEOUT)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        RequestError::Remote {
+            code: "DIVIDE_BY_ZERO".into(),
+            message: "Cannot divide by zero".into(),
+            details: Some(json!({"b": 0.0})),
+        }
+    );
+    let err = client
+        .request::<Value, _>("nope", &json!({}), TIMEOUT)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("UNKNOWN_TYPE"));
+    let err = client
+        .request::<String, _>("add", &json!({"a": 1, "b": 1}), TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::Decode(_)), "{err:?}");
+    let err = client.send("add", &json!([1, 2])).await.unwrap_err();
+    assert!(matches!(err, SendError::Encode(_)));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn many_requests_in_flight_are_matched_by_ref() {
+    let s = server(Arc::new(Notify::new())).await;
+    let client = Client::connect(&s.url()).await.unwrap();
+    let calls = (0..500).map(|i| {
+        let c = client.clone();
+        async move {
+            c.request::<f64, _>("add", &json!({"a": i, "b": 1}), TIMEOUT)
+                .await
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), i as f64 + 1.0);
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_without_an_answer_times_out() {
+    let release = Arc::new(Notify::new());
+    let s = server(release.clone()).await;
+    let client = Client::connect(&s.url()).await.unwrap();
+    let err = client
+        .request::<Value, _>("wait", &json!({}), Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert_eq!(err, RequestError::Timeout(Duration::from_millis(50)));
+    release.notify_one();
+    // The late ack is ignored; the connection is fine.
+    let sum: f64 = client
+        .request("add", &json!({"a": 1, "b": 1}), TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(sum, 2.0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn handlers_by_type_catch_all_and_removal() {
+    let s = server(Arc::new(Notify::new())).await;
+    let client = Client::connect(&s.url()).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (s1, s2) = (seen.clone(), seen.clone());
+    let typed = client.on("greeting", move |m| {
+        s1.lock().unwrap().push(format!("typed:{}", m.payload))
+    });
+    client.on_any(move |m| s2.lock().unwrap().push(format!("any:{}", m.kind)));
+    let mut stream = client.messages(16);
+
+    client.send("hello", &json!({})).await.unwrap();
+    assert_eq!(
+        stream.next_of("greeting").await.unwrap().payload.get(),
+        r#"{"text":"hi"}"#
+    );
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        vec![r#"typed:{"text":"hi"}"#.to_string(), "any:greeting".into()]
+    );
+    assert!(client.off(typed));
+    assert!(!client.off(typed));
+    seen.lock().unwrap().clear();
+    client.send("hello", &json!({})).await.unwrap();
+    stream.next_of("greeting").await.unwrap();
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        vec!["any:greeting".to_string()]
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn rooms_and_direct_messages_between_clients() {
+    let s = server(Arc::new(Notify::new())).await;
+    let alice = Client::connect(&s.url()).await.unwrap();
+    let bob = Client::connect(&s.url()).await.unwrap();
+    let mut bob_msgs = bob.messages(64);
+    let mut alice_msgs = alice.messages(64);
+
+    alice.join("general").await.unwrap();
+    bob.join("general").await.unwrap();
+    assert!(alice.is_in_room("general"));
+    assert_eq!(bob.rooms(), vec!["general"]);
+    let joined = alice_msgs.next_of("user_joined").await.unwrap();
+    assert_eq!(joined.room.as_deref(), Some("general"));
+
+    alice
+        .send_to_room("general", "chat", &json!({"content": "hello"}))
+        .await
+        .unwrap();
+    let m = bob_msgs.next_of("chat").await.unwrap();
+    assert_eq!(m.room.as_deref(), Some("general"));
+    assert_eq!(m.from.as_deref(), Some(alice.id()));
+
+    bob.send_direct(alice.id(), "dm", &json!({"text": "psst"}))
+        .await
+        .unwrap();
+    let m = alice_msgs.next_of("dm").await.unwrap();
+    assert_eq!(m.from.as_deref(), Some(bob.id()));
+
+    bob.leave("general").await.unwrap();
+    assert!(!bob.is_in_room("general"));
+    alice_msgs.next_of("user_left").await.unwrap();
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn after_close_sends_fail_with_not_connected() {
+    let s = server(Arc::new(Notify::new())).await;
+    let client = Client::connect(&s.url()).await.unwrap();
+    let closes = Arc::new(Mutex::new(Vec::new()));
+    let c2 = closes.clone();
+    client.on_close(move |info| c2.lock().unwrap().push(info.code));
+    client.close().await;
+    assert_eq!(client.state(), ConnectionState::Closed);
+    assert_eq!(closes.lock().unwrap().clone(), vec![1000]);
+    assert_eq!(
+        client.send("x", &json!({})).await,
+        Err(SendError::NotConnected)
+    );
+    assert_eq!(
+        client.request::<Value, _>("add", &json!({}), TIMEOUT).await,
+        Err(RequestError::NotConnected)
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn server_shutdown_closes_the_client_with_a_reconnect_hint_and_fails_pending_requests() {
+    let release = Arc::new(Notify::new());
+    let s = TestServer::with(move |b| {
+        b.config(ServerConfig {
+            // The `wait` handler never finishes: shutdown cancels it after this.
+            shutdown_grace: Duration::from_millis(100),
+            ..TestServer::config()
+        })
+        .on("add", |Json(v): Json<Value>| async move {
+            Json(v["a"].as_f64().unwrap_or(0.0) + v["b"].as_f64().unwrap_or(0.0))
+        })
+        .on("wait", move || {
+            let release = release.clone();
+            async move { release.notified().await }
+        })
+    })
+    .await;
+    let client = Client::connect(&s.url()).await.unwrap();
+    let c = client.clone();
+    let pending =
+        tokio::spawn(async move { c.request::<Value, _>("wait", &json!({}), TIMEOUT).await });
+    // Make sure the request is in flight before shutting down.
+    let sum: f64 = client
+        .request("add", &json!({"a": 1, "b": 1}), TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(sum, 2.0);
+    let server = s.server.clone();
+    let stop = tokio::spawn(async move { server.shutdown().await });
+    let info = client.closed().await;
+    assert_eq!(info.code, 1001);
+    assert_eq!(info.reconnect, Reconnect::Backoff);
+    // The handler never finished within the grace period; the request fails as Closed.
+    assert_eq!(pending.await.unwrap(), Err(RequestError::Closed));
+    stop.await.unwrap();
+}
+
+#[tokio::test]
+async fn connect_errors_are_typed() {
+    // Nothing listens on this port: bind one, then drop it.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let err = Client::connect(&format!("ws://{addr}/ws"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::Unreachable(_)), "{err:?}");
+    assert!(matches!(
+        Client::connect("http://x").await,
+        Err(ConnectError::InvalidUrl(_))
+    ));
+
+    let s = TestServer::with(|b| {
+        b.config(ServerConfig {
+            max_connections: 0,
+            ..TestServer::config()
+        })
+    })
+    .await;
+    match Client::connect(&s.url()).await.unwrap_err() {
+        ConnectError::Refused {
+            code, reconnect, ..
+        } => {
+            assert_eq!(code, "SERVER_FULL");
+            assert_eq!(reconnect, Reconnect::Backoff);
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    s.stop().await;
+}
