@@ -106,6 +106,7 @@ impl Filter {
 }
 
 pub(crate) struct ServerInner {
+    pub(crate) routes: axum::Router,
     pub(crate) config: ServerConfig,
     pub(crate) router: Router,
     pub(crate) state: StateMap,
@@ -200,6 +201,7 @@ impl ServerInner {
 ///     .build();
 /// ```
 pub struct ServerBuilder {
+    routes: axum::Router,
     config: ServerConfig,
     router: Router,
     state: StateMap,
@@ -227,6 +229,7 @@ impl ServerBuilder {
     /// `leave_room`, `subscribe`, `unsubscribe`).
     pub fn new(config: ServerConfig) -> ServerBuilder {
         let builder = ServerBuilder {
+            routes: axum::Router::new(),
             config,
             router: Router::default(),
             state: StateMap::default(),
@@ -356,6 +359,20 @@ impl ServerBuilder {
         self
     }
 
+    /// Adds HTTP routes served beside the WebSocket endpoint (a page, an API), so they
+    /// share the server's listener and graceful shutdown.
+    ///
+    /// ```
+    /// use axum::routing::get;
+    /// let server = switchboard_server::Server::builder()
+    ///     .routes(axum::Router::new().route("/", get(|| async { "hello" })))
+    ///     .build();
+    /// ```
+    pub fn routes(mut self, routes: axum::Router) -> ServerBuilder {
+        self.routes = self.routes.merge(routes);
+        self
+    }
+
     /// Uses another backplane (Redis, NATS) instead of the single-node default.
     pub fn backplane(mut self, backplane: impl Backplane) -> ServerBuilder {
         self.backplane = Arc::new(backplane);
@@ -368,6 +385,7 @@ impl ServerBuilder {
         let clustered = self.backplane.name() != LocalBackplane.name();
         Server {
             inner: Arc::new(ServerInner {
+                routes: self.routes,
                 config: self.config,
                 router: self.router,
                 state: self.state,
@@ -830,8 +848,9 @@ impl Server {
         tracing::info!("switchboard stopped");
     }
 
-    /// The axum router: the WebSocket endpoint at the configured path (default `/ws`)
-    /// and `/health`. Mount it in your own app with `Router::merge`.
+    /// The axum router: the WebSocket endpoint at the configured path (default `/ws`),
+    /// `/health`, and the routes added with [`ServerBuilder::routes`]. Mount it in your
+    /// own app with `Router::merge`.
     pub fn router(&self) -> axum::Router {
         crate::transport::router(self.clone())
     }

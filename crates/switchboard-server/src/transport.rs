@@ -19,7 +19,10 @@ pub(crate) type Stream = SplitStream<WebSocket>;
 
 pub(crate) fn router(server: Server) -> axum::Router {
     let path = server.config().path.clone();
-    axum::Router::new()
+    server
+        .inner
+        .routes
+        .clone()
         .route(&path, ws_route(server.clone()))
         .route("/health", get(health).with_state(server))
 }
