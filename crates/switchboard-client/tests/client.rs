@@ -1,5 +1,7 @@
 //! The Rust client against a real server over real sockets.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
 //! Property tests: decoding never panics, and what encodes decodes back.
 
+#![allow(clippy::unwrap_used)]
+
 use proptest::prelude::*;
 use switchboard_proto::{Envelope, Payload};
 

@@ -1,6 +1,8 @@
 //! The wire protocol over a real socket: every error code a client can provoke, and
 //! the connection surviving each of them.
 
+#![allow(clippy::unwrap_used)]
+
 use serde_json::{Value, json};
 use switchboard_server::{Conn, HandlerError, Json, ServerConfig};
 use switchboard_test::{RawClient, TestServer};

@@ -1,6 +1,8 @@
 //! Server behaviour over real sockets: handlers and priority, broadcast, direct sends,
 //! rooms, hooks, kicks, slow consumers, floods and shutdown.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! The `switchboard serve` binary, started for real: a hub with rooms, relay, direct
 //! messages, a page at `/`, health, and a clean SIGTERM.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 
