@@ -59,6 +59,9 @@ pub struct ServerConfig {
     pub buffer_size: usize,
     /// How long shutdown waits for in-flight handlers and queued messages. Default 10 s.
     pub shutdown_grace: Duration,
+    /// How long closing waits to write a close frame, and then for the client's answer,
+    /// before dropping the socket. Default 2 s.
+    pub close_timeout: Duration,
     /// Most rooms one connection may be in. Default 100.
     pub max_rooms_per_connection: usize,
     /// Send `user_joined` / `user_left` to a room's members. Default true.
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
             slow_consumer: SlowConsumerPolicy::Disconnect,
             buffer_size: 4 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
             max_rooms_per_connection: 100,
             room_notifications: true,
             relay_unhandled: false,

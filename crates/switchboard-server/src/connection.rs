@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
@@ -29,9 +28,6 @@ use crate::server::{DisconnectReason, validate_room};
 use crate::transport::{self, Sink, Stream};
 use crate::{ConnId, Server};
 
-/// How long we wait for a close frame to be written and answered.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
 pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<SocketAddr>) {
     let inner = &server.inner;
     let (mut sink, mut stream) = socket.split();
@@ -48,6 +44,7 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
             &mut stream,
             ErrorCode::ServerFull,
             "server at its connection limit",
+            inner.config.close_timeout,
         )
         .await;
         return;
@@ -88,7 +85,7 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
             () = &mut reader => writer.await,
         }
     };
-    finish(&mut sink, &mut stream, &closing).await;
+    finish(&mut sink, &mut stream, &closing, inner.config.close_timeout).await;
     conn.mark_finished();
 
     server.remove_connection(&conn);
@@ -110,7 +107,13 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
 }
 
 /// Turns a connection away: an `error` frame, then a close with the code's close code.
-async fn refuse(sink: &mut Sink, stream: &mut Stream, code: ErrorCode, message: &str) {
+async fn refuse(
+    sink: &mut Sink,
+    stream: &mut Stream,
+    code: ErrorCode,
+    message: &str,
+    limit: std::time::Duration,
+) {
     let error = switchboard_proto::error_frame(&ErrorBody::new(code, message));
     let closing = Closing {
         code: code.close_code_or_internal(),
@@ -118,8 +121,8 @@ async fn refuse(sink: &mut Sink, stream: &mut Stream, code: ErrorCode, message: 
         abort: false,
         by_client: false,
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.feed(Message::Text(error.into()))).await;
-    finish(sink, stream, &closing).await;
+    let _ = tokio::time::timeout(limit, sink.feed(Message::Text(error.into()))).await;
+    finish(sink, stream, &closing, limit).await;
 }
 
 fn lost(reason: impl Into<String>) -> Closing {
@@ -222,19 +225,24 @@ async fn write_batch(sink: &mut Sink, batch: &mut VecDeque<Frame>) -> Result<(),
 
 /// Sends our close frame (unless the client closed first) and waits briefly for the
 /// client's answer so the TCP connection ends cleanly.
-async fn finish(sink: &mut Sink, stream: &mut Stream, closing: &Closing) {
+async fn finish(
+    sink: &mut Sink,
+    stream: &mut Stream,
+    closing: &Closing,
+    limit: std::time::Duration,
+) {
     if closing.by_client {
         // Flushes the close reply the socket library queued.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+        let _ = tokio::time::timeout(limit, sink.close()).await;
         return;
     }
     let sent = tokio::time::timeout(
-        CLOSE_TIMEOUT,
+        limit,
         sink.send(transport::close_message(closing.code, &closing.reason)),
     )
     .await;
     if matches!(sent, Ok(Ok(()))) {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = tokio::time::timeout(limit, async {
             while let Some(Ok(msg)) = stream.next().await {
                 if matches!(msg, Message::Close(_)) {
                     break;
@@ -243,7 +251,7 @@ async fn finish(sink: &mut Sink, stream: &mut Stream, closing: &Closing) {
         })
         .await;
     }
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+    let _ = tokio::time::timeout(limit, sink.close()).await;
 }
 
 fn send_error(conn: &Conn, ref_id: Option<&str>, error: &ErrorBody) {

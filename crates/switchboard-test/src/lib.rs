@@ -53,11 +53,14 @@ impl TestServer {
         TestServer::start(configure(Server::builder())).await
     }
 
-    /// Test defaults: port 0, a short shutdown grace.
+    /// Test defaults: port 0, a short shutdown grace and close timeout.
     pub fn config() -> ServerConfig {
         ServerConfig {
             port: 0,
             shutdown_grace: Duration::from_secs(5),
+            // Test clients often hold a socket they no longer read: do not wait long for
+            // their close answer.
+            close_timeout: Duration::from_millis(250),
             ..ServerConfig::default()
         }
     }
@@ -146,8 +149,8 @@ impl RawClient {
             .expect("send binary");
     }
 
-    /// The next text frame as JSON; panics on close or timeout.
-    pub async fn recv(&mut self) -> Value {
+    /// The next data or close frame; panics on timeout or a dropped connection.
+    async fn next_frame(&mut self) -> Message {
         loop {
             let msg = tokio::time::timeout(TIMEOUT, self.ws.next())
                 .await
@@ -155,10 +158,18 @@ impl RawClient {
                 .expect("connection open")
                 .expect("read frame");
             match msg {
-                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON frame"),
                 Message::Close(f) => panic!("closed while waiting for a frame: {f:?}"),
+                Message::Text(_) | Message::Binary(_) => return msg,
                 _ => {}
             }
+        }
+    }
+
+    /// The next text frame as JSON; panics on binary, close or timeout.
+    pub async fn recv(&mut self) -> Value {
+        match self.next_frame().await {
+            Message::Text(t) => serde_json::from_str(t.as_str()).expect("JSON frame"),
+            other => panic!("expected a text frame, got {other:?}"),
         }
     }
 
@@ -172,17 +183,11 @@ impl RawClient {
         }
     }
 
-    /// The next binary frame.
+    /// The next frame, which must be binary.
     pub async fn recv_binary(&mut self) -> Vec<u8> {
-        loop {
-            let msg = tokio::time::timeout(TIMEOUT, self.ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("connection open")
-                .expect("read frame");
-            if let Message::Binary(b) = msg {
-                return b.to_vec();
-            }
+        match self.next_frame().await {
+            Message::Binary(b) => b.to_vec(),
+            other => panic!("expected a binary frame, got {other:?}"),
         }
     }
 
