@@ -235,6 +235,9 @@ pub struct ClientConfig {
     pub send_queue: usize,
     /// The largest incoming message. Default 16 MiB.
     pub max_message_size: usize,
+    /// How long [`Client::close`] waits for the server to answer the close frame
+    /// before dropping the socket. Default 5 s.
+    pub close_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -244,6 +247,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(10),
             send_queue: 1024,
             max_message_size: 16 * 1024 * 1024,
+            close_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -350,7 +354,7 @@ impl Client {
             next_id: AtomicU64::new(1),
             request_timeout: config.request_timeout,
         });
-        tokio::spawn(drive(ws, rx, Arc::clone(&inner)));
+        tokio::spawn(drive(ws, rx, Arc::clone(&inner), config.close_timeout));
         Ok(Client { inner })
     }
 
@@ -678,11 +682,22 @@ type Ws =
 
 /// The connection task: writes queued commands (feeding all that are ready, flushing
 /// once), reads and dispatches incoming frames, and settles everything when it ends.
-async fn drive(ws: Ws, mut commands: mpsc::Receiver<Command>, inner: Arc<Inner>) {
+async fn drive(
+    ws: Ws,
+    mut commands: mpsc::Receiver<Command>,
+    inner: Arc<Inner>,
+    close_timeout: Duration,
+) {
     let (mut sink, mut stream) = ws.split();
     let mut close_sent = false;
+    // Once our close frame is out, the server has this long to answer it.
+    let close_deadline = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(close_deadline);
     let info = loop {
         tokio::select! {
+            () = &mut close_deadline, if close_sent => {
+                break CloseInfo { code: 1006, reason: "the server did not answer the close".into(), reconnect: Reconnect::Backoff };
+            }
             cmd = commands.recv(), if !close_sent => {
                 let mut next = cmd;
                 let mut failed = None;
@@ -691,6 +706,7 @@ async fn drive(ws: Ws, mut commands: mpsc::Receiver<Command>, inner: Arc<Inner>)
                         Command::Send(m) => m,
                         Command::Close(code, reason) => {
                             close_sent = true;
+                            close_deadline.as_mut().reset(tokio::time::Instant::now() + close_timeout);
                             Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() }))
                         }
                     };

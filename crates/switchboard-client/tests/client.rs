@@ -280,3 +280,37 @@ async fn connect_errors_are_typed() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn close_gives_up_on_a_server_that_never_answers() {
+    use futures_util::SinkExt;
+    // A bare WebSocket server that says `connected`, then never reads again.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (hold_tx, hold_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let hello = r#"{"type":"connected","payload":{"client_id":"0000000000000001","session_id":"s","server":"mute"}}"#;
+        ws.send(tokio_tungstenite::tungstenite::Message::text(hello))
+            .await
+            .unwrap();
+        let _ = hold_rx.await; // keep the socket open, unread
+        drop(ws);
+    });
+    let config = switchboard_client::ClientConfig {
+        close_timeout: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let client = Client::connect_with(&format!("ws://{addr}/"), config)
+        .await
+        .unwrap();
+    assert_eq!(client.session().server, "mute");
+    tokio::time::timeout(TIMEOUT, client.close())
+        .await
+        .expect("close returns");
+    let info = client.close_info().unwrap();
+    assert_eq!(info.code, 1006);
+    assert!(info.reason.contains("did not answer"));
+    drop(hold_tx);
+}
