@@ -101,7 +101,9 @@ impl Payload {
 
     /// True for `{}` (with or without whitespace inside).
     pub fn is_empty(&self) -> bool {
-        self.0.get()[1..self.0.get().len() - 1].trim().is_empty()
+        let text = self.0.get().trim();
+        // An object's text starts with `{` and ends with `}` (both ASCII).
+        text.len() >= 2 && text[1..text.len() - 1].trim().is_empty()
     }
 }
 
@@ -617,6 +619,7 @@ mod tests {
         assert!(Payload::from_json(" {\"a\":1}").is_ok());
         assert!(Payload::from_serialize(&json!(null)).is_err());
         assert!(Payload::from_json("{ }").unwrap().is_empty());
+        assert!(Payload::from_json(" {} ").unwrap().is_empty());
         assert!(!Payload::from_json("{\"a\":1}").unwrap().is_empty());
     }
 }
