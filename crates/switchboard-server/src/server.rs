@@ -151,6 +151,12 @@ impl ServerInner {
         match target {
             Target::All => self.registry.for_each(&mut push),
             Target::Room(room) => self.registry.for_each_in_room(room, &mut push),
+            // A direct message (one id, the common case) needs no de-duplication.
+            Target::Conns(ids) if ids.len() == 1 => {
+                if let Some(c) = self.registry.get(ids[0]) {
+                    push(&c);
+                }
+            }
             Target::Conns(ids) => {
                 let unique: HashSet<ConnId> = ids.iter().copied().collect();
                 for id in unique {
