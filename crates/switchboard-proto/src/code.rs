@@ -149,8 +149,12 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The server is going away (shutdown, restart).
     pub const GOING_AWAY: u16 = 1001;
+    /// The peer broke the WebSocket protocol (a bad frame).
+    pub const PROTOCOL_ERROR: u16 = 1002;
     /// The connection dropped without a close frame (never sent on the wire).
     pub const ABNORMAL: u16 = 1006;
+    /// A text frame was not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// A message was too big to process.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The server hit an unexpected condition.

@@ -320,6 +320,30 @@ impl Envelope {
     }
 }
 
+/// The `ref` of a frame, read without decoding the rest: for answering a message the
+/// server will not process (rate limited) so the request fails fast on the client.
+///
+/// ```
+/// use switchboard_proto::peek_ref;
+/// assert_eq!(peek_ref(r#"{"type":"x","ref":"r1"}"#).as_deref(), Some("r1"));
+/// assert_eq!(peek_ref(r#"{"type":"x"}"#), None);
+/// assert_eq!(peek_ref("not json"), None);
+/// ```
+pub fn peek_ref(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct RefOnly {
+        #[serde(rename = "ref")]
+        ref_id: Option<String>,
+    }
+    if !is_object(text) {
+        return None;
+    }
+    serde_json::from_str::<RefOnly>(text)
+        .ok()
+        .and_then(|r| r.ref_id)
+        .filter(|r| r.len() <= MAX_ID_LEN)
+}
+
 /// The borrowed fields of one outgoing frame, for encoding without building an
 /// [`Envelope`].
 #[derive(Debug, Clone, Copy, Serialize)]

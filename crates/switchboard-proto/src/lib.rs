@@ -30,7 +30,7 @@ pub mod types;
 
 pub use code::{ErrorCode, Reconnect, close_reason, reconnect_hint};
 pub use envelope::{
-    DecodeError, DecodeErrorKind, Envelope, Parts, Payload, PayloadError, encode_parts,
+    DecodeError, DecodeErrorKind, Envelope, Parts, Payload, PayloadError, encode_parts, peek_ref,
 };
 pub use limits::{DEFAULT_MAX_MESSAGE_SIZE, MAX_ID_LEN, MAX_TYPE_LEN, PROTOCOL_VERSION};
 pub use reply::{Ack, AckStatus, ErrorBody, ack_error, ack_ok, error_frame, error_reply};

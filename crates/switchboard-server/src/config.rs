@@ -69,16 +69,45 @@ pub struct ServerConfig {
     /// Relay messages of types no handler takes to the room (`room`) or client (`to`)
     /// they name, instead of answering `UNKNOWN_TYPE`. The hub turns this on. Default false.
     pub relay_unhandled: bool,
-    /// The password clients must send in their first message. Enforced from the
-    /// authentication release on; a server configured with one refuses to start until then.
+    /// The password clients must send in their `auth` message
+    /// (`{"type": "auth", "payload": {"password": "..."}}`), compared in constant time.
+    /// Default none. See also [`ServerBuilder::authenticator`](crate::ServerBuilder::authenticator).
     pub password: Option<String>,
-    /// How long a client has to authenticate. Default 30 s (enforced with `password`).
+    /// With a password or an authenticator: clients must authenticate with their first
+    /// message, and nothing else is processed before it (`AUTH_REQUIRED`). Set it to false
+    /// to let anonymous clients in and authenticate later; handlers that need an identity
+    /// then ask for the [`Identity`](crate::Identity) extractor. Default true.
+    pub auth_required: bool,
+    /// How long a client has to authenticate before it is closed with `AUTH_TIMEOUT`
+    /// (4002). Default 10 s.
     pub auth_timeout: Duration,
-    /// How often the server pings an idle client. Default 30 s. (Reserved: heartbeats
-    /// arrive with the liveness release.)
+    /// Failed authentications one IP address may make within
+    /// [`auth_failure_window`](Self::auth_failure_window) before its attempts are refused
+    /// unchecked (`RATE_LIMITED`, 4006) until the window ends. 0 turns the throttle off.
+    /// Default 5.
+    pub auth_max_failures: u32,
+    /// The window of [`auth_max_failures`](Self::auth_max_failures). Default 60 s.
+    pub auth_failure_window: Duration,
+    /// How often the server checks its clients and pings those idle this long (a
+    /// WebSocket ping, which every client answers without application code). Zero turns
+    /// heartbeats off. Default 25 s.
     pub heartbeat_interval: Duration,
-    /// Silence after which a client is considered dead. Default 90 s. (Reserved.)
+    /// A client that sends nothing (not even a pong) for this long is considered gone:
+    /// it is closed with `HEARTBEAT_TIMEOUT` (4008) and the disconnect hooks run.
+    /// Default 60 s.
     pub heartbeat_timeout: Duration,
+    /// Most messages per second one connection may send, on average (a token bucket;
+    /// pings and pongs are free). Messages over the rate are dropped and answered with
+    /// `RATE_LIMITED`; a client that keeps sending while limited is closed with 4006.
+    /// 0 turns the limit off. Default 1,000.
+    pub rate_limit: u32,
+    /// How many messages one connection may send at once above the rate (the bucket's
+    /// size). Default 2,000.
+    pub rate_burst: u32,
+    /// The `Origin`s browsers may connect from, e.g. `https://app.example.com`. Empty
+    /// allows any. A browser page from another origin gets HTTP 403; clients that send no
+    /// `Origin` (programs, not browsers) are not affected. Default empty.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -100,9 +129,15 @@ impl Default for ServerConfig {
             room_notifications: true,
             relay_unhandled: false,
             password: None,
-            auth_timeout: Duration::from_secs(30),
-            heartbeat_interval: Duration::from_secs(30),
-            heartbeat_timeout: Duration::from_secs(90),
+            auth_required: true,
+            auth_timeout: Duration::from_secs(10),
+            auth_max_failures: 5,
+            auth_failure_window: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(25),
+            heartbeat_timeout: Duration::from_secs(60),
+            rate_limit: 1_000,
+            rate_burst: 2_000,
+            allowed_origins: Vec::new(),
         }
     }
 }

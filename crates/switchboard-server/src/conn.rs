@@ -3,24 +3,29 @@
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde::Serialize;
-use switchboard_proto::{Envelope, ErrorCode, Parts, Payload, close_reason, encode_parts};
+use switchboard_proto::{
+    Envelope, ErrorBody, ErrorCode, Parts, Payload, close_reason, encode_parts, error_frame,
+};
 use tokio::sync::Notify;
 
 use crate::config::SlowConsumerPolicy;
 use crate::server::ServerInner;
-use crate::util::lock;
-use crate::{ConnId, SendError, Server};
+use crate::util::{lock, now_ms};
+use crate::{ConnId, Identity, SendError, Server};
 
 /// One pre-encoded outgoing frame. Clones share the bytes, so a broadcast encodes once.
 #[derive(Debug, Clone)]
 pub(crate) enum Frame {
     Text(Utf8Bytes),
     Binary(Bytes),
+    /// A WebSocket ping (heartbeat).
+    Ping,
 }
 
 impl Frame {
@@ -32,6 +37,7 @@ impl Frame {
         match self {
             Frame::Text(t) => t.len(),
             Frame::Binary(b) => b.len(),
+            Frame::Ping => 0,
         }
     }
 }
@@ -92,6 +98,10 @@ pub(crate) struct ConnShared {
     /// Wakes a writer stuck on a slow socket: abort.
     pub(crate) wake_abort: Notify,
     pub(crate) rooms: Mutex<RoomSet>,
+    /// Who the client authenticated as; set once.
+    identity: OnceLock<Arc<Identity>>,
+    /// When the client last sent anything ([`now_ms`]), for heartbeats.
+    last_seen: AtomicU64,
 }
 
 /// A connected client, as server code sees it: cheap to clone, safe to keep.
@@ -104,7 +114,7 @@ pub(crate) struct ConnShared {
 /// conn.send_message("notification", &serde_json::json!({"text": "Your session expires in 5 minutes"}))
 ///     .ok();
 /// conn.send_message("kicked", &serde_json::json!({"reason": "Violation"})).ok();
-/// conn.disconnect();
+/// conn.disconnect("Violation");
 /// # }
 /// ```
 #[derive(Clone)]
@@ -150,6 +160,8 @@ impl Conn {
                 wake_reader: Notify::new(),
                 wake_abort: Notify::new(),
                 rooms: Mutex::new(RoomSet::default()),
+                identity: OnceLock::new(),
+                last_seen: AtomicU64::new(now_ms()),
             }),
         }
     }
@@ -167,6 +179,39 @@ impl Conn {
     /// The client's address, when the server knows it.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.shared.remote_addr
+    }
+
+    /// True once the client has authenticated (with the password or the authenticator).
+    pub fn is_authenticated(&self) -> bool {
+        self.shared.identity.get().is_some()
+    }
+
+    /// Who the client authenticated as, if it has.
+    ///
+    /// ```no_run
+    /// # fn demo(conn: switchboard_server::Conn) {
+    /// if let Some(who) = conn.identity() {
+    ///     println!("{} is {}", conn.id(), who.id);
+    /// }
+    /// # }
+    /// ```
+    pub fn identity(&self) -> Option<&Identity> {
+        self.shared.identity.get().map(|i| &**i)
+    }
+
+    /// Records the identity; false if the connection already had one.
+    pub(crate) fn set_identity(&self, identity: Identity) -> bool {
+        self.shared.identity.set(Arc::new(identity)).is_ok()
+    }
+
+    /// Notes that the client sent something (heartbeats).
+    pub(crate) fn touch(&self) {
+        self.shared.last_seen.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the client last sent anything.
+    pub(crate) fn idle_ms(&self, now: u64) -> u64 {
+        now.saturating_sub(self.shared.last_seen.load(Ordering::Relaxed))
     }
 
     /// The server this connection belongs to, while it runs.
@@ -205,15 +250,28 @@ impl Conn {
         self.push(Frame::Binary(data.into()))
     }
 
-    /// Closes the connection as a kick: close code 4004 (`KICKED`), which tells clients
-    /// not to reconnect. Messages queued before it are delivered first.
-    pub fn disconnect(&self) {
-        self.close(ErrorCode::Kicked, "disconnected by the server");
+    /// Kicks the client: a final `error` message with code `KICKED` and `reason`, then a
+    /// close with 4004, which tells clients not to reconnect. Messages queued before it
+    /// are delivered first.
+    pub fn disconnect(&self, reason: &str) {
+        self.close(ErrorCode::Kicked, reason);
     }
 
-    /// Closes the connection with one of switchboard's codes and a reason. Messages
-    /// queued before it are delivered first; in-flight handlers finish.
+    /// Closes the connection with one of switchboard's codes: a final `error` message
+    /// `{code, message: reason}`, then a close frame with the code's close code and a
+    /// reason that carries the reconnect hint. Messages queued before it are delivered
+    /// first; in-flight handlers finish.
+    ///
+    /// ```no_run
+    /// # fn demo(conn: switchboard_server::Conn) {
+    /// use switchboard_server::ErrorCode;
+    /// conn.close(ErrorCode::Forbidden, "this account is suspended");
+    /// # }
+    /// ```
     pub fn close(&self, code: ErrorCode, reason: &str) {
+        if self.closing().is_none() {
+            let _ = self.push(Frame::text(error_frame(&ErrorBody::new(code, reason))));
+        }
         self.begin_close(Closing {
             code: code.close_code_or_internal(),
             reason: close_reason(code, reason),

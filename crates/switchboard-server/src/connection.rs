@@ -20,37 +20,69 @@ use switchboard_proto::{
     error_reply, types,
 };
 
+use crate::auth::{Credentials, Outcome};
 use crate::backplane::{PresenceEvent, Target};
 use crate::conn::{Closing, Conn, Frame, WriterStep};
 use crate::extract::MessageContext;
 use crate::router::Route;
 use crate::server::{DisconnectReason, validate_room};
-use crate::transport::{self, Sink, Stream};
-use crate::{ConnId, Server};
+use crate::transport::{self, ReadError, Sink, Stream};
+use crate::{ConnId, Identity, Server};
 
-pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<SocketAddr>) {
+/// What a connection does with the messages it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// switchboard's protocol: envelopes, handlers, rooms.
+    Messages,
+    /// Every data frame is sent back as it came (conformance suites, benchmarks).
+    Echo,
+}
+
+pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<SocketAddr>, mode: Mode) {
     let inner = &server.inner;
+    let config = &inner.config;
     let (mut sink, mut stream) = socket.split();
 
     let admitted = inner.admitted.fetch_add(1, Ordering::AcqRel) + 1;
-    if admitted > inner.config.max_connections {
+    if admitted > config.max_connections {
         inner.admitted.fetch_sub(1, Ordering::AcqRel);
         tracing::warn!(
-            max = inner.config.max_connections,
+            max = config.max_connections,
             "connection refused: server full"
         );
         refuse(
             &mut sink,
             &mut stream,
+            None,
             ErrorCode::ServerFull,
             "server at its connection limit",
-            inner.config.close_timeout,
+            config.close_timeout,
         )
         .await;
         return;
     }
 
-    let conn = Conn::new(inner.ids.next(), remote, inner);
+    let id = inner.ids.next();
+    let mut limiter = RateLimiter::new(config.rate_limit, config.rate_burst);
+    let must_authenticate =
+        mode == Mode::Messages && config.auth_required && inner.auth.is_configured();
+    let authenticated = if must_authenticate {
+        match authenticate(&server, id, remote, &mut sink, &mut stream, &mut limiter).await {
+            Some(done) => Some(done),
+            None => {
+                inner.admitted.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        }
+    } else {
+        None
+    };
+
+    let conn = Conn::new(id, remote, inner);
+    let auth_ref = authenticated.and_then(|(identity, ref_id)| {
+        conn.set_identity(identity);
+        ref_id
+    });
     inner.registry.insert(conn.clone());
     inner
         .backplane
@@ -60,17 +92,16 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
         // Shutdown swept the registry before we were in it.
         conn.close(ErrorCode::ShuttingDown, "server shutting down");
     }
-    let _ = conn.send_message(
-        types::CONNECTED,
-        &json!({
-            "client_id": conn.id(),
-            "session_id": conn.session_id(),
-            "server": inner.config.name,
-        }),
-    );
+    if mode == Mode::Messages {
+        let _ = conn.send_message(types::CONNECTED, &connected_payload(&server, &conn));
+        if let Some(r) = auth_ref {
+            let result = serde_json::value::to_raw_value(&auth_result(&conn)).ok();
+            let _ = conn.push(Frame::text(ack_ok(&r, result.as_deref())));
+        }
+    }
 
     let closing = {
-        let reader = read_loop(&server, &conn, &mut stream);
+        let reader = read_loop(&server, &conn, &mut stream, &mut limiter, mode);
         let writer = write_loop(&conn, &mut sink);
         tokio::pin!(reader, writer);
         tokio::select! {
@@ -85,7 +116,7 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
             () = &mut reader => writer.await,
         }
     };
-    finish(&mut sink, &mut stream, &closing, inner.config.close_timeout).await;
+    finish(&mut sink, &mut stream, &closing, config.close_timeout).await;
     conn.mark_finished();
 
     server.remove_connection(&conn);
@@ -106,15 +137,247 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
     }
 }
 
+/// The payload of `connected`: `{client_id, session_id, server, identity?}`.
+pub(crate) fn connected_payload(server: &Server, conn: &Conn) -> serde_json::Value {
+    let mut payload = json!({
+        "client_id": conn.id(),
+        "session_id": conn.session_id(),
+        "server": server.inner.config.name,
+    });
+    if let Some(identity) = conn.identity() {
+        payload["identity"] = json!(identity);
+    }
+    payload
+}
+
+/// The result of a successful `auth`: `{client_id, identity}`.
+pub(crate) fn auth_result(conn: &Conn) -> serde_json::Value {
+    json!({ "client_id": conn.id(), "identity": conn.identity() })
+}
+
+/// The authentication phase: the client's first message must be `auth`, within the auth
+/// timeout. Returns the identity and the `ref` of the `auth` message, or `None` when the
+/// connection was refused (and closed) or dropped.
+async fn authenticate(
+    server: &Server,
+    id: ConnId,
+    remote: Option<SocketAddr>,
+    sink: &mut Sink,
+    stream: &mut Stream,
+    limiter: &mut RateLimiter,
+) -> Option<(Identity, Option<String>)> {
+    let inner = &server.inner;
+    let config = &inner.config;
+    let deadline = tokio::time::Instant::now() + config.auth_timeout;
+    let limit = config.close_timeout;
+    let timed_out = || {
+        format!(
+            "no `auth` message within {} ms",
+            config.auth_timeout.as_millis()
+        )
+    };
+    loop {
+        let next = tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {
+                refuse(sink, stream, None, ErrorCode::AuthTimeout, &timed_out(), limit).await;
+                return None;
+            }
+            () = inner.stop_accepting.cancelled() => {
+                refuse(sink, stream, None, ErrorCode::ShuttingDown, "server shutting down", limit).await;
+                return None;
+            }
+            next = stream.next() => next,
+        };
+        let text = match next {
+            None => return None,
+            Some(Err(e)) => {
+                let closing = read_error_closing(&e, config.max_message_size);
+                finish(sink, stream, &closing, limit).await;
+                return None;
+            }
+            Some(Ok(Message::Close(_))) => {
+                finish(sink, stream, &lost("closed"), limit).await;
+                return None;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Binary(_))) => None,
+            Some(Ok(Message::Text(text))) => Some(text),
+        };
+        let env = text.as_deref().map(Envelope::decode);
+        let ref_id = match &env {
+            Some(Ok(env)) => env.ref_id.clone(),
+            Some(Err(e)) => e.ref_id.clone(),
+            None => None,
+        };
+        match limiter.admit() {
+            Admit::Yes => {}
+            Admit::Close => {
+                let msg = "too many messages before authenticating";
+                refuse(
+                    sink,
+                    stream,
+                    ref_id.as_deref(),
+                    ErrorCode::RateLimited,
+                    msg,
+                    limit,
+                )
+                .await;
+                return None;
+            }
+            Admit::No { .. } => continue,
+        }
+        let reply = match env {
+            Some(Ok(env)) if env.kind == types::AUTH => {
+                let credentials = Credentials::new(env.payload, remote);
+                let checked = tokio::time::timeout_at(
+                    deadline,
+                    inner.auth.check(credentials, id.to_string()),
+                );
+                match checked.await {
+                    Err(_) => {
+                        refuse(
+                            sink,
+                            stream,
+                            ref_id.as_deref(),
+                            ErrorCode::AuthTimeout,
+                            &timed_out(),
+                            limit,
+                        )
+                        .await;
+                        return None;
+                    }
+                    Ok(Outcome::Accepted(identity)) => {
+                        tracing::debug!(conn = %id, identity = %identity.id, "authenticated");
+                        return Some((identity, ref_id));
+                    }
+                    Ok(Outcome::Rejected(message)) => {
+                        tracing::info!(?remote, "authentication failed");
+                        refuse(
+                            sink,
+                            stream,
+                            ref_id.as_deref(),
+                            ErrorCode::AuthFailed,
+                            &message,
+                            limit,
+                        )
+                        .await;
+                        return None;
+                    }
+                    Ok(Outcome::Throttled(wait)) => {
+                        let msg = format!(
+                            "too many failed attempts from this address; retry in {} s",
+                            wait.as_secs().max(1)
+                        );
+                        refuse(
+                            sink,
+                            stream,
+                            ref_id.as_deref(),
+                            ErrorCode::RateLimited,
+                            &msg,
+                            limit,
+                        )
+                        .await;
+                        return None;
+                    }
+                }
+            }
+            Some(Err(e)) => ErrorBody::new(e.code(), e.to_string()),
+            _ => ErrorBody::new(
+                ErrorCode::AuthRequired,
+                "authenticate first: send {\"type\":\"auth\",\"payload\":{\"password\":\"...\"}}",
+            ),
+        };
+        let frame = Message::Text(error_reply(ref_id.as_deref(), &reply).into());
+        if !matches!(
+            tokio::time::timeout(limit, sink.send(frame)).await,
+            Ok(Ok(()))
+        ) {
+            return None;
+        }
+    }
+}
+
+/// What the rate limiter says about one incoming message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Process it.
+    Yes,
+    /// Drop it; `first` is true for the first drop in a row (tell the client).
+    No { first: bool },
+    /// The client kept sending while limited: close it.
+    Close,
+}
+
+/// A token bucket per connection: `rate` messages a second on average, `burst` at once.
+/// A client that goes on sending more than `burst` messages in a row while limited is
+/// closed.
+pub(crate) struct RateLimiter {
+    per_ms: f64,
+    burst: f64,
+    tokens: f64,
+    last: std::time::Instant,
+    dropped: u32,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(rate: u32, burst: u32) -> RateLimiter {
+        let burst = f64::from(burst.max(1));
+        RateLimiter {
+            per_ms: f64::from(rate) / 1000.0,
+            burst,
+            tokens: burst,
+            last: std::time::Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    pub(crate) fn admit(&mut self) -> Admit {
+        self.admit_at(std::time::Instant::now())
+    }
+
+    fn admit_at(&mut self, now: std::time::Instant) -> Admit {
+        if self.per_ms <= 0.0 {
+            return Admit::Yes;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64() * 1000.0;
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_ms).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.dropped = 0;
+            return Admit::Yes;
+        }
+        self.dropped = self.dropped.saturating_add(1);
+        if f64::from(self.dropped) > self.burst {
+            Admit::Close
+        } else {
+            Admit::No {
+                first: self.dropped == 1,
+            }
+        }
+    }
+
+    /// Milliseconds until the next message would be admitted.
+    pub(crate) fn retry_after_ms(&self) -> u64 {
+        if self.per_ms <= 0.0 {
+            return 0;
+        }
+        let missing = (1.0 - self.tokens).max(0.0);
+        // Rounded up; small and positive by construction.
+        (missing / self.per_ms).ceil() as u64
+    }
+}
+
 /// Turns a connection away: an `error` frame, then a close with the code's close code.
 async fn refuse(
     sink: &mut Sink,
     stream: &mut Stream,
+    ref_id: Option<&str>,
     code: ErrorCode,
     message: &str,
     limit: std::time::Duration,
 ) {
-    let error = switchboard_proto::error_frame(&ErrorBody::new(code, message));
+    let error = error_reply(ref_id, &ErrorBody::new(code, message));
     let closing = Closing {
         code: code.close_code_or_internal(),
         reason: close_reason(code, message),
@@ -134,7 +397,54 @@ fn lost(reason: impl Into<String>) -> Closing {
     }
 }
 
-async fn read_loop(server: &Server, conn: &Conn, stream: &mut Stream) {
+/// How a read error ends the connection: the close code the RFC asks for, or a dropped
+/// connection when the socket itself failed.
+fn read_error_closing(err: &axum::Error, max_message_size: usize) -> Closing {
+    match transport::classify_read_error(err) {
+        ReadError::TooLarge => Closing {
+            code: close::MESSAGE_TOO_BIG,
+            reason: close_reason(
+                ErrorCode::MessageTooLarge,
+                &format!("limit is {max_message_size} bytes"),
+            ),
+            abort: false,
+            by_client: false,
+        },
+        ReadError::InvalidUtf8 => Closing {
+            code: close::INVALID_DATA,
+            reason: "invalid UTF-8 in a text frame".into(),
+            abort: false,
+            by_client: false,
+        },
+        ReadError::Protocol(what) => Closing {
+            code: close::PROTOCOL_ERROR,
+            reason: truncate_reason(what),
+            abort: false,
+            by_client: false,
+        },
+        ReadError::Lost(what) => lost(what),
+    }
+}
+
+/// A close reason must fit in 123 bytes.
+fn truncate_reason(mut s: String) -> String {
+    if s.len() > 120 {
+        let mut end = 120;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+async fn read_loop(
+    server: &Server,
+    conn: &Conn,
+    stream: &mut Stream,
+    limiter: &mut RateLimiter,
+    mode: Mode,
+) {
     for hook in &server.inner.hooks.connect {
         if AssertUnwindSafe(hook(conn.clone()))
             .catch_unwind()
@@ -153,24 +463,25 @@ async fn read_loop(server: &Server, conn: &Conn, stream: &mut Stream) {
             () = conn.shared.wake_reader.notified() => continue,
             next = stream.next() => next,
         };
-        match next {
+        conn.touch();
+        let message = match next {
             None => break Some(lost("connection dropped")),
-            Some(Err(e)) if transport::is_too_large(&e) => {
-                let max = server.config().max_message_size;
-                send_error(
-                    conn,
-                    None,
-                    &ErrorBody::new(
+            Some(Err(e)) => {
+                let closing = read_error_closing(&e, server.config().max_message_size);
+                if closing.code == close::MESSAGE_TOO_BIG {
+                    let max = server.config().max_message_size;
+                    let body = ErrorBody::new(
                         ErrorCode::MessageTooLarge,
                         format!("a message may be at most {max} bytes"),
-                    ),
-                );
-                conn.close(ErrorCode::MessageTooLarge, &format!("limit is {max} bytes"));
+                    );
+                    send_error(conn, None, &body);
+                }
+                if closing.abort {
+                    break Some(closing);
+                }
+                conn.begin_close(closing);
                 break None;
             }
-            Some(Err(e)) => break Some(lost(e.to_string())),
-            Some(Ok(Message::Text(text))) => dispatch_text(server, conn, text.as_str()).await,
-            Some(Ok(Message::Binary(data))) => dispatch_binary(server, conn, data).await,
             Some(Ok(Message::Close(frame))) => {
                 let (code, reason) = match frame {
                     Some(f) => (f.code, f.reason.to_string()),
@@ -183,11 +494,53 @@ async fn read_loop(server: &Server, conn: &Conn, stream: &mut Stream) {
                     by_client: true,
                 });
             }
-            // The socket library answers pings itself.
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            // The socket library answers pings itself; a pong only proves life.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(m)) => m,
+        };
+        match limiter.admit() {
+            Admit::Yes => {}
+            Admit::No { first } => {
+                rate_limited(conn, &message, first, limiter.retry_after_ms());
+                continue;
+            }
+            Admit::Close => {
+                tracing::info!(conn = %conn.id(), "closing a client that keeps flooding");
+                conn.close(ErrorCode::RateLimited, "kept sending while rate limited");
+                break None;
+            }
+        }
+        match (mode, message) {
+            (Mode::Echo, Message::Text(text)) => {
+                let _ = conn.push(Frame::Text(text));
+            }
+            (Mode::Echo, Message::Binary(data)) => {
+                let _ = conn.push(Frame::Binary(data));
+            }
+            (_, Message::Text(text)) => dispatch_text(server, conn, text.as_str()).await,
+            (_, Message::Binary(data)) => dispatch_binary(server, conn, data).await,
+            _ => {}
         }
     };
     conn.reader_finished(end.unwrap_or_else(|| lost("closed")));
+}
+
+/// Answers a dropped message: always when it carried a `ref` (so a request fails fast
+/// instead of timing out), otherwise only the first in a row.
+fn rate_limited(conn: &Conn, message: &Message, first: bool, retry_after_ms: u64) {
+    let ref_id = match message {
+        Message::Text(t) => switchboard_proto::peek_ref(t.as_str()),
+        _ => None,
+    };
+    if ref_id.is_none() && !first {
+        return;
+    }
+    let body = ErrorBody::new(
+        ErrorCode::RateLimited,
+        "too many messages; this one was dropped",
+    )
+    .with_details(json!({ "retry_after_ms": retry_after_ms }));
+    send_error(conn, ref_id.as_deref(), &body);
 }
 
 async fn write_loop(conn: &Conn, sink: &mut Sink) -> Closing {

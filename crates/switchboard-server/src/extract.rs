@@ -11,6 +11,8 @@
 //! | [`Envelope`] | the whole message (type, payload, ref, room, to) |
 //! | [`Payload`] | the raw payload |
 //! | [`Binary`] | the data of a binary frame (handlers registered with `on_binary`) |
+//! | [`Identity`] | who the client authenticated as; unauthenticated clients get `AUTH_REQUIRED` and the handler does not run |
+//! | `Option<Identity>` | the same, without requiring it |
 
 use std::any::type_name;
 use std::ops::{Deref, DerefMut};
@@ -19,7 +21,9 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use switchboard_proto::{Envelope, Payload};
 
-use crate::{Conn, HandlerError, Server};
+use switchboard_proto::ErrorCode;
+
+use crate::{Conn, HandlerError, Identity, Server};
 
 /// Everything a handler can extract from: one incoming message and where it came from.
 pub struct MessageContext {
@@ -170,5 +174,32 @@ impl FromMessage for Binary {
             .clone()
             .map(Binary)
             .ok_or_else(|| HandlerError::internal("this message is not a binary frame"))
+    }
+}
+
+/// Requires authentication: a handler that takes an `Identity` runs only for clients
+/// that have authenticated; others get `AUTH_REQUIRED`.
+///
+/// ```
+/// use switchboard_server::{Identity, Json, Server};
+///
+/// let server = Server::builder()
+///     .on("whoami", |who: Identity| async move { Json(who.id) })
+///     .build();
+/// ```
+impl FromMessage for Identity {
+    fn from_message(cx: &MessageContext) -> Result<Self, HandlerError> {
+        cx.conn.identity().cloned().ok_or_else(|| {
+            HandlerError::code_of(
+                ErrorCode::AuthRequired,
+                format!("`{}` needs an authenticated client", cx.envelope.kind),
+            )
+        })
+    }
+}
+
+impl FromMessage for Option<Identity> {
+    fn from_message(cx: &MessageContext) -> Result<Self, HandlerError> {
+        Ok(cx.conn.identity().cloned())
     }
 }

@@ -31,6 +31,7 @@
 //! The wire protocol is specified in `docs/protocol.md` and implemented by
 //! [`switchboard_proto`].
 
+mod auth;
 pub mod backplane;
 mod config;
 mod conn;
@@ -46,6 +47,7 @@ mod system;
 mod transport;
 mod util;
 
+pub use auth::{AuthRejected, Authenticator, Credentials, Identity};
 pub use backplane::{
     Backplane, BackplaneError, Delivery, LocalBackplane, NodeHandle, PresenceEvent, Target,
 };

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Auth, Authenticator};
 use crate::backplane::{Backplane, Delivery, LocalBackplane, NodeHandle, PresenceEvent, Target};
 use crate::conn::{Closing, Conn, Frame};
 use crate::handler::{BoxFuture, Erased, Handler};
@@ -107,6 +108,7 @@ impl Filter {
 
 pub(crate) struct ServerInner {
     pub(crate) routes: axum::Router,
+    pub(crate) auth: Auth,
     pub(crate) config: ServerConfig,
     pub(crate) router: Router,
     pub(crate) state: StateMap,
@@ -213,6 +215,7 @@ pub struct ServerBuilder {
     state: StateMap,
     hooks: Hooks,
     backplane: Arc<dyn Backplane>,
+    authenticator: Option<Arc<dyn Authenticator>>,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -241,6 +244,7 @@ impl ServerBuilder {
             state: StateMap::default(),
             hooks: Hooks::default(),
             backplane: Arc::new(LocalBackplane),
+            authenticator: None,
         };
         system::register(builder)
     }
@@ -379,6 +383,30 @@ impl ServerBuilder {
         self
     }
 
+    /// Checks every client's credentials with `authenticator` (a token check, a user
+    /// database). Clients must then authenticate with their first message (unless
+    /// [`auth_required`](ServerConfig::auth_required) is off); the identity it returns is
+    /// what handlers see in [`Conn::identity`]. With a
+    /// [`password`](ServerConfig::password) configured too, both must pass.
+    ///
+    /// ```
+    /// use switchboard_server::{AuthRejected, Credentials, Identity, Server};
+    ///
+    /// let server = Server::builder()
+    ///     .authenticator(|creds: Credentials| async move {
+    ///         let token = creds.token().ok_or_else(|| AuthRejected::new("a token is required"))?;
+    ///         match token.strip_prefix("user:") {
+    ///             Some(user) => Ok(Identity::new(user)),
+    ///             None => Err(AuthRejected::new("invalid token")),
+    ///         }
+    ///     })
+    ///     .build();
+    /// ```
+    pub fn authenticator(mut self, authenticator: impl Authenticator) -> ServerBuilder {
+        self.authenticator = Some(Arc::new(authenticator));
+        self
+    }
+
     /// Uses another backplane (Redis, NATS) instead of the single-node default.
     pub fn backplane(mut self, backplane: impl Backplane) -> ServerBuilder {
         self.backplane = Arc::new(backplane);
@@ -389,9 +417,16 @@ impl ServerBuilder {
     pub fn build(self) -> Server {
         let (stopped, _) = watch::channel(false);
         let clustered = self.backplane.name() != LocalBackplane.name();
+        let auth = Auth::new(
+            self.config.password.clone(),
+            self.authenticator,
+            self.config.auth_max_failures,
+            self.config.auth_failure_window,
+        );
         Server {
             inner: Arc::new(ServerInner {
                 routes: self.routes,
+                auth,
                 config: self.config,
                 router: self.router,
                 state: self.state,
@@ -751,10 +786,9 @@ impl Server {
         if self.inner.started.swap(true, Ordering::AcqRel) {
             return Err(ServeError::AlreadyStarted);
         }
-        if self.inner.config.password.is_some() {
+        if self.inner.config.password.as_deref() == Some("") {
             return Err(ServeError::Config(
-                "password authentication is not available in this version; remove `password`"
-                    .into(),
+                "`password` is empty; set a real one or none".into(),
             ));
         }
         self.inner
@@ -765,10 +799,55 @@ impl Server {
             .await
             .map_err(ServeError::Backplane)?;
         self.inner.running.store(true, Ordering::Release);
+        self.start_heartbeats();
         for hook in &self.inner.hooks.startup {
             hook(self.clone()).await;
         }
         Ok(())
+    }
+
+    /// Every `heartbeat_interval`: ping the clients idle that long, close those silent
+    /// past `heartbeat_timeout`. One task for the whole server, not a timer per connection.
+    fn start_heartbeats(&self) {
+        let interval = self.inner.config.heartbeat_interval;
+        let timeout = self.inner.config.heartbeat_timeout;
+        if interval.is_zero() || timeout.is_zero() {
+            return;
+        }
+        let tick = interval.min(timeout / 2).max(Duration::from_millis(10));
+        let weak = Arc::downgrade(&self.inner);
+        let stop = self.inner.stop_accepting.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(tick);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let ping_after = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+            let dead_after = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let now = crate::util::now_ms();
+                inner.registry.for_each(|c| {
+                    let idle = c.idle_ms(now);
+                    if idle >= dead_after {
+                        tracing::info!(conn = %c.id(), idle_ms = idle, "heartbeat timeout");
+                        c.begin_close(Closing {
+                            code: ErrorCode::HeartbeatTimeout.close_code_or_internal(),
+                            reason: close_reason(
+                                ErrorCode::HeartbeatTimeout,
+                                &format!("nothing heard for {idle} ms"),
+                            ),
+                            abort: true,
+                            by_client: false,
+                        });
+                    } else if idle >= ping_after {
+                        let _ = c.push(Frame::Ping);
+                    }
+                });
+            }
+        });
     }
 
     /// Serves on `listener` until [`shutdown`](Server::shutdown) completes.
@@ -864,6 +943,19 @@ impl Server {
     /// The WebSocket endpoint alone, to route at a path of your choice.
     pub fn ws_route(&self) -> axum::routing::MethodRouter {
         crate::transport::ws_route(self.clone())
+    }
+
+    /// A WebSocket endpoint that sends every text and binary frame back as it came,
+    /// through the same transport, limits and outbound queue as the real endpoint but
+    /// with no protocol: for conformance suites (Autobahn) and transport benchmarks.
+    /// Not routed unless you route it.
+    ///
+    /// ```
+    /// let server = switchboard_server::Server::builder().build();
+    /// let app = server.router().route("/echo", server.echo_route());
+    /// ```
+    pub fn echo_route(&self) -> axum::routing::MethodRouter {
+        crate::transport::echo_route(self.clone())
     }
 
     /// A JSON health summary (served at `/health`).

@@ -1,4 +1,5 @@
-//! The built-in message types: `ping`, `join_room` / `subscribe`, `leave_room` / `unsubscribe`.
+//! The built-in message types: `auth`, `ping`, `join_room` / `subscribe`,
+//! `leave_room` / `unsubscribe`.
 //!
 //! They are ordinary handlers registered first, so an application can add its own
 //! handlers for the same types: at a higher priority to check or refuse (an error stops
@@ -8,15 +9,43 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard_proto::{Envelope, ErrorCode, types};
 
+use crate::auth::{Credentials, Outcome};
 use crate::{Conn, HandlerError, Json, SendError, Server, ServerBuilder};
 
 pub(crate) fn register(builder: ServerBuilder) -> ServerBuilder {
     builder
+        .on(types::AUTH, auth)
         .on(types::PING, ping)
         .on(types::JOIN_ROOM, join_room)
         .on(types::SUBSCRIBE, join_room)
         .on(types::LEAVE_ROOM, leave_room)
         .on(types::UNSUBSCRIBE, leave_room)
+}
+
+/// `auth` after the connection is up: a late login when authentication is optional, a
+/// no-op when the client is already authenticated or the server checks nothing.
+async fn auth(server: Server, conn: Conn, env: Envelope) -> Result<Json<Value>, HandlerError> {
+    let auth = &server.inner.auth;
+    if conn.is_authenticated() || !auth.is_configured() {
+        return Ok(Json(crate::connection::auth_result(&conn)));
+    }
+    let credentials = Credentials::new(env.payload, conn.remote_addr());
+    match auth.check(credentials, conn.id().to_string()).await {
+        Outcome::Accepted(identity) => {
+            conn.set_identity(identity);
+            Ok(Json(crate::connection::auth_result(&conn)))
+        }
+        // Optional authentication: a wrong guess is an error, not a disconnect; the
+        // per-address throttle still counts it.
+        Outcome::Rejected(message) => Err(HandlerError::code_of(ErrorCode::AuthFailed, message)),
+        Outcome::Throttled(wait) => Err(HandlerError::code_of(
+            ErrorCode::RateLimited,
+            format!(
+                "too many failed attempts from this address; retry in {} s",
+                wait.as_secs().max(1)
+            ),
+        )),
+    }
 }
 
 async fn ping(conn: Conn) {

@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use axum::extract::State as AxumState;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::{Extensions, StatusCode};
+use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use futures_util::stream::{SplitSink, SplitStream};
 
 use crate::Server;
 use crate::conn::Frame;
+use crate::connection::Mode;
 
 pub(crate) type Sink = SplitSink<WebSocket, Message>;
 pub(crate) type Stream = SplitStream<WebSocket>;
@@ -31,6 +32,10 @@ pub(crate) fn ws_route(server: Server) -> MethodRouter {
     get(upgrade).with_state(server)
 }
 
+pub(crate) fn echo_route(server: Server) -> MethodRouter {
+    get(upgrade_echo).with_state(server)
+}
+
 async fn health(AxumState(server): AxumState<Server>) -> Response {
     axum::Json(server.health()).into_response()
 }
@@ -38,10 +43,50 @@ async fn health(AxumState(server): AxumState<Server>) -> Response {
 async fn upgrade(
     AxumState(server): AxumState<Server>,
     ws: WebSocketUpgrade,
+    headers: HeaderMap,
     extensions: Extensions,
+) -> Response {
+    accept(server, ws, &headers, &extensions, Mode::Messages)
+}
+
+async fn upgrade_echo(
+    AxumState(server): AxumState<Server>,
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    extensions: Extensions,
+) -> Response {
+    accept(server, ws, &headers, &extensions, Mode::Echo)
+}
+
+/// True if a browser page from this `Origin` may connect. Programs send no `Origin` and
+/// are not affected; an empty list allows every origin.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match headers.get(header::ORIGIN) {
+        None => true,
+        Some(origin) => origin.to_str().is_ok_and(|o| {
+            allowed
+                .iter()
+                .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(o))
+        }),
+    }
+}
+
+fn accept(
+    server: Server,
+    ws: WebSocketUpgrade,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+    mode: Mode,
 ) -> Response {
     if server.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down").into_response();
+    }
+    if !origin_allowed(&server.config().allowed_origins, headers) {
+        tracing::info!(origin = ?headers.get(header::ORIGIN), "connection refused: origin not allowed");
+        return (StatusCode::FORBIDDEN, "FORBIDDEN: origin not allowed").into_response();
     }
     // Counted before the upgrade so a shutdown waits for this connection too.
     let token = server.inner.tracker.token();
@@ -54,7 +99,7 @@ async fn upgrade(
         .max_message_size(config.max_message_size)
         .max_frame_size(config.max_message_size)
         .on_upgrade(move |socket| async move {
-            crate::connection::run(server, socket, remote).await;
+            crate::connection::run(server, socket, remote, mode).await;
             drop(token);
         })
 }
@@ -63,6 +108,7 @@ pub(crate) fn to_message(frame: Frame) -> Message {
     match frame {
         Frame::Text(t) => Message::Text(t),
         Frame::Binary(b) => Message::Binary(b),
+        Frame::Ping => Message::Ping(bytes::Bytes::new()),
     }
 }
 
@@ -73,15 +119,76 @@ pub(crate) fn close_message(code: u16, reason: &str) -> Message {
     }))
 }
 
-/// True if a read error means the peer sent a message over the size limit.
-pub(crate) fn is_too_large(err: &axum::Error) -> bool {
+/// What went wrong reading from a client.
+pub(crate) enum ReadError {
+    /// A frame or message over the size limit.
+    TooLarge,
+    /// A text frame that is not UTF-8.
+    InvalidUtf8,
+    /// A WebSocket protocol violation (bad opcode, reserved bits, unmasked frame, ...).
+    Protocol(String),
+    /// The socket failed or closed.
+    Lost(String),
+}
+
+pub(crate) fn classify_read_error(err: &axum::Error) -> ReadError {
     use std::error::Error as _;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
     let mut source = err.source();
     while let Some(e) = source {
-        if let Some(ts) = e.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
-            return matches!(ts, tokio_tungstenite::tungstenite::Error::Capacity(_));
+        if let Some(ws) = e.downcast_ref::<WsError>() {
+            return match ws {
+                WsError::Capacity(_) => ReadError::TooLarge,
+                WsError::Utf8(_) => ReadError::InvalidUtf8,
+                WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                    ReadError::Lost("connection reset without a close frame".into())
+                }
+                WsError::Protocol(p) => ReadError::Protocol(p.to_string()),
+                other => ReadError::Lost(other.to_string()),
+            };
         }
         source = e.source();
     }
-    false
+    ReadError::Lost(err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, o.parse().unwrap_or_else(|_| unreachable!()));
+        }
+        h
+    }
+
+    #[test]
+    fn origins() {
+        let allowed = vec!["https://app.example.com/".to_owned()];
+        assert!(origin_allowed(&[], &headers(Some("https://evil.example"))));
+        assert!(origin_allowed(
+            &allowed,
+            &headers(Some("https://app.example.com"))
+        ));
+        assert!(origin_allowed(
+            &allowed,
+            &headers(Some("https://APP.example.com"))
+        ));
+        assert!(!origin_allowed(
+            &allowed,
+            &headers(Some("https://evil.example"))
+        ));
+        assert!(!origin_allowed(&allowed, &headers(Some("null"))));
+        assert!(
+            origin_allowed(&allowed, &headers(None)),
+            "programs send no Origin"
+        );
+        assert!(origin_allowed(
+            &["*".to_owned()],
+            &headers(Some("https://x"))
+        ));
+    }
 }

@@ -466,7 +466,7 @@ async fn kick_delivers_the_last_message_then_closes_4004() {
             .on("misbehave", |conn: Conn| async move {
                 conn.send_message("kicked", &json!({"reason":"Violation"}))
                     .ok();
-                conn.disconnect();
+                conn.disconnect("Violation");
             })
     })
     .await;
@@ -476,6 +476,11 @@ async fn kick_delivers_the_last_message_then_closes_4004() {
     assert_eq!(
         a.recv().await,
         json!({"type":"kicked","payload":{"reason":"Violation"}})
+    );
+    assert_eq!(
+        a.recv().await,
+        json!({"type":"error","payload":{"code":"KICKED","message":"Violation"}}),
+        "the final message says why"
     );
     let closed = a.closed().await;
     assert_eq!(closed.code, 4004);
@@ -487,7 +492,7 @@ async fn kick_delivers_the_last_message_then_closes_4004() {
 
     // Kicking from server code.
     let id: ConnId = b.id.parse().unwrap();
-    s.server.connection(id).unwrap().disconnect();
+    s.server.connection(id).unwrap().disconnect("bye");
     assert_eq!(b.closed().await.code, 4004);
     s.stop().await;
 }
@@ -554,6 +559,8 @@ async fn a_flood_of_10000_messages_arrives_complete_and_in_order() {
     let s = TestServer::with(|b| {
         b.config(ServerConfig {
             relay_unhandled: true,
+            // This test is about order and completeness, not flood control.
+            rate_limit: 0,
             ..TestServer::config()
         })
         .state(seen.clone())
