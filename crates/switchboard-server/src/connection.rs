@@ -594,6 +594,18 @@ async fn finish(
         sink.send(transport::close_message(closing.code, &closing.reason)),
     )
     .await;
+    let read_side_failed = matches!(
+        closing.code,
+        close::PROTOCOL_ERROR | close::INVALID_DATA | close::MESSAGE_TOO_BIG
+    );
+    if read_side_failed {
+        // After a bad frame the socket library reads nothing more, and unread data left
+        // in the kernel makes closing reset the connection, which would throw away our
+        // close frame before the client reads it. Shut our side, then linger briefly.
+        let _ = tokio::time::timeout(limit, sink.close()).await;
+        tokio::time::sleep(limit).await;
+        return;
+    }
     if matches!(sent, Ok(Ok(()))) {
         let _ = tokio::time::timeout(limit, async {
             while let Some(Ok(msg)) = stream.next().await {
