@@ -46,6 +46,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 pub use switchboard_proto::{ErrorCode, Reconnect};
 
+/// The `ref` of the `auth` message the client sends when it connects.
+const AUTH_REF: &str = "auth";
+
 /// The connection's state, readable with [`Client::state`] and watchable with
 /// [`Client::watch_state`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -238,6 +241,32 @@ pub struct ClientConfig {
     /// How long [`Client::close`] waits for the server to answer the close frame
     /// before dropping the socket. Default 5 s.
     pub close_timeout: Duration,
+    /// The payload of the `auth` message sent first thing after the handshake, e.g.
+    /// `{"password": "..."}` or `{"token": "..."}`. Default none (no `auth` is sent).
+    /// A refusal is [`ConnectError::Refused`] with code `AUTH_FAILED`.
+    pub auth: Option<serde_json::Value>,
+    /// The TLS settings for `wss://` URLs (your own root certificates, client
+    /// certificates). Default none: the Web PKI roots.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl ClientConfig {
+    /// Authenticates with this password (`{"password": ...}`).
+    ///
+    /// ```
+    /// let config = switchboard_client::ClientConfig::default().password("secret123");
+    /// assert_eq!(config.auth.unwrap()["password"], "secret123");
+    /// ```
+    pub fn password(mut self, password: impl Into<String>) -> ClientConfig {
+        self.auth = Some(json!({ "password": password.into() }));
+        self
+    }
+
+    /// Authenticates with this token (`{"token": ...}`), for servers with an authenticator.
+    pub fn token(mut self, token: impl Into<String>) -> ClientConfig {
+        self.auth = Some(json!({ "token": token.into() }));
+        self
+    }
 }
 
 impl Default for ClientConfig {
@@ -248,6 +277,8 @@ impl Default for ClientConfig {
             send_queue: 1024,
             max_message_size: 16 * 1024 * 1024,
             close_timeout: Duration::from_secs(5),
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -284,11 +315,30 @@ impl Client {
         let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(config.max_message_size))
             .max_frame_size(Some(config.max_message_size));
-        let handshake = tokio_tungstenite::connect_async_with_config(url, Some(ws_config), false);
+        let connector = config.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let handshake = tokio_tungstenite::connect_async_tls_with_config(
+            url,
+            Some(ws_config),
+            false,
+            connector,
+        );
         let (mut ws, _response) = tokio::time::timeout(config.connect_timeout, handshake)
             .await
             .map_err(|_| ConnectError::Timeout)?
             .map_err(ConnectError::Unreachable)?;
+        if let Some(auth) = &config.auth {
+            let frame = Envelope {
+                ref_id: Some(AUTH_REF.to_owned()),
+                ..Envelope::with_payload(
+                    types::AUTH,
+                    Payload::from_serialize(auth)
+                        .map_err(|e| ConnectError::InvalidUrl(format!("bad auth payload: {e}")))?,
+                )
+            };
+            ws.send(Message::text(frame.encode()))
+                .await
+                .map_err(ConnectError::Unreachable)?;
+        }
 
         // The first frame is `connected`, or an error and a close when refused.
         let first = tokio::time::timeout(config.connect_timeout, async {
@@ -308,6 +358,17 @@ impl Client {
                                 });
                             }
                             types::ERROR => refusal = env.payload_as().ok(),
+                            // A refused `auth` is answered with an error ack.
+                            types::ACK => {
+                                if let Ok(v) = env.payload_as::<serde_json::Value>() {
+                                    if v["status"] == "error" {
+                                        refusal = Some(ErrorBody::custom(
+                                            v["code"].as_str().unwrap_or("").to_owned(),
+                                            v["message"].as_str().unwrap_or(""),
+                                        ));
+                                    }
+                                }
+                            }
                             _ => {}
                         }
                     }

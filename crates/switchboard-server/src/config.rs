@@ -1,5 +1,6 @@
 //! Server settings and their defaults.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use switchboard_proto::DEFAULT_MAX_MESSAGE_SIZE;
@@ -108,6 +109,11 @@ pub struct ServerConfig {
     /// allows any. A browser page from another origin gets HTTP 403; clients that send no
     /// `Origin` (programs, not browsers) are not affected. Default empty.
     pub allowed_origins: Vec<String>,
+    /// A PEM certificate chain: with [`tls_key`](Self::tls_key),
+    /// [`Server::run`](crate::Server::run) serves `wss://`. Default none.
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key for [`tls_cert`](Self::tls_cert). Default none.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -138,6 +144,8 @@ impl Default for ServerConfig {
             rate_limit: 1_000,
             rate_burst: 2_000,
             allowed_origins: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

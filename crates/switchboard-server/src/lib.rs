@@ -44,6 +44,7 @@ mod registry;
 mod router;
 mod server;
 mod system;
+mod tls;
 mod transport;
 mod util;
 
@@ -58,6 +59,7 @@ pub use extract::{Binary, FromMessage, Json, MessageContext, State};
 pub use handler::{Handler, IntoReply};
 pub use id::{ConnId, ParseConnIdError};
 pub use server::{DisconnectReason, Filter, Server, ServerBuilder};
+pub use tls::TlsConfig;
 
 pub use switchboard_proto as proto;
 pub use switchboard_proto::{Envelope, ErrorCode, Payload};

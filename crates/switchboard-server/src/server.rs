@@ -127,7 +127,7 @@ pub(crate) struct ServerInner {
     pub(crate) admitted: AtomicUsize,
     stopped: watch::Sender<bool>,
     started_at: Instant,
-    local_addr: OnceLock<SocketAddr>,
+    pub(crate) local_addr: OnceLock<SocketAddr>,
 }
 
 impl ServerInner {
@@ -869,7 +869,19 @@ impl Server {
 
     /// Binds the configured `host:port` and serves until Ctrl-C or SIGTERM, then shuts
     /// down gracefully.
+    /// With [`tls_cert`](ServerConfig::tls_cert) and [`tls_key`](ServerConfig::tls_key)
+    /// set, it serves `wss://`.
     pub async fn run(&self) -> Result<(), ServeError> {
+        let config = &self.inner.config;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::TlsConfig::from_pem_files(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(ServeError::Config(
+                    "`tls_cert` and `tls_key` go together: set both or neither".into(),
+                ));
+            }
+        };
         let addr = format!("{}:{}", self.inner.config.host, self.inner.config.port);
         let listener = TcpListener::bind(&addr)
             .await
@@ -880,7 +892,10 @@ impl Server {
             tracing::info!("shutdown signal received");
             server.shutdown().await;
         });
-        self.serve(listener).await
+        match tls {
+            Some(tls) => self.serve_tls(listener, tls).await,
+            None => self.serve(listener).await,
+        }
     }
 
     /// Waits until shutdown has completed.

@@ -438,3 +438,58 @@ async fn rooms_per_connection_are_bounded() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn tls_serves_wss_and_the_client_connects_with_its_own_roots() {
+    let cert = switchboard_test::TestCert::generate();
+    let s = TestServer::start_tls(
+        switchboard_server::Server::builder()
+            .config(ServerConfig {
+                password: Some("secret123".into()),
+                ..TestServer::config()
+            })
+            .on("hello", || async { Json("hi") }),
+        &cert,
+    )
+    .await;
+    assert!(s.url().starts_with("wss://"));
+    let config = switchboard_client::ClientConfig {
+        tls: Some(cert.client.clone()),
+        ..switchboard_client::ClientConfig::default().password("secret123")
+    };
+    let client = switchboard_client::Client::connect_with(&s.url(), config)
+        .await
+        .unwrap();
+    let reply: String = client
+        .request("hello", &json!({}), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(reply, "hi");
+    assert_eq!(s.server.connection_count(), 1);
+
+    // Without trusting the certificate, the handshake fails with a typed error.
+    let untrusting = switchboard_client::Client::connect(&s.url()).await;
+    assert!(matches!(
+        untrusting,
+        Err(switchboard_client::ConnectError::Unreachable(_))
+    ));
+    // Plain ws:// to a TLS port does not connect either.
+    let plain = switchboard_client::Client::connect(&format!("ws://{}/ws", s.addr)).await;
+    assert!(plain.is_err());
+    // A wrong password over TLS is refused like anywhere else.
+    let config = switchboard_client::ClientConfig {
+        tls: Some(cert.client.clone()),
+        ..switchboard_client::ClientConfig::default().password("wrong")
+    };
+    match switchboard_client::Client::connect_with(&s.url(), config).await {
+        Err(switchboard_client::ConnectError::Refused {
+            code, reconnect, ..
+        }) => {
+            assert_eq!(code, "AUTH_FAILED");
+            assert_eq!(reconnect, Reconnect::Never);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    client.close().await;
+    s.stop().await;
+}

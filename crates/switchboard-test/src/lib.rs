@@ -25,6 +25,41 @@ pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
     task: Option<JoinHandle<()>>,
+    tls: bool,
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, and a client TLS
+/// configuration that trusts it (and nothing else).
+pub struct TestCert {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// A client configuration that trusts only this certificate.
+    pub client: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl TestCert {
+    /// Generates a fresh one.
+    pub fn generate() -> TestCert {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("self-signed certificate");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(ck.cert.der().clone())
+            .expect("trust the test certificate");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TestCert {
+            cert_pem: ck.cert.pem(),
+            key_pem: ck.key_pair.serialize_pem(),
+            client: std::sync::Arc::new(client),
+        }
+    }
 }
 
 impl TestServer {
@@ -45,6 +80,33 @@ impl TestServer {
             server,
             addr,
             task: Some(task),
+            tls: false,
+        }
+    }
+
+    /// Builds and serves `wss://` on 127.0.0.1:0 with `cert`.
+    pub async fn start_tls(builder: ServerBuilder, cert: &TestCert) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free port");
+        let addr = listener.local_addr().expect("local addr");
+        let tls = switchboard_server::TlsConfig::from_pem(
+            cert.cert_pem.as_bytes(),
+            cert.key_pem.as_bytes(),
+        )
+        .expect("TLS config");
+        let server = builder.build();
+        let s = server.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = s.serve_tls(listener, tls).await {
+                panic!("server failed: {e}");
+            }
+        });
+        TestServer {
+            server,
+            addr,
+            task: Some(task),
+            tls: true,
         }
     }
 
@@ -67,7 +129,8 @@ impl TestServer {
 
     /// The WebSocket URL.
     pub fn url(&self) -> String {
-        format!("ws://{}{}", self.addr, self.server.config().path)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{}", self.addr, self.server.config().path)
     }
 
     /// An HTTP URL on the server.
