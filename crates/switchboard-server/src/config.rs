@@ -114,6 +114,10 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key for [`tls_cert`](Self::tls_cert). Default none.
     pub tls_key: Option<PathBuf>,
+    /// Also serve [`Server::echo_route`](crate::Server::echo_route) at this path: a raw
+    /// echo endpoint, without protocol or authentication, for conformance suites
+    /// (Autobahn) and transport benchmarks. Default none.
+    pub echo_path: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -146,6 +150,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            echo_path: None,
         }
     }
 }

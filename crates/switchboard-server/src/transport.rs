@@ -20,12 +20,15 @@ pub(crate) type Stream = SplitStream<WebSocket>;
 
 pub(crate) fn router(server: Server) -> axum::Router {
     let path = server.config().path.clone();
-    server
+    let mut app = server
         .inner
         .routes
         .clone()
-        .route(&path, ws_route(server.clone()))
-        .route("/health", get(health).with_state(server))
+        .route(&path, ws_route(server.clone()));
+    if let Some(echo) = &server.config().echo_path {
+        app = app.route(echo, echo_route(server.clone()));
+    }
+    app.route("/health", get(health).with_state(server))
 }
 
 pub(crate) fn ws_route(server: Server) -> MethodRouter {

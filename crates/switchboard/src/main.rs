@@ -1,12 +1,16 @@
 //! `switchboard`: a ready real-time hub on the switchboard server library.
 
+mod settings;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::response::Html;
 use axum::routing::get;
 use clap::{Parser, Subcommand};
-use switchboard_server::{Server, ServerConfig};
+use settings::FileSettings;
+use switchboard_server::{Server, ServerConfig, TlsConfig};
 use tracing_subscriber::EnvFilter;
 
 const INDEX: &str = include_str!("index.html");
@@ -23,34 +27,117 @@ struct Cli {
 enum Command {
     /// Run a hub: rooms, broadcast, direct messages and relay, a page at `/`.
     ///
+    /// Settings come from flags, then SWITCHBOARD_* environment variables, then the
+    /// --config file, then the defaults. The password is never a flag (other users can
+    /// read a process's arguments): use SWITCHBOARD_PASSWORD, `password_file`, or the file.
+    ///
     /// Examples:
     ///   switchboard serve
     ///   switchboard serve --host 0.0.0.0 --port 9000 --name chat
+    ///   switchboard serve --config switchboard.toml
+    ///   SWITCHBOARD_PASSWORD=s3cret switchboard serve --tls-cert cert.pem --tls-key key.pem
     ///   SWITCHBOARD_PORT=0 switchboard serve     # any free port; the address is printed
     #[command(verbatim_doc_comment)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Print configuration help.
+    ///
+    /// Examples:
+    ///   switchboard config --example > switchboard.toml
+    #[command(verbatim_doc_comment)]
+    Config {
+        /// Print a commented example config file with every setting and its default.
+        #[arg(long)]
+        example: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "SWITCHBOARD_HOST", default_value = "127.0.0.1")]
-    host: String,
-    /// Port to listen on (0 picks a free one).
-    #[arg(long, env = "SWITCHBOARD_PORT", default_value_t = 8080)]
-    port: u16,
-    /// The server's name, sent to clients in `connected`.
-    #[arg(long, env = "SWITCHBOARD_NAME", default_value = "switchboard")]
-    name: String,
-    /// Most concurrent connections.
-    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 10_000)]
-    max_connections: usize,
-    /// Largest incoming message in bytes.
-    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024)]
-    max_message_size: usize,
-    /// Seconds shutdown waits for in-flight handlers.
-    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value_t = 10)]
-    shutdown_grace: u64,
+    /// A TOML config file (see `switchboard config --example`).
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "SWITCHBOARD_HOST")]
+    host: Option<String>,
+    /// Port to listen on, 0 for any free one [default: 8080].
+    #[arg(long, env = "SWITCHBOARD_PORT")]
+    port: Option<u16>,
+    /// The server's name, sent to clients in `connected` [default: switchboard].
+    #[arg(long, env = "SWITCHBOARD_NAME")]
+    name: Option<String>,
+    /// Most concurrent connections [default: 10000].
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Largest incoming message in bytes [default: 65536].
+    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_SIZE")]
+    max_message_size: Option<usize>,
+    /// Most rooms one connection may be in [default: 100].
+    #[arg(long, env = "SWITCHBOARD_MAX_ROOMS")]
+    max_rooms: Option<usize>,
+    /// How long shutdown waits for in-flight handlers [default: 10s].
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", value_parser = settings::parse_duration)]
+    shutdown_grace: Option<Duration>,
+    /// Read the password from this file (clients must then authenticate).
+    #[arg(long, env = "SWITCHBOARD_PASSWORD_FILE")]
+    password_file: Option<PathBuf>,
+    /// How long a new client has to authenticate [default: 10s].
+    #[arg(long, env = "SWITCHBOARD_AUTH_TIMEOUT", value_parser = settings::parse_duration)]
+    auth_timeout: Option<Duration>,
+    /// Ping clients idle this long; 0 turns heartbeats off [default: 25s].
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_INTERVAL", value_parser = settings::parse_duration)]
+    heartbeat_interval: Option<Duration>,
+    /// Drop clients silent this long [default: 60s].
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_TIMEOUT", value_parser = settings::parse_duration)]
+    heartbeat_timeout: Option<Duration>,
+    /// Messages per second per connection; 0 for no limit [default: 1000].
+    #[arg(long, env = "SWITCHBOARD_RATE_LIMIT")]
+    rate_limit: Option<u32>,
+    /// Messages one connection may send at once above the rate [default: 2000].
+    #[arg(long, env = "SWITCHBOARD_RATE_BURST")]
+    rate_burst: Option<u32>,
+    /// A browser origin allowed to connect (repeat it; none means any).
+    #[arg(
+        long = "allowed-origin",
+        env = "SWITCHBOARD_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Option<Vec<String>>,
+    /// PEM certificate chain: serve wss:// (with --tls-key).
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Also serve a raw echo endpoint at this path (conformance testing; no auth).
+    #[arg(long, env = "SWITCHBOARD_ECHO_PATH")]
+    echo_path: Option<String>,
+}
+
+impl ServeArgs {
+    /// Flags and environment, as settings; the password only from the environment.
+    fn settings(&self) -> FileSettings {
+        FileSettings {
+            host: self.host.clone(),
+            port: self.port,
+            name: self.name.clone(),
+            max_connections: self.max_connections,
+            max_message_size: self.max_message_size,
+            max_rooms_per_connection: self.max_rooms,
+            shutdown_grace: self.shutdown_grace,
+            password: std::env::var("SWITCHBOARD_PASSWORD").ok(),
+            password_file: self.password_file.clone(),
+            auth_timeout: self.auth_timeout,
+            heartbeat_interval: self.heartbeat_interval,
+            heartbeat_timeout: self.heartbeat_timeout,
+            rate_limit: self.rate_limit,
+            rate_burst: self.rate_burst,
+            allowed_origins: self.allowed_origins.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            echo_path: self.echo_path.clone(),
+            ..FileSettings::default()
+        }
+    }
 }
 
 #[tokio::main]
@@ -62,21 +149,19 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
+        Command::Config { example } => {
+            if example {
+                print!("{}", settings::EXAMPLE);
+            } else {
+                println!("switchboard config --example   prints a commented config file");
+            }
+            Ok(())
+        }
     }
 }
 
-fn hub(args: &ServeArgs) -> Server {
-    let config = ServerConfig {
-        host: args.host.clone(),
-        port: args.port,
-        name: args.name.clone(),
-        max_connections: args.max_connections,
-        max_message_size: args.max_message_size,
-        shutdown_grace: Duration::from_secs(args.shutdown_grace),
-        relay_unhandled: true,
-        ..ServerConfig::default()
-    };
+fn hub(config: ServerConfig) -> Server {
     Server::builder()
         .config(config)
         .routes(axum::Router::new().route("/", get(|| async { Html(INDEX) })))
@@ -84,21 +169,48 @@ fn hub(args: &ServeArgs) -> Server {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let server = hub(&args);
-    let addr = format!("{}:{}", args.host, args.port);
+    let file = match &args.config {
+        Some(path) => FileSettings::load(path)?,
+        None => FileSettings::default(),
+    };
+    let config = file.merge(args.settings()).into_config()?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsConfig::from_pem_files(cert, key)?),
+        _ => None,
+    };
+    let addr = format!("{}:{}", config.host, config.port);
+    let authenticated = config.password.is_some();
+    let server = hub(config);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    let (ws, http) = if tls.is_some() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
     // On stdout, for people and for scripts that started us on port 0.
-    println!("switchboard listening on ws://{local}/ws (page: http://{local}/)");
+    println!(
+        "switchboard listening on {ws}://{local}{} (page: {http}://{local}/){}",
+        server.config().path,
+        if authenticated {
+            ", password required"
+        } else {
+            ""
+        }
+    );
     let stopper = server.clone();
     tokio::spawn(async move {
         signal().await;
         tracing::info!("shutting down");
         stopper.shutdown().await;
     });
-    server.serve(listener).await.context("server failed")?;
+    match tls {
+        Some(tls) => server.serve_tls(listener, tls).await,
+        None => server.serve(listener).await,
+    }
+    .context("server failed")?;
     Ok(())
 }
 

@@ -12,13 +12,63 @@ use switchboard_test::RawClient;
 struct Hub {
     child: Child,
     addr: String,
+    /// The first line it printed.
+    line: String,
+}
+
+/// A file under the temp directory that is removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &str) -> TempFile {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "switchboard-test-{}-{n}-{name}",
+            std::process::id()
+        ));
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Runs the binary to completion: exit success, stdout, stderr.
+fn run(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 impl Hub {
     fn start(extra: &[&str]) -> Hub {
+        let mut args = vec!["serve", "--port", "0", "--name", "test-hub"];
+        args.extend_from_slice(extra);
+        Hub::spawn(&args, &[])
+    }
+
+    /// Starts the binary with exactly these arguments and extra environment, and reads
+    /// the address from its first line.
+    fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Hub {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["serve", "--port", "0", "--name", "test-hub"])
-            .args(extra)
+            .args(args)
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -28,12 +78,12 @@ impl Hub {
             .read_line(&mut line)
             .expect("read the listening line");
         let addr = line
-            .split("ws://")
+            .split("://")
             .nth(1)
             .and_then(|r| r.split('/').next())
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .to_owned();
-        Hub { child, addr }
+        Hub { child, addr, line }
     }
 
     fn url(&self) -> String {
@@ -168,4 +218,173 @@ fn help_lists_serve_with_examples() {
     assert!(out.status.success());
     assert!(text.contains("--port"));
     assert!(text.contains("switchboard serve --host 0.0.0.0"));
+}
+
+#[tokio::test]
+async fn flags_beat_the_environment_which_beats_the_config_file() {
+    let file = TempFile::new(
+        "switchboard.toml",
+        "port = 0\nname = \"from-file\"\nmax_message_size = 100000\nheartbeat_interval = \"5s\"\n",
+    );
+    let hub = Hub::spawn(
+        &[
+            "serve",
+            "--config",
+            file.path(),
+            "--max-message-size",
+            "256",
+        ],
+        &[("SWITCHBOARD_NAME", "from-env")],
+    );
+    let mut c = RawClient::connect(&hub.url()).await;
+    let hello = c.recv().await;
+    assert_eq!(
+        hello["payload"]["server"], "from-env",
+        "environment over file"
+    );
+    c.send(json!({"type":"x","room":"r","payload":{"pad":"y".repeat(400)}}))
+        .await;
+    assert_eq!(
+        c.recv().await["payload"]["code"],
+        "MESSAGE_TOO_LARGE",
+        "flag over file"
+    );
+
+    let hub = Hub::spawn(&["serve", "--config", file.path()], &[]);
+    let mut c = RawClient::connect(&hub.url()).await;
+    assert_eq!(c.recv().await["payload"]["server"], "from-file");
+}
+
+#[test]
+fn bad_config_names_the_key_and_the_problem() {
+    let cases = [
+        ("prot = 8080\n", "unknown field `prot`"),
+        ("port = \"eighty\"\n", "port"),
+        ("auth_timeout = \"soon\"\n", "not a duration"),
+        (
+            "heartbeat_interval = \"30s\"\nheartbeat_timeout = \"10s\"\n",
+            "heartbeat_timeout",
+        ),
+        (
+            "tls_cert = \"/nonexistent/cert.pem\"\n",
+            "tls_cert / tls_key",
+        ),
+        ("password = \"\"\n", "password"),
+    ];
+    for (contents, expected) in cases {
+        let file = TempFile::new("bad.toml", contents);
+        let (ok, _, stderr) = run(&["serve", "--config", file.path()], &[]);
+        assert!(!ok, "{contents} should be refused");
+        assert!(stderr.contains(expected), "{contents}: {stderr}");
+    }
+    let (ok, _, stderr) = run(&["serve", "--config", "/nonexistent.toml"], &[]);
+    assert!(!ok);
+    assert!(stderr.contains("/nonexistent.toml"), "{stderr}");
+    // The password is not a flag.
+    let (ok, _, stderr) = run(&["serve", "--password", "x"], &[]);
+    assert!(!ok);
+    assert!(stderr.contains("--password"), "{stderr}");
+}
+
+#[test]
+fn config_example_is_a_commented_file_with_every_setting() {
+    let (ok, stdout, _) = run(&["config", "--example"], &[]);
+    assert!(ok);
+    for key in [
+        "port",
+        "max_connections",
+        "password_file",
+        "heartbeat_timeout",
+        "rate_limit",
+        "tls_cert",
+    ] {
+        assert!(
+            stdout.contains(&format!("# {key} = ")),
+            "{key} is documented"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_password_from_the_environment_is_required_of_every_client() {
+    let hub = Hub::spawn(
+        &["serve", "--port", "0"],
+        &[("SWITCHBOARD_PASSWORD", "s3cret-pw")],
+    );
+    assert!(hub.line.contains("password required"), "{}", hub.line);
+    let mut anon = RawClient::connect(&hub.url()).await;
+    let r = anon
+        .roundtrip(json!({"type":"join_room","payload":{"room_id":"x"}}))
+        .await;
+    assert_eq!(r["payload"]["code"], "AUTH_REQUIRED");
+    let mut wrong = RawClient::connect(&hub.url()).await;
+    wrong
+        .send(json!({"type":"auth","payload":{"password":"guess"}}))
+        .await;
+    assert_eq!(wrong.recv().await["payload"]["code"], "AUTH_FAILED");
+    assert_eq!(wrong.closed().await.code, 4001);
+    let client = switchboard_client::Client::connect_with(
+        &hub.url(),
+        switchboard_client::ClientConfig::default().password("s3cret-pw"),
+    )
+    .await
+    .unwrap();
+    assert!(client.join("general").await.is_ok());
+}
+
+#[tokio::test]
+async fn tls_flags_serve_wss() {
+    let cert = switchboard_test::TestCert::generate();
+    let cert_file = TempFile::new("cert.pem", &cert.cert_pem);
+    let key_file = TempFile::new("key.pem", &cert.key_pem);
+    let hub = Hub::spawn(
+        &[
+            "serve",
+            "--port",
+            "0",
+            "--tls-cert",
+            cert_file.path(),
+            "--tls-key",
+            key_file.path(),
+        ],
+        &[],
+    );
+    assert!(
+        hub.line.starts_with("switchboard listening on wss://"),
+        "{}",
+        hub.line
+    );
+    let client = switchboard_client::Client::connect_with(
+        &format!("wss://{}/ws", hub.addr),
+        switchboard_client::ClientConfig {
+            tls: Some(cert.client.clone()),
+            ..switchboard_client::ClientConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(client.join("secure").await.is_ok());
+}
+
+#[tokio::test]
+async fn the_echo_endpoint_echoes_frames_as_they_came() {
+    let hub = Hub::start(&["--echo-path", "/echo"]);
+    let addr: std::net::SocketAddr = hub.addr.parse().unwrap();
+    let mut c = switchboard_test::WireClient::connect_with(addr, "/echo", &[]).await;
+    c.send_text("not even JSON").await;
+    let f = c.next_frame().await.unwrap();
+    assert_eq!(
+        (f.opcode, f.payload.as_slice()),
+        (1, b"not even JSON".as_slice())
+    );
+    c.send_raw(&switchboard_test::wire_frame(
+        true,
+        0,
+        2,
+        &[0, 1, 2, 255],
+        true,
+    ))
+    .await;
+    let f = c.next_frame().await.unwrap();
+    assert_eq!((f.opcode, f.payload), (2, vec![0, 1, 2, 255]));
 }

@@ -1,0 +1,285 @@
+//! The hub's settings: flags, `SWITCHBOARD_*` environment variables and a TOML file,
+//! in that order of precedence, over the library's defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Deserializer};
+use switchboard_server::ServerConfig;
+
+/// Every setting of `switchboard serve`, as the config file spells it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_message_size: Option<usize>,
+    pub max_rooms_per_connection: Option<usize>,
+    pub outbound_queue: Option<usize>,
+    pub outbound_queue_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub shutdown_grace: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub close_timeout: Option<Duration>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration")]
+    pub auth_timeout: Option<Duration>,
+    pub auth_max_failures: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    pub auth_failure_window: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub heartbeat_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub heartbeat_timeout: Option<Duration>,
+    pub rate_limit: Option<u32>,
+    pub rate_burst: Option<u32>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub echo_path: Option<String>,
+}
+
+/// A duration in the file: `"250ms"`, `"10s"`, `"5m"`, `"1h"`, or a number of seconds.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Secs(s)) => Ok(Some(Duration::from_secs(s))),
+        Some(Raw::Text(t)) => parse_duration(&t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try 250ms, 10s, 5m, 1h)"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        other => Err(format!(
+            "`{text}`: unknown unit `{other}` (use ms, s, m or h)"
+        )),
+    }
+}
+
+impl FileSettings {
+    /// Reads and checks a config file; errors name the file, the key and the problem.
+    pub fn load(path: &Path) -> anyhow::Result<FileSettings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Lays `over` (flags and environment, already merged by clap) on top of this file.
+    pub fn merge(self, over: FileSettings) -> FileSettings {
+        macro_rules! pick {
+            ($($f:ident),*) => { FileSettings { $( $f: over.$f.or(self.$f), )* } };
+        }
+        pick!(
+            host,
+            port,
+            name,
+            path,
+            max_connections,
+            max_message_size,
+            max_rooms_per_connection,
+            outbound_queue,
+            outbound_queue_bytes,
+            shutdown_grace,
+            close_timeout,
+            password,
+            password_file,
+            auth_timeout,
+            auth_max_failures,
+            auth_failure_window,
+            heartbeat_interval,
+            heartbeat_timeout,
+            rate_limit,
+            rate_burst,
+            allowed_origins,
+            tls_cert,
+            tls_key,
+            echo_path
+        )
+    }
+
+    /// The server configuration these settings describe.
+    pub fn into_config(self) -> anyhow::Result<ServerConfig> {
+        let d = ServerConfig::default();
+        let password = match (self.password, &self.password_file) {
+            (Some(_), Some(_)) => bail!("`password` and `password_file` are both set; keep one"),
+            (Some(p), None) => Some(p),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("password_file: cannot read {}", file.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        if password.as_deref() == Some("") {
+            bail!("password: it is empty; set a real one or none");
+        }
+        let config = ServerConfig {
+            host: self.host.unwrap_or(d.host),
+            port: self.port.unwrap_or(d.port),
+            name: self.name.unwrap_or(d.name),
+            path: self.path.unwrap_or(d.path),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_message_size: self.max_message_size.unwrap_or(d.max_message_size),
+            max_rooms_per_connection: self
+                .max_rooms_per_connection
+                .unwrap_or(d.max_rooms_per_connection),
+            outbound_queue: self.outbound_queue.unwrap_or(d.outbound_queue),
+            outbound_queue_bytes: self.outbound_queue_bytes.unwrap_or(d.outbound_queue_bytes),
+            shutdown_grace: self.shutdown_grace.unwrap_or(d.shutdown_grace),
+            close_timeout: self.close_timeout.unwrap_or(d.close_timeout),
+            password,
+            auth_timeout: self.auth_timeout.unwrap_or(d.auth_timeout),
+            auth_max_failures: self.auth_max_failures.unwrap_or(d.auth_max_failures),
+            auth_failure_window: self.auth_failure_window.unwrap_or(d.auth_failure_window),
+            heartbeat_interval: self.heartbeat_interval.unwrap_or(d.heartbeat_interval),
+            heartbeat_timeout: self.heartbeat_timeout.unwrap_or(d.heartbeat_timeout),
+            rate_limit: self.rate_limit.unwrap_or(d.rate_limit),
+            rate_burst: self.rate_burst.unwrap_or(d.rate_burst),
+            allowed_origins: self.allowed_origins.unwrap_or(d.allowed_origins),
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            echo_path: self.echo_path,
+            relay_unhandled: true,
+            ..d
+        };
+        check(&config)?;
+        Ok(config)
+    }
+}
+
+/// Rejects settings that cannot work, naming the key.
+fn check(c: &ServerConfig) -> anyhow::Result<()> {
+    if !c.path.starts_with('/') {
+        bail!("path: `{}` must start with `/`", c.path);
+    }
+    if c.max_message_size < 128 {
+        bail!(
+            "max_message_size: {} bytes is too small to carry a message",
+            c.max_message_size
+        );
+    }
+    if c.max_connections == 0 {
+        bail!("max_connections: must be at least 1");
+    }
+    if !c.heartbeat_interval.is_zero() && c.heartbeat_timeout <= c.heartbeat_interval {
+        bail!(
+            "heartbeat_timeout: {:?} must be longer than heartbeat_interval ({:?})",
+            c.heartbeat_timeout,
+            c.heartbeat_interval
+        );
+    }
+    if c.rate_limit > 0 && c.rate_burst == 0 {
+        bail!("rate_burst: must be at least 1 when rate_limit is set");
+    }
+    if let Some(p) = &c.echo_path {
+        if !p.starts_with('/') || *p == c.path {
+            bail!("echo_path: `{p}` must start with `/` and differ from `path`");
+        }
+    }
+    if c.tls_cert.is_some() != c.tls_key.is_some() {
+        bail!("tls_cert / tls_key: set both or neither");
+    }
+    Ok(())
+}
+
+/// The commented example printed by `switchboard config --example`.
+pub const EXAMPLE: &str = include_str!("../switchboard.example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("ten").is_err());
+        assert!(
+            parse_duration("10 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+    }
+
+    #[test]
+    fn the_example_file_parses_and_is_valid() {
+        let settings: FileSettings = toml::from_str(EXAMPLE).unwrap_or_else(|e| panic!("{e}"));
+        settings.into_config().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = toml::from_str::<FileSettings>("prot = 80")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `prot`"), "{err}");
+        let err = toml::from_str::<FileSettings>("port = \"eighty\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port"), "{err}");
+        let err = toml::from_str::<FileSettings>("auth_timeout = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("auth_timeout") && err.contains("not a duration"),
+            "{err}"
+        );
+        let bad = FileSettings {
+            heartbeat_interval: Some(Duration::from_secs(30)),
+            heartbeat_timeout: Some(Duration::from_secs(10)),
+            ..FileSettings::default()
+        };
+        assert!(
+            bad.into_config()
+                .unwrap_err()
+                .to_string()
+                .starts_with("heartbeat_timeout")
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = FileSettings {
+            port: Some(1),
+            name: Some("file".into()),
+            ..FileSettings::default()
+        };
+        let flags = FileSettings {
+            port: Some(2),
+            ..FileSettings::default()
+        };
+        let c = file
+            .merge(flags)
+            .into_config()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.port, c.name.as_str()), (2, "file"));
+    }
+}
