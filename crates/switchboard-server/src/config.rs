@@ -51,7 +51,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Most frames waiting to be written to one client. Default 8,192.
     pub outbound_queue: usize,
-    /// Most bytes waiting to be written to one client. Default 4 MiB.
+    /// Most bytes waiting to be written to one client. One frame into an empty queue is
+    /// always accepted, whatever its size, so a large reply is never a slow consumer.
+    /// Default 4 MiB.
     pub outbound_queue_bytes: usize,
     /// What happens when a client's outbound queue is full. Default: disconnect.
     pub slow_consumer: SlowConsumerPolicy,

@@ -326,7 +326,12 @@ impl Conn {
             return Err(SendError::Closed);
         }
         let len = frame.len();
-        if st.frames.len() >= self.shared.queue_len || st.bytes + len > self.shared.queue_bytes {
+        // One frame is always accepted into an empty queue, however big (the message
+        // size limit bounds it), so a large reply cannot count as a slow consumer.
+        let full = !st.frames.is_empty()
+            && (st.frames.len() >= self.shared.queue_len
+                || st.bytes + len > self.shared.queue_bytes);
+        if full {
             match self.shared.policy {
                 SlowConsumerPolicy::DropNew => {
                     tracing::debug!(conn = %self.shared.id, "outbound queue full, message dropped");

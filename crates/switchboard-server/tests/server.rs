@@ -709,3 +709,21 @@ async fn mounts_in_an_axum_app_and_serves_health() {
     assert_eq!(c.closed().await.code, 1001);
     let _ = Duration::ZERO;
 }
+
+#[tokio::test]
+async fn a_reply_bigger_than_the_outbound_byte_limit_still_arrives() {
+    // Found by Autobahn 9.1.5: an 8 MB echo was cut off as a slow consumer.
+    let s = TestServer::with(|b| {
+        b.config(ServerConfig {
+            outbound_queue_bytes: 1024,
+            ..TestServer::config()
+        })
+        .on("big", || async { Json("z".repeat(10_000)) })
+    })
+    .await;
+    let mut c = s.raw().await;
+    let r = c.roundtrip(json!({"type":"big","ref":"b"})).await;
+    assert_eq!(r["payload"]["result"].as_str().unwrap().len(), 10_000);
+    assert!(c.nothing_pending().await);
+    s.stop().await;
+}
