@@ -572,6 +572,47 @@ impl Client {
         serde_json::from_value(value).map_err(|e| RequestError::Decode(e.to_string()))
     }
 
+    /// Calls an RPC method and returns its typed result. `params` is an object of named
+    /// arguments (a struct, a map, `json!({...})`), an array of positional ones, or `()`
+    /// for none. Any number of calls may be in flight at once; each waits for its own
+    /// answer, matched by `ref`.
+    ///
+    /// Errors: [`RequestError::Remote`] with the server's code (`UNKNOWN_METHOD`,
+    /// `INVALID_PARAMS` with `details.errors`, `AUTH_REQUIRED`, the method's own code,
+    /// `INTERNAL`), [`RequestError::Timeout`], [`RequestError::NotConnected`],
+    /// [`RequestError::Decode`] when the result is not an `R`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: switchboard_client::Client) -> Result<(), switchboard_client::RequestError> {
+    /// use std::time::Duration;
+    /// let sum: i64 = client
+    ///     .call("add", &serde_json::json!({"a": 1, "b": 2}), Duration::from_secs(5))
+    ///     .await?;
+    /// assert_eq!(sum, 3);
+    /// # Ok(()) }
+    /// ```
+    pub async fn call<R: DeserializeOwned, P: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        params: &P,
+        timeout: Duration,
+    ) -> Result<R, RequestError> {
+        let params =
+            serde_json::to_value(params).map_err(|e| RequestError::Encode(e.to_string()))?;
+        let params = if params.is_null() { json!({}) } else { params };
+        self.request(
+            types::RPC,
+            &json!({ "method": method, "params": params }),
+            timeout,
+        )
+        .await
+    }
+
+    /// The server's RPC methods with their descriptions and JSON Schemas (`listall`).
+    pub async fn methods(&self, timeout: Duration) -> Result<Vec<serde_json::Value>, RequestError> {
+        self.call("listall", &(), timeout).await
+    }
+
     /// Joins a room and waits for the server to confirm.
     pub async fn join(&self, room: &str) -> Result<(), RequestError> {
         let _: serde_json::Value = self

@@ -107,6 +107,10 @@ pub struct ServerConfig {
     /// How many messages one connection may send at once above the rate (the bucket's
     /// size). Default 2,000.
     pub rate_burst: u32,
+    /// Most RPC calls one connection may have running at once. Calls run concurrently
+    /// (a slow one does not hold up the others or the connection's messages); past this
+    /// many, the server stops reading from that client until one finishes. Default 64.
+    pub max_calls_in_flight: usize,
     /// The `Origin`s browsers may connect from, e.g. `https://app.example.com`. Empty
     /// allows any. A browser page from another origin gets HTTP 403; clients that send no
     /// `Origin` (programs, not browsers) are not affected. Default empty.
@@ -149,6 +153,7 @@ impl Default for ServerConfig {
             heartbeat_timeout: Duration::from_secs(60),
             rate_limit: 1_000,
             rate_burst: 2_000,
+            max_calls_in_flight: 64,
             allowed_origins: Vec::new(),
             tls_cert: None,
             tls_key: None,

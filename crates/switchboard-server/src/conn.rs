@@ -60,6 +60,8 @@ struct OutboxState {
     frames: VecDeque<Frame>,
     bytes: usize,
     closing: Option<Closing>,
+    /// The `error` frame written just before the close frame, after everything queued.
+    final_error: Option<String>,
     reader_done: bool,
     finished: bool,
 }
@@ -269,15 +271,31 @@ impl Conn {
     /// # }
     /// ```
     pub fn close(&self, code: ErrorCode, reason: &str) {
-        if self.closing().is_none() {
-            let _ = self.push(Frame::text(error_frame(&ErrorBody::new(code, reason))));
+        self.close_with_error(
+            Closing {
+                code: code.close_code_or_internal(),
+                reason: close_reason(code, reason),
+                abort: false,
+                by_client: false,
+            },
+            &ErrorBody::new(code, reason),
+        );
+    }
+
+    /// Begins closing with a final `error` frame, sent after everything already queued.
+    pub(crate) fn close_with_error(&self, closing: Closing, error: &ErrorBody) {
+        {
+            let mut st = lock(&self.shared.outbox);
+            if st.closing.is_none() && st.final_error.is_none() {
+                st.final_error = Some(error_frame(error));
+            }
         }
-        self.begin_close(Closing {
-            code: code.close_code_or_internal(),
-            reason: close_reason(code, reason),
-            abort: false,
-            by_client: false,
-        });
+        self.begin_close(closing);
+    }
+
+    /// The final `error` frame, if the close has one.
+    pub(crate) fn take_final_error(&self) -> Option<String> {
+        lock(&self.shared.outbox).final_error.take()
     }
 
     /// True until the connection has closed.

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::ws::{Message, WebSocket};
@@ -20,11 +21,15 @@ use switchboard_proto::{
     error_reply, types,
 };
 
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
 use crate::auth::{Credentials, Outcome};
 use crate::backplane::{PresenceEvent, Target};
 use crate::conn::{Closing, Conn, Frame, WriterStep};
 use crate::extract::MessageContext;
 use crate::router::Route;
+use crate::rpc;
 use crate::server::{DisconnectReason, validate_room};
 use crate::transport::{self, ReadError, Sink, Stream};
 use crate::{ConnId, Identity, Server};
@@ -100,8 +105,9 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
         }
     }
 
+    let mut calls: Option<Calls> = None;
     let closing = {
-        let reader = read_loop(&server, &conn, &mut stream, &mut limiter, mode);
+        let reader = read_loop(&server, &conn, &mut stream, &mut limiter, mode, &mut calls);
         let writer = write_loop(&conn, &mut sink);
         tokio::pin!(reader, writer);
         tokio::select! {
@@ -116,8 +122,20 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
             () = &mut reader => writer.await,
         }
     };
-    finish(&mut sink, &mut stream, &closing, config.close_timeout).await;
+    let final_error = conn.take_final_error();
+    finish(
+        &mut sink,
+        &mut stream,
+        &closing,
+        final_error,
+        config.close_timeout,
+    )
+    .await;
     conn.mark_finished();
+    if let Some(calls) = &calls {
+        // Calls still running have nobody to answer.
+        calls.cancel.cancel();
+    }
 
     server.remove_connection(&conn);
     let reason = DisconnectReason {
@@ -192,11 +210,11 @@ async fn authenticate(
             None => return None,
             Some(Err(e)) => {
                 let closing = read_error_closing(&e, config.max_message_size);
-                finish(sink, stream, &closing, limit).await;
+                finish(sink, stream, &closing, None, limit).await;
                 return None;
             }
             Some(Ok(Message::Close(_))) => {
-                finish(sink, stream, &lost("closed"), limit).await;
+                finish(sink, stream, &lost("closed"), None, limit).await;
                 return None;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -384,8 +402,7 @@ async fn refuse(
         abort: false,
         by_client: false,
     };
-    let _ = tokio::time::timeout(limit, sink.feed(Message::Text(error.into()))).await;
-    finish(sink, stream, &closing, limit).await;
+    finish(sink, stream, &closing, Some(error), limit).await;
 }
 
 fn lost(reason: impl Into<String>) -> Closing {
@@ -444,6 +461,7 @@ async fn read_loop(
     stream: &mut Stream,
     limiter: &mut RateLimiter,
     mode: Mode,
+    calls: &mut Option<Calls>,
 ) {
     for hook in &server.inner.hooks.connect {
         if AssertUnwindSafe(hook(conn.clone()))
@@ -468,18 +486,19 @@ async fn read_loop(
             None => break Some(lost("connection dropped")),
             Some(Err(e)) => {
                 let closing = read_error_closing(&e, server.config().max_message_size);
+                if closing.abort {
+                    break Some(closing);
+                }
                 if closing.code == close::MESSAGE_TOO_BIG {
                     let max = server.config().max_message_size;
                     let body = ErrorBody::new(
                         ErrorCode::MessageTooLarge,
                         format!("a message may be at most {max} bytes"),
                     );
-                    send_error(conn, None, &body);
+                    conn.close_with_error(closing, &body);
+                } else {
+                    conn.begin_close(closing);
                 }
-                if closing.abort {
-                    break Some(closing);
-                }
-                conn.begin_close(closing);
                 break None;
             }
             Some(Ok(Message::Close(frame))) => {
@@ -517,12 +536,120 @@ async fn read_loop(
             (Mode::Echo, Message::Binary(data)) => {
                 let _ = conn.push(Frame::Binary(data));
             }
-            (_, Message::Text(text)) => dispatch_text(server, conn, text.as_str()).await,
+            (_, Message::Text(text)) => dispatch_text(server, conn, text.as_str(), calls).await,
             (_, Message::Binary(data)) => dispatch_binary(server, conn, data).await,
             _ => {}
         }
     };
+    if let Some(calls) = calls {
+        match &end {
+            // The client is gone: its calls' answers have nowhere to go.
+            Some(c) if c.by_client => calls.cancel.cancel(),
+            // The server is closing gracefully: let the calls answer first.
+            _ => {
+                let _ = calls.semaphore.acquire_many(calls.max).await;
+            }
+        }
+    }
     conn.reader_finished(end.unwrap_or_else(|| lost("closed")));
+}
+
+/// The RPC calls of one connection: at most `max` run at once, each in its own task.
+pub(crate) struct Calls {
+    semaphore: Arc<Semaphore>,
+    cancel: CancellationToken,
+    max: u32,
+}
+
+impl Calls {
+    fn new(max: usize) -> Calls {
+        let max = u32::try_from(max.clamp(1, 1 << 20)).unwrap_or(1);
+        Calls {
+            semaphore: Arc::new(Semaphore::new(max as usize)),
+            cancel: CancellationToken::new(),
+            max,
+        }
+    }
+}
+
+/// Starts an RPC call: checks it (method, auth, params) here, then runs it in its own
+/// task so a slow call holds up neither the other calls nor the connection's messages.
+/// When `max_calls_in_flight` are running, waits for one to finish (the client is
+/// not read meanwhile: back-pressure instead of an unbounded backlog).
+async fn start_call(server: &Server, conn: &Conn, env: Envelope, calls: &mut Option<Calls>) {
+    let cx = MessageContext {
+        server: server.clone(),
+        conn: conn.clone(),
+        envelope: env,
+        binary: None,
+    };
+    let ref_id = cx.envelope.ref_id.clone();
+    let prepared = match rpc::prepare(&server.inner.methods, &cx) {
+        Ok(p) => p,
+        Err(e) => return send_error(conn, ref_id.as_deref(), e.body()),
+    };
+    let calls = calls.get_or_insert_with(|| Calls::new(server.config().max_calls_in_flight));
+    let permit = tokio::select! {
+        biased;
+        () = conn.shared.wake_reader.notified() => return,
+        permit = calls.semaphore.clone().acquire_owned() => match permit {
+            Ok(p) => p,
+            Err(_) => return,
+        },
+    };
+    let cancel = calls.cancel.clone();
+    let conn = conn.clone();
+    server.inner.tracker.spawn(async move {
+        let method = prepared.method.clone();
+        let started = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.run(cx)));
+        let outcome = match started {
+            Ok(fut) => tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                r = AssertUnwindSafe(fut).catch_unwind() => r,
+            },
+            Err(panic) => Err(panic),
+        };
+        let frame = match outcome {
+            Ok(Ok(result)) => match &ref_id {
+                Some(r) => ack_ok(r, Some(&result)),
+                None => {
+                    let payload = json!({ "method": method, "result": result });
+                    match serde_json::value::to_raw_value(&payload) {
+                        Ok(p) => encode_parts(&Parts {
+                            kind: RPC_RESPONSE,
+                            payload: &p,
+                            ref_id: None,
+                            room: None,
+                            to: None,
+                            from: None,
+                        }),
+                        Err(_) => return,
+                    }
+                }
+            },
+            Ok(Err(e)) => error_reply(ref_id.as_deref(), e.body()),
+            Err(panic) => {
+                tracing::error!(conn = %conn.id(), %method, panic = %panic_text(&*panic), "RPC method panicked");
+                let body = ErrorBody::new(ErrorCode::Internal, "the method failed unexpectedly")
+                    .with_details(json!({ "method": method }));
+                error_reply(ref_id.as_deref(), &body)
+            }
+        };
+        let _ = conn.push(Frame::text(frame));
+        drop(permit);
+    });
+}
+
+/// The reply type of an `rpc` message sent without a `ref`.
+const RPC_RESPONSE: &str = "rpc_response";
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 /// Answers a dropped message: always when it carried a `ref` (so a request fails fast
@@ -582,12 +709,16 @@ async fn finish(
     sink: &mut Sink,
     stream: &mut Stream,
     closing: &Closing,
+    final_error: Option<String>,
     limit: std::time::Duration,
 ) {
     if closing.by_client {
         // Flushes the close reply the socket library queued.
         let _ = tokio::time::timeout(limit, sink.close()).await;
         return;
+    }
+    if let Some(error) = final_error {
+        let _ = tokio::time::timeout(limit, sink.feed(Message::Text(error.into()))).await;
     }
     let sent = tokio::time::timeout(
         limit,
@@ -623,7 +754,7 @@ fn send_error(conn: &Conn, ref_id: Option<&str>, error: &ErrorBody) {
     let _ = conn.push(Frame::text(error_reply(ref_id, error)));
 }
 
-async fn dispatch_text(server: &Server, conn: &Conn, text: &str) {
+async fn dispatch_text(server: &Server, conn: &Conn, text: &str, calls: &mut Option<Calls>) {
     let env = match Envelope::decode(text) {
         Ok(env) => env,
         Err(e) => {
@@ -641,6 +772,9 @@ async fn dispatch_text(server: &Server, conn: &Conn, text: &str) {
             env.ref_id.as_deref(),
             &ErrorBody::new(ErrorCode::InvalidEnvelope, msg),
         );
+    }
+    if env.kind == types::RPC {
+        return start_call(server, conn, env, calls).await;
     }
     match server.inner.router.get(&env.kind) {
         Some(routes) => run_chain(server, conn, routes, env, None).await,
@@ -704,11 +838,7 @@ async fn run_chain(
             Ok(Ok(None)) => {}
             Ok(Err(error)) => return send_error(conn, ref_id, error.body()),
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let what = panic_text(&*panic);
                 tracing::error!(conn = %conn.id(), kind = %cx.envelope.kind, panic = %what, "handler panicked");
                 return send_error(
                     conn,

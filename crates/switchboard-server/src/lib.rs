@@ -42,6 +42,7 @@ pub mod handler;
 mod id;
 mod registry;
 mod router;
+pub mod rpc;
 mod server;
 mod system;
 mod tls;
@@ -58,6 +59,7 @@ pub use error::{HandlerError, SendError, ServeError};
 pub use extract::{Binary, FromMessage, Json, MessageContext, State};
 pub use handler::{Handler, IntoReply};
 pub use id::{ConnId, ParseConnIdError};
+pub use rpc::{IntoRpcResult, MethodInfo, RpcHandler, RpcMethod};
 pub use server::{DisconnectReason, Filter, Server, ServerBuilder};
 pub use tls::TlsConfig;
 

@@ -108,6 +108,7 @@ impl Filter {
 
 pub(crate) struct ServerInner {
     pub(crate) routes: axum::Router,
+    pub(crate) methods: crate::rpc::Methods,
     pub(crate) auth: Auth,
     pub(crate) config: ServerConfig,
     pub(crate) router: Router,
@@ -216,6 +217,7 @@ pub struct ServerBuilder {
     hooks: Hooks,
     backplane: Arc<dyn Backplane>,
     authenticator: Option<Arc<dyn Authenticator>>,
+    methods: crate::rpc::Methods,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -245,6 +247,7 @@ impl ServerBuilder {
             hooks: Hooks::default(),
             backplane: Arc::new(LocalBackplane),
             authenticator: None,
+            methods: crate::rpc::Methods::default(),
         };
         system::register(builder)
     }
@@ -407,6 +410,34 @@ impl ServerBuilder {
         self
     }
 
+    /// Adds an RPC method: `handler` takes the parameters (any `Deserialize + JsonSchema`
+    /// type, validated against its schema before the call) and any extractors, and
+    /// returns the result (or `Result<T, E>`). See [`rpc`](crate::rpc).
+    ///
+    /// ```
+    /// #[derive(serde::Deserialize, schemars::JsonSchema)]
+    /// struct Add { a: i64, b: i64 }
+    ///
+    /// let server = switchboard_server::Server::builder()
+    ///     .rpc("add", |args: Add| async move { args.a + args.b })
+    ///     .build();
+    /// ```
+    pub fn rpc<H, T, A>(self, name: &str, handler: H) -> ServerBuilder
+    where
+        H: crate::RpcHandler<T, A>,
+        T: serde::de::DeserializeOwned + schemars::JsonSchema + Send + 'static,
+        A: crate::rpc::ExtractorList,
+    {
+        self.rpc_method(crate::RpcMethod::new(name, handler))
+    }
+
+    /// Adds an RPC method built with [`RpcMethod`] (a description, requiring auth).
+    /// A method of the same name replaces the earlier one, `listall` included.
+    pub fn rpc_method(mut self, method: crate::RpcMethod) -> ServerBuilder {
+        self.methods.add(method);
+        self
+    }
+
     /// Uses another backplane (Redis, NATS) instead of the single-node default.
     pub fn backplane(mut self, backplane: impl Backplane) -> ServerBuilder {
         self.backplane = Arc::new(backplane);
@@ -423,9 +454,19 @@ impl ServerBuilder {
             self.config.auth_max_failures,
             self.config.auth_failure_window,
         );
+        let mut methods = self.methods;
+        if methods.get(crate::rpc::LISTALL).is_none() {
+            methods.add(
+                crate::RpcMethod::new(crate::rpc::LISTALL, |(): (), server: Server| async move {
+                    crate::Json(server.methods())
+                })
+                .description("Every RPC method: name, description, parameter and result JSON Schemas, and whether it needs authentication."),
+            );
+        }
         Server {
             inner: Arc::new(ServerInner {
                 routes: self.routes,
+                methods,
                 auth,
                 config: self.config,
                 router: self.router,
@@ -683,6 +724,11 @@ impl Server {
     /// How long since the server was built.
     pub fn uptime(&self) -> Duration {
         self.inner.started_at.elapsed()
+    }
+
+    /// Every RPC method with its schemas, sorted by name (what `listall` returns).
+    pub fn methods(&self) -> Vec<crate::MethodInfo> {
+        self.inner.methods.list()
     }
 
     /// The message types that have handlers, sorted.

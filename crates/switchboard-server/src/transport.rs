@@ -28,7 +28,8 @@ pub(crate) fn router(server: Server) -> axum::Router {
     if let Some(echo) = &server.config().echo_path {
         app = app.route(echo, echo_route(server.clone()));
     }
-    app.route("/health", get(health).with_state(server))
+    app.route("/health", get(health).with_state(server.clone()))
+        .route("/rpc", get(methods).with_state(server))
 }
 
 pub(crate) fn ws_route(server: Server) -> MethodRouter {
@@ -41,6 +42,11 @@ pub(crate) fn echo_route(server: Server) -> MethodRouter {
 
 async fn health(AxumState(server): AxumState<Server>) -> Response {
     axum::Json(server.health()).into_response()
+}
+
+/// `GET /rpc`: the methods, as `listall` returns them, for tools that generate clients.
+async fn methods(AxumState(server): AxumState<Server>) -> Response {
+    axum::Json(server.methods()).into_response()
 }
 
 async fn upgrade(

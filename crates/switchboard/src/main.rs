@@ -9,8 +9,10 @@ use anyhow::Context;
 use axum::response::Html;
 use axum::routing::get;
 use clap::{Parser, Subcommand};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use settings::FileSettings;
-use switchboard_server::{Server, ServerConfig, TlsConfig};
+use switchboard_server::{Json, RpcMethod, Server, ServerConfig, TlsConfig};
 use tracing_subscriber::EnvFilter;
 
 const INDEX: &str = include_str!("index.html");
@@ -161,10 +163,69 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// `echo`: the message back.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct EchoParams {
+    /// What to send back.
+    message: String,
+}
+
+/// `sum`: the sum of a list of numbers (datadivr's `sum_event`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SumParams {
+    /// The numbers to add up.
+    numbers: Vec<f64>,
+}
+
+/// The answer of `status`.
+#[derive(Debug, Serialize, JsonSchema)]
+struct Status {
+    /// Always `"online"` when it answers.
+    status: &'static str,
+    /// The server's name.
+    name: String,
+    /// Clients connected to this node.
+    connections: usize,
+    /// Clients connected across the cluster (this node's count on a single node).
+    cluster_connections: usize,
+    /// Rooms with members on this node.
+    rooms: usize,
+    /// Seconds since the hub started.
+    uptime_secs: f64,
+    /// The hub's version.
+    version: &'static str,
+}
+
 fn hub(config: ServerConfig) -> Server {
     Server::builder()
         .config(config)
         .routes(axum::Router::new().route("/", get(|| async { Html(INDEX) })))
+        .rpc_method(
+            RpcMethod::new("echo", |p: EchoParams| async move { p.message })
+                .description("Sends the message back."),
+        )
+        .rpc_method(
+            RpcMethod::new("sum", |p: SumParams| async move {
+                p.numbers.iter().sum::<f64>()
+            })
+            .description("The sum of a list of numbers."),
+        )
+        .rpc_method(
+            RpcMethod::new("status", |(): (), server: Server| async move {
+                Json(Status {
+                    status: "online",
+                    name: server.name().to_owned(),
+                    connections: server.connection_count(),
+                    cluster_connections: server.cluster_connection_count().await,
+                    rooms: server.rooms().len(),
+                    uptime_secs: server.uptime().as_secs_f64(),
+                    version: env!("CARGO_PKG_VERSION"),
+                })
+            })
+            .description("The server's status: connections, rooms, uptime."),
+        )
         .build()
 }
 

@@ -388,3 +388,41 @@ async fn the_echo_endpoint_echoes_frames_as_they_came() {
     let f = c.next_frame().await.unwrap();
     assert_eq!((f.opcode, f.payload), (2, vec![0, 1, 2, 255]));
 }
+
+#[tokio::test]
+async fn the_hub_has_built_in_methods() {
+    let hub = Hub::start(&[]);
+    let client = switchboard_client::Client::connect(&hub.url())
+        .await
+        .unwrap();
+    let t = std::time::Duration::from_secs(5);
+    let echoed: String = client
+        .call("echo", &json!({"message": "hi"}), t)
+        .await
+        .unwrap();
+    assert_eq!(echoed, "hi");
+    let sum: f64 = client
+        .call("sum", &json!({"numbers": [391, 29]}), t)
+        .await
+        .unwrap();
+    assert_eq!(sum, 420.0);
+    let err = client
+        .call::<f64, _>("sum", &json!({"numbers": [1, "two"]}), t)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("INVALID_PARAMS"));
+    let status: serde_json::Value = client.call("status", &(), t).await.unwrap();
+    assert_eq!(status["status"], "online");
+    assert_eq!(status["name"], "test-hub");
+    assert_eq!(status["connections"], 1);
+    assert!(status["uptime_secs"].as_f64().unwrap() >= 0.0);
+    let methods = client.methods(t).await.unwrap();
+    let names: Vec<&str> = methods
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["echo", "listall", "status", "sum"]);
+    let http = hub.get("/rpc");
+    assert!(http.starts_with("HTTP/1.1 200"), "{http}");
+    assert!(http.contains("\"sum\""));
+}
