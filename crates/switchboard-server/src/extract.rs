@@ -203,3 +203,29 @@ impl FromMessage for Option<Identity> {
         Ok(cx.conn.identity().cloned())
     }
 }
+
+/// `Json<T>` serializes as `T`, so it can be a field or a result of its own.
+impl<T: serde::Serialize> serde::Serialize for Json<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// `Json<T>` has the schema of `T` (for RPC results such as `Result<Json<User>, E>`).
+impl<T: schemars::JsonSchema> schemars::JsonSchema for Json<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        T::schema_id()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
+    }
+}

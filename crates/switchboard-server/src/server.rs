@@ -431,7 +431,8 @@ impl ServerBuilder {
         self.rpc_method(crate::RpcMethod::new(name, handler))
     }
 
-    /// Adds an RPC method built with [`RpcMethod`] (a description, requiring auth).
+    /// Adds an RPC method built with [`RpcMethod`](crate::RpcMethod) (a description,
+    /// requiring auth).
     /// A method of the same name replaces the earlier one, `listall` included.
     pub fn rpc_method(mut self, method: crate::RpcMethod) -> ServerBuilder {
         self.methods.add(method);
