@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard_client::{
-    Client, ConnectError, ConnectionState, Reconnect, RequestError, SendError,
+    Client, ClientConfig, ConnectError, ConnectionState, Reconnect, ReconnectConfig, RequestError,
+    SendError,
 };
 use switchboard_server::{Conn, HandlerError, Json, ServerConfig};
 use switchboard_test::{TIMEOUT, TestServer};
@@ -141,8 +142,8 @@ async fn handlers_by_type_catch_all_and_removal() {
         seen.lock().unwrap().clone(),
         vec![r#"typed:{"text":"hi"}"#.to_string(), "any:greeting".into()]
     );
-    assert!(client.off(typed));
-    assert!(!client.off(typed));
+    assert!(client.off(&typed));
+    assert!(!typed.remove(), "already removed");
     seen.lock().unwrap().clear();
     client.send("hello", &json!({})).await.unwrap();
     stream.next_of("greeting").await.unwrap();
@@ -174,13 +175,13 @@ async fn rooms_and_direct_messages_between_clients() {
         .unwrap();
     let m = bob_msgs.next_of("chat").await.unwrap();
     assert_eq!(m.room.as_deref(), Some("general"));
-    assert_eq!(m.from.as_deref(), Some(alice.id()));
+    assert_eq!(m.from, Some(alice.id()));
 
-    bob.send_direct(alice.id(), "dm", &json!({"text": "psst"}))
+    bob.send_direct(&alice.id(), "dm", &json!({"text": "psst"}))
         .await
         .unwrap();
     let m = alice_msgs.next_of("dm").await.unwrap();
-    assert_eq!(m.from.as_deref(), Some(bob.id()));
+    assert_eq!(m.from, Some(bob.id()));
 
     bob.leave("general").await.unwrap();
     assert!(!bob.is_in_room("general"));
@@ -210,7 +211,7 @@ async fn after_close_sends_fail_with_not_connected() {
 }
 
 #[tokio::test]
-async fn server_shutdown_closes_the_client_with_a_reconnect_hint_and_fails_pending_requests() {
+async fn without_reconnect_a_server_shutdown_ends_the_client_and_fails_sent_requests() {
     let release = Arc::new(Notify::new());
     let s = TestServer::with(move |b| {
         b.config(ServerConfig {
@@ -227,7 +228,12 @@ async fn server_shutdown_closes_the_client_with_a_reconnect_hint_and_fails_pendi
         })
     })
     .await;
-    let client = Client::connect(&s.url()).await.unwrap();
+    let client = Client::connect_with(
+        &s.url(),
+        ClientConfig::default().reconnect(ReconnectConfig::disabled()),
+    )
+    .await
+    .unwrap();
     let c = client.clone();
     let pending =
         tokio::spawn(async move { c.request::<Value, _>("wait", &json!({}), TIMEOUT).await });
@@ -242,8 +248,13 @@ async fn server_shutdown_closes_the_client_with_a_reconnect_hint_and_fails_pendi
     let info = client.closed().await;
     assert_eq!(info.code, 1001);
     assert_eq!(info.reconnect, Reconnect::Backoff);
-    // The handler never finished within the grace period; the request fails as Closed.
-    assert_eq!(pending.await.unwrap(), Err(RequestError::Closed));
+    // The handler never finished within the grace period: the request was sent and
+    // its answer lost with the connection.
+    assert_eq!(pending.await.unwrap(), Err(RequestError::ConnectionLost));
+    assert_eq!(
+        client.send("x", &json!({})).await,
+        Err(SendError::NotConnected)
+    );
     stop.await.unwrap();
 }
 

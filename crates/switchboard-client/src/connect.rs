@@ -1,0 +1,125 @@
+//! Opening one connection: the WebSocket handshake, `auth`, and the server's `connected`.
+
+use futures_util::{SinkExt, StreamExt};
+use switchboard_proto::{Envelope, ErrorBody, Payload, Reconnect, reconnect_hint, types};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{ClientConfig, ConnectError};
+
+pub(crate) type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The `ref` of the `auth` message the client sends when it connects.
+pub(crate) const AUTH_REF: &str = "auth";
+
+/// What the server said when the connection opened (`connected`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Session {
+    /// This client's id, which others use to send it direct messages. A reconnect
+    /// gets a new one.
+    pub client_id: String,
+    /// This connection's session id.
+    pub session_id: String,
+    /// The server's name.
+    pub server: String,
+    /// Who the client authenticated as, when it did.
+    #[serde(default)]
+    pub identity: Option<serde_json::Value>,
+}
+
+pub(crate) fn check_url(url: &str) -> Result<(), ConnectError> {
+    if url.starts_with("ws://") || url.starts_with("wss://") {
+        Ok(())
+    } else {
+        Err(ConnectError::InvalidUrl(format!(
+            "{url}: expected ws:// or wss://"
+        )))
+    }
+}
+
+/// Opens a connection and waits for `connected` (sending `auth` first when configured).
+pub(crate) async fn open(url: &str, config: &ClientConfig) -> Result<(Ws, Session), ConnectError> {
+    check_url(url)?;
+    let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(config.max_message_size))
+        .max_frame_size(Some(config.max_message_size));
+    let connector = config.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+    let handshake =
+        tokio_tungstenite::connect_async_tls_with_config(url, Some(ws_config), true, connector);
+    let (mut ws, _response) = tokio::time::timeout(config.connect_timeout, handshake)
+        .await
+        .map_err(|_| ConnectError::Timeout)?
+        .map_err(ConnectError::Unreachable)?;
+    if let Some(auth) = &config.auth {
+        let payload = Payload::from_serialize(auth)
+            .map_err(|e| ConnectError::InvalidUrl(format!("bad auth payload: {e}")))?;
+        let frame = Envelope {
+            ref_id: Some(AUTH_REF.to_owned()),
+            ..Envelope::with_payload(types::AUTH, payload)
+        };
+        ws.send(Message::text(frame.encode()))
+            .await
+            .map_err(ConnectError::Unreachable)?;
+    }
+
+    // The first frame is `connected`, or an error and a close when refused.
+    let session = tokio::time::timeout(config.connect_timeout, async {
+        let mut refusal: Option<ErrorBody> = None;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let Ok(env) = Envelope::decode(t.as_str()) else {
+                        continue;
+                    };
+                    match env.kind.as_str() {
+                        types::CONNECTED => {
+                            return env.payload_as::<Session>().map_err(|e| {
+                                ConnectError::InvalidUrl(format!("not a switchboard server: {e}"))
+                            });
+                        }
+                        types::ERROR => refusal = env.payload_as().ok(),
+                        // A refused `auth` is answered with an error ack.
+                        types::ACK => {
+                            if let Ok(v) = env.payload_as::<serde_json::Value>() {
+                                if v["status"] == "error" {
+                                    refusal = Some(ErrorBody::custom(
+                                        v["code"].as_str().unwrap_or("").to_owned(),
+                                        v["message"].as_str().unwrap_or(""),
+                                    ));
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.as_ref().map_or(1005, |f| u16::from(f.code));
+                    let (c, m) = match refusal {
+                        Some(b) => (b.code.into_owned(), b.message),
+                        None => (
+                            code.to_string(),
+                            frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                        ),
+                    };
+                    return Err(ConnectError::Refused {
+                        code: c,
+                        message: m,
+                        reconnect: reconnect_hint(code),
+                    });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(ConnectError::Unreachable(e)),
+                None => {
+                    return Err(ConnectError::Refused {
+                        code: "1006".into(),
+                        message: "connection dropped".into(),
+                        reconnect: Reconnect::Backoff,
+                    });
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|_| ConnectError::Timeout)??;
+    Ok((ws, session))
+}
