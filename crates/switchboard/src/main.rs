@@ -1,8 +1,10 @@
 //! `switchboard`: a ready real-time hub on the switchboard server library.
 
+mod cli;
 mod settings;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -41,6 +43,97 @@ enum Command {
     ///   SWITCHBOARD_PORT=0 switchboard serve     # any free port; the address is printed
     #[command(verbatim_doc_comment)]
     Serve(Box<ServeArgs>),
+    /// An interactive client: line editing, history, messages printed as they arrive.
+    ///
+    /// Type a JSON envelope, text (sent to the room you joined last), or a command:
+    /// /join ROOM, /leave ROOM, /room ROOM TEXT, /to ID TEXT, /call METHOD {json},
+    /// /methods, /rooms, /id, /help, /quit. It reconnects by itself and says so.
+    ///
+    /// Examples:
+    ///   switchboard connect localhost:8080
+    ///   SWITCHBOARD_PASSWORD=s3cret switchboard connect wss://chat.example.com/ws
+    ///   switchboard connect ws://127.0.0.1:8080/ws --json < commands.txt
+    #[command(verbatim_doc_comment)]
+    Connect {
+        #[command(flatten)]
+        target: cli::Target,
+        /// Print every incoming envelope as one JSON line (for scripts); notices go to stderr.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one message and wait for the server's acknowledgement.
+    ///
+    /// Prints the ack's result (e.g. {"delivered":2}) if there is one. Exit code 0 on
+    /// success, 1 when the server answered with an error (its code on stderr), 2 when it
+    /// could not be reached.
+    ///
+    /// Examples:
+    ///   switchboard send localhost:8080 chat '{"text":"hello"}' --room general
+    ///   switchboard send localhost:8080 dm '{"text":"psst"}' --to 9f1c02aa00000001
+    ///   switchboard send localhost:8080 news '{"title":"v2"}' --to all
+    #[command(verbatim_doc_comment)]
+    Send {
+        #[command(flatten)]
+        target: cli::Target,
+        /// The message type.
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        /// The payload, a JSON object.
+        payload: String,
+        /// Send to this room's members.
+        #[arg(long, conflicts_with = "to")]
+        room: Option<String>,
+        /// Send to this client id, or `all` / `others`.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Call an RPC method and print its result as JSON.
+    ///
+    /// Exit code 0 on success, 1 when the method failed (CODE: message on stderr),
+    /// 2 when the server could not be reached.
+    ///
+    /// Examples:
+    ///   switchboard call localhost:8080 sum '{"numbers":[391,29]}'
+    ///   switchboard call localhost:8080 listall
+    ///   switchboard call localhost:8080 status
+    #[command(verbatim_doc_comment)]
+    Call {
+        #[command(flatten)]
+        target: cli::Target,
+        /// The method name.
+        method: String,
+        /// The parameters: a JSON object (named) or array (positional). Default {}.
+        params: Option<String>,
+    },
+    /// Print incoming messages as JSON lines until interrupted (or --count).
+    ///
+    /// Examples:
+    ///   switchboard listen localhost:8080 --room general
+    ///   switchboard listen localhost:8080 --room a --room b --type chat --count 10
+    #[command(verbatim_doc_comment)]
+    Listen {
+        #[command(flatten)]
+        target: cli::Target,
+        /// Join this room first (repeat for several).
+        #[arg(long = "room")]
+        rooms: Vec<String>,
+        /// Only messages of this type (repeat for several).
+        #[arg(long = "type")]
+        kinds: Vec<String>,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Print a shell completion script.
+    ///
+    /// Examples:
+    ///   switchboard completions bash > /etc/bash_completion.d/switchboard
+    ///   switchboard completions zsh > "${fpath[1]}/_switchboard"
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Print configuration help.
     ///
     /// Examples:
@@ -143,22 +236,58 @@ impl ServeArgs {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The server logs at info; the client commands keep stderr for what matters.
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
-        Command::Serve(args) => serve(*args).await,
+    match cli.command {
+        Command::Serve(args) => match serve(*args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchboard: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Config { example } => {
             if example {
                 print!("{}", settings::EXAMPLE);
             } else {
                 println!("switchboard config --example   prints a commented config file");
             }
-            Ok(())
+            ExitCode::SUCCESS
+        }
+        Command::Connect { target, json } => cli::connect(&target, json).await,
+        Command::Send {
+            target,
+            kind,
+            payload,
+            room,
+            to,
+        } => cli::send(&target, &kind, &payload, room.as_deref(), to.as_deref()).await,
+        Command::Call {
+            target,
+            method,
+            params,
+        } => cli::call(&target, &method, params.as_deref()).await,
+        Command::Listen {
+            target,
+            rooms,
+            kinds,
+            count,
+        } => cli::listen(&target, &rooms, &kinds, count).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "switchboard", &mut std::io::stdout());
+            ExitCode::SUCCESS
         }
     }
 }

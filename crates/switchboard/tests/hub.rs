@@ -3,135 +3,23 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::json;
-use switchboard_test::RawClient;
+use switchboard_test::{Hub, RawClient, TempFile, run};
 
-struct Hub {
-    child: Child,
-    addr: String,
-    /// The first line it printed.
-    line: String,
-}
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
-/// A file under the temp directory that is removed on drop.
-struct TempFile(std::path::PathBuf);
-
-impl TempFile {
-    fn new(name: &str, contents: &str) -> TempFile {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "switchboard-test-{}-{n}-{name}",
-            std::process::id()
-        ));
-        std::fs::write(&path, contents).unwrap();
-        TempFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Runs the binary to completion: exit success, stdout, stderr.
-fn run(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-impl Hub {
-    fn start(extra: &[&str]) -> Hub {
-        let mut args = vec!["serve", "--port", "0", "--name", "test-hub"];
-        args.extend_from_slice(extra);
-        Hub::spawn(&args, &[])
-    }
-
-    /// Starts the binary with exactly these arguments and extra environment, and reads
-    /// the address from its first line.
-    fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Hub {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(args)
-            .envs(envs.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start switchboard");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let addr = line
-            .split("://")
-            .nth(1)
-            .and_then(|r| r.split('/').next())
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .to_owned();
-        Hub { child, addr, line }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    async fn raw(&self) -> RawClient {
-        let mut c = RawClient::connect(&self.url()).await;
-        let hello = c.recv().await;
-        assert_eq!(hello["type"], "connected");
-        assert_eq!(hello["payload"]["server"], "test-hub");
-        c.id = hello["payload"]["client_id"].as_str().unwrap().to_owned();
-        c
-    }
-
-    fn get(&self, path: &str) -> String {
-        let mut s = std::net::TcpStream::connect(&self.addr).expect("connect");
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        self.child.wait().expect("wait")
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A hub on a free port, named `test-hub`, with extra flags.
+fn start(extra: &[&str]) -> Hub {
+    let mut args = vec!["serve", "--port", "0", "--name", "test-hub"];
+    args.extend_from_slice(extra);
+    Hub::spawn(BIN, &args, &[])
 }
 
 #[tokio::test]
 async fn the_hub_relays_rooms_and_direct_messages() {
-    let hub = Hub::start(&[]);
+    let hub = start(&[]);
     let mut a = hub.raw().await;
     let mut b = hub.raw().await;
     let mut c = hub.raw().await;
@@ -170,7 +58,7 @@ async fn the_hub_relays_rooms_and_direct_messages() {
 
 #[tokio::test]
 async fn the_hub_serves_its_page_and_health() {
-    let hub = Hub::start(&[]);
+    let hub = start(&[]);
     let page = hub.get("/");
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.contains("<title>switchboard</title>"));
@@ -187,7 +75,7 @@ async fn the_hub_serves_its_page_and_health() {
 
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits_cleanly() {
-    let mut hub = Hub::start(&[]);
+    let mut hub = start(&[]);
     let mut a = hub.raw().await;
     let status = tokio::task::spawn_blocking(move || hub.terminate())
         .await
@@ -200,7 +88,7 @@ async fn sigterm_closes_clients_with_1001_and_exits_cleanly() {
 
 #[tokio::test]
 async fn flags_set_limits() {
-    let hub = Hub::start(&["--max-message-size", "256"]);
+    let hub = start(&["--max-message-size", "256"]);
     let mut a = hub.raw().await;
     a.send(json!({"type":"x","room":"r","payload":{"pad":"y".repeat(400)}}))
         .await;
@@ -227,6 +115,7 @@ async fn flags_beat_the_environment_which_beats_the_config_file() {
         "port = 0\nname = \"from-file\"\nmax_message_size = 100000\nheartbeat_interval = \"5s\"\n",
     );
     let hub = Hub::spawn(
+        BIN,
         &[
             "serve",
             "--config",
@@ -250,7 +139,7 @@ async fn flags_beat_the_environment_which_beats_the_config_file() {
         "flag over file"
     );
 
-    let hub = Hub::spawn(&["serve", "--config", file.path()], &[]);
+    let hub = Hub::spawn(BIN, &["serve", "--config", file.path()], &[]);
     let mut c = RawClient::connect(&hub.url()).await;
     assert_eq!(c.recv().await["payload"]["server"], "from-file");
 }
@@ -273,22 +162,22 @@ fn bad_config_names_the_key_and_the_problem() {
     ];
     for (contents, expected) in cases {
         let file = TempFile::new("bad.toml", contents);
-        let (ok, _, stderr) = run(&["serve", "--config", file.path()], &[]);
+        let (ok, _, stderr) = run(BIN, &["serve", "--config", file.path()], &[]);
         assert!(!ok, "{contents} should be refused");
         assert!(stderr.contains(expected), "{contents}: {stderr}");
     }
-    let (ok, _, stderr) = run(&["serve", "--config", "/nonexistent.toml"], &[]);
+    let (ok, _, stderr) = run(BIN, &["serve", "--config", "/nonexistent.toml"], &[]);
     assert!(!ok);
     assert!(stderr.contains("/nonexistent.toml"), "{stderr}");
     // The password is not a flag.
-    let (ok, _, stderr) = run(&["serve", "--password", "x"], &[]);
+    let (ok, _, stderr) = run(BIN, &["serve", "--password", "x"], &[]);
     assert!(!ok);
     assert!(stderr.contains("--password"), "{stderr}");
 }
 
 #[test]
 fn config_example_is_a_commented_file_with_every_setting() {
-    let (ok, stdout, _) = run(&["config", "--example"], &[]);
+    let (ok, stdout, _) = run(BIN, &["config", "--example"], &[]);
     assert!(ok);
     for key in [
         "port",
@@ -308,6 +197,7 @@ fn config_example_is_a_commented_file_with_every_setting() {
 #[tokio::test]
 async fn a_password_from_the_environment_is_required_of_every_client() {
     let hub = Hub::spawn(
+        BIN,
         &["serve", "--port", "0"],
         &[("SWITCHBOARD_PASSWORD", "s3cret-pw")],
     );
@@ -338,6 +228,7 @@ async fn tls_flags_serve_wss() {
     let cert_file = TempFile::new("cert.pem", &cert.cert_pem);
     let key_file = TempFile::new("key.pem", &cert.key_pem);
     let hub = Hub::spawn(
+        BIN,
         &[
             "serve",
             "--port",
@@ -368,7 +259,7 @@ async fn tls_flags_serve_wss() {
 
 #[tokio::test]
 async fn the_echo_endpoint_echoes_frames_as_they_came() {
-    let hub = Hub::start(&["--echo-path", "/echo"]);
+    let hub = start(&["--echo-path", "/echo"]);
     let addr: std::net::SocketAddr = hub.addr.parse().unwrap();
     let mut c = switchboard_test::WireClient::connect_with(addr, "/echo", &[]).await;
     c.send_text("not even JSON").await;
@@ -391,7 +282,7 @@ async fn the_echo_endpoint_echoes_frames_as_they_came() {
 
 #[tokio::test]
 async fn the_hub_has_built_in_methods() {
-    let hub = Hub::start(&[]);
+    let hub = start(&[]);
     let client = switchboard_client::Client::connect(&hub.url())
         .await
         .unwrap();
