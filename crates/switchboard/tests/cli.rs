@@ -15,6 +15,26 @@ fn hub() -> Hub {
     Hub::spawn(BIN, &["serve", "--port", "0"], &[])
 }
 
+/// Runs a command; its exit code and stderr.
+fn exit_of(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `switchboard send` to a room; its stdout.
+fn send_to_room(hub: &Hub, kind: &str, payload: &str, room: &str) -> String {
+    let (ok, out, err) = run(
+        BIN,
+        &["send", &hub.addr, kind, payload, "--room", room],
+        &[],
+    );
+    assert!(ok, "{err}");
+    out
+}
+
 #[tokio::test]
 async fn call_prints_the_result_and_exits_by_outcome() {
     let hub = hub();
@@ -30,34 +50,21 @@ async fn call_prints_the_result_and_exits_by_outcome() {
     assert!(ok);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), "positional");
 
-    let status = Command::new(BIN)
-        .args(["call", &hub.addr, "sum", r#"{"numbers":"x"}"#])
-        .output()
-        .unwrap();
-    assert_eq!(status.status.code(), Some(1), "the server said no");
-    let stderr = String::from_utf8_lossy(&status.stderr);
+    let (code, stderr) = exit_of(&["call", &hub.addr, "sum", r#"{"numbers":"x"}"#]);
+    assert_eq!(code, Some(1), "the server said no");
     assert!(stderr.starts_with("INVALID_PARAMS: "), "{stderr}");
 
-    let status = Command::new(BIN)
-        .args(["call", &hub.addr, "nope"])
-        .output()
-        .unwrap();
-    assert_eq!(status.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&status.stderr).starts_with("UNKNOWN_METHOD"));
+    let (code, stderr) = exit_of(&["call", &hub.addr, "nope"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.starts_with("UNKNOWN_METHOD"), "{stderr}");
 
-    let status = Command::new(BIN)
-        .args(["call", &hub.addr, "sum", "{not json"])
-        .output()
-        .unwrap();
-    assert_eq!(status.status.code(), Some(2), "bad input");
+    let (code, _) = exit_of(&["call", &hub.addr, "sum", "{not json"]);
+    assert_eq!(code, Some(2), "bad input");
 
     // Nothing listens on port 1.
-    let status = Command::new(BIN)
-        .args(["call", "127.0.0.1:1", "status", "--timeout", "2s"])
-        .output()
-        .unwrap();
-    assert_eq!(status.status.code(), Some(2), "unreachable");
-    assert!(String::from_utf8_lossy(&status.stderr).contains("cannot connect"));
+    let (code, stderr) = exit_of(&["call", "127.0.0.1:1", "status", "--timeout", "2s"]);
+    assert_eq!(code, Some(2), "unreachable");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
 
     let (ok, out, _) = run(BIN, &["call", &hub.addr, "listall"], &[]);
     assert!(ok);
@@ -87,36 +94,12 @@ async fn send_and_listen_move_messages_between_scripts() {
     let joined = watcher.recv_type("user_joined").await;
     assert_eq!(joined["room"], "general");
 
-    let (ok, out, _) = run(
-        BIN,
-        &[
-            "send",
-            &hub.addr,
-            "chat",
-            r#"{"text":"one"}"#,
-            "--room",
-            "general",
-        ],
-        &[],
-    );
-    assert!(ok);
+    let out = send_to_room(&hub, "chat", r#"{"text":"one"}"#, "general");
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap(),
         json!({"delivered": 2})
     );
-    let (ok, _, _) = run(
-        BIN,
-        &[
-            "send",
-            &hub.addr,
-            "chat",
-            r#"{"text":"two"}"#,
-            "--room",
-            "general",
-        ],
-        &[],
-    );
-    assert!(ok);
+    send_to_room(&hub, "chat", r#"{"text":"two"}"#, "general");
     let output = tokio::task::spawn_blocking(move || listener.wait_with_output())
         .await
         .unwrap()
@@ -147,17 +130,11 @@ async fn send_and_listen_move_messages_between_scripts() {
     );
     assert!(ok);
     assert_eq!(target.recv_type("dm").await["payload"]["text"], "psst");
-    let out = Command::new(BIN)
-        .args(["send", &hub.addr, "dm", "{}", "--to", "0000000000000000"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("CLIENT_NOT_FOUND"));
-    let out = Command::new(BIN)
-        .args(["send", &hub.addr, "dm", "[1]", "--to", "all"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "a payload must be an object");
+    let (code, stderr) = exit_of(&["send", &hub.addr, "dm", "{}", "--to", "0000000000000000"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.starts_with("CLIENT_NOT_FOUND"), "{stderr}");
+    let (code, _) = exit_of(&["send", &hub.addr, "dm", "[1]", "--to", "all"]);
+    assert_eq!(code, Some(2), "a payload must be an object");
 }
 
 #[tokio::test]
