@@ -431,7 +431,7 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    fn new(kind: DecodeErrorKind) -> DecodeError {
+    pub(crate) fn new(kind: DecodeErrorKind) -> DecodeError {
         DecodeError { kind, ref_id: None }
     }
 

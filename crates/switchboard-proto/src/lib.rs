@@ -23,12 +23,14 @@
 //! ```
 
 pub mod code;
+pub mod dialect;
 pub mod envelope;
 pub mod limits;
 pub mod reply;
 pub mod types;
 
 pub use code::{ErrorCode, Reconnect, close_reason, reconnect_hint};
+pub use dialect::Dialect;
 pub use envelope::{
     DecodeError, DecodeErrorKind, Envelope, Parts, Payload, PayloadError, encode_parts, peek_ref,
 };

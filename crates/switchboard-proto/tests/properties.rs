@@ -87,3 +87,36 @@ proptest! {
         prop_assert!(Envelope::decode(&text[..end]).is_err());
     }
 }
+
+proptest! {
+    /// The dialect readers take anything a client can send without panicking.
+    #[test]
+    fn dialects_never_panic_on_arbitrary_json(v in json_value(), text in ".{0,200}") {
+        use switchboard_proto::dialect::{datadivr, metafor};
+        for input in [v.to_string(), text] {
+            let _ = datadivr::incoming(&input);
+            let _ = metafor::incoming(&input);
+            let _ = metafor::detect(&input);
+        }
+    }
+
+    /// Every datadivr frame that reads becomes a valid native envelope, and every native
+    /// envelope can be written to datadivr and Metafor clients.
+    #[test]
+    fn dialect_frames_map_to_valid_envelopes(
+        event in "[a-zA-Z_]{1,20}",
+        payload in json_value(),
+        message in proptest::option::of(".{0,20}"),
+        env in envelope(),
+    ) {
+        use switchboard_proto::dialect::{datadivr, metafor};
+        let frame = serde_json::json!({"event_name": event, "payload": payload, "message": message});
+        let native = datadivr::incoming(&frame.to_string()).unwrap();
+        prop_assert!(Envelope::decode(&native.encode()).is_ok());
+        let text = env.encode();
+        if !switchboard_proto::types::is_server_only(&env.kind) {
+            prop_assert!(datadivr::outgoing(&text, "c1").is_some());
+        }
+        let _ = metafor::outgoing(&text);
+    }
+}

@@ -111,6 +111,11 @@ pub struct ServerConfig {
     /// (a slow one does not hold up the others or the connection's messages); past this
     /// many, the server stops reading from that client until one finishes. Default 64.
     pub max_calls_in_flight: usize,
+    /// The wire format of clients that do not choose one (`?dialect=` or a
+    /// `switchboard.<dialect>` subprotocol): native, or datadivr / Metafor so that those
+    /// clients work unchanged at the default path. Default native. (Metafor clients are
+    /// also recognised by their first frame.)
+    pub default_dialect: switchboard_proto::Dialect,
     /// The `Origin`s browsers may connect from, e.g. `https://app.example.com`. Empty
     /// allows any. A browser page from another origin gets HTTP 403; clients that send no
     /// `Origin` (programs, not browsers) are not affected. Default empty.
@@ -154,6 +159,7 @@ impl Default for ServerConfig {
             rate_limit: 1_000,
             rate_burst: 2_000,
             max_calls_in_flight: 64,
+            default_dialect: switchboard_proto::Dialect::Native,
             allowed_origins: Vec::new(),
             tls_cert: None,
             tls_key: None,

@@ -3,14 +3,15 @@
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde::Serialize;
 use switchboard_proto::{
-    Envelope, ErrorBody, ErrorCode, Parts, Payload, close_reason, encode_parts, error_frame,
+    Dialect, Envelope, ErrorBody, ErrorCode, Parts, Payload, close_reason, encode_parts,
+    error_frame,
 };
 use tokio::sync::Notify;
 
@@ -24,6 +25,8 @@ use crate::{ConnId, Identity, SendError, Server};
 pub(crate) enum Frame {
     Text(Utf8Bytes),
     Binary(Bytes),
+    /// Text already in the connection's dialect: written as it is, never translated.
+    Dialect(Utf8Bytes),
     /// A WebSocket ping (heartbeat).
     Ping,
 }
@@ -35,7 +38,7 @@ impl Frame {
 
     fn len(&self) -> usize {
         match self {
-            Frame::Text(t) => t.len(),
+            Frame::Text(t) | Frame::Dialect(t) => t.len(),
             Frame::Binary(b) => b.len(),
             Frame::Ping => 0,
         }
@@ -104,6 +107,8 @@ pub(crate) struct ConnShared {
     identity: OnceLock<Arc<Identity>>,
     /// When the client last sent anything ([`now_ms`]), for heartbeats.
     last_seen: AtomicU64,
+    /// The wire format this client speaks (an index into [`Dialect::ALL`]).
+    dialect: AtomicU8,
 }
 
 /// A connected client, as server code sees it: cheap to clone, safe to keep.
@@ -146,6 +151,7 @@ impl Conn {
         id: ConnId,
         remote_addr: Option<SocketAddr>,
         server: &Arc<ServerInner>,
+        dialect: Dialect,
     ) -> Conn {
         let config = &server.config;
         Conn {
@@ -164,6 +170,7 @@ impl Conn {
                 rooms: Mutex::new(RoomSet::default()),
                 identity: OnceLock::new(),
                 last_seen: AtomicU64::new(now_ms()),
+                dialect: AtomicU8::new(dialect_index(dialect)),
             }),
         }
     }
@@ -181,6 +188,21 @@ impl Conn {
     /// The client's address, when the server knows it.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.shared.remote_addr
+    }
+
+    /// The wire format this client speaks: native, or one of the seeds' dialects
+    /// (translated at the edge; handlers see native envelopes either way).
+    pub fn dialect(&self) -> Dialect {
+        Dialect::ALL
+            .get(usize::from(self.shared.dialect.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn set_dialect(&self, dialect: Dialect) {
+        self.shared
+            .dialect
+            .store(dialect_index(dialect), Ordering::Relaxed);
     }
 
     /// True once the client has authenticated (with the password or the authenticator).
@@ -451,4 +473,12 @@ impl Conn {
     pub(crate) fn mark_finished(&self) {
         lock(&self.shared.outbox).finished = true;
     }
+}
+
+fn dialect_index(dialect: Dialect) -> u8 {
+    Dialect::ALL
+        .iter()
+        .position(|d| *d == dialect)
+        .and_then(|i| u8::try_from(i).ok())
+        .unwrap_or(0)
 }

@@ -17,8 +17,8 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::json;
 use switchboard_proto::code::close;
 use switchboard_proto::{
-    Envelope, ErrorBody, ErrorCode, Parts, RawValue, ack_ok, close_reason, encode_parts,
-    error_reply, types,
+    Dialect, Envelope, ErrorBody, ErrorCode, Parts, RawValue, ack_ok, close_reason, dialect,
+    encode_parts, error_reply, types,
 };
 
 use tokio::sync::Semaphore;
@@ -37,8 +37,8 @@ use crate::{ConnId, Identity, Server};
 /// What a connection does with the messages it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// switchboard's protocol: envelopes, handlers, rooms.
-    Messages,
+    /// switchboard's protocol (in this dialect): envelopes, handlers, rooms.
+    Messages(Dialect),
     /// Every data frame is sent back as it came (conformance suites, benchmarks).
     Echo,
 }
@@ -47,6 +47,12 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
     let inner = &server.inner;
     let config = &inner.config;
     let (mut sink, mut stream) = socket.split();
+    let dialect = match mode {
+        Mode::Messages(d) => d,
+        Mode::Echo => Dialect::Native,
+    };
+    let id = inner.ids.next();
+    let who = (dialect, id);
 
     let admitted = inner.admitted.fetch_add(1, Ordering::AcqRel) + 1;
     if admitted > config.max_connections {
@@ -58,6 +64,7 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
         refuse(
             &mut sink,
             &mut stream,
+            who,
             None,
             ErrorCode::ServerFull,
             "server at its connection limit",
@@ -67,12 +74,11 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
         return;
     }
 
-    let id = inner.ids.next();
     let mut limiter = RateLimiter::new(config.rate_limit, config.rate_burst);
     let must_authenticate =
-        mode == Mode::Messages && config.auth_required && inner.auth.is_configured();
+        matches!(mode, Mode::Messages(_)) && config.auth_required && inner.auth.is_configured();
     let authenticated = if must_authenticate {
-        match authenticate(&server, id, remote, &mut sink, &mut stream, &mut limiter).await {
+        match authenticate(&server, who, remote, &mut sink, &mut stream, &mut limiter).await {
             Some(done) => Some(done),
             None => {
                 inner.admitted.fetch_sub(1, Ordering::AcqRel);
@@ -83,7 +89,7 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
         None
     };
 
-    let conn = Conn::new(id, remote, inner);
+    let conn = Conn::new(id, remote, inner, dialect);
     let auth_ref = authenticated.and_then(|(identity, ref_id)| {
         conn.set_identity(identity);
         ref_id
@@ -97,7 +103,7 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
         // Shutdown swept the registry before we were in it.
         conn.close(ErrorCode::ShuttingDown, "server shutting down");
     }
-    if mode == Mode::Messages {
+    if matches!(mode, Mode::Messages(_)) {
         let _ = conn.send_message(types::CONNECTED, &connected_payload(&server, &conn));
         if let Some(r) = auth_ref {
             let result = serde_json::value::to_raw_value(&auth_result(&conn)).ok();
@@ -122,7 +128,9 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
             () = &mut reader => writer.await,
         }
     };
-    let final_error = conn.take_final_error();
+    let final_error = conn
+        .take_final_error()
+        .and_then(|e| localize(conn.dialect(), conn.id(), e));
     finish(
         &mut sink,
         &mut stream,
@@ -155,6 +163,15 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
     }
 }
 
+/// A native frame in the client's dialect (`None`: that dialect has no such frame).
+fn localize(dialect: Dialect, client_id: ConnId, native: String) -> Option<String> {
+    match dialect {
+        Dialect::Datadivr => dialect::datadivr::outgoing(&native, &client_id.to_string()),
+        Dialect::Metafor => dialect::metafor::outgoing(&native),
+        _ => Some(native),
+    }
+}
+
 /// The payload of `connected`: `{client_id, session_id, server, identity?}`.
 pub(crate) fn connected_payload(server: &Server, conn: &Conn) -> serde_json::Value {
     let mut payload = json!({
@@ -178,7 +195,7 @@ pub(crate) fn auth_result(conn: &Conn) -> serde_json::Value {
 /// connection was refused (and closed) or dropped.
 async fn authenticate(
     server: &Server,
-    id: ConnId,
+    who: (Dialect, ConnId),
     remote: Option<SocketAddr>,
     sink: &mut Sink,
     stream: &mut Stream,
@@ -186,6 +203,7 @@ async fn authenticate(
 ) -> Option<(Identity, Option<String>)> {
     let inner = &server.inner;
     let config = &inner.config;
+    let id = who.1;
     let deadline = tokio::time::Instant::now() + config.auth_timeout;
     let limit = config.close_timeout;
     let timed_out = || {
@@ -197,11 +215,17 @@ async fn authenticate(
     loop {
         let next = tokio::select! {
             () = tokio::time::sleep_until(deadline) => {
-                refuse(sink, stream, None, ErrorCode::AuthTimeout, &timed_out(), limit).await;
+                refuse(
+                sink,
+                stream,
+                who, None, ErrorCode::AuthTimeout, &timed_out(), limit).await;
                 return None;
             }
             () = inner.stop_accepting.cancelled() => {
-                refuse(sink, stream, None, ErrorCode::ShuttingDown, "server shutting down", limit).await;
+                refuse(
+                sink,
+                stream,
+                who, None, ErrorCode::ShuttingDown, "server shutting down", limit).await;
                 return None;
             }
             next = stream.next() => next,
@@ -221,7 +245,10 @@ async fn authenticate(
             Some(Ok(Message::Binary(_))) => None,
             Some(Ok(Message::Text(text))) => Some(text),
         };
-        let env = text.as_deref().map(Envelope::decode);
+        let env = text.as_deref().map(|t| match who.0 {
+            Dialect::Datadivr => dialect::datadivr::incoming(t),
+            _ => Envelope::decode(t),
+        });
         let ref_id = match &env {
             Some(Ok(env)) => env.ref_id.clone(),
             Some(Err(e)) => e.ref_id.clone(),
@@ -234,6 +261,7 @@ async fn authenticate(
                 refuse(
                     sink,
                     stream,
+                    who,
                     ref_id.as_deref(),
                     ErrorCode::RateLimited,
                     msg,
@@ -256,6 +284,7 @@ async fn authenticate(
                         refuse(
                             sink,
                             stream,
+                            who,
                             ref_id.as_deref(),
                             ErrorCode::AuthTimeout,
                             &timed_out(),
@@ -273,6 +302,7 @@ async fn authenticate(
                         refuse(
                             sink,
                             stream,
+                            who,
                             ref_id.as_deref(),
                             ErrorCode::AuthFailed,
                             &message,
@@ -289,6 +319,7 @@ async fn authenticate(
                         refuse(
                             sink,
                             stream,
+                            who,
                             ref_id.as_deref(),
                             ErrorCode::RateLimited,
                             &msg,
@@ -305,9 +336,11 @@ async fn authenticate(
                 "authenticate first: send {\"type\":\"auth\",\"payload\":{\"password\":\"...\"}}",
             ),
         };
-        let frame = Message::Text(error_reply(ref_id.as_deref(), &reply).into());
+        let Some(frame) = localize(who.0, id, error_reply(ref_id.as_deref(), &reply)) else {
+            continue;
+        };
         if !matches!(
-            tokio::time::timeout(limit, sink.send(frame)).await,
+            tokio::time::timeout(limit, sink.send(Message::Text(frame.into()))).await,
             Ok(Ok(()))
         ) {
             return None;
@@ -390,19 +423,24 @@ impl RateLimiter {
 async fn refuse(
     sink: &mut Sink,
     stream: &mut Stream,
+    who: (Dialect, ConnId),
     ref_id: Option<&str>,
     code: ErrorCode,
     message: &str,
     limit: std::time::Duration,
 ) {
-    let error = error_reply(ref_id, &ErrorBody::new(code, message));
+    let error = localize(
+        who.0,
+        who.1,
+        error_reply(ref_id, &ErrorBody::new(code, message)),
+    );
     let closing = Closing {
         code: code.close_code_or_internal(),
         reason: close_reason(code, message),
         abort: false,
         by_client: false,
     };
-    finish(sink, stream, &closing, Some(error), limit).await;
+    finish(sink, stream, &closing, error, limit).await;
 }
 
 fn lost(reason: impl Into<String>) -> Closing {
@@ -472,6 +510,7 @@ async fn read_loop(
             tracing::error!(conn = %conn.id(), "a connect hook panicked");
         }
     }
+    let mut first_frame = true;
     let end = loop {
         if conn.closing().is_some() {
             break None;
@@ -536,7 +575,14 @@ async fn read_loop(
             (Mode::Echo, Message::Binary(data)) => {
                 let _ = conn.push(Frame::Binary(data));
             }
-            (_, Message::Text(text)) => dispatch_text(server, conn, text.as_str(), calls).await,
+            (_, Message::Text(text)) => {
+                let first = std::mem::take(&mut first_frame);
+                dispatch_text(server, conn, text.as_str(), calls, first).await;
+            }
+            // Metafor's reference server answers anything it cannot read by echoing it.
+            (_, Message::Binary(data)) if conn.dialect() == Dialect::Metafor => {
+                let _ = conn.push(Frame::Binary(data));
+            }
             (_, Message::Binary(data)) => dispatch_binary(server, conn, data).await,
             _ => {}
         }
@@ -684,7 +730,7 @@ async fn write_loop(conn: &Conn, sink: &mut Sink) -> Closing {
                         batch.clear();
                         continue;
                     }
-                    r = write_batch(sink, &mut batch) => r,
+                    r = write_batch(conn, sink, &mut batch) => r,
                 };
                 if let Err(e) = written {
                     batch.clear();
@@ -696,9 +742,21 @@ async fn write_loop(conn: &Conn, sink: &mut Sink) -> Closing {
 }
 
 /// Feeds every frame of the batch, then flushes once.
-async fn write_batch(sink: &mut Sink, batch: &mut VecDeque<Frame>) -> Result<(), axum::Error> {
+async fn write_batch(
+    conn: &Conn,
+    sink: &mut Sink,
+    batch: &mut VecDeque<Frame>,
+) -> Result<(), axum::Error> {
+    let dialect = conn.dialect();
+    let id = if dialect == Dialect::Datadivr {
+        conn.id().to_string()
+    } else {
+        String::new()
+    };
     while let Some(frame) = batch.pop_front() {
-        sink.feed(transport::to_message(frame)).await?;
+        if let Some(msg) = transport::to_message(frame, dialect, &id) {
+            sink.feed(msg).await?;
+        }
     }
     sink.flush().await
 }
@@ -754,17 +812,78 @@ fn send_error(conn: &Conn, ref_id: Option<&str>, error: &ErrorBody) {
     let _ = conn.push(Frame::text(error_reply(ref_id, error)));
 }
 
-async fn dispatch_text(server: &Server, conn: &Conn, text: &str, calls: &mut Option<Calls>) {
-    let env = match Envelope::decode(text) {
-        Ok(env) => env,
-        Err(e) => {
-            return send_error(
-                conn,
-                e.ref_id.as_deref(),
-                &ErrorBody::new(e.code(), e.to_string()),
-            );
+async fn dispatch_text(
+    server: &Server,
+    conn: &Conn,
+    text: &str,
+    calls: &mut Option<Calls>,
+    first: bool,
+) {
+    let env = match conn.dialect() {
+        Dialect::Datadivr => dialect::datadivr::incoming(text),
+        Dialect::Metafor => return metafor_text(server, conn, text, calls).await,
+        _ if first && dialect::metafor::detect(text) => {
+            tracing::debug!(conn = %conn.id(), "a Metafor client: switching dialect");
+            conn.set_dialect(Dialect::Metafor);
+            return metafor_text(server, conn, text, calls).await;
         }
+        _ => Envelope::decode(text),
     };
+    match env {
+        Ok(env) => dispatch_envelope(server, conn, env, calls).await,
+        Err(e) => send_error(
+            conn,
+            e.ref_id.as_deref(),
+            &ErrorBody::new(e.code(), e.to_string()),
+        ),
+    }
+}
+
+/// A frame from a Metafor Channels client, handled as its reference server does:
+/// `_join` / `_leave` answered with a status, `_room` messages to the room's other
+/// members, other JSON echoed as `{"echo": ...}`, other text as `Echo: ...`.
+async fn metafor_text(server: &Server, conn: &Conn, text: &str, calls: &mut Option<Calls>) {
+    use dialect::metafor::{self, Incoming};
+    let raw = |s: String| {
+        let _ = conn.push(Frame::Dialect(s.into()));
+    };
+    match metafor::incoming(text) {
+        Err(e) => send_error(conn, None, &ErrorBody::new(e.code(), e.to_string())),
+        Ok(Incoming::Join(room)) => match server.join(conn, &room) {
+            Ok(_) => raw(metafor::status(true, &room)),
+            Err(e) => send_error(
+                conn,
+                None,
+                &ErrorBody::new(ErrorCode::InvalidRoom, e.to_string()),
+            ),
+        },
+        Ok(Incoming::Leave(room)) => {
+            server.leave(conn, &room);
+            raw(metafor::status(false, &room));
+        }
+        Ok(Incoming::Room(env)) => {
+            if server.inner.router.get(&env.kind).is_some() {
+                dispatch_envelope(server, conn, env, calls).await;
+            } else if let Some(room) = env.room.clone() {
+                // The dialect's own routing: to the room's other members.
+                server.relay(
+                    Target::Room(room.clone()),
+                    vec![conn.id()],
+                    &env.kind,
+                    &env.payload,
+                    Some(&room),
+                    conn.id(),
+                );
+            }
+        }
+        Ok(Incoming::Echo(value)) => raw(metafor::echo(&value)),
+        Ok(Incoming::Text(t)) => raw(format!("Echo: {t}")),
+    }
+}
+
+/// Dispatches a native envelope: RPC, the handlers of its type, the hub's relay, or
+/// `UNKNOWN_TYPE`.
+async fn dispatch_envelope(server: &Server, conn: &Conn, env: Envelope, calls: &mut Option<Calls>) {
     if types::is_server_only(&env.kind) {
         let msg = format!("`{}` is a type only the server sends", env.kind);
         return send_error(

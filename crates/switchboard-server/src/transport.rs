@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use futures_util::stream::{SplitSink, SplitStream};
 
+use switchboard_proto::Dialect;
+
 use crate::Server;
 use crate::conn::Frame;
 use crate::connection::Mode;
@@ -53,9 +55,46 @@ async fn upgrade(
     AxumState(server): AxumState<Server>,
     ws: WebSocketUpgrade,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     extensions: Extensions,
 ) -> Response {
-    accept(server, ws, &headers, &extensions, Mode::Messages)
+    let (ws, dialect) = match choose_dialect(&server, ws, uri.query()) {
+        Ok(chosen) => chosen,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    };
+    accept(server, ws, &headers, &extensions, Mode::Messages(dialect))
+}
+
+/// The dialect a client asked for: `?dialect=` first, then a `switchboard.<dialect>`
+/// subprotocol, then the server's default.
+fn choose_dialect(
+    server: &Server,
+    ws: WebSocketUpgrade,
+    query: Option<&str>,
+) -> Result<(WebSocketUpgrade, Dialect), String> {
+    let asked = query.and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "dialect")
+            .map(|(_, v)| v)
+    });
+    if let Some(name) = asked {
+        return name.parse::<Dialect>().map(|d| (ws, d));
+    }
+    let offered: Vec<Dialect> = ws
+        .requested_protocols()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(','))
+        .filter_map(|p| {
+            Dialect::ALL
+                .into_iter()
+                .find(|d| d.subprotocol() == p.trim())
+        })
+        .collect();
+    match offered.first() {
+        Some(d) => Ok((ws.protocols([d.subprotocol()]), *d)),
+        None => Ok((ws, server.config().default_dialect)),
+    }
 }
 
 async fn upgrade_echo(
@@ -113,12 +152,20 @@ fn accept(
         })
 }
 
-pub(crate) fn to_message(frame: Frame) -> Message {
-    match frame {
-        Frame::Text(t) => Message::Text(t),
+/// The frame as this client reads it: native text is translated into its dialect
+/// (`None`: nothing to send in that dialect).
+pub(crate) fn to_message(frame: Frame, dialect: Dialect, client_id: &str) -> Option<Message> {
+    use switchboard_proto::dialect::{datadivr, metafor};
+    Some(match frame {
+        Frame::Text(t) => match dialect {
+            Dialect::Datadivr => Message::Text(datadivr::outgoing(t.as_str(), client_id)?.into()),
+            Dialect::Metafor => Message::Text(metafor::outgoing(t.as_str())?.into()),
+            _ => Message::Text(t),
+        },
+        Frame::Dialect(t) => Message::Text(t),
         Frame::Binary(b) => Message::Binary(b),
         Frame::Ping => Message::Ping(bytes::Bytes::new()),
-    }
+    })
 }
 
 pub(crate) fn close_message(code: u16, reason: &str) -> Message {

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use settings::FileSettings;
-use switchboard_server::{Json, RpcMethod, Server, ServerConfig, TlsConfig};
+use switchboard_server::{Conn, Json, RpcMethod, Server, ServerConfig, TlsConfig};
 use tracing_subscriber::EnvFilter;
 
 const INDEX: &str = include_str!("index.html");
@@ -203,6 +203,10 @@ struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "SWITCHBOARD_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// The wire format of clients that do not choose one: native, datadivr or metafor
+    /// [default: native].
+    #[arg(long, env = "SWITCHBOARD_DIALECT")]
+    dialect: Option<switchboard_server::proto::Dialect>,
     /// Also serve a raw echo endpoint at this path (conformance testing; no auth).
     #[arg(long, env = "SWITCHBOARD_ECHO_PATH")]
     echo_path: Option<String>,
@@ -230,6 +234,7 @@ impl ServeArgs {
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
             echo_path: self.echo_path.clone(),
+            dialect: self.dialect,
             ..FileSettings::default()
         }
     }
@@ -331,6 +336,15 @@ fn hub(config: ServerConfig) -> Server {
     Server::builder()
         .config(config)
         .routes(axum::Router::new().route("/", get(|| async { Html(INDEX) })))
+        // datadivr's built-in: {"numbers": [...]} -> `sum_handler_result` to the sender.
+        .on(
+            "sum_event",
+            |conn: Conn, Json(p): Json<SumParams>| async move {
+                let sum: f64 = p.numbers.iter().sum();
+                conn.send_message("sum_handler_result", &serde_json::json!({ "value": sum }))
+                    .ok();
+            },
+        )
         .rpc_method(
             RpcMethod::new("echo", |p: EchoParams| async move { p.message })
                 .description("Sends the message back."),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Deserializer};
 use switchboard_server::ServerConfig;
+use switchboard_server::proto::Dialect;
 
 /// Every setting of `switchboard serve`, as the config file spells it.
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +43,15 @@ pub struct FileSettings {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub echo_path: Option<String>,
+    #[serde(default, deserialize_with = "dialect")]
+    pub dialect: Option<Dialect>,
+}
+
+fn dialect<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Dialect>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(name) => name.parse().map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// A duration in the file: `"250ms"`, `"10s"`, `"5m"`, `"1h"`, or a number of seconds.
@@ -117,7 +127,8 @@ impl FileSettings {
             allowed_origins,
             tls_cert,
             tls_key,
-            echo_path
+            echo_path,
+            dialect
         )
     }
 
@@ -164,6 +175,7 @@ impl FileSettings {
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             echo_path: self.echo_path,
+            default_dialect: self.dialect.unwrap_or(d.default_dialect),
             relay_unhandled: true,
             ..d
         };
