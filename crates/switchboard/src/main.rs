@@ -1,4 +1,7 @@
 //! `switchboard`: a ready real-time hub on the switchboard server library.
+// The doc comments on the command types are clap help texts (shell examples with
+// brackets), not rustdoc links.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 mod cli;
 mod settings;
