@@ -727,6 +727,12 @@ impl Server {
         self.inner.started_at.elapsed()
     }
 
+    /// The application state of type `T` registered with
+    /// [`ServerBuilder::state`], for code outside handlers (hooks, tasks).
+    pub fn state<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.inner.state.get::<T>().cloned()
+    }
+
     /// Every RPC method with its schemas, sorted by name (what `listall` returns).
     pub fn methods(&self) -> Vec<crate::MethodInfo> {
         self.inner.methods.list()

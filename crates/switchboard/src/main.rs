@@ -17,10 +17,22 @@ use clap::{Parser, Subcommand};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use settings::FileSettings;
-use switchboard_server::{Conn, Json, RpcMethod, Server, ServerConfig, TlsConfig};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::http::header;
+use switchboard_server::{
+    Binary, Conn, ConnId, Json, RpcMethod, Server, ServerConfig, State, TlsConfig,
+};
 use tracing_subscriber::EnvFilter;
 
 const INDEX: &str = include_str!("index.html");
+/// The browser and Node client, served at `/client.js` (and its types at `/client.d.ts`).
+const CLIENT_JS: &str = include_str!("../../../clients/js/switchboard.js");
+const CLIENT_DTS: &str = include_str!("../../../clients/js/switchboard.d.ts");
+
+/// The room whose members hear `presence` (who comes and goes, and names).
+const PRESENCE_ROOM: &str = "_presence";
 
 /// Real-time messaging over WebSocket: a hub that runs with no setup.
 #[derive(Debug, Parser)]
@@ -335,10 +347,85 @@ struct Status {
     version: &'static str,
 }
 
+/// `set_name`: what others see instead of your id.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SetName {
+    /// 1 to 32 characters.
+    #[schemars(length(min = 1, max = 32))]
+    name: String,
+}
+
+/// One connected client, as `clients` lists it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+struct ClientInfo {
+    /// The client id (for direct messages).
+    id: String,
+    /// The name it set, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+}
+
+/// Display names by client id.
+#[derive(Clone, Default)]
+struct Names(Arc<Mutex<HashMap<ConnId, String>>>);
+
+impl Names {
+    fn get(&self, id: ConnId) -> Option<String> {
+        self.0.lock().ok().and_then(|m| m.get(&id).cloned())
+    }
+}
+
+fn presence(server: &Server, id: ConnId, online: bool, name: Option<String>) {
+    let payload = serde_json::json!({ "user_id": id, "online": online, "name": name });
+    let _ = server.send_to_room_except(PRESENCE_ROOM, "presence", &payload, &[id]);
+}
+
 fn hub(config: ServerConfig) -> Server {
+    let pages = axum::Router::new()
+        .route("/", get(|| async { Html(INDEX) }))
+        .route(
+            "/client.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    CLIENT_JS,
+                )
+            }),
+        )
+        .route(
+            "/client.d.ts",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    CLIENT_DTS,
+                )
+            }),
+        );
     Server::builder()
         .config(config)
-        .routes(axum::Router::new().route("/", get(|| async { Html(INDEX) })))
+        .routes(pages)
+        .state(Names::default())
+        // Who comes and goes, for the members of `_presence` (the demo page joins it).
+        .on_connect(|conn: Conn| async move {
+            if let Some(server) = conn.server() {
+                presence(&server, conn.id(), true, None);
+            }
+        })
+        .on_disconnect(|conn: Conn, _| async move {
+            if let Some(server) = conn.server() {
+                if let Some(names) = server.state::<Names>() {
+                    if let Ok(mut m) = names.0.lock() {
+                        m.remove(&conn.id());
+                    }
+                }
+                presence(&server, conn.id(), false, None);
+            }
+        })
+        // Binary frames come back to their sender.
+        .on_binary(|conn: Conn, Binary(data): Binary| async move {
+            conn.send_binary(data).ok();
+        })
         // datadivr's built-in: {"numbers": [...]} -> `sum_handler_result` to the sender.
         .on(
             "sum_event",
@@ -357,6 +444,40 @@ fn hub(config: ServerConfig) -> Server {
                 p.numbers.iter().sum::<f64>()
             })
             .description("The sum of a list of numbers."),
+        )
+        .rpc_method(
+            RpcMethod::new(
+                "clients",
+                |(): (), server: Server, State(names): State<Names>| async move {
+                    let mut list: Vec<ClientInfo> = server
+                        .connection_ids()
+                        .into_iter()
+                        .map(|id| ClientInfo {
+                            id: id.to_string(),
+                            name: names.get(id),
+                        })
+                        .collect();
+                    list.sort_by(|a, b| a.id.cmp(&b.id));
+                    Json(list)
+                },
+            )
+            .description("The clients connected to this node, with their names."),
+        )
+        .rpc_method(
+            RpcMethod::new(
+                "set_name",
+                |p: SetName, conn: Conn, server: Server, State(names): State<Names>| async move {
+                    if let Ok(mut m) = names.0.lock() {
+                        m.insert(conn.id(), p.name.clone());
+                    }
+                    presence(&server, conn.id(), true, Some(p.name.clone()));
+                    Json(ClientInfo {
+                        id: conn.id().to_string(),
+                        name: Some(p.name),
+                    })
+                },
+            )
+            .description("Sets the name others see (members of `_presence` are told)."),
         )
         .rpc_method(
             RpcMethod::new("status", |(): (), server: Server| async move {

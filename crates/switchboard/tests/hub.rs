@@ -62,7 +62,17 @@ async fn the_hub_serves_its_page_and_health() {
     let page = hub.get("/");
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.contains("<title>switchboard</title>"));
-    assert!(page.contains("join_room"));
+    assert!(
+        page.contains("/client.js"),
+        "the demo uses the served client"
+    );
+    let js = hub.get("/client.js");
+    assert!(js.starts_with("HTTP/1.1 200"), "{js}");
+    assert!(
+        js.to_ascii_lowercase()
+            .contains("content-type: text/javascript")
+    );
+    assert!(js.contains("export class Client"));
     let _c = hub.raw().await;
     let health = hub.get("/health");
     assert!(health.starts_with("HTTP/1.1 200"));
@@ -312,7 +322,10 @@ async fn the_hub_has_built_in_methods() {
         .iter()
         .map(|m| m["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["echo", "listall", "status", "sum"]);
+    assert_eq!(
+        names,
+        vec!["clients", "echo", "listall", "set_name", "status", "sum"]
+    );
     let http = hub.get("/rpc");
     assert!(http.starts_with("HTTP/1.1 200"), "{http}");
     assert!(http.contains("\"sum\""));

@@ -1,0 +1,164 @@
+// Types for switchboard.js, the browser and Node client (kept by hand beside it).
+
+export declare const ConnectionState: Readonly<{
+  CONNECTING: "connecting";
+  OPEN: "open";
+  RECONNECTING: "reconnecting";
+  CLOSING: "closing";
+  CLOSED: "closed";
+}>;
+export type ConnectionStateValue = (typeof ConnectionState)[keyof typeof ConnectionState];
+
+export type Reconnect = "never" | "backoff" | "now";
+export declare function reconnectHint(code: number): Reconnect;
+
+export interface ReconnectOptions {
+  /** Reconnect at all. Default true. */
+  enabled?: boolean;
+  /** ms before the first attempt. Default 250. */
+  initialDelay?: number;
+  /** The longest delay, ms. Default 30000. */
+  maxDelay?: number;
+  /** Growth per failed attempt. Default 2. */
+  multiplier?: number;
+  /** Random spread as a fraction of the delay. Default 0.3. */
+  jitter?: number;
+  /** Give up after this many failed attempts in a row. Default null (never). */
+  maxAttempts?: number | null;
+}
+
+export declare function backoffDelay(
+  reconnect: Required<ReconnectOptions>,
+  attempt: number,
+  hint?: Reconnect,
+  random?: number,
+): number;
+
+export interface ClientOptions {
+  /** The `auth` payload sent on every connection: `{password}` or `{token}`. */
+  auth?: Record<string, unknown>;
+  reconnect?: ReconnectOptions;
+  /** ms to wait for `connected`. Default 10000. */
+  connectTimeout?: number;
+  /** Default timeout of requests, ms. Default 10000. */
+  requestTimeout?: number;
+  /** Messages queued while reconnecting. Default 1024. */
+  offlineQueue?: number;
+  /** Bytes queued while reconnecting. Default 1 MiB. */
+  offlineQueueBytes?: number;
+  /** Subprotocols to offer (e.g. "switchboard.v1"). */
+  protocols?: string | string[];
+  /** A WebSocket implementation (Node 20 without --experimental-websocket). */
+  WebSocket?: unknown;
+}
+
+export interface Session {
+  client_id: string;
+  session_id: string;
+  server: string;
+  identity?: { id: string; claims?: unknown };
+}
+
+export interface Envelope<P = Record<string, unknown>> {
+  type: string;
+  payload: P;
+  ref?: string;
+  room?: string;
+  to?: string;
+  from?: string;
+  v?: number;
+}
+
+export interface CloseInfo {
+  code: number;
+  reason: string;
+  reconnect: Reconnect;
+}
+
+export type ClientErrorEvent =
+  | { kind: "connection"; attempt: number; code?: string; message: string }
+  | { kind: "gave_up"; attempts: number; message: string }
+  | { kind: "message"; code: string; message: string; details?: unknown };
+
+export interface Handle {
+  /** Removes the handler; false if it was already gone. */
+  remove(): boolean;
+}
+
+export interface SendOptions {
+  room?: string;
+  to?: string;
+}
+
+export interface RequestOptions extends SendOptions {
+  /** ms. Default: the client's requestTimeout. */
+  timeout?: number;
+}
+
+export interface MethodInfo {
+  name: string;
+  description?: string;
+  params: Record<string, unknown>;
+  result: Record<string, unknown>;
+  requires_auth: boolean;
+}
+
+export declare class SwitchboardError extends Error {
+  code: string;
+}
+export declare class NotConnectedError extends SwitchboardError {}
+export declare class TimeoutError extends SwitchboardError {
+  timeout: number;
+}
+export declare class RemoteError extends SwitchboardError {
+  serverMessage: string;
+  details?: unknown;
+}
+export declare class ConnectionLostError extends SwitchboardError {}
+export declare class QueueFullError extends SwitchboardError {
+  size: number;
+}
+export declare class ClosedError extends SwitchboardError {}
+export declare class ConnectError extends SwitchboardError {
+  reconnect: Reconnect;
+}
+
+export declare class Client {
+  constructor(url: string, options?: ClientOptions);
+  static connect(url: string, options?: ClientOptions): Promise<Client>;
+  readonly url: string;
+  readonly state: ConnectionStateValue;
+  readonly isConnected: boolean;
+  readonly id: string | null;
+  readonly session: Session | null;
+  readonly closeInfo: CloseInfo | null;
+  connect(): Promise<Session>;
+  send(type: string, payload?: Record<string, unknown>, opts?: SendOptions): void;
+  sendTo(room: string, type: string, payload?: Record<string, unknown>): void;
+  sendDirect(to: string, type: string, payload?: Record<string, unknown>): void;
+  sendRaw(text: string): void;
+  sendBinary(data: ArrayBuffer | ArrayBufferView): void;
+  request<R = unknown>(type: string, payload?: Record<string, unknown>, opts?: RequestOptions): Promise<R>;
+  call<R = unknown>(method: string, params?: Record<string, unknown> | unknown[], opts?: RequestOptions): Promise<R>;
+  methods(opts?: RequestOptions): Promise<MethodInfo[]>;
+  join(room: string): Promise<{ room_id: string; members: number }>;
+  leave(room: string): Promise<{ room_id: string; members: number }>;
+  rooms(): string[];
+  isInRoom(room: string): boolean;
+  on(type: string, fn: (msg: Envelope) => void): Handle;
+  onMessage(fn: (msg: Envelope) => void): Handle;
+  onRoom(room: string, fn: (msg: Envelope) => void, type?: string): Handle;
+  onBinary(fn: (data: Uint8Array) => void): Handle;
+  onOpen(fn: (session: Session) => void): Handle;
+  onClose(fn: (info: CloseInfo) => void): Handle;
+  onError(fn: (error: ClientErrorEvent) => void): Handle;
+  onState(fn: (state: ConnectionStateValue) => void): Handle;
+  onReconnectAttempt(fn: (attempt: { attempt: number; delay: number }) => void): Handle;
+  off(handle: Handle): boolean;
+  clearHandlers(): void;
+  clearRoomHandlers(room?: string): void;
+  close(code?: number, reason?: string): Promise<CloseInfo | null>;
+  closed(): Promise<CloseInfo>;
+}
+
+export default Client;

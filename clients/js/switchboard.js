@@ -1,0 +1,715 @@
+// switchboard: the browser and Node client.
+//
+// A dependency-free ES module. It speaks the wire protocol of docs/protocol.md and
+// behaves like the Rust client (crates/switchboard-client): connection state and
+// events, handlers by type with removal, rooms and room handlers, requests and RPC
+// calls with timeouts and typed errors, authentication, and a connection that survives
+// the network (reconnect with backoff and jitter, re-authenticate, rejoin rooms, send
+// what was queued while offline).
+//
+// Browsers have WebSocket; so does Node 22. On Node 20 run with
+// `--experimental-websocket`, or pass an implementation: `{ WebSocket }`.
+
+/** The connection states. */
+export const ConnectionState = Object.freeze({
+  CONNECTING: "connecting",
+  OPEN: "open",
+  RECONNECTING: "reconnecting",
+  CLOSING: "closing",
+  CLOSED: "closed",
+});
+
+/** What to do after a close with `code` (docs/protocol.md, "Closing"). */
+export function reconnectHint(code) {
+  switch (code) {
+    case 1000: // normal closure: the server is done with us
+    case 4001: // AUTH_FAILED
+    case 4003: // FORBIDDEN
+    case 4004: // KICKED
+      return "never";
+    case 4007: // SLOW_CONSUMER
+    case 4008: // HEARTBEAT_TIMEOUT
+      return "now";
+    default:
+      return "backoff";
+  }
+}
+
+/** The base of every error this client throws or reports. */
+export class SwitchboardError extends Error {
+  constructor(message, code) {
+    super(message);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** Not connected, and not going to be (closed, or auto-reconnect is off). */
+export class NotConnectedError extends SwitchboardError {
+  constructor() {
+    super("not connected", "NOT_CONNECTED");
+  }
+}
+
+/** No answer within the timeout. */
+export class TimeoutError extends SwitchboardError {
+  constructor(ms) {
+    super(`no answer within ${ms} ms`, "TIMEOUT");
+    this.timeout = ms;
+  }
+}
+
+/** The server answered with an error: `code`, `message`, `details`. */
+export class RemoteError extends SwitchboardError {
+  constructor(code, message, details) {
+    super(`${code}: ${message}`, code);
+    this.serverMessage = message;
+    this.details = details;
+  }
+}
+
+/** The connection dropped after the request was sent: it may or may not have run. */
+export class ConnectionLostError extends SwitchboardError {
+  constructor() {
+    super("connection lost before the answer arrived; the request may have been processed", "CONNECTION_LOST");
+  }
+}
+
+/** The offline queue is full; the message was not queued. */
+export class QueueFullError extends SwitchboardError {
+  constructor(size) {
+    super(`offline queue full (${size} messages)`, "QUEUE_FULL");
+    this.size = size;
+  }
+}
+
+/** The client was closed before the answer arrived. */
+export class ClosedError extends SwitchboardError {
+  constructor() {
+    super("client closed", "CLOSED");
+  }
+}
+
+/** Connecting failed: unreachable, timed out, or refused (`code`, `reconnect`). */
+export class ConnectError extends SwitchboardError {
+  constructor(message, code, reconnect = "backoff") {
+    super(message, code);
+    this.reconnect = reconnect;
+  }
+}
+
+const DEFAULTS = {
+  connectTimeout: 10_000,
+  requestTimeout: 10_000,
+  offlineQueue: 1024,
+  offlineQueueBytes: 1024 * 1024,
+  reconnect: {
+    enabled: true,
+    initialDelay: 250,
+    maxDelay: 30_000,
+    multiplier: 2,
+    jitter: 0.3,
+    maxAttempts: null,
+  },
+};
+
+/** The delay (ms) before reconnect attempt `attempt` (from 1), with jitter `random` in [0, 1). */
+export function backoffDelay(reconnect, attempt, hint = "backoff", random = Math.random()) {
+  const jitter = Math.min(Math.max(reconnect.jitter, 0), 1);
+  let base;
+  if (attempt === 1 && hint === "now") {
+    base = reconnect.initialDelay * jitter;
+  } else {
+    base = Math.min(
+      reconnect.maxDelay,
+      reconnect.initialDelay * Math.pow(Math.max(reconnect.multiplier, 1), attempt - 1),
+    );
+  }
+  return base * (1 - jitter + 2 * jitter * random);
+}
+
+const textEncoder = new TextEncoder();
+
+/**
+ * A connection to a switchboard server.
+ *
+ *   const client = await Client.connect("ws://localhost:8080/ws");
+ *   client.on("chat", (msg) => console.log(msg.from, msg.payload));
+ *   await client.join("general");
+ *   client.sendTo("general", "chat", { text: "hello" });
+ *   const sum = await client.call("sum", { numbers: [1, 2] });
+ */
+export class Client {
+  /** Creates a client without connecting; call `connect()`. */
+  constructor(url, options = {}) {
+    this.url = url;
+    this.options = {
+      ...DEFAULTS,
+      ...options,
+      reconnect: { ...DEFAULTS.reconnect, ...(options.reconnect || {}) },
+    };
+    const WS = this.options.WebSocket || globalThis.WebSocket;
+    if (!WS) {
+      throw new SwitchboardError(
+        "no WebSocket implementation: use a browser, Node 22+, Node 20 with --experimental-websocket, or pass { WebSocket }",
+        "NO_WEBSOCKET",
+      );
+    }
+    this._WS = WS;
+    this._state = ConnectionState.CLOSED;
+    this._ws = null;
+    this._session = null;
+    this._closeInfo = null;
+    this._queue = [];
+    this._queueBytes = 0;
+    this._pending = new Map();
+    this._rooms = new Set();
+    this._nextId = 1;
+    this._userClosed = false;
+    this._everOpen = false;
+    this._reconnectTimer = null;
+    this._closedWaiters = [];
+    this._handlers = {
+      type: new Map(),
+      any: [],
+      room: [],
+      binary: [],
+      open: [],
+      close: [],
+      error: [],
+      state: [],
+      attempt: [],
+    };
+  }
+
+  /** Creates a client and connects it. */
+  static async connect(url, options = {}) {
+    const client = new Client(url, options);
+    await client.connect();
+    return client;
+  }
+
+  /** The connection state: one of `ConnectionState`. */
+  get state() {
+    return this._state;
+  }
+
+  /** True while connected. */
+  get isConnected() {
+    return this._state === ConnectionState.OPEN;
+  }
+
+  /** This client's id on the server (a reconnect gets a new one). */
+  get id() {
+    return this._session ? this._session.client_id : null;
+  }
+
+  /** What the server said when the current connection opened: `{client_id, session_id, server, identity?}`. */
+  get session() {
+    return this._session;
+  }
+
+  /** How the last connection ended: `{code, reason, reconnect}`. */
+  get closeInfo() {
+    return this._closeInfo;
+  }
+
+  /**
+   * Connects and resolves with the session once the server has confirmed (`connected`).
+   * Rejects with a `ConnectError` when the server is unreachable, too slow, or refuses
+   * (`code` is the server's, e.g. `AUTH_FAILED`). The first connection is not retried.
+   */
+  connect() {
+    this._userClosed = false;
+    this._setState(ConnectionState.CONNECTING);
+    return this._open().then(
+      (session) => {
+        this._onOpened(session, false);
+        return session;
+      },
+      (err) => {
+        this._setState(ConnectionState.CLOSED);
+        throw err;
+      },
+    );
+  }
+
+  // One connection attempt: resolves with the session, or rejects with a ConnectError.
+  _open() {
+    return new Promise((resolve, reject) => {
+      let ws;
+      try {
+        ws = this.options.protocols ? new this._WS(this.url, this.options.protocols) : new this._WS(this.url);
+      } catch (e) {
+        reject(new ConnectError(`cannot connect: ${e.message}`, "UNREACHABLE"));
+        return;
+      }
+      ws.binaryType = "arraybuffer";
+      let settled = false;
+      let refusal = null;
+      const timer = setTimeout(() => {
+        fail(new ConnectError("timed out waiting for the server", "TIMEOUT"));
+        try {
+          ws.close();
+        } catch (_) {}
+      }, this.options.connectTimeout);
+      const fail = (err) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        reject(err);
+      };
+      ws.onopen = () => {
+        if (this.options.auth) {
+          ws.send(JSON.stringify({ type: "auth", ref: "auth", payload: this.options.auth }));
+        }
+      };
+      // Browsers follow an error with a close; Node 20's experimental WebSocket may not.
+      ws.onerror = () => fail(new ConnectError(`cannot connect to ${this.url}`, "UNREACHABLE"));
+      ws.onclose = (ev) => {
+        if (settled) return;
+        if (refusal) {
+          fail(new ConnectError(`refused by the server: ${refusal.code}: ${refusal.message}`, refusal.code, reconnectHint(ev.code)));
+        } else if (ev.code === 1006) {
+          fail(new ConnectError(`cannot connect to ${this.url}`, "UNREACHABLE"));
+        } else {
+          fail(new ConnectError(`refused by the server: ${ev.code} ${ev.reason}`, String(ev.code), reconnectHint(ev.code)));
+        }
+      };
+      ws.onmessage = (ev) => {
+        if (settled) return;
+        let env;
+        try {
+          env = JSON.parse(ev.data);
+        } catch (_) {
+          return;
+        }
+        if (env.type === "connected") {
+          settled = true;
+          clearTimeout(timer);
+          this._attach(ws);
+          resolve(env.payload);
+        } else if (env.type === "error") {
+          refusal = env.payload;
+        } else if (env.type === "ack" && env.payload && env.payload.status === "error") {
+          refusal = env.payload;
+        }
+      };
+    });
+  }
+
+  _attach(ws) {
+    this._ws = ws;
+    ws.onmessage = (ev) => this._receive(ev.data);
+    ws.onclose = (ev) => this._dropped(ws, ev.code, ev.reason);
+    // An error ends the connection; some implementations send no close event after it.
+    ws.onerror = () => this._dropped(ws, 1006, "connection error");
+  }
+
+  _onOpened(session, reconnected) {
+    this._session = session;
+    this._everOpen = true;
+    if (reconnected) {
+      // Rooms first, then the queue: the server handles a connection's messages in
+      // order, so the rooms are joined before anything queued for them arrives.
+      for (const room of this._rooms) {
+        this._ws.send(JSON.stringify({ type: "join_room", ref: `rejoin:${room}`, payload: { room_id: room } }));
+      }
+    }
+    this._setState(ConnectionState.OPEN);
+    this._flush();
+    if (reconnected) this._emit("open", session);
+  }
+
+  _flush() {
+    while (this._queue.length && this._state === ConnectionState.OPEN) {
+      const item = this._queue.shift();
+      this._queueBytes -= item.bytes;
+      this._write(item);
+    }
+  }
+
+  _write(item) {
+    this._ws.send(item.data);
+    if (item.ref) {
+      const p = this._pending.get(item.ref);
+      if (p) p.written = true;
+    }
+  }
+
+  _dropped(ws, code, reason) {
+    if (ws !== this._ws) return;
+    this._ws = null;
+    const info = { code: code || 1006, reason: reason || "", reconnect: reconnectHint(code || 1006) };
+    this._closeInfo = info;
+    // Requests already sent may or may not have run: tell their callers.
+    for (const [ref, p] of this._pending) {
+      if (p.written) {
+        this._pending.delete(ref);
+        clearTimeout(p.timer);
+        p.reject(new ConnectionLostError());
+      }
+    }
+    this._emit("close", info);
+    const r = this.options.reconnect;
+    if (this._userClosed || !r.enabled || info.reconnect === "never") {
+      this._finish();
+      return;
+    }
+    this._setState(ConnectionState.RECONNECTING);
+    this._reconnect(1, info.reconnect);
+  }
+
+  _reconnect(attempt, hint) {
+    const r = this.options.reconnect;
+    if (r.maxAttempts != null && attempt > r.maxAttempts) {
+      this._emit("error", { kind: "gave_up", attempts: attempt - 1, message: `gave up after ${attempt - 1} attempts` });
+      this._finish();
+      return;
+    }
+    const delay = backoffDelay(r, attempt, hint);
+    this._emit("attempt", { attempt, delay });
+    this._reconnectTimer = setTimeout(() => {
+      this._reconnectTimer = null;
+      if (this._userClosed) return;
+      this._open().then(
+        (session) => {
+          if (this._userClosed) {
+            this._ws && this._ws.close(1000, "client closed");
+            return;
+          }
+          this._onOpened(session, true);
+        },
+        (err) => {
+          this._emit("error", { kind: "connection", attempt, code: err.code, message: err.message });
+          if (err.reconnect === "never") {
+            this._closeInfo = { code: 1000, reason: err.message, reconnect: "never" };
+            this._finish();
+          } else if (!this._userClosed) {
+            this._reconnect(attempt + 1, "backoff");
+          }
+        },
+      );
+    }, delay);
+  }
+
+  _finish() {
+    this._queue = [];
+    this._queueBytes = 0;
+    for (const [, p] of this._pending) {
+      clearTimeout(p.timer);
+      p.reject(new ClosedError());
+    }
+    this._pending.clear();
+    this._setState(ConnectionState.CLOSED);
+    const info = this._closeInfo || { code: 1000, reason: "", reconnect: "never" };
+    for (const w of this._closedWaiters.splice(0)) w(info);
+  }
+
+  _setState(state) {
+    if (this._state === state) return;
+    this._state = state;
+    this._emit("state", state);
+  }
+
+  _emit(kind, value) {
+    for (const h of [...this._handlers[kind]]) {
+      try {
+        h.fn(value);
+      } catch (e) {
+        console.error(`switchboard: a ${kind} handler threw`, e);
+      }
+    }
+  }
+
+  _receive(data) {
+    if (typeof data !== "string") {
+      const bytes = new Uint8Array(data);
+      for (const h of [...this._handlers.binary]) {
+        try {
+          h.fn(bytes);
+        } catch (e) {
+          console.error("switchboard: a binary handler threw", e);
+        }
+      }
+      return;
+    }
+    let env;
+    try {
+      env = JSON.parse(data);
+    } catch (_) {
+      return;
+    }
+    if (!env || typeof env.type !== "string") return;
+    env.payload = env.payload || {};
+    if (env.type === "ack") {
+      const ref = env.payload.ref;
+      const p = this._pending.get(ref);
+      if (p) {
+        this._pending.delete(ref);
+        clearTimeout(p.timer);
+        if (env.payload.status === "ok") p.resolve(env.payload.result === undefined ? null : env.payload.result);
+        else p.reject(new RemoteError(env.payload.code, env.payload.message, env.payload.details));
+      } else if (typeof ref === "string" && (ref.startsWith("rejoin:") || ref === "auth") && env.payload.status === "error") {
+        this._emit("error", { kind: "message", code: env.payload.code, message: env.payload.message, details: env.payload.details });
+      }
+    } else if (env.type === "error") {
+      this._emit("error", { kind: "message", code: env.payload.code, message: env.payload.message, details: env.payload.details });
+    }
+    const call = (list) => {
+      for (const h of [...list]) {
+        try {
+          h.fn(env);
+        } catch (e) {
+          console.error(`switchboard: a handler for ${env.type} threw`, e);
+        }
+      }
+    };
+    call(this._handlers.type.get(env.type) || []);
+    if (env.room) call(this._handlers.room.filter((h) => h.room === env.room && (!h.type || h.type === env.type)));
+    call(this._handlers.any);
+  }
+
+  // Queues or writes one frame. Throws NotConnectedError / QueueFullError.
+  _enqueue(data, ref) {
+    if (this._state === ConnectionState.OPEN && this._ws) {
+      this._write({ data, ref });
+      return;
+    }
+    const offline =
+      this._state === ConnectionState.RECONNECTING ||
+      (this._state === ConnectionState.CONNECTING && this._everOpen);
+    if (!offline || !this.options.reconnect.enabled) throw new NotConnectedError();
+    const bytes = typeof data === "string" ? textEncoder.encode(data).length : data.byteLength;
+    if (this._queue.length >= this.options.offlineQueue || this._queueBytes + bytes > this.options.offlineQueueBytes) {
+      throw new QueueFullError(this._queue.length);
+    }
+    this._queue.push({ data, ref, bytes });
+    this._queueBytes += bytes;
+  }
+
+  _envelope(type, payload, opts = {}, ref) {
+    const env = { type, payload: payload == null ? {} : payload };
+    if (ref) env.ref = ref;
+    if (opts.room) env.room = opts.room;
+    if (opts.to) env.to = opts.to;
+    return JSON.stringify(env);
+  }
+
+  /**
+   * Sends `{type, payload}` (`payload` a plain object), optionally `{room}` or `{to}`.
+   * While reconnecting it is queued and sent, in order, after the reconnect.
+   * Throws `NotConnectedError` or `QueueFullError`.
+   */
+  send(type, payload = {}, opts = {}) {
+    this._enqueue(this._envelope(type, payload, opts));
+  }
+
+  /** Sends to a room's other members. */
+  sendTo(room, type, payload = {}) {
+    this.send(type, payload, { room });
+  }
+
+  /** Sends to one client by id, or to "all" / "others". */
+  sendDirect(to, type, payload = {}) {
+    this.send(type, payload, { to });
+  }
+
+  /** Sends text exactly as given (the server parses it as an envelope). */
+  sendRaw(text) {
+    this._enqueue(String(text));
+  }
+
+  /** Sends a binary frame (ArrayBuffer, a typed array or a DataView). */
+  sendBinary(data) {
+    const buf = data instanceof ArrayBuffer ? data : data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength);
+    this._enqueue(buf);
+  }
+
+  /**
+   * Sends a message with a `ref` and resolves with its ack's result; rejects with
+   * `RemoteError`, `TimeoutError`, `NotConnectedError`, `ConnectionLostError`,
+   * `QueueFullError` or `ClosedError`.
+   */
+  request(type, payload = {}, opts = {}) {
+    const timeout = opts.timeout ?? this.options.requestTimeout;
+    const ref = `r${this._nextId++}`;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pending.delete(ref);
+        // Not sent yet (offline): take it out of the queue too.
+        const i = this._queue.findIndex((q) => q.ref === ref);
+        if (i >= 0) {
+          this._queueBytes -= this._queue[i].bytes;
+          this._queue.splice(i, 1);
+        }
+        reject(new TimeoutError(timeout));
+      }, timeout);
+      this._pending.set(ref, { resolve, reject, timer, written: false });
+      try {
+        this._enqueue(this._envelope(type, payload, opts, ref), ref);
+      } catch (e) {
+        clearTimeout(timer);
+        this._pending.delete(ref);
+        reject(e);
+      }
+    });
+  }
+
+  /** Calls an RPC method: `params` named (an object) or positional (an array). */
+  call(method, params = {}, opts = {}) {
+    return this.request("rpc", { method, params }, opts);
+  }
+
+  /** The server's RPC methods (`listall`). */
+  methods(opts = {}) {
+    return this.call("listall", {}, opts);
+  }
+
+  /** Joins a room (acknowledged by the server); it is rejoined after every reconnect. */
+  async join(room) {
+    const result = await this.request("join_room", { room_id: room });
+    this._rooms.add(room);
+    return result;
+  }
+
+  /** Leaves a room. */
+  async leave(room) {
+    this._rooms.delete(room);
+    return this.request("leave_room", { room_id: room });
+  }
+
+  /** The rooms this client has joined. */
+  rooms() {
+    return [...this._rooms].sort();
+  }
+
+  /** True if this client has joined `room`. */
+  isInRoom(room) {
+    return this._rooms.has(room);
+  }
+
+  _add(kind, fn, extra = {}) {
+    const h = { fn, ...extra };
+    this._handlers[kind].push(h);
+    return { remove: () => this._remove(h) };
+  }
+
+  _remove(h) {
+    let removed = false;
+    for (const [kind, list] of Object.entries(this._handlers)) {
+      if (kind === "type") {
+        for (const [t, l] of list) {
+          const i = l.indexOf(h);
+          if (i >= 0) {
+            l.splice(i, 1);
+            removed = true;
+          }
+          if (!l.length) list.delete(t);
+        }
+      } else {
+        const i = list.indexOf(h);
+        if (i >= 0) {
+          list.splice(i, 1);
+          removed = true;
+        }
+      }
+    }
+    return removed;
+  }
+
+  /** Calls `fn(envelope)` for every message of `type`. Returns a handle with `remove()`. */
+  on(type, fn) {
+    const h = { fn };
+    if (!this._handlers.type.has(type)) this._handlers.type.set(type, []);
+    this._handlers.type.get(type).push(h);
+    return { remove: () => this._remove(h) };
+  }
+
+  /** Calls `fn(envelope)` for every message. */
+  onMessage(fn) {
+    return this._add("any", fn);
+  }
+
+  /** Calls `fn(envelope)` for messages in `room` (of `type`, if given). */
+  onRoom(room, fn, type) {
+    return this._add("room", fn, { room, type });
+  }
+
+  /** Calls `fn(Uint8Array)` for every binary frame. */
+  onBinary(fn) {
+    return this._add("binary", fn);
+  }
+
+  /** Calls `fn(session)` each time the connection opens again after a drop. */
+  onOpen(fn) {
+    return this._add("open", fn);
+  }
+
+  /** Calls `fn({code, reason, reconnect})` each time a connection closes. */
+  onClose(fn) {
+    return this._add("close", fn);
+  }
+
+  /**
+   * Calls `fn(error)` for connection errors (`{kind: "connection", attempt, code, message}`,
+   * `{kind: "gave_up", attempts}`) and message errors (`{kind: "message", code, message, details}`).
+   */
+  onError(fn) {
+    return this._add("error", fn);
+  }
+
+  /** Calls `fn(state)` on every state transition. */
+  onState(fn) {
+    return this._add("state", fn);
+  }
+
+  /** Calls `fn({attempt, delay})` before each reconnect attempt. */
+  onReconnectAttempt(fn) {
+    return this._add("attempt", fn);
+  }
+
+  /** Removes a handler (the same as `handle.remove()`). */
+  off(handle) {
+    return handle.remove();
+  }
+
+  /** Removes every message handler (by type, catch-all, room, binary). */
+  clearHandlers() {
+    this._handlers.type.clear();
+    this._handlers.any = [];
+    this._handlers.room = [];
+    this._handlers.binary = [];
+  }
+
+  /** Removes the room handlers of `room`, or of every room. */
+  clearRoomHandlers(room) {
+    this._handlers.room = room === undefined ? [] : this._handlers.room.filter((h) => h.room !== room);
+  }
+
+  /** Closes for good (code 1000), stops reconnecting; resolves once closed. */
+  close(code = 1000, reason = "client closed") {
+    this._userClosed = true;
+    if (this._reconnectTimer) {
+      clearTimeout(this._reconnectTimer);
+      this._reconnectTimer = null;
+    }
+    if (this._state === ConnectionState.CLOSED) return Promise.resolve(this._closeInfo);
+    const done = this.closed();
+    if (this._ws) {
+      this._setState(ConnectionState.CLOSING);
+      this._ws.close(code, reason);
+    } else {
+      this._finish();
+    }
+    return done;
+  }
+
+  /** Resolves with `{code, reason, reconnect}` once the client has closed for good. */
+  closed() {
+    if (this._state === ConnectionState.CLOSED && this._everOpen) return Promise.resolve(this._closeInfo);
+    return new Promise((resolve) => this._closedWaiters.push(resolve));
+  }
+}
+
+export default Client;

@@ -1,0 +1,307 @@
+// The JS client under Node's test runner, against a real `switchboard serve`.
+// Run: node --experimental-websocket --test test/   (scripts/test does)
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+
+import {
+  Client,
+  ConnectionState,
+  ConnectError,
+  NotConnectedError,
+  QueueFullError,
+  RemoteError,
+  TimeoutError,
+  backoffDelay,
+  reconnectHint,
+} from "../switchboard.js";
+import { startHub, startProxy, waitFor } from "./hub.mjs";
+
+const hubs = [];
+async function hub(opts) {
+  const h = await startHub(opts);
+  hubs.push(h);
+  return h;
+}
+after(async () => {
+  for (const h of hubs) await h.stop();
+});
+
+/** Fast, deterministic reconnects for tests. */
+const quick = { initialDelay: 20, maxDelay: 200, jitter: 0 };
+
+/** A queue of events from a handler registration. */
+function recorder() {
+  const items = [];
+  const waiters = [];
+  return {
+    push(v) {
+      const w = waiters.shift();
+      if (w) w(v);
+      else items.push(v);
+    },
+    next(ms = 10_000) {
+      if (items.length) return Promise.resolve(items.shift());
+      return waitFor((resolve) => waiters.push(resolve), ms, "a recorded event");
+    },
+    async until(pred, ms) {
+      for (;;) {
+        const v = await this.next(ms);
+        if (pred(v)) return v;
+      }
+    },
+    items,
+  };
+}
+
+test("connects, sends to a room, and receives in order", async () => {
+  const h = await hub();
+  const a = await Client.connect(h.url);
+  const b = await Client.connect(h.url);
+  assert.equal(a.state, ConnectionState.OPEN);
+  assert.match(a.id, /^[0-9a-f]{16}$/);
+  assert.equal(a.session.server, "js-test");
+  await a.join("general");
+  await b.join("general");
+  assert.deepEqual(a.rooms(), ["general"]);
+  assert.ok(b.isInRoom("general"));
+  const got = recorder();
+  b.on("chat", (m) => got.push(m));
+  for (let i = 0; i < 50; i++) a.sendTo("general", "chat", { i });
+  for (let i = 0; i < 50; i++) {
+    const m = await got.next();
+    assert.equal(m.payload.i, i);
+    assert.equal(m.room, "general");
+    assert.equal(m.from, a.id);
+  }
+  // Direct messages, to "others" and to one id.
+  const dm = recorder();
+  a.on("dm", (m) => dm.push(m));
+  b.sendDirect(a.id, "dm", { text: "psst" });
+  assert.equal((await dm.next()).payload.text, "psst");
+  await a.close();
+  await b.close();
+});
+
+test("requests and RPC calls resolve with results or reject with typed errors", async () => {
+  const h = await hub();
+  const c = await Client.connect(h.url);
+  assert.equal(await c.call("sum", { numbers: [391, 29] }), 420);
+  assert.equal(await c.call("echo", ["positional"]), "positional");
+  const names = (await c.methods()).map((m) => m.name);
+  assert.ok(names.includes("sum") && names.includes("listall"));
+  await assert.rejects(c.call("sum", { numbers: "x" }), (e) => {
+    assert.ok(e instanceof RemoteError);
+    assert.equal(e.code, "INVALID_PARAMS");
+    assert.equal(e.details.errors[0].path, "numbers");
+    return true;
+  });
+  await assert.rejects(c.call("nope"), (e) => e instanceof RemoteError && e.code === "UNKNOWN_METHOD");
+  await assert.rejects(c.request("no_such_type", {}), (e) => e.code === "UNKNOWN_TYPE");
+  // Many in flight at once, each matched by ref.
+  const sums = await Promise.all([...Array(200).keys()].map((i) => c.call("sum", { numbers: [i, 1] })));
+  sums.forEach((s, i) => assert.equal(s, i + 1));
+  // A message error without a ref reaches onError, typed.
+  const errors = recorder();
+  c.onError((e) => errors.push(e));
+  c.send("no_such_type", {});
+  const e = await errors.next();
+  assert.deepEqual([e.kind, e.code], ["message", "UNKNOWN_TYPE"]);
+  await c.close();
+  assert.throws(() => c.send("x", {}), NotConnectedError);
+  await assert.rejects(c.call("sum", { numbers: [1] }), NotConnectedError);
+});
+
+test("handlers by type, for everything and by room, with removal and clearing", async () => {
+  const h = await hub();
+  const c = await Client.connect(h.url);
+  const peer = await Client.connect(h.url);
+  await peer.join("a");
+  await peer.join("b");
+  await c.join("a");
+  await c.join("b");
+  const seen = [];
+  const typed = c.on("chat", (m) => seen.push(`type:${m.room}`));
+  c.onRoom("a", (m) => seen.push(`room-a:${m.type}`));
+  c.onRoom("b", (m) => seen.push(`room-b:${m.type}`), "chat");
+  const done = recorder();
+  c.on("done", (m) => done.push(m));
+  peer.sendTo("a", "chat", {});
+  peer.sendTo("b", "other", {});
+  peer.sendTo("a", "done", {});
+  await done.next();
+  // "other" in b is not a chat: b's handler only takes chats.
+  assert.deepEqual(seen, ["type:a", "room-a:chat", "room-a:done"]);
+  seen.length = 0;
+  assert.equal(typed.remove(), true);
+  assert.equal(typed.remove(), false);
+  c.clearRoomHandlers("a");
+  peer.sendTo("a", "chat", {});
+  peer.sendTo("b", "chat", {});
+  peer.sendTo("a", "done", {});
+  await done.next();
+  assert.deepEqual(seen, ["room-b:chat"]);
+  c.clearHandlers();
+  await c.close();
+  await peer.close();
+});
+
+test("binary frames go out and come back", async () => {
+  const h = await hub();
+  const c = await Client.connect(h.url);
+  const got = recorder();
+  c.onBinary((b) => got.push(b));
+  c.sendBinary(new Uint8Array([0, 1, 2, 255]));
+  assert.deepEqual([...(await got.next())], [0, 1, 2, 255]);
+  await c.close();
+});
+
+test("connect rejects with a typed error: unreachable, or refused", async () => {
+  await assert.rejects(Client.connect("ws://127.0.0.1:1/ws"), (e) => e instanceof ConnectError && e.code === "UNREACHABLE");
+  const h = await hub({ env: { SWITCHBOARD_PASSWORD: "s3cret-pw" } });
+  await assert.rejects(Client.connect(h.url, { auth: { password: "wrong" } }), (e) => {
+    assert.ok(e instanceof ConnectError);
+    assert.equal(e.code, "AUTH_FAILED");
+    assert.equal(e.reconnect, "never");
+    return true;
+  });
+  const ok = await Client.connect(h.url, { auth: { password: "s3cret-pw", username: "ada" } });
+  assert.equal(ok.session.identity.id, "ada");
+  await ok.close();
+});
+
+test("a server restart: reconnects, rejoins its rooms, sends what was queued, in order", async () => {
+  const first = await hub();
+  const c = await Client.connect(first.url, { reconnect: quick });
+  const states = recorder();
+  c.onState((s) => states.push(s));
+  const closes = recorder();
+  c.onClose((i) => closes.push(i));
+  const opens = recorder();
+  c.onOpen((s) => opens.push(s));
+  await c.join("lobby");
+  const oldId = c.id;
+
+  await first.stop();
+  assert.equal((await closes.next()).code, 1001);
+  assert.equal(await states.next(), ConnectionState.RECONNECTING);
+  // Offline: queued, in order.
+  for (let i = 0; i < 20; i++) c.sendTo("lobby", "n", { i });
+  const pendingCall = c.call("sum", { numbers: [2, 2] });
+
+  const second = await hub({ port: first.port });
+  const watcher = await Client.connect(second.url);
+  const got = recorder();
+  watcher.on("n", (m) => got.push(m.payload.i));
+  const joined = recorder();
+  watcher.on("user_joined", (m) => joined.push(m));
+  await watcher.join("lobby");
+  // The client may have come back before or after the watcher joined; either way it
+  // rejoined, and the queued call is answered.
+  assert.equal(await states.until((s) => s === ConnectionState.OPEN), ConnectionState.OPEN);
+  const session = await opens.next();
+  assert.notEqual(session.client_id, oldId);
+  assert.equal(await pendingCall, 4);
+  const members = await watcher.request("join_room", { room_id: "lobby" });
+  assert.equal(members.members, 2, "the client is back in lobby");
+  c.sendTo("lobby", "n", { i: 99 });
+  // Whatever the watcher saw of the queue is in order; the last is 99.
+  const seen = [];
+  for (;;) {
+    const i = await got.next();
+    seen.push(i);
+    if (i === 99) break;
+  }
+  assert.deepEqual(seen, [...seen].sort((x, y) => x - y));
+  await c.close();
+  await watcher.close();
+});
+
+test("a cut network: the queue is delivered exactly once, in order, after the rooms are rejoined", async () => {
+  const h = await hub();
+  const proxy = await startProxy(h.port);
+  const c = await Client.connect(proxy.url, { reconnect: quick });
+  await c.join("room");
+  const watcher = await Client.connect(h.url);
+  await watcher.join("room");
+  const got = recorder();
+  watcher.on("n", (m) => got.push(m));
+  const joins = recorder();
+  watcher.on("user_joined", (m) => joins.push(m.payload.user_id));
+  const states = recorder();
+  c.onState((s) => states.push(s));
+
+  proxy.block();
+  assert.equal(await states.next(), ConnectionState.RECONNECTING);
+  for (let i = 0; i < 100; i++) c.sendTo("room", "n", { i });
+  proxy.unblock();
+  assert.equal(await states.until((s) => s === ConnectionState.OPEN), ConnectionState.OPEN);
+  assert.equal(await joins.next(), c.id, "rejoined first");
+  for (let i = 0; i < 100; i++) {
+    const m = await got.next();
+    assert.equal(m.payload.i, i);
+    assert.equal(m.from, c.id);
+  }
+  // Nothing twice: a marker sent after arrives next.
+  c.sendTo("room", "n", { i: "end" });
+  assert.equal((await got.next()).payload.i, "end");
+  await c.close();
+  await watcher.close();
+  await proxy.close();
+});
+
+test("max attempts, growing backoff, and the queue bound", async () => {
+  const h = await hub();
+  const c = await Client.connect(h.url, {
+    reconnect: { initialDelay: 10, multiplier: 2, maxDelay: 1000, jitter: 0, maxAttempts: 3 },
+    offlineQueue: 2,
+  });
+  const attempts = [];
+  c.onReconnectAttempt((a) => attempts.push([a.attempt, a.delay]));
+  const errors = [];
+  c.onError((e) => errors.push(e.kind));
+  const reconnecting = waitFor((r) => c.onState((s) => s === ConnectionState.RECONNECTING && r()));
+  await h.stop();
+  await reconnecting;
+  // A request queued while offline times out, and leaves the queue.
+  await assert.rejects(c.request("x", {}, { timeout: 5 }), TimeoutError);
+  c.send("a", {});
+  c.send("b", {});
+  assert.throws(() => c.send("c", {}), QueueFullError);
+  const info = await c.closed();
+  assert.equal(info.code, 1001);
+  assert.deepEqual(attempts, [
+    [1, 10],
+    [2, 20],
+    [3, 40],
+  ]);
+  // (the first is the server's SHUTTING_DOWN error before its close)
+  assert.deepEqual(errors.filter((k) => k !== "message"), ["connection", "connection", "connection", "gave_up"]);
+  assert.equal(c.state, ConnectionState.CLOSED);
+  assert.throws(() => c.send("x", {}), NotConnectedError);
+});
+
+test("without auto-reconnect a drop ends the client", async () => {
+  const h = await hub();
+  const c = await Client.connect(h.url, { reconnect: { enabled: false } });
+  await c.join("r");
+  const closed = c.closed();
+  await h.stop();
+  assert.equal((await closed).code, 1001);
+  assert.throws(() => c.send("x", {}), NotConnectedError);
+  assert.equal(c.state, ConnectionState.CLOSED);
+});
+
+test("pure helpers: close codes and backoff", () => {
+  assert.equal(reconnectHint(4001), "never");
+  assert.equal(reconnectHint(4004), "never");
+  assert.equal(reconnectHint(4008), "now");
+  assert.equal(reconnectHint(1001), "backoff");
+  assert.equal(reconnectHint(1006), "backoff");
+  const r = { initialDelay: 100, maxDelay: 1000, multiplier: 2, jitter: 0.25 };
+  for (let i = 0; i < 50; i++) {
+    const d = backoffDelay(r, 1, "backoff", i / 50);
+    assert.ok(d >= 75 && d < 125, String(d));
+  }
+  assert.equal(backoffDelay({ ...r, jitter: 0 }, 10), 1000);
+  assert.equal(backoffDelay({ ...r, jitter: 0 }, 1, "now"), 0);
+});
