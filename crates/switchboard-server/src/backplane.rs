@@ -110,6 +110,30 @@ impl NodeHandle {
     pub fn server_name(&self) -> Option<String> {
         self.inner.upgrade().map(|i| i.config.name.clone())
     }
+
+    /// This node's connections now (for a backplane resynchronising after an outage).
+    pub fn connections(&self) -> Vec<ConnId> {
+        self.inner
+            .upgrade()
+            .map(|i| i.registry.ids())
+            .unwrap_or_default()
+    }
+
+    /// This node's rooms and their members now.
+    pub fn rooms(&self) -> Vec<(String, Vec<ConnId>)> {
+        match self.inner.upgrade() {
+            Some(i) => i
+                .registry
+                .room_names()
+                .into_iter()
+                .map(|room| {
+                    let members = i.registry.room_members(&room);
+                    (room, members)
+                })
+                .collect(),
+            None => Vec::new(),
+        }
+    }
 }
 
 /// The link between the nodes of a cluster.

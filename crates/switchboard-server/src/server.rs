@@ -707,6 +707,18 @@ impl Server {
         }
     }
 
+    /// The members of `room` across the cluster (this node's on a single node).
+    pub async fn cluster_room_members(&self, room: &str) -> Vec<ConnId> {
+        match self.inner.backplane.room_members(room).await {
+            Ok(Some(members)) => members,
+            Ok(None) => self.room_members(room),
+            Err(e) => {
+                tracing::warn!(error = %e, "backplane room members failed; reporting this node's");
+                self.room_members(room)
+            }
+        }
+    }
+
     /// True between start and the end of shutdown.
     pub fn is_running(&self) -> bool {
         self.inner.running.load(Ordering::Acquire)

@@ -222,6 +222,13 @@ struct ServeArgs {
     /// [default: native].
     #[arg(long, env = "SWITCHBOARD_DIALECT")]
     dialect: Option<switchboard_server::proto::Dialect>,
+    /// Join a cluster over Redis: redis://host:port (several nodes, one hub).
+    #[arg(long, env = "SWITCHBOARD_REDIS")]
+    redis: Option<String>,
+    /// With --redis: a node silent this long is dead and its clients stop counting
+    /// [default: 5s].
+    #[arg(long, env = "SWITCHBOARD_REDIS_NODE_TTL", value_parser = settings::parse_duration)]
+    redis_node_ttl: Option<Duration>,
     /// Also serve a raw echo endpoint at this path (conformance testing; no auth).
     #[arg(long, env = "SWITCHBOARD_ECHO_PATH")]
     echo_path: Option<String>,
@@ -250,6 +257,8 @@ impl ServeArgs {
             tls_key: self.tls_key.clone(),
             echo_path: self.echo_path.clone(),
             dialect: self.dialect,
+            redis: self.redis.clone(),
+            redis_node_ttl: self.redis_node_ttl,
             ..FileSettings::default()
         }
     }
@@ -381,7 +390,7 @@ fn presence(server: &Server, id: ConnId, online: bool, name: Option<String>) {
     let _ = server.send_to_room_except(PRESENCE_ROOM, "presence", &payload, &[id]);
 }
 
-fn hub(config: ServerConfig) -> Server {
+fn hub(config: ServerConfig, redis: Option<(&str, Option<Duration>)>) -> anyhow::Result<Server> {
     let pages = axum::Router::new()
         .route("/", get(|| async { Html(INDEX) }))
         .route(
@@ -402,7 +411,19 @@ fn hub(config: ServerConfig) -> Server {
                 )
             }),
         );
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some((url, ttl)) = redis {
+        let mut redis_config = switchboard_redis::RedisConfig::default();
+        if let Some(ttl) = ttl {
+            redis_config.node_ttl = ttl;
+            redis_config.heartbeat = (ttl / 5).max(Duration::from_millis(50));
+        }
+        builder = builder.backplane(
+            switchboard_redis::RedisBackplane::with_config(url, redis_config)
+                .map_err(|e| anyhow::anyhow!("redis: {e}"))?,
+        );
+    }
+    Ok(builder
         .config(config)
         .routes(pages)
         .state(Names::default())
@@ -493,7 +514,7 @@ fn hub(config: ServerConfig) -> Server {
             })
             .description("The server's status: connections, rooms, uptime."),
         )
-        .build()
+        .build())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -501,14 +522,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => FileSettings::load(path)?,
         None => FileSettings::default(),
     };
-    let config = file.merge(args.settings()).into_config()?;
+    let settings = file.merge(args.settings());
+    let redis = settings.redis.clone();
+    let redis_ttl = settings.redis_node_ttl;
+    let config = settings.into_config()?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(TlsConfig::from_pem_files(cert, key)?),
         _ => None,
     };
     let addr = format!("{}:{}", config.host, config.port);
     let authenticated = config.password.is_some();
-    let server = hub(config);
+    let server = hub(config, redis.as_deref().map(|url| (url, redis_ttl)))?;
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

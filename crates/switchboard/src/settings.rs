@@ -45,6 +45,9 @@ pub struct FileSettings {
     pub echo_path: Option<String>,
     #[serde(default, deserialize_with = "dialect")]
     pub dialect: Option<Dialect>,
+    pub redis: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    pub redis_node_ttl: Option<Duration>,
 }
 
 fn dialect<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Dialect>, D::Error> {
@@ -128,7 +131,9 @@ impl FileSettings {
             tls_cert,
             tls_key,
             echo_path,
-            dialect
+            dialect,
+            redis,
+            redis_node_ttl
         )
     }
 
