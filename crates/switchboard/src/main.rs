@@ -3,6 +3,7 @@
 // brackets), not rustdoc links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+mod bench;
 mod cli;
 mod settings;
 
@@ -138,6 +139,27 @@ enum Command {
         /// Stop after this many messages.
         #[arg(long)]
         count: Option<usize>,
+    },
+    /// Measure: a load generator run against switchboard, a bare tokio-tungstenite floor
+    /// and (optionally) Socket.IO, side by side, with ratios to the floor.
+    ///
+    /// Every run is bounded, targets loopback only, and starts its own servers.
+    ///
+    /// Examples:
+    ///   switchboard bench echo -n 100 -d 5s
+    ///   switchboard bench rpc -n 100 --rate 20000          # latency at a fixed rate
+    ///   switchboard bench fanout -n 1000 --messages 2000
+    ///   switchboard bench rooms -n 1000 --rooms 50 --messages 200
+    ///   switchboard bench idle -n 10000
+    ///   switchboard bench fanout -n 1000 --nodes 3 --redis redis://127.0.0.1:6379
+    ///   switchboard bench echo --target switchboard --target floor --target socketio
+    #[command(verbatim_doc_comment)]
+    Bench(bench::BenchArgs),
+    /// The bench's floor: a bare tokio-tungstenite echo/broadcast server.
+    #[command(hide = true)]
+    BenchFloor {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
     },
     /// Print a shell completion script.
     ///
@@ -313,6 +335,20 @@ async fn main() -> ExitCode {
             kinds,
             count,
         } => cli::listen(&target, &rooms, &kinds, count).await,
+        Command::Bench(args) => match bench::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchboard bench: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::BenchFloor { port } => match bench::floor(port).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench-floor: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "switchboard", &mut std::io::stdout());

@@ -1,0 +1,865 @@
+//! `switchboard bench`: a load generator, and the servers it measures side by side.
+//!
+//! It starts every server itself as a child process (this binary's `serve`, the bare
+//! tokio-tungstenite floor `bench-floor`, and optionally Node's Socket.IO), drives it
+//! over loopback with many connections per task and pre-encoded frames, and reports
+//! throughput, latency percentiles, server CPU per message and server memory, with
+//! ratios to the floor. Every run is bounded in time and count.
+
+use std::io::BufRead;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// What `bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Round trips per connection (ping/pong on switchboard, echo on the floor).
+    Echo,
+    /// Calls through the RPC path (`echo` method), one in flight per connection.
+    Rpc,
+    /// One publisher, N receivers: deliveries per second, latency, CPU per delivery.
+    Fanout,
+    /// M rooms of K members, one publisher in each: deliveries per second.
+    Rooms,
+    /// N idle connections (authenticated, each in a room): server memory per connection.
+    Idle,
+}
+
+/// Which servers to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// switchboard (this binary's `serve`).
+    Switchboard,
+    /// A bare tokio-tungstenite server with 4 KiB buffers: the floor.
+    Floor,
+    /// Node's Socket.IO 4 (needs `npm install` in bench/socketio).
+    Socketio,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// The scenario.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// The servers to compare (repeat; default switchboard and the floor).
+    #[arg(long = "target", value_enum)]
+    pub targets: Vec<Target>,
+    /// Connections (receivers for fanout; total for idle).
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub connections: usize,
+    /// How long each measurement lasts.
+    #[arg(long, short = 'd', default_value = "5s", value_parser = crate::settings::parse_duration)]
+    pub duration: Duration,
+    /// Messages per publisher (fanout, rooms).
+    #[arg(long, default_value_t = 1000)]
+    pub messages: usize,
+    /// Rooms (rooms scenario).
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Total calls or messages per second to pace at (latency runs); 0 is as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Load tasks (each drives many connections).
+    #[arg(long, default_value_t = 4)]
+    pub tasks: usize,
+    /// Run switchboard as this many nodes over Redis (fanout), with --redis.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// The Redis for --nodes.
+    #[arg(long)]
+    pub redis: Option<String>,
+}
+
+/// The servers run by this process: spawns this binary or node.
+struct ServerProc {
+    child: Child,
+    addr: SocketAddr,
+    path: &'static str,
+}
+
+impl ServerProc {
+    fn spawn(program: &str, args: &[&str], path: &'static str) -> anyhow::Result<ServerProc> {
+        ServerProc::spawn_env(program, args, &[], path)
+    }
+
+    fn spawn_env(
+        program: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        path: &'static str,
+    ) -> anyhow::Result<ServerProc> {
+        let mut child = Command::new(program)
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?)
+            .read_line(&mut line)?;
+        let addr = line
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split(['/', ' ']).next())
+            .ok_or_else(|| anyhow::anyhow!("{program}: unexpected first line {line:?}"))?
+            .parse()?;
+        Ok(ServerProc { child, addr, path })
+    }
+
+    fn start(target: Target, extra: &[&str]) -> anyhow::Result<ServerProc> {
+        let me = std::env::current_exe()?;
+        let me = me.to_string_lossy().into_owned();
+        match target {
+            Target::Switchboard => {
+                let mut args = vec![
+                    "serve", "--port", "0", "--rate-limit", "0", "--max-connections", "1000000",
+                    "--heartbeat-interval", "0",
+                ];
+                args.extend_from_slice(extra);
+                ServerProc::spawn(&me, &args, "/ws")
+            }
+            Target::Floor => ServerProc::spawn(&me, &["bench-floor", "--port", "0"], "/"),
+            Target::Socketio => {
+                let script = std::env::var("SOCKETIO_SERVER")
+                    .unwrap_or_else(|_| "bench/socketio/server.mjs".to_owned());
+                ServerProc::spawn("node", &[&script], "/socket.io/?EIO=4&transport=websocket")
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}{}", self.addr, self.path)
+    }
+
+    /// Resident memory (bytes) and CPU time (user + system) of the server process.
+    fn usage(&self) -> (u64, Duration) {
+        let pid = self.child.id();
+        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024;
+        let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let after = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = after.split_whitespace().collect();
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0);
+        // Linux reports CPU time in clock ticks of 1/100 s.
+        (rss, Duration::from_millis(ticks * 10))
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A log-linear latency histogram in microseconds: no allocation per sample.
+#[derive(Clone)]
+struct Histogram {
+    buckets: Vec<u64>,
+    count: u64,
+}
+
+impl Histogram {
+    const SUB: u64 = 16;
+
+    fn new() -> Histogram {
+        Histogram {
+            buckets: vec![0; 64 * Self::SUB as usize],
+            count: 0,
+        }
+    }
+
+    fn index(us: u64) -> usize {
+        if us < Self::SUB {
+            return us as usize;
+        }
+        let exp = 63 - us.leading_zeros() as u64; // >= 4
+        let sub = (us >> (exp - 4)) & (Self::SUB - 1);
+        ((exp - 3) * Self::SUB + sub) as usize
+    }
+
+    fn value(index: usize) -> u64 {
+        let i = index as u64;
+        if i < Self::SUB {
+            return i;
+        }
+        let exp = i / Self::SUB + 3;
+        let sub = i % Self::SUB;
+        (Self::SUB + sub) << (exp - 4)
+    }
+
+    fn record(&mut self, us: u64) {
+        let i = Self::index(us).min(self.buckets.len() - 1);
+        self.buckets[i] += 1;
+        self.count += 1;
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        self.count += other.count;
+    }
+
+    fn percentile(&self, p: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let want = ((self.count as f64) * p).ceil() as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= want {
+                return Self::value(i);
+            }
+        }
+        0
+    }
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
+        .max_message_size(Some(1 << 20))
+}
+
+/// Opens one WebSocket from `source` (a 127.0.0.x address, for more than 64k sockets).
+async fn open(url: &str, addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await?;
+    Ok(ws)
+}
+
+/// Reads until a text frame; answers Socket.IO's pings.
+async fn next_text(ws: &mut Ws) -> anyhow::Result<tokio_tungstenite::tungstenite::Utf8Bytes> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                if t.as_str() == "2" {
+                    ws.send(Message::text("3")).await?; // Engine.IO ping
+                    continue;
+                }
+                return Ok(t);
+            }
+            Some(Ok(Message::Close(f))) => anyhow::bail!("closed: {f:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("connection dropped"),
+        }
+    }
+}
+
+/// Connects and completes the target's own handshake.
+async fn connect(target: Target, server: &ServerProc, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+    let mut ws = open(&server.url(), server.addr, source).await?;
+    match target {
+        Target::Switchboard => {
+            next_text(&mut ws).await?; // connected
+        }
+        Target::Floor => {}
+        Target::Socketio => {
+            next_text(&mut ws).await?; // 0{sid...}
+            ws.send(Message::text("40")).await?;
+            next_text(&mut ws).await?; // 40{sid}
+        }
+    }
+    Ok(ws)
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The `"t":<micros>` stamp in a frame, found without parsing it.
+fn stamp(frame: &str) -> Option<u64> {
+    let at = frame.find("\"t\":")? + 4;
+    let digits: &str = &frame[at..];
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+struct Report {
+    target: Target,
+    ops: u64,
+    seconds: f64,
+    latency: Histogram,
+    cpu: Duration,
+    rss_delta: i64,
+    note: String,
+}
+
+impl Report {
+    fn rate(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.ops as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Round trips: each connection sends `request` and waits for any answer, until the deadline.
+async fn round_trips(
+    target: Target,
+    server: &ServerProc,
+    n: usize,
+    tasks: usize,
+    duration: Duration,
+    rate: u64,
+    request: Message,
+) -> anyhow::Result<Report> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(connect(target, server, None).await?);
+    }
+    let (_, cpu0) = server.usage();
+    let start = Instant::now();
+    let deadline = start + duration;
+    let per_conn_interval = (rate > 0).then(|| Duration::from_secs_f64(n as f64 / rate as f64));
+    let tasks = tasks.clamp(1, n.max(1));
+    let mut groups: Vec<Vec<Ws>> = (0..tasks).map(|_| Vec::new()).collect();
+    for (i, c) in conns.into_iter().enumerate() {
+        groups[i % tasks].push(c);
+    }
+    let mut handles = Vec::new();
+    for group in groups {
+        let request = request.clone();
+        handles.push(tokio::spawn(async move {
+            let runs = group.into_iter().map(|mut ws| {
+                let request = request.clone();
+                async move {
+                    let mut hist = Histogram::new();
+                    let mut ops = 0u64;
+                    let mut next_send = Instant::now();
+                    while Instant::now() < deadline {
+                        if let Some(iv) = per_conn_interval {
+                            tokio::time::sleep_until(next_send.into()).await;
+                            next_send += iv;
+                        }
+                        let sent = Instant::now();
+                        if ws.send(request.clone()).await.is_err() || next_text(&mut ws).await.is_err() {
+                            break;
+                        }
+                        hist.record(sent.elapsed().as_micros() as u64);
+                        ops += 1;
+                    }
+                    let _ = ws.close(None).await;
+                    (ops, hist)
+                }
+            });
+            futures_util::future::join_all(runs).await
+        }));
+    }
+    let mut report = Report {
+        target,
+        ops: 0,
+        seconds: 0.0,
+        latency: Histogram::new(),
+        cpu: Duration::ZERO,
+        rss_delta: 0,
+        note: String::new(),
+    };
+    for h in handles {
+        for (ops, hist) in h.await? {
+            report.ops += ops;
+            report.latency.merge(&hist);
+        }
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    report.cpu = server.usage().1.saturating_sub(cpu0);
+    Ok(report)
+}
+
+/// The frame a publisher sends, stamped with the send time.
+fn tick(target: Target, pad: &str) -> Message {
+    let t = now_us();
+    match target {
+        Target::Switchboard => Message::text(format!(
+            r#"{{"type":"tick","to":"others","payload":{{"t":{t},"p":"{pad}"}}}}"#
+        )),
+        Target::Floor => Message::text(format!(r#"{{"t":{t},"p":"{pad}"}}"#)),
+        Target::Socketio => Message::text(format!(r#"42["tick",{{"t":{t},"p":"{pad}"}}]"#)),
+    }
+}
+
+fn room_tick(target: Target, room: &str) -> Message {
+    let t = now_us();
+    match target {
+        Target::Socketio => Message::text(format!(r#"42["room",{{"room":"{room}","t":{t}}}]"#)),
+        _ => Message::text(format!(r#"{{"type":"tick","room":"{room}","payload":{{"t":{t}}}}}"#)),
+    }
+}
+
+/// Receivers count deliveries and record latency until `expected` or the deadline.
+fn spawn_receivers(
+    receivers: Vec<Ws>,
+    tasks: usize,
+    counter: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Histogram>> {
+    let tasks = tasks.clamp(1, receivers.len().max(1));
+    let mut groups: Vec<Vec<Ws>> = (0..tasks).map(|_| Vec::new()).collect();
+    for (i, c) in receivers.into_iter().enumerate() {
+        groups[i % tasks].push(c);
+    }
+    groups
+        .into_iter()
+        .map(|group| {
+            let (counter, stop) = (counter.clone(), stop.clone());
+            tokio::spawn(async move {
+                let runs = group.into_iter().map(|mut ws| {
+                    let (counter, stop) = (counter.clone(), stop.clone());
+                    async move {
+                        let mut hist = Histogram::new();
+                        while !stop.load(Ordering::Relaxed) {
+                            let next = tokio::time::timeout(Duration::from_millis(100), next_text(&mut ws)).await;
+                            match next {
+                                Ok(Ok(t)) => {
+                                    if let Some(sent) = stamp(t.as_str()) {
+                                        hist.record(now_us().saturating_sub(sent));
+                                        counter.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }
+                                Ok(Err(_)) => break,
+                                Err(_) => {}
+                            }
+                        }
+                        hist
+                    }
+                });
+                let mut total = Histogram::new();
+                for h in futures_util::future::join_all(runs).await {
+                    total.merge(&h);
+                }
+                total
+            })
+        })
+        .collect()
+}
+
+async fn collect(handles: Vec<tokio::task::JoinHandle<Histogram>>) -> Histogram {
+    let mut total = Histogram::new();
+    for h in handles {
+        if let Ok(hist) = h.await {
+            total.merge(&hist);
+        }
+    }
+    total
+}
+
+/// Waits until `counter` reaches `expected` or `limit` passes; returns when the last one came.
+async fn wait_count(counter: &AtomicU64, expected: u64, limit: Duration) -> Instant {
+    let deadline = Instant::now() + limit;
+    while counter.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Instant::now()
+}
+
+async fn fanout(
+    target: Target,
+    servers: &[ServerProc],
+    args: &BenchArgs,
+) -> anyhow::Result<Report> {
+    let n = args.connections;
+    let mut receivers = Vec::with_capacity(n);
+    for i in 0..n {
+        receivers.push(connect(target, &servers[i % servers.len()], None).await?);
+    }
+    let mut publisher = connect(target, &servers[0], None).await?;
+    if target == Target::Socketio {
+        publisher.send(Message::text(r#"42["publisher"]"#)).await?;
+    }
+    // Everyone connected: settle cluster membership before measuring.
+    tokio::time::sleep(Duration::from_millis(if servers.len() > 1 { 500 } else { 50 })).await;
+    let counter = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = spawn_receivers(receivers, args.tasks, counter.clone(), stop.clone());
+    let pad = "x".repeat(16);
+    let (_, cpu0) = servers[0].usage();
+    let start = Instant::now();
+    let messages = args.messages as u64;
+    let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
+    let mut next_send = Instant::now();
+    for _ in 0..messages {
+        if let Some(iv) = interval {
+            tokio::time::sleep_until(next_send.into()).await;
+            next_send += iv;
+        }
+        publisher.feed(tick(target, &pad)).await?;
+        if interval.is_some() {
+            publisher.flush().await?;
+        }
+    }
+    publisher.flush().await?;
+    let expected = messages * n as u64;
+    let end = wait_count(&counter, expected, args.duration.max(Duration::from_secs(10))).await;
+    let cpu = servers.iter().map(|s| s.usage().1).sum::<Duration>().saturating_sub(cpu0);
+    stop.store(true, Ordering::Relaxed);
+    let latency = collect(handles).await;
+    let got = counter.load(Ordering::Relaxed);
+    Ok(Report {
+        target,
+        ops: got,
+        seconds: end.duration_since(start).as_secs_f64(),
+        latency,
+        cpu,
+        rss_delta: 0,
+        note: if got < expected {
+            format!("{got} of {expected} delivered")
+        } else {
+            String::new()
+        },
+    })
+}
+
+async fn rooms(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow::Result<Report> {
+    let per_room = (args.connections / args.rooms.max(1)).max(2);
+    let mut publishers = Vec::new();
+    let mut receivers = Vec::new();
+    for r in 0..args.rooms {
+        let room = format!("room{r}");
+        for m in 0..per_room {
+            let mut ws = connect(target, server, None).await?;
+            let join = match target {
+                Target::Socketio => format!(r#"42["join","{room}"]"#),
+                _ => format!(r#"{{"type":"join_room","payload":{{"room_id":"{room}"}}}}"#),
+            };
+            ws.send(Message::text(join)).await?;
+            next_text(&mut ws).await?; // the join's answer
+            if m == 0 {
+                publishers.push((ws, room.clone()));
+            } else {
+                receivers.push(ws);
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Drain join notices.
+    let counter = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = spawn_receivers(receivers, args.tasks, counter.clone(), stop.clone());
+    let (_, cpu0) = server.usage();
+    let start = Instant::now();
+    let messages = args.messages;
+    let pubs: Vec<_> = publishers
+        .into_iter()
+        .map(|(mut ws, room)| {
+            tokio::spawn(async move {
+                for _ in 0..messages {
+                    if ws.feed(room_tick(target, &room)).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = ws.flush().await;
+                ws
+            })
+        })
+        .collect();
+    let mut keep = Vec::new();
+    for p in pubs {
+        keep.push(p.await?);
+    }
+    let expected = (messages * args.rooms * (per_room - 1)) as u64;
+    let end = wait_count(&counter, expected, args.duration.max(Duration::from_secs(10))).await;
+    let cpu = server.usage().1.saturating_sub(cpu0);
+    stop.store(true, Ordering::Relaxed);
+    let latency = collect(handles).await;
+    let got = counter.load(Ordering::Relaxed);
+    Ok(Report {
+        target,
+        ops: got,
+        seconds: end.duration_since(start).as_secs_f64(),
+        latency,
+        cpu,
+        rss_delta: 0,
+        note: format!(
+            "{} rooms x {} members{}",
+            args.rooms,
+            per_room,
+            if got < expected { format!("; {got} of {expected} delivered") } else { String::new() }
+        ),
+    })
+}
+
+async fn idle(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow::Result<Report> {
+    let n = args.connections;
+    let (rss0, _) = server.usage();
+    let mut conns = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        // A new 127.0.0.x source every 20,000 connections: one address has ~28k ports.
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i / 20_000) as u8));
+        let mut ws = if target == Target::Switchboard {
+            // Authenticated, as the budget says.
+            let mut ws = open(&server.url(), server.addr, Some(source)).await?;
+            ws.send(Message::text(r#"{"type":"auth","payload":{"password":"bench-password"}}"#))
+                .await?;
+            next_text(&mut ws).await?; // connected
+            ws
+        } else {
+            connect(target, server, Some(source)).await?
+        };
+        if target == Target::Switchboard {
+            let join = format!(r#"{{"type":"join_room","payload":{{"room_id":"room{}"}}}}"#, i % 100);
+            ws.send(Message::text(join)).await?;
+            next_text(&mut ws).await?;
+        }
+        conns.push(ws);
+        if n >= 10_000 && (i + 1) % 5_000 == 0 {
+            eprintln!("  {} connections...", i + 1);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss1, _) = server.usage();
+    let secs = start.elapsed().as_secs_f64();
+    drop(conns);
+    Ok(Report {
+        target,
+        ops: n as u64,
+        seconds: secs,
+        latency: Histogram::new(),
+        cpu: Duration::ZERO,
+        rss_delta: rss1 as i64 - rss0 as i64,
+        note: String::new(),
+    })
+}
+
+fn print(scenario: Scenario, reports: &[Report]) {
+    let floor = reports.iter().find(|r| r.target == Target::Floor).map(Report::rate);
+    println!();
+    match scenario {
+        Scenario::Idle => {
+            println!("| server | connections | RSS growth | per connection |");
+            println!("| --- | --- | --- | --- |");
+            for r in reports {
+                println!(
+                    "| {:?} | {} | {:.1} MiB | {:.0} B |",
+                    r.target,
+                    r.ops,
+                    r.rss_delta as f64 / 1048576.0,
+                    r.rss_delta as f64 / r.ops.max(1) as f64
+                );
+            }
+        }
+        _ => {
+            let unit = match scenario {
+                Scenario::Fanout | Scenario::Rooms => "deliveries/s",
+                _ => "round trips/s",
+            };
+            println!("| server | {unit} | vs floor | p50 | p99 | p99.9 | server CPU per op | note |");
+            println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+            for r in reports {
+                let ratio = floor.map_or("-".to_owned(), |f| format!("{:.2}x", r.rate() / f.max(1.0)));
+                println!(
+                    "| {:?} | {:.0} | {} | {} us | {} us | {} us | {:.2} us | {} |",
+                    r.target,
+                    r.rate(),
+                    ratio,
+                    r.latency.percentile(0.5),
+                    r.latency.percentile(0.99),
+                    r.latency.percentile(0.999),
+                    r.cpu.as_secs_f64() * 1e6 / r.ops.max(1) as f64,
+                    r.note
+                );
+            }
+        }
+    }
+}
+
+/// Runs `switchboard bench`.
+pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+    if args.targets.is_empty() {
+        args.targets = vec![Target::Floor, Target::Switchboard];
+    }
+    let mut reports = Vec::new();
+    for &target in &args.targets {
+        if matches!(args.scenario, Scenario::Rooms) && target == Target::Floor {
+            eprintln!("(the floor has no rooms; skipped for `rooms`)");
+            continue;
+        }
+        eprintln!("== {:?}: {:?}, {} connections", args.scenario, target, args.connections);
+        let report = match args.scenario {
+            Scenario::Echo | Scenario::Rpc => {
+                let server = ServerProc::start(target, &[])?;
+                let request = match (args.scenario, target) {
+                    (Scenario::Echo, Target::Switchboard) => Message::text(r#"{"type":"ping"}"#),
+                    (Scenario::Rpc, Target::Switchboard) => Message::text(
+                        r#"{"type":"rpc","ref":"1","payload":{"method":"echo","params":{"message":"hello"}}}"#,
+                    ),
+                    (_, Target::Socketio) => Message::text(r#"42["echo","hello"]"#),
+                    _ => Message::text(r#"{"type":"ping","payload":{"p":"hello"}}"#),
+                };
+                round_trips(target, &server, args.connections, args.tasks, args.duration, args.rate, request).await?
+            }
+            Scenario::Fanout => {
+                let mut servers = Vec::new();
+                if target == Target::Switchboard && args.nodes > 1 {
+                    let redis = args
+                        .redis
+                        .clone()
+                        .ok_or_else(|| anyhow::anyhow!("--nodes needs --redis"))?;
+                    for _ in 0..args.nodes {
+                        servers.push(ServerProc::start(target, &["--redis", &redis])?);
+                    }
+                } else {
+                    servers.push(ServerProc::start(target, &[])?);
+                }
+                let mut r = fanout(target, &servers, &args).await?;
+                if servers.len() > 1 {
+                    r.note = format!("{} nodes over Redis. {}", servers.len(), r.note);
+                }
+                r
+            }
+            Scenario::Rooms => {
+                let server = ServerProc::start(target, &[])?;
+                rooms(target, &server, &args).await?
+            }
+            Scenario::Idle => {
+                let server = match target {
+                    Target::Switchboard => {
+                        let me = std::env::current_exe()?.to_string_lossy().into_owned();
+                        ServerProc::spawn_env(
+                            &me,
+                            &["serve", "--port", "0", "--rate-limit", "0", "--max-connections", "1000000"],
+                            &[("SWITCHBOARD_PASSWORD", "bench-password")],
+                            "/ws",
+                        )?
+                    }
+                    other => ServerProc::start(other, &[])?,
+                };
+                idle(target, &server, &args).await?
+            }
+        };
+        reports.push(report);
+    }
+    print(args.scenario, &reports);
+    Ok(())
+}
+
+/// `switchboard bench-floor`: a bare tokio-tungstenite server with 4 KiB buffers. It
+/// echoes every text frame to its sender, except frames starting with `{"t":`, which it
+/// broadcasts to every other connection (the floor for fan-out).
+pub async fn floor(port: u16) -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use tokio::sync::mpsc;
+    type Peers = Arc<Mutex<HashMap<u64, mpsc::Sender<Message>>>>;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("floor listening on ws://{}/", listener.local_addr()?);
+    let peers: Peers = Arc::default();
+    let mut next = 0u64;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        next += 1;
+        let id = next;
+        let peers = peers.clone();
+        tokio::spawn(async move {
+            let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await else {
+                return;
+            };
+            let (mut sink, mut stream) = ws.split();
+            let (tx, mut rx) = mpsc::channel::<Message>(8192);
+            if let Ok(mut p) = peers.lock() {
+                p.insert(id, tx.clone());
+            }
+            let writer = tokio::spawn(async move {
+                while let Some(m) = rx.recv().await {
+                    if sink.feed(m).await.is_err() {
+                        return;
+                    }
+                    while let Ok(m) = rx.try_recv() {
+                        if sink.feed(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    if sink.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            while let Some(Ok(msg)) = stream.next().await {
+                if let Message::Text(t) = &msg {
+                    if t.as_str().starts_with("{\"t\":") {
+                        let targets: Vec<_> = peers
+                            .lock()
+                            .map(|p| p.iter().filter(|(k, _)| **k != id).map(|(_, v)| v.clone()).collect())
+                            .unwrap_or_default();
+                        for t2 in targets {
+                            let _ = t2.try_send(msg.clone());
+                        }
+                        continue;
+                    }
+                }
+                if msg.is_text() || msg.is_binary() {
+                    let _ = tx.send(msg).await;
+                }
+            }
+            if let Ok(mut p) = peers.lock() {
+                p.remove(&id);
+            }
+            writer.abort();
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_percentiles_are_close() {
+        let mut h = Histogram::new();
+        for us in 1..=10_000u64 {
+            h.record(us);
+        }
+        let p50 = h.percentile(0.5) as f64;
+        let p99 = h.percentile(0.99) as f64;
+        assert!((p50 - 5000.0).abs() / 5000.0 < 0.07, "{p50}");
+        assert!((p99 - 9900.0).abs() / 9900.0 < 0.07, "{p99}");
+        assert_eq!(Histogram::index(5), 5);
+        for v in [16u64, 17, 100, 1000, 123_456] {
+            let back = Histogram::value(Histogram::index(v));
+            assert!(back <= v && (v - back) as f64 / v as f64 <= 1.0 / 16.0, "{v} -> {back}");
+        }
+    }
+
+    #[test]
+    fn stamps_are_found_without_parsing() {
+        assert_eq!(stamp(r#"{"type":"tick","payload":{"t":1234,"p":"x"}}"#), Some(1234));
+        assert_eq!(stamp(r#"42["tick",{"t":99}]"#), Some(99));
+        assert_eq!(stamp("nothing"), None);
+    }
+}
