@@ -106,8 +106,13 @@ impl ServerProc {
             .stderr(Stdio::null())
             .spawn()?;
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?)
-            .read_line(&mut line)?;
+        std::io::BufReader::new(
+            child
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+        )
+        .read_line(&mut line)?;
         let addr = line
             .split("://")
             .nth(1)
@@ -118,16 +123,31 @@ impl ServerProc {
     }
 
     fn start(target: Target, extra: &[&str]) -> anyhow::Result<ServerProc> {
+        ServerProc::start_env(target, extra, &[])
+    }
+
+    fn start_env(
+        target: Target,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<ServerProc> {
         let me = std::env::current_exe()?;
         let me = me.to_string_lossy().into_owned();
         match target {
             Target::Switchboard => {
                 let mut args = vec![
-                    "serve", "--port", "0", "--rate-limit", "0", "--max-connections", "1000000",
-                    "--heartbeat-interval", "0",
+                    "serve",
+                    "--port",
+                    "0",
+                    "--rate-limit",
+                    "0",
+                    "--max-connections",
+                    "1000000",
+                    "--heartbeat-interval",
+                    "0",
                 ];
                 args.extend_from_slice(extra);
-                ServerProc::spawn(&me, &args, "/ws")
+                ServerProc::spawn_env(&me, &args, envs, "/ws")
             }
             Target::Floor => ServerProc::spawn(&me, &["bench-floor", "--port", "0"], "/"),
             Target::Socketio => {
@@ -255,7 +275,8 @@ async fn open(url: &str, addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Re
     }
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await?;
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await?;
     Ok(ws)
 }
 
@@ -279,7 +300,11 @@ async fn next_text(ws: &mut Ws) -> anyhow::Result<tokio_tungstenite::tungstenite
 }
 
 /// Connects and completes the target's own handshake.
-async fn connect(target: Target, server: &ServerProc, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+async fn connect(
+    target: Target,
+    server: &ServerProc,
+    source: Option<IpAddr>,
+) -> anyhow::Result<Ws> {
     let mut ws = open(&server.url(), server.addr, source).await?;
     match target {
         Target::Switchboard => {
@@ -305,7 +330,9 @@ fn now_us() -> u64 {
 fn stamp(frame: &str) -> Option<u64> {
     let at = frame.find("\"t\":")? + 4;
     let digits: &str = &frame[at..];
-    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
     digits[..end].parse().ok()
 }
 
@@ -368,7 +395,9 @@ async fn round_trips(
                             next_send += iv;
                         }
                         let sent = Instant::now();
-                        if ws.send(request.clone()).await.is_err() || next_text(&mut ws).await.is_err() {
+                        if ws.send(request.clone()).await.is_err()
+                            || next_text(&mut ws).await.is_err()
+                        {
                             break;
                         }
                         hist.record(sent.elapsed().as_micros() as u64);
@@ -417,7 +446,9 @@ fn room_tick(target: Target, room: &str) -> Message {
     let t = now_us();
     match target {
         Target::Socketio => Message::text(format!(r#"42["room",{{"room":"{room}","t":{t}}}]"#)),
-        _ => Message::text(format!(r#"{{"type":"tick","room":"{room}","payload":{{"t":{t}}}}}"#)),
+        _ => Message::text(format!(
+            r#"{{"type":"tick","room":"{room}","payload":{{"t":{t}}}}}"#
+        )),
     }
 }
 
@@ -443,7 +474,11 @@ fn spawn_receivers(
                     async move {
                         let mut hist = Histogram::new();
                         while !stop.load(Ordering::Relaxed) {
-                            let next = tokio::time::timeout(Duration::from_millis(100), next_text(&mut ws)).await;
+                            let next = tokio::time::timeout(
+                                Duration::from_millis(100),
+                                next_text(&mut ws),
+                            )
+                            .await;
                             match next {
                                 Ok(Ok(t)) => {
                                     if let Some(sent) = stamp(t.as_str()) {
@@ -502,12 +537,17 @@ async fn fanout(
         publisher.send(Message::text(r#"42["publisher"]"#)).await?;
     }
     // Everyone connected: settle cluster membership before measuring.
-    tokio::time::sleep(Duration::from_millis(if servers.len() > 1 { 500 } else { 50 })).await;
+    tokio::time::sleep(Duration::from_millis(if servers.len() > 1 {
+        500
+    } else {
+        50
+    }))
+    .await;
     let counter = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let handles = spawn_receivers(receivers, args.tasks, counter.clone(), stop.clone());
     let pad = "x".repeat(16);
-    let (_, cpu0) = servers[0].usage();
+    let cpu0: Duration = servers.iter().map(|s| s.usage().1).sum();
     let start = Instant::now();
     let messages = args.messages as u64;
     let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
@@ -524,8 +564,17 @@ async fn fanout(
     }
     publisher.flush().await?;
     let expected = messages * n as u64;
-    let end = wait_count(&counter, expected, args.duration.max(Duration::from_secs(10))).await;
-    let cpu = servers.iter().map(|s| s.usage().1).sum::<Duration>().saturating_sub(cpu0);
+    let end = wait_count(
+        &counter,
+        expected,
+        args.duration.max(Duration::from_secs(10)),
+    )
+    .await;
+    let cpu = servers
+        .iter()
+        .map(|s| s.usage().1)
+        .sum::<Duration>()
+        .saturating_sub(cpu0);
     stop.store(true, Ordering::Relaxed);
     let latency = collect(handles).await;
     let got = counter.load(Ordering::Relaxed);
@@ -592,7 +641,12 @@ async fn rooms(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow:
         keep.push(p.await?);
     }
     let expected = (messages * args.rooms * (per_room - 1)) as u64;
-    let end = wait_count(&counter, expected, args.duration.max(Duration::from_secs(10))).await;
+    let end = wait_count(
+        &counter,
+        expected,
+        args.duration.max(Duration::from_secs(10)),
+    )
+    .await;
     let cpu = server.usage().1.saturating_sub(cpu0);
     stop.store(true, Ordering::Relaxed);
     let latency = collect(handles).await;
@@ -608,7 +662,11 @@ async fn rooms(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow:
             "{} rooms x {} members{}",
             args.rooms,
             per_room,
-            if got < expected { format!("; {got} of {expected} delivered") } else { String::new() }
+            if got < expected {
+                format!("; {got} of {expected} delivered")
+            } else {
+                String::new()
+            }
         ),
     })
 }
@@ -624,15 +682,20 @@ async fn idle(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow::
         let mut ws = if target == Target::Switchboard {
             // Authenticated, as the budget says.
             let mut ws = open(&server.url(), server.addr, Some(source)).await?;
-            ws.send(Message::text(r#"{"type":"auth","payload":{"password":"bench-password"}}"#))
-                .await?;
+            ws.send(Message::text(
+                r#"{"type":"auth","payload":{"password":"bench-password"}}"#,
+            ))
+            .await?;
             next_text(&mut ws).await?; // connected
             ws
         } else {
             connect(target, server, Some(source)).await?
         };
         if target == Target::Switchboard {
-            let join = format!(r#"{{"type":"join_room","payload":{{"room_id":"room{}"}}}}"#, i % 100);
+            let join = format!(
+                r#"{{"type":"join_room","payload":{{"room_id":"room{}"}}}}"#,
+                i % 100
+            );
             ws.send(Message::text(join)).await?;
             next_text(&mut ws).await?;
         }
@@ -657,7 +720,10 @@ async fn idle(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow::
 }
 
 fn print(scenario: Scenario, reports: &[Report]) {
-    let floor = reports.iter().find(|r| r.target == Target::Floor).map(Report::rate);
+    let floor = reports
+        .iter()
+        .find(|r| r.target == Target::Floor)
+        .map(Report::rate);
     println!();
     match scenario {
         Scenario::Idle => {
@@ -678,10 +744,13 @@ fn print(scenario: Scenario, reports: &[Report]) {
                 Scenario::Fanout | Scenario::Rooms => "deliveries/s",
                 _ => "round trips/s",
             };
-            println!("| server | {unit} | vs floor | p50 | p99 | p99.9 | server CPU per op | note |");
+            println!(
+                "| server | {unit} | vs floor | p50 | p99 | p99.9 | server CPU per op | note |"
+            );
             println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
             for r in reports {
-                let ratio = floor.map_or("-".to_owned(), |f| format!("{:.2}x", r.rate() / f.max(1.0)));
+                let ratio =
+                    floor.map_or("-".to_owned(), |f| format!("{:.2}x", r.rate() / f.max(1.0)));
                 println!(
                     "| {:?} | {:.0} | {} | {} us | {} us | {} us | {:.2} us | {} |",
                     r.target,
@@ -709,7 +778,10 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
             eprintln!("(the floor has no rooms; skipped for `rooms`)");
             continue;
         }
-        eprintln!("== {:?}: {:?}, {} connections", args.scenario, target, args.connections);
+        eprintln!(
+            "== {:?}: {:?}, {} connections",
+            args.scenario, target, args.connections
+        );
         let report = match args.scenario {
             Scenario::Echo | Scenario::Rpc => {
                 let server = ServerProc::start(target, &[])?;
@@ -721,7 +793,16 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
                     (_, Target::Socketio) => Message::text(r#"42["echo","hello"]"#),
                     _ => Message::text(r#"{"type":"ping","payload":{"p":"hello"}}"#),
                 };
-                round_trips(target, &server, args.connections, args.tasks, args.duration, args.rate, request).await?
+                round_trips(
+                    target,
+                    &server,
+                    args.connections,
+                    args.tasks,
+                    args.duration,
+                    args.rate,
+                    request,
+                )
+                .await?
             }
             Scenario::Fanout => {
                 let mut servers = Vec::new();
@@ -747,18 +828,12 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
                 rooms(target, &server, &args).await?
             }
             Scenario::Idle => {
-                let server = match target {
-                    Target::Switchboard => {
-                        let me = std::env::current_exe()?.to_string_lossy().into_owned();
-                        ServerProc::spawn_env(
-                            &me,
-                            &["serve", "--port", "0", "--rate-limit", "0", "--max-connections", "1000000"],
-                            &[("SWITCHBOARD_PASSWORD", "bench-password")],
-                            "/ws",
-                        )?
-                    }
-                    other => ServerProc::start(other, &[])?,
-                };
+                // switchboard's connections authenticate, as the budget says.
+                let server = ServerProc::start_env(
+                    target,
+                    &[],
+                    &[("SWITCHBOARD_PASSWORD", "bench-password")],
+                )?;
                 idle(target, &server, &args).await?
             }
         };
@@ -787,7 +862,9 @@ pub async fn floor(port: u16) -> anyhow::Result<()> {
         let id = next;
         let peers = peers.clone();
         tokio::spawn(async move {
-            let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await else {
+            let Ok(ws) =
+                tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await
+            else {
                 return;
             };
             let (mut sink, mut stream) = ws.split();
@@ -815,7 +892,12 @@ pub async fn floor(port: u16) -> anyhow::Result<()> {
                     if t.as_str().starts_with("{\"t\":") {
                         let targets: Vec<_> = peers
                             .lock()
-                            .map(|p| p.iter().filter(|(k, _)| **k != id).map(|(_, v)| v.clone()).collect())
+                            .map(|p| {
+                                p.iter()
+                                    .filter(|(k, _)| **k != id)
+                                    .map(|(_, v)| v.clone())
+                                    .collect()
+                            })
                             .unwrap_or_default();
                         for t2 in targets {
                             let _ = t2.try_send(msg.clone());
@@ -852,13 +934,19 @@ mod tests {
         assert_eq!(Histogram::index(5), 5);
         for v in [16u64, 17, 100, 1000, 123_456] {
             let back = Histogram::value(Histogram::index(v));
-            assert!(back <= v && (v - back) as f64 / v as f64 <= 1.0 / 16.0, "{v} -> {back}");
+            assert!(
+                back <= v && (v - back) as f64 / v as f64 <= 1.0 / 16.0,
+                "{v} -> {back}"
+            );
         }
     }
 
     #[test]
     fn stamps_are_found_without_parsing() {
-        assert_eq!(stamp(r#"{"type":"tick","payload":{"t":1234,"p":"x"}}"#), Some(1234));
+        assert_eq!(
+            stamp(r#"{"type":"tick","payload":{"t":1234,"p":"x"}}"#),
+            Some(1234)
+        );
         assert_eq!(stamp(r#"42["tick",{"t":99}]"#), Some(99));
         assert_eq!(stamp("nothing"), None);
     }
