@@ -634,57 +634,76 @@ async fn start_call(server: &Server, conn: &Conn, env: Envelope, calls: &mut Opt
         Ok(p) => p,
         Err(e) => return send_error(conn, ref_id.as_deref(), e.body()),
     };
+    let method = prepared.method.clone();
+    // A slot first: at most `max_calls_in_flight` calls run at once, counting this one.
     let calls = calls.get_or_insert_with(|| Calls::new(server.config().max_calls_in_flight));
-    let permit = tokio::select! {
-        biased;
-        () = conn.shared.wake_reader.notified() => return,
-        permit = calls.semaphore.clone().acquire_owned() => match permit {
-            Ok(p) => p,
-            Err(_) => return,
+    let permit = match calls.semaphore.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => tokio::select! {
+            biased;
+            () = conn.shared.wake_reader.notified() => return,
+            permit = calls.semaphore.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
         },
     };
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.run(cx)));
+    let mut fut = match started {
+        Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
+        Err(panic) => return rpc_reply(conn, ref_id.as_deref(), &method, Err(panic)),
+    };
+    // Most methods finish without waiting (a computation, a lookup): answer those at
+    // once, without a task. Only a call that has to wait runs on its own.
+    if let Some(outcome) = (&mut fut).now_or_never() {
+        drop(permit);
+        return rpc_reply(conn, ref_id.as_deref(), &method, outcome);
+    }
     let cancel = calls.cancel.clone();
     let conn = conn.clone();
     server.inner.tracker.spawn(async move {
-        let method = prepared.method.clone();
-        let started = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.run(cx)));
-        let outcome = match started {
-            Ok(fut) => tokio::select! {
-                biased;
-                () = cancel.cancelled() => return,
-                r = AssertUnwindSafe(fut).catch_unwind() => r,
-            },
-            Err(panic) => Err(panic),
+        let outcome = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            r = fut => r,
         };
-        let frame = match outcome {
-            Ok(Ok(result)) => match &ref_id {
-                Some(r) => ack_ok(r, Some(&result)),
-                None => {
-                    let payload = json!({ "method": method, "result": result });
-                    match serde_json::value::to_raw_value(&payload) {
-                        Ok(p) => encode_parts(&Parts {
-                            kind: RPC_RESPONSE,
-                            payload: &p,
-                            ref_id: None,
-                            room: None,
-                            to: None,
-                            from: None,
-                        }),
-                        Err(_) => return,
-                    }
-                }
-            },
-            Ok(Err(e)) => error_reply(ref_id.as_deref(), e.body()),
-            Err(panic) => {
-                tracing::error!(conn = %conn.id(), %method, panic = %panic_text(&*panic), "RPC method panicked");
-                let body = ErrorBody::new(ErrorCode::Internal, "the method failed unexpectedly")
-                    .with_details(json!({ "method": method }));
-                error_reply(ref_id.as_deref(), &body)
-            }
-        };
-        let _ = conn.push(Frame::text(frame));
+        rpc_reply(&conn, ref_id.as_deref(), &method, outcome);
         drop(permit);
     });
+}
+
+type CallOutcome =
+    Result<Result<Box<RawValue>, crate::HandlerError>, Box<dyn std::any::Any + Send>>;
+
+/// Queues a call's answer: the ack of its `ref`, or `rpc_response`, or the error.
+fn rpc_reply(conn: &Conn, ref_id: Option<&str>, method: &str, outcome: CallOutcome) {
+    let frame = match outcome {
+        Ok(Ok(result)) => match ref_id {
+            Some(r) => ack_ok(r, Some(&result)),
+            None => {
+                let payload = json!({ "method": method, "result": result });
+                match serde_json::value::to_raw_value(&payload) {
+                    Ok(p) => encode_parts(&Parts {
+                        kind: RPC_RESPONSE,
+                        payload: &p,
+                        ref_id: None,
+                        room: None,
+                        to: None,
+                        from: None,
+                    }),
+                    Err(_) => return,
+                }
+            }
+        },
+        Ok(Err(e)) => error_reply(ref_id, e.body()),
+        Err(panic) => {
+            tracing::error!(conn = %conn.id(), %method, panic = %panic_text(&*panic), "RPC method panicked");
+            let body = ErrorBody::new(ErrorCode::Internal, "the method failed unexpectedly")
+                .with_details(json!({ "method": method }));
+            error_reply(ref_id, &body)
+        }
+    };
+    let _ = conn.push(Frame::text(frame));
 }
 
 /// The reply type of an `rpc` message sent without a `ref`.

@@ -573,7 +573,8 @@ pub(crate) fn prepare(methods: &Methods, cx: &MessageContext) -> Result<Prepared
                 "",
             ));
         }
-    } else if let Some(validator) = &compiled.validator {
+    } else if let Some(validator) = compiled.validator.as_ref().filter(|v| !v.is_valid(&params)) {
+        // The fast check passed over; collect every error only for invalid params.
         let errors: Vec<Value> = validator
             .iter_errors(&params)
             .flat_map(|e| describe(&e))

@@ -482,7 +482,10 @@ async fn calls_in_flight_are_bounded_per_connection() {
         .collect();
     // Three start; the rest wait for a slot.
     let mut running = gate.changes.subscribe();
-    running.wait_for(|n| *n == 3).await.unwrap();
+    tokio::time::timeout(switchboard_test::TIMEOUT, running.wait_for(|n| *n >= 3))
+        .await
+        .expect("three calls start")
+        .unwrap();
     gate.open.add_permits(10);
     for c in calls {
         assert_eq!(c.await.unwrap().unwrap(), "done");
@@ -504,7 +507,10 @@ async fn shutdown_waits_for_a_running_call_to_answer() {
     c.send(json!({"type":"rpc","ref":"g","payload":{"method":"gated"}}))
         .await;
     let mut running = gate.changes.subscribe();
-    running.wait_for(|n| *n == 1).await.unwrap();
+    tokio::time::timeout(switchboard_test::TIMEOUT, running.wait_for(|n| *n == 1))
+        .await
+        .expect("the call starts")
+        .unwrap();
     let server = s.server.clone();
     let stopping = tokio::spawn(async move { server.shutdown().await });
     gate.open.add_permits(1);
