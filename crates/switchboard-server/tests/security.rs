@@ -411,35 +411,6 @@ async fn the_connection_limit_refuses_with_a_code_and_a_retry_hint() {
 }
 
 #[tokio::test]
-async fn rooms_per_connection_are_bounded() {
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            max_rooms_per_connection: 2,
-            ..TestServer::config()
-        })
-    })
-    .await;
-    let mut c = s.raw().await;
-    for room in ["a", "b"] {
-        let r = c
-            .roundtrip(json!({"type":"join_room","payload":{"room_id": room},"ref": room}))
-            .await;
-        assert_eq!(r["payload"]["status"], "ok");
-    }
-    let r = c
-        .roundtrip(json!({"type":"join_room","payload":{"room_id":"c"},"ref":"c"}))
-        .await;
-    assert_eq!(r["payload"]["code"], "INVALID_ROOM");
-    assert!(
-        r["payload"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("at most 2")
-    );
-    s.stop().await;
-}
-
-#[tokio::test]
 async fn tls_serves_wss_and_the_client_connects_with_its_own_roots() {
     let cert = switchboard_test::TestCert::generate();
     let s = TestServer::start_tls(
