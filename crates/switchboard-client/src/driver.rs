@@ -349,14 +349,7 @@ fn dispatch(inner: &Inner, text: &str) {
                 } else if ack.ref_id.starts_with("rejoin:") || ack.ref_id == AUTH_REF {
                     if let Err(e) = ack.into_result() {
                         tracing::warn!(code = %e.code, message = %e.message, "rejoin or auth refused");
-                        Client::report(
-                            inner,
-                            &ClientError::Message {
-                                code: e.code.into_owned(),
-                                message: e.message,
-                                details: e.details,
-                            },
-                        );
+                        Client::report(inner, &ClientError::from(e));
                     }
                     return;
                 }
@@ -364,14 +357,7 @@ fn dispatch(inner: &Inner, text: &str) {
         }
         types::ERROR => {
             if let Ok(e) = env.payload_as::<ErrorBody>() {
-                Client::report(
-                    inner,
-                    &ClientError::Message {
-                        code: e.code.into_owned(),
-                        message: e.message,
-                        details: e.details,
-                    },
-                );
+                Client::report(inner, &ClientError::from(e));
             }
         }
         _ => {}

@@ -158,6 +158,17 @@ pub enum ClientError {
     },
 }
 
+/// An `error` the server sent about a message.
+impl From<ErrorBody> for ClientError {
+    fn from(b: ErrorBody) -> Self {
+        ClientError::Message {
+            code: b.code.into_owned(),
+            message: b.message,
+            details: b.details,
+        }
+    }
+}
+
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -213,6 +213,14 @@ pub(crate) enum Outcome {
     Throttled(Duration),
 }
 
+/// What a throttled address is told.
+pub(crate) fn throttled_message(wait: Duration) -> String {
+    format!(
+        "too many failed attempts from this address; retry in {} s",
+        wait.as_secs().max(1)
+    )
+}
+
 /// Everything the server needs to authenticate: the password, the authenticator, and
 /// the record of recent failures per address.
 pub(crate) struct Auth {

@@ -312,10 +312,7 @@ async fn authenticate(
                         return None;
                     }
                     Ok(Outcome::Throttled(wait)) => {
-                        let msg = format!(
-                            "too many failed attempts from this address; retry in {} s",
-                            wait.as_secs().max(1)
-                        );
+                        let msg = crate::auth::throttled_message(wait);
                         refuse(
                             sink,
                             stream,

@@ -40,10 +40,7 @@ async fn auth(server: Server, conn: Conn, env: Envelope) -> Result<Json<Value>, 
         Outcome::Rejected(message) => Err(HandlerError::code_of(ErrorCode::AuthFailed, message)),
         Outcome::Throttled(wait) => Err(HandlerError::code_of(
             ErrorCode::RateLimited,
-            format!(
-                "too many failed attempts from this address; retry in {} s",
-                wait.as_secs().max(1)
-            ),
+            crate::auth::throttled_message(wait),
         )),
     }
 }

@@ -503,6 +503,28 @@ fn spawn_receivers(
         .collect()
 }
 
+/// Stops the receivers and builds the report of a fan-out or rooms run.
+async fn delivery_report(
+    target: Target,
+    counter: &AtomicU64,
+    stop: &AtomicBool,
+    handles: Vec<tokio::task::JoinHandle<Histogram>>,
+    seconds: f64,
+    cpu: Duration,
+) -> Report {
+    stop.store(true, Ordering::Relaxed);
+    let latency = collect(handles).await;
+    Report {
+        target,
+        ops: counter.load(Ordering::Relaxed),
+        seconds,
+        latency,
+        cpu,
+        rss_delta: 0,
+        note: String::new(),
+    }
+}
+
 async fn collect(handles: Vec<tokio::task::JoinHandle<Histogram>>) -> Histogram {
     let mut total = Histogram::new();
     for h in handles {
@@ -575,22 +597,19 @@ async fn fanout(
         .map(|s| s.usage().1)
         .sum::<Duration>()
         .saturating_sub(cpu0);
-    stop.store(true, Ordering::Relaxed);
-    let latency = collect(handles).await;
-    let got = counter.load(Ordering::Relaxed);
-    Ok(Report {
+    let mut report = delivery_report(
         target,
-        ops: got,
-        seconds: end.duration_since(start).as_secs_f64(),
-        latency,
+        &counter,
+        &stop,
+        handles,
+        end.duration_since(start).as_secs_f64(),
         cpu,
-        rss_delta: 0,
-        note: if got < expected {
-            format!("{got} of {expected} delivered")
-        } else {
-            String::new()
-        },
-    })
+    )
+    .await;
+    if report.ops < expected {
+        report.note = format!("{} of {expected} delivered", report.ops);
+    }
+    Ok(report)
 }
 
 async fn rooms(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow::Result<Report> {
@@ -648,27 +667,20 @@ async fn rooms(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow:
     )
     .await;
     let cpu = server.usage().1.saturating_sub(cpu0);
-    stop.store(true, Ordering::Relaxed);
-    let latency = collect(handles).await;
-    let got = counter.load(Ordering::Relaxed);
-    Ok(Report {
+    let mut report = delivery_report(
         target,
-        ops: got,
-        seconds: end.duration_since(start).as_secs_f64(),
-        latency,
+        &counter,
+        &stop,
+        handles,
+        end.duration_since(start).as_secs_f64(),
         cpu,
-        rss_delta: 0,
-        note: format!(
-            "{} rooms x {} members{}",
-            args.rooms,
-            per_room,
-            if got < expected {
-                format!("; {got} of {expected} delivered")
-            } else {
-                String::new()
-            }
-        ),
-    })
+    )
+    .await;
+    report.note = format!("{} rooms x {per_room} members", args.rooms);
+    if report.ops < expected {
+        report.note += &format!("; {} of {expected} delivered", report.ops);
+    }
+    Ok(report)
 }
 
 async fn idle(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow::Result<Report> {
