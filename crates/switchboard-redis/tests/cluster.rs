@@ -39,9 +39,10 @@ async fn node(redis: &RedisServer, prefix: &str) -> TestServer {
 }
 
 async fn join(c: &mut RawClient, room: &str) {
-    let r = c
-        .roundtrip(json!({"type":"join_room","ref":"j","payload":{"room_id": room}}))
+    c.send(json!({"type":"join_room","ref":"j","payload":{"room_id": room}}))
         .await;
+    // Others' `user_joined` may come first (from any node): wait for the ack.
+    let r = c.recv_type("ack").await;
     assert_eq!(r["payload"]["status"], "ok", "{r}");
 }
 

@@ -27,11 +27,12 @@ fn node(redis: &RedisServer) -> Hub {
 }
 
 async fn cluster_count(c: &mut switchboard_test::RawClient) -> u64 {
+    c.send(json!({"type":"rpc","ref":"s","payload":{"method":"status"}}))
+        .await;
+    // Room notices may come first: wait for this call's ack.
     loop {
-        let r = c
-            .roundtrip(json!({"type":"rpc","ref":"s","payload":{"method":"status"}}))
-            .await;
-        if r["type"] == "ack" {
+        let r = c.recv_type("ack").await;
+        if r["payload"]["ref"] == "s" {
             return r["payload"]["result"]["cluster_connections"]
                 .as_u64()
                 .unwrap();
@@ -73,7 +74,13 @@ async fn hubs_over_redis_are_one_hub_and_a_killed_node_stops_counting() {
     }
     a.send(json!({"type":"chat","room":"lobby","ref":"m","payload":{"text":"hi"}}))
         .await;
-    assert_eq!(a.recv_type("ack").await["payload"]["status"], "ok");
+    let ack = loop {
+        let r = a.recv_type("ack").await;
+        if r["payload"]["ref"] == "m" {
+            break r;
+        }
+    };
+    assert_eq!(ack["payload"]["status"], "ok");
     for x in [&mut b, &mut c] {
         let m: Value = x.recv_type("chat").await;
         assert_eq!(
@@ -93,6 +100,12 @@ async fn hubs_over_redis_are_one_hub_and_a_killed_node_stops_counting() {
     until_count(&mut b, 2).await;
     a.send(json!({"type":"chat","room":"lobby","ref":"m2","payload":{"text":"still here"}}))
         .await;
-    assert_eq!(a.recv_type("ack").await["payload"]["status"], "ok");
+    let ack = loop {
+        let r = a.recv_type("ack").await;
+        if r["payload"]["ref"] == "m2" {
+            break r;
+        }
+    };
+    assert_eq!(ack["payload"]["status"], "ok");
     assert_eq!(b.recv_type("chat").await["payload"]["text"], "still here");
 }
