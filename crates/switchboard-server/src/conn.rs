@@ -450,9 +450,16 @@ impl Conn {
             st.bytes = 0;
             return WriterStep::Write;
         }
-        // Give back memory after a burst: an idle connection should cost little.
+        // Going idle: one queue buffer is enough, and after a burst none that is big.
+        // The writer's is handed back when the queue has none, so a steady exchange of
+        // messages allocates nothing here.
         if st.frames.capacity() > 64 {
             st.frames = VecDeque::new();
+        }
+        if st.frames.capacity() == 0 && batch.capacity() <= 64 {
+            std::mem::swap(&mut st.frames, batch);
+        } else {
+            *batch = VecDeque::new();
         }
         match &st.closing {
             Some(c) if st.reader_done => {

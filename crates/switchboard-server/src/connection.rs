@@ -23,6 +23,7 @@ use switchboard_proto::{
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::auth::{Credentials, Outcome};
 use crate::backplane::{PresenceEvent, Target};
@@ -43,7 +44,51 @@ pub(crate) enum Mode {
     Echo,
 }
 
-pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<SocketAddr>, mode: Mode) {
+/// Everything an open connection's task keeps between messages.
+struct Session {
+    server: Server,
+    conn: Conn,
+    sink: Sink,
+    stream: Stream,
+    limiter: RateLimiter,
+    mode: Mode,
+    calls: Option<Calls>,
+}
+
+/// Runs one connection from its upgrade to its end.
+///
+/// A task's memory is the size of its largest state, kept for the connection's whole
+/// life. Opening (admission, authentication) and closing (the close handshake, the
+/// disconnect hooks) happen once and are large, so they run boxed, and so does the
+/// handling of each message: an idle connection's task holds only what it needs to
+/// wait for the next frame. (Not an `async fn`: its arguments, the socket among them,
+/// would stay in its state for good.) `tracked` counts it in the server's tasks.
+pub(crate) fn run(
+    server: Server,
+    socket: WebSocket,
+    remote: Option<SocketAddr>,
+    mode: Mode,
+    tracked: TaskTrackerToken,
+) -> impl Future<Output = ()> + Send {
+    let opening = Box::pin(open(server, socket, remote, mode));
+    async move {
+        if let Some(mut session) = opening.await {
+            let closing = session.serve().await;
+            Box::pin(session.close(closing)).await;
+        }
+        // Shutdown waits for this.
+        drop(tracked);
+    }
+}
+
+/// Admission, authentication, registration and the `connected` message; `None` when the
+/// connection was turned away.
+async fn open(
+    server: Server,
+    socket: WebSocket,
+    remote: Option<SocketAddr>,
+    mode: Mode,
+) -> Option<Session> {
     let inner = &server.inner;
     let config = &inner.config;
     let (mut sink, mut stream) = socket.split();
@@ -71,7 +116,7 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
             config.close_timeout,
         )
         .await;
-        return;
+        return None;
     }
 
     let mut limiter = RateLimiter::new(config.rate_limit, config.rate_burst);
@@ -82,7 +127,7 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
             Some(done) => Some(done),
             None => {
                 inner.admitted.fetch_sub(1, Ordering::AcqRel);
-                return;
+                return None;
             }
         }
     } else {
@@ -110,11 +155,31 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
             let _ = conn.push(Frame::text(ack_ok(&r, result.as_deref())));
         }
     }
+    Some(Session {
+        server,
+        conn,
+        sink,
+        stream,
+        limiter,
+        mode,
+        calls: None,
+    })
+}
 
-    let mut calls: Option<Calls> = None;
-    let closing = {
-        let reader = read_loop(&server, &conn, &mut stream, &mut limiter, mode, &mut calls);
-        let writer = write_loop(&conn, &mut sink);
+impl Session {
+    /// Reads and dispatches, and writes from the outbox, until the connection closes.
+    async fn serve(&mut self) -> Closing {
+        let Session {
+            server,
+            conn,
+            sink,
+            stream,
+            limiter,
+            mode,
+            calls,
+        } = self;
+        let reader = read_loop(server, conn, stream, limiter, *mode, calls);
+        let writer = write_loop(conn, sink);
         tokio::pin!(reader, writer);
         tokio::select! {
             closing = &mut writer => {
@@ -127,38 +192,52 @@ pub(crate) async fn run(server: Server, socket: WebSocket, remote: Option<Socket
             }
             () = &mut reader => writer.await,
         }
-    };
-    let final_error = conn
-        .take_final_error()
-        .and_then(|e| localize(conn.dialect(), conn.id(), e));
-    finish(
-        &mut sink,
-        &mut stream,
-        &closing,
-        final_error,
-        config.close_timeout,
-    )
-    .await;
-    conn.mark_finished();
-    if let Some(calls) = &calls {
-        // Calls still running have nobody to answer.
-        calls.cancel.cancel();
     }
 
-    server.remove_connection(&conn);
-    let reason = DisconnectReason {
-        code: closing.code,
-        reason: closing.reason.clone(),
-        by_server: !closing.by_client,
-    };
-    tracing::debug!(conn = %conn.id(), code = reason.code, reason = %reason.reason, "disconnected");
-    for hook in &inner.hooks.disconnect {
-        if AssertUnwindSafe(hook(conn.clone(), reason.clone()))
-            .catch_unwind()
-            .await
-            .is_err()
-        {
-            tracing::error!(conn = %conn.id(), "a disconnect hook panicked");
+    /// The close handshake, unregistration and the disconnect hooks.
+    async fn close(self, closing: Closing) {
+        let Session {
+            server,
+            conn,
+            mut sink,
+            mut stream,
+            calls,
+            ..
+        } = self;
+        let inner = &server.inner;
+        let final_error = conn
+            .take_final_error()
+            .and_then(|e| localize(conn.dialect(), conn.id(), e));
+        finish(
+            &mut sink,
+            &mut stream,
+            &closing,
+            final_error,
+            inner.config.close_timeout,
+        )
+        .await;
+        drop((sink, stream));
+        conn.mark_finished();
+        if let Some(calls) = calls {
+            // Calls still running have nobody to answer.
+            calls.cancel.cancel();
+        }
+
+        server.remove_connection(&conn);
+        let reason = DisconnectReason {
+            code: closing.code,
+            reason: closing.reason.clone(),
+            by_server: !closing.by_client,
+        };
+        tracing::debug!(conn = %conn.id(), code = reason.code, reason = %reason.reason, "disconnected");
+        for hook in &inner.hooks.disconnect {
+            if AssertUnwindSafe(hook(conn.clone(), reason.clone()))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!(conn = %conn.id(), "a disconnect hook panicked");
+            }
         }
     }
 }
@@ -574,13 +653,13 @@ async fn read_loop(
             }
             (_, Message::Text(text)) => {
                 let first = std::mem::take(&mut first_frame);
-                dispatch_text(server, conn, text.as_str(), calls, first).await;
+                Box::pin(dispatch_text(server, conn, text.as_str(), calls, first)).await;
             }
             // Metafor's reference server answers anything it cannot read by echoing it.
             (_, Message::Binary(data)) if conn.dialect() == Dialect::Metafor => {
                 let _ = conn.push(Frame::Binary(data));
             }
-            (_, Message::Binary(data)) => dispatch_binary(server, conn, data).await,
+            (_, Message::Binary(data)) => Box::pin(dispatch_binary(server, conn, data)).await,
             _ => {}
         }
     };
@@ -757,7 +836,8 @@ async fn write_loop(conn: &Conn, sink: &mut Sink) -> Closing {
     }
 }
 
-/// Feeds every frame of the batch, then flushes once.
+/// Feeds every frame of the batch, then flushes once. Written with the sink's poll
+/// methods: its state is a few references, which every connection's task carries.
 async fn write_batch(
     conn: &Conn,
     sink: &mut Sink,
@@ -769,12 +849,19 @@ async fn write_batch(
     } else {
         String::new()
     };
-    while let Some(frame) = batch.pop_front() {
-        if let Some(msg) = transport::to_message(frame, dialect, &id) {
-            sink.feed(msg).await?;
+    std::future::poll_fn(|cx| {
+        while !batch.is_empty() {
+            std::task::ready!(sink.poll_ready_unpin(cx))?;
+            if let Some(msg) = batch
+                .pop_front()
+                .and_then(|frame| transport::to_message(frame, dialect, &id))
+            {
+                sink.start_send_unpin(msg)?;
+            }
         }
-    }
-    sink.flush().await
+        sink.poll_flush_unpin(cx)
+    })
+    .await
 }
 
 /// Sends our close frame (unless the client closed first) and waits briefly for the
@@ -837,11 +924,11 @@ async fn dispatch_text(
 ) {
     let env = match conn.dialect() {
         Dialect::Datadivr => dialect::datadivr::incoming(text),
-        Dialect::Metafor => return metafor_text(server, conn, text, calls).await,
+        Dialect::Metafor => return Box::pin(metafor_text(server, conn, text, calls)).await,
         _ if first && dialect::metafor::detect(text) => {
             tracing::debug!(conn = %conn.id(), "a Metafor client: switching dialect");
             conn.set_dialect(Dialect::Metafor);
-            return metafor_text(server, conn, text, calls).await;
+            return Box::pin(metafor_text(server, conn, text, calls)).await;
         }
         _ => Envelope::decode(text),
     };

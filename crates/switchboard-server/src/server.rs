@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 use switchboard_proto::{ErrorCode, MAX_ID_LEN, Parts, Payload, close_reason, encode_parts, types};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -921,13 +921,14 @@ impl Server {
         let _ = self.inner.local_addr.set(addr);
         self.start().await?;
         tracing::info!(%addr, name = %self.inner.config.name, "switchboard listening");
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let stop = self.inner.stop_accepting.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await?;
+        let plain = |tcp: TcpStream, _: SocketAddr| std::future::ready(Some(tcp));
+        crate::transport::accept_loop(
+            listener,
+            self.router(),
+            self.inner.stop_accepting.clone(),
+            plain,
+        )
+        .await;
         self.stopped().await;
         Ok(())
     }

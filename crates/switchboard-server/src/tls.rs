@@ -2,22 +2,15 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::connect_info::ConnectInfo;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use crate::{ServeError, Server};
-
-/// How long a client has to finish the TLS handshake and send its HTTP request.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A TLS server configuration (rustls, TLS 1.2 and 1.3).
 ///
@@ -89,57 +82,25 @@ impl Server {
         self.start().await?;
         tracing::info!(%addr, name = %self.inner.config.name, "switchboard listening (TLS)");
         let acceptor = TlsAcceptor::from(tls.0);
-        let app = self.router();
-        let stop = self.inner.stop_accepting.clone();
-        let http = TaskTracker::new();
-        loop {
-            let (tcp, remote) = tokio::select! {
-                () = stop.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
+        let handshake = move |tcp: TcpStream, remote: SocketAddr| {
+            let acceptor = acceptor.clone();
+            async move {
+                match acceptor.accept(tcp).await {
+                    Ok(stream) => Some(stream),
                     Err(e) => {
-                        // Out of file descriptors, most likely: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, app, stop) = (acceptor.clone(), app.clone(), stop.clone());
-            http.spawn(async move {
-                let stream =
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                let service =
-                    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                        req.extensions_mut().insert(ConnectInfo(remote));
-                        app.clone().oneshot(req)
-                    });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HANDSHAKE_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    () = stop.cancelled() => {
-                        // Upgraded WebSockets live on in their own tasks; this ends
-                        // plain HTTP keep-alive connections.
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        None
                     }
                 }
-            });
-        }
-        http.close();
+            }
+        };
+        crate::transport::accept_loop(
+            listener,
+            self.router(),
+            self.inner.stop_accepting.clone(),
+            handshake,
+        )
+        .await;
         self.stopped().await;
         Ok(())
     }

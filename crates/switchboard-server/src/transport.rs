@@ -1,7 +1,9 @@
 //! The WebSocket transport: the one module that knows the socket library (axum's
 //! WebSocket over tokio-tungstenite), so it can be swapped without touching the rest.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::State as AxumState;
 use axum::extract::connect_info::ConnectInfo;
@@ -10,12 +12,22 @@ use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use futures_util::stream::{SplitSink, SplitStream};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use switchboard_proto::Dialect;
 
 use crate::Server;
 use crate::conn::Frame;
 use crate::connection::Mode;
+
+/// How long a client has to finish its handshake (TLS, then the HTTP upgrade request).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) type Sink = SplitSink<WebSocket, Message>;
 pub(crate) type Stream = SplitStream<WebSocket>;
@@ -32,6 +44,69 @@ pub(crate) fn router(server: Server) -> axum::Router {
     }
     app.route("/health", get(health).with_state(server.clone()))
         .route("/rpc", get(methods).with_state(server))
+}
+
+/// Accepts connections until `stop` and serves each as HTTP/1.1 with upgrades, in a task
+/// of its own that ends when the request is upgraded (the WebSocket then lives in its
+/// own task) or the connection closes. `handshake` turns the TCP stream into the
+/// transport: nothing for plain `ws://`, TLS for `wss://`. After `stop`, connections
+/// still speaking plain HTTP finish their request and close.
+pub(crate) async fn accept_loop<H, F, Io>(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+    handshake: H,
+) where
+    H: Fn(TcpStream, SocketAddr) -> F + Clone + Send + 'static,
+    F: Future<Output = Option<Io>> + Send,
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let http = TaskTracker::new();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Small frames go out at once: latency, not Nagle's batching (the writer
+        // already batches what is queued).
+        let _ = tcp.set_nodelay(true);
+        let (handshake, app, stop) = (handshake.clone(), app.clone(), stop.clone());
+        http.spawn(async move {
+            let Ok(Some(io)) =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, remote)).await
+            else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(remote));
+                app.clone().oneshot(req)
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => {
+                    // Upgraded WebSockets live on in their own tasks; this ends plain
+                    // HTTP keep-alive connections.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+    http.close();
 }
 
 pub(crate) fn ws_route(server: Server) -> MethodRouter {
@@ -146,9 +221,12 @@ fn accept(
         .max_write_buffer_size(config.buffer_size.max(config.max_message_size) * 2)
         .max_message_size(config.max_message_size)
         .max_frame_size(config.max_message_size)
-        .on_upgrade(move |socket| async move {
-            crate::connection::run(server, socket, remote, mode).await;
-            drop(token);
+        .on_upgrade(move |socket| {
+            // The connection gets a task of its own that holds only its state: axum's
+            // upgrade task also keeps what it built the socket with, for as long as the
+            // callback's future runs. That task ends here.
+            tokio::spawn(crate::connection::run(server, socket, remote, mode, token));
+            std::future::ready(())
         })
 }
 
