@@ -82,6 +82,11 @@ impl Payload {
     /// Deserializes the payload into `T`; the error names the path of the field that
     /// did not fit (for example `user.age`).
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
+        // Most payloads fit: read those at full speed, and track the path only to
+        // explain one that does not.
+        if let Ok(value) = serde_json::from_str(self.0.get()) {
+            return Ok(value);
+        }
         let mut de = serde_json::Deserializer::from_str(self.0.get());
         serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
@@ -254,8 +259,9 @@ impl Envelope {
             Some(raw) if raw.get() == "null" => {
                 return Err(with_ref(DecodeErrorKind::MissingType));
             }
-            Some(raw) => serde_json::from_str::<String>(raw.get())
-                .map_err(|_| with_ref(DecodeErrorKind::TypeNotString))?,
+            Some(raw) => {
+                json_string(raw).ok_or_else(|| with_ref(DecodeErrorKind::TypeNotString))?
+            }
         };
         if kind.is_empty() {
             return Err(with_ref(DecodeErrorKind::EmptyType));
@@ -368,9 +374,67 @@ pub struct Parts<'a> {
 }
 
 /// Encodes one frame from its parts.
+///
+/// Written by hand, field by field in the order `type`, `payload`, `ref`, `room`, `to`,
+/// `from`, into a string of exactly the right size (every message goes through here,
+/// and an exact size lets the socket layer take the buffer without copying). The text
+/// is the same as serde_json writes for [`Parts`].
 pub fn encode_parts(parts: &Parts<'_>) -> String {
-    // Serializing &str and RawValue into a String cannot fail.
-    serde_json::to_string(parts).unwrap_or_else(|_| unreachable!())
+    let optional = [
+        ("ref", parts.ref_id),
+        ("room", parts.room),
+        ("to", parts.to),
+        ("from", parts.from),
+    ];
+    let mut len =
+        r#"{"type":,"payload":}"#.len() + quoted_len(parts.kind) + parts.payload.get().len();
+    for (name, value) in optional {
+        if let Some(value) = value {
+            len += r#","":"#.len() + name.len() + quoted_len(value);
+        }
+    }
+    let mut out = String::with_capacity(len);
+    out.push_str(r#"{"type":"#);
+    push_quoted(&mut out, parts.kind);
+    out.push_str(r#","payload":"#);
+    out.push_str(parts.payload.get());
+    for (name, value) in optional {
+        if let Some(value) = value {
+            out.push_str(",\"");
+            out.push_str(name);
+            out.push_str("\":");
+            push_quoted(&mut out, value);
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// True if JSON needs `s` escaped: quotes, backslashes and control characters (what
+/// serde_json escapes; nothing else).
+fn needs_escape(s: &str) -> bool {
+    s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
+/// The length of `s` as a JSON string, quotes included.
+pub(crate) fn quoted_len(s: &str) -> usize {
+    if needs_escape(s) {
+        serde_json::to_string(s).map_or(s.len() + 2, |q| q.len())
+    } else {
+        s.len() + 2
+    }
+}
+
+/// Appends `s` as a JSON string.
+pub(crate) fn push_quoted(out: &mut String, s: &str) {
+    if needs_escape(s) {
+        // Serializing a str cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    } else {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    }
 }
 
 #[derive(Deserialize)]
@@ -391,6 +455,16 @@ struct WireIn<'a> {
     from: Option<&'a RawValue>,
 }
 
+/// A JSON string's value. Strings without escapes (nearly all of them) are copied
+/// out of the text; the others are parsed.
+fn json_string(raw: &RawValue) -> Option<String> {
+    let text = raw.get();
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Some(inner.to_owned()),
+        _ => serde_json::from_str(text).ok(),
+    }
+}
+
 fn optional_string(
     raw: Option<&RawValue>,
     field: &'static str,
@@ -399,7 +473,7 @@ fn optional_string(
     if raw.get() == "null" {
         return Ok(None);
     }
-    let s: String = serde_json::from_str(raw.get()).map_err(|_| {
+    let s = json_string(raw).ok_or_else(|| {
         DecodeError::new(DecodeErrorKind::InvalidField {
             field,
             reason: "must be a string".to_owned(),
@@ -489,6 +563,40 @@ pub enum DecodeErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hand_written_frames_are_what_serde_json_writes() {
+        let payload = RawValue::from_string(r#"{"a":[1,"x\"y"],"b":{}}"#.to_owned()).unwrap();
+        let cases = [
+            ("chat", None, None, None, None),
+            ("chat", Some("r1"), Some("lobby"), Some("42"), Some("7")),
+            ("we\"ird\\type\n", Some("\u{1}ref"), None, Some("all"), None),
+            ("ünïcode ✓", None, Some("room/🙂"), None, Some("x\ty")),
+        ];
+        for (kind, ref_id, room, to, from) in cases {
+            let parts = Parts {
+                kind,
+                payload: &payload,
+                ref_id,
+                room,
+                to,
+                from,
+            };
+            let ours = encode_parts(&parts);
+            assert_eq!(ours, serde_json::to_string(&parts).unwrap());
+            assert_eq!(ours.len(), ours.capacity(), "exact size for {kind:?}");
+        }
+    }
+
+    #[test]
+    fn string_fields_with_and_without_escapes() {
+        let env = Envelope::decode(r#"{"type":"a\"b","ref":"\u0041x","room":"plain"}"#).unwrap();
+        assert_eq!(env.kind, "a\"b");
+        assert_eq!(env.ref_id.as_deref(), Some("Ax"));
+        assert_eq!(env.room.as_deref(), Some("plain"));
+        let e = Envelope::decode(r#"{"type":"x","ref":5}"#).unwrap_err();
+        assert!(e.to_string().contains("ref"), "{e}");
+    }
     use serde_json::json;
 
     fn kind_of(text: &str) -> DecodeErrorKind {

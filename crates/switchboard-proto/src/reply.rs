@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::code::ErrorCode;
-use crate::envelope::{Parts, encode_parts};
+
 use crate::types;
 
 /// An error as it travels on the wire: a stable code, a human message, and optional
@@ -116,6 +116,8 @@ impl Ack {
     }
 }
 
+/// An ack's payload; the error's fields are spelled out (not `flatten`ed, which
+/// serializes through a map, slowly).
 #[derive(Serialize)]
 struct AckOut<'a> {
     #[serde(rename = "ref")]
@@ -123,21 +125,26 @@ struct AckOut<'a> {
     status: AckStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     result: Option<&'a RawValue>,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    error: Option<&'a ErrorBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a serde_json::Value>,
+}
+
+/// `{"type": kind, "payload": payload}`, written in one pass: the same text as
+/// [`encode_parts`](crate::encode_parts) with only a type and a payload.
+#[derive(Serialize)]
+struct FrameOut<'a, P> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    payload: &'a P,
 }
 
 fn frame(kind: &str, payload: &impl Serialize) -> String {
     // Payloads built here are structs of strings and JSON values: serializing cannot fail.
-    let payload = serde_json::value::to_raw_value(payload).unwrap_or_else(|_| unreachable!());
-    encode_parts(&Parts {
-        kind,
-        payload: &payload,
-        ref_id: None,
-        room: None,
-        to: None,
-        from: None,
-    })
+    serde_json::to_string(&FrameOut { kind, payload }).unwrap_or_else(|_| unreachable!())
 }
 
 /// `{"type":"ack","payload":{"ref":…,"status":"ok","result":…}}`; `result` is left out
@@ -148,15 +155,27 @@ fn frame(kind: &str, payload: &impl Serialize) -> String {
 /// assert_eq!(frame, r#"{"type":"ack","payload":{"ref":"m1","status":"ok"}}"#);
 /// ```
 pub fn ack_ok(ref_id: &str, result: Option<&RawValue>) -> String {
-    frame(
-        types::ACK,
-        &AckOut {
-            ref_id,
-            status: AckStatus::Ok,
-            result,
-            error: None,
-        },
-    )
+    // Every acknowledged message and RPC call is answered through here: written by
+    // hand, at its exact size (the same text serde_json writes for an `AckOut`).
+    use crate::envelope::{push_quoted, quoted_len};
+    const HEAD: &str = r#"{"type":"ack","payload":{"ref":"#;
+    const OK: &str = r#","status":"ok""#;
+    const RESULT: &str = r#","result":"#;
+    let len = HEAD.len()
+        + quoted_len(ref_id)
+        + OK.len()
+        + result.map_or(0, |r| RESULT.len() + r.get().len())
+        + 2;
+    let mut out = String::with_capacity(len);
+    out.push_str(HEAD);
+    push_quoted(&mut out, ref_id);
+    out.push_str(OK);
+    if let Some(result) = result {
+        out.push_str(RESULT);
+        out.push_str(result.get());
+    }
+    out.push_str("}}");
+    out
 }
 
 /// `{"type":"ack","payload":{"ref":…,"status":"error","code":…,"message":…}}`.
@@ -167,7 +186,9 @@ pub fn ack_error(ref_id: &str, error: &ErrorBody) -> String {
             ref_id,
             status: AckStatus::Error,
             result: None,
-            error: Some(error),
+            code: Some(&error.code),
+            message: Some(&error.message),
+            details: error.details.as_ref(),
         },
     )
 }
@@ -220,6 +241,47 @@ mod tests {
         );
         let ack: Ack = env.payload_as().unwrap();
         assert_eq!(ack.into_result().unwrap_err(), err);
+    }
+
+    #[test]
+    fn the_hand_written_ack_is_what_serde_json_writes() {
+        let result = serde_json::value::to_raw_value(&json!({"a": "x\"y", "n": [1]})).unwrap();
+        for ref_id in ["1", "r\"ef\\", "ünï\n"] {
+            for result in [None, Some(&*result)] {
+                let expected = frame(
+                    types::ACK,
+                    &AckOut {
+                        ref_id,
+                        status: AckStatus::Ok,
+                        result,
+                        code: None,
+                        message: None,
+                        details: None,
+                    },
+                );
+                let ours = ack_ok(ref_id, result);
+                assert_eq!(ours, expected);
+                assert_eq!(ours.len(), ours.capacity());
+            }
+        }
+    }
+
+    #[test]
+    fn replies_are_written_as_the_envelope_encoder_writes_them() {
+        let result = serde_json::value::to_raw_value(&json!({"sent": true, "n": [1, 2]})).unwrap();
+        let ack = ack_ok("r\"1", Some(&result));
+        let env = Envelope::decode(&ack).unwrap();
+        assert_eq!(env.encode(), ack);
+        let body = ErrorBody::new(ErrorCode::InvalidParams, "bad \"x\"")
+            .with_details(json!({"errors": [{"path": "a", "reason": "r"}]}));
+        for frame in [ack_error("r", &body), error_frame(&body)] {
+            let env = Envelope::decode(&frame).unwrap();
+            assert_eq!(env.encode(), frame);
+        }
+        assert_eq!(
+            ack_error("r", &body),
+            r#"{"type":"ack","payload":{"ref":"r","status":"error","code":"INVALID_PARAMS","message":"bad \"x\"","details":{"errors":[{"path":"a","reason":"r"}]}}}"#
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use switchboard_proto::{
     encode_parts, error_reply, types,
 };
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
@@ -29,6 +29,7 @@ use crate::auth::{Credentials, Outcome};
 use crate::backplane::{PresenceEvent, Target};
 use crate::conn::{Closing, Conn, Frame, WriterStep};
 use crate::extract::MessageContext;
+use crate::handler::{BoxFuture, HandlerResult};
 use crate::router::Route;
 use crate::rpc;
 use crate::server::{DisconnectReason, validate_room};
@@ -653,13 +654,19 @@ async fn read_loop(
             }
             (_, Message::Text(text)) => {
                 let first = std::mem::take(&mut first_frame);
-                Box::pin(dispatch_text(server, conn, text.as_str(), calls, first)).await;
+                if let Some(rest) = dispatch_text(server, conn, text.as_str(), calls, first) {
+                    rest.await;
+                }
             }
             // Metafor's reference server answers anything it cannot read by echoing it.
             (_, Message::Binary(data)) if conn.dialect() == Dialect::Metafor => {
                 let _ = conn.push(Frame::Binary(data));
             }
-            (_, Message::Binary(data)) => Box::pin(dispatch_binary(server, conn, data)).await,
+            (_, Message::Binary(data)) => {
+                if let Some(rest) = dispatch_binary(server, conn, data) {
+                    rest.await;
+                }
+            }
             _ => {}
         }
     };
@@ -698,52 +705,76 @@ impl Calls {
 /// task so a slow call holds up neither the other calls nor the connection's messages.
 /// When `max_calls_in_flight` are running, waits for one to finish (the client is
 /// not read meanwhile: back-pressure instead of an unbounded backlog).
-async fn start_call(server: &Server, conn: &Conn, env: Envelope, calls: &mut Option<Calls>) {
-    let cx = MessageContext {
-        server: server.clone(),
-        conn: conn.clone(),
-        envelope: env,
-        binary: None,
-    };
+fn start_call(
+    server: &Server,
+    conn: &Conn,
+    env: Envelope,
+    calls: &mut Option<Calls>,
+) -> Option<Rest> {
+    let cx = MessageContext::new(server, conn, env, None);
     let ref_id = cx.envelope.ref_id.clone();
     let prepared = match rpc::prepare(&server.inner.methods, &cx) {
         Ok(p) => p,
-        Err(e) => return send_error(conn, ref_id.as_deref(), e.body()),
+        Err(e) => {
+            send_error(conn, ref_id.as_deref(), e.body());
+            return None;
+        }
     };
-    let method = prepared.method.clone();
     // A slot first: at most `max_calls_in_flight` calls run at once, counting this one.
     let calls = calls.get_or_insert_with(|| Calls::new(server.config().max_calls_in_flight));
-    let permit = match calls.semaphore.clone().try_acquire_owned() {
-        Ok(p) => p,
-        Err(_) => tokio::select! {
-            biased;
-            () = conn.shared.wake_reader.notified() => return,
-            permit = calls.semaphore.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        },
-    };
+    let cancel = calls.cancel.clone();
+    match calls.semaphore.clone().try_acquire_owned() {
+        Ok(permit) => {
+            begin_call(cx, prepared, ref_id, permit, cancel);
+            None
+        }
+        Err(_) => {
+            // Every slot is taken: wait for one before reading on (back-pressure
+            // instead of an unbounded backlog), unless the connection closes.
+            let slots = calls.semaphore.clone();
+            Some(Box::pin(async move {
+                let permit = tokio::select! {
+                    biased;
+                    () = cx.conn.shared.wake_reader.notified() => return,
+                    permit = slots.acquire_owned() => match permit {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                };
+                begin_call(cx, prepared, ref_id, permit, cancel);
+            }))
+        }
+    }
+}
+
+/// Runs a call that holds its slot. Most methods finish without waiting (a
+/// computation, a lookup): those are answered at once. Only a call that has to wait
+/// runs in a task of its own, so it holds up neither the connection nor other calls.
+fn begin_call(
+    cx: MessageContext,
+    prepared: rpc::Prepared,
+    ref_id: Option<String>,
+    permit: OwnedSemaphorePermit,
+    cancel: CancellationToken,
+) {
+    let (server, conn) = (cx.server.clone(), cx.conn.clone());
+    let method = prepared.method();
     let started = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.run(cx)));
     let mut fut = match started {
         Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
-        Err(panic) => return rpc_reply(conn, ref_id.as_deref(), &method, Err(panic)),
+        Err(panic) => return rpc_reply(&conn, ref_id.as_deref(), method.name(), Err(panic)),
     };
-    // Most methods finish without waiting (a computation, a lookup): answer those at
-    // once, without a task. Only a call that has to wait runs on its own.
     if let Some(outcome) = (&mut fut).now_or_never() {
         drop(permit);
-        return rpc_reply(conn, ref_id.as_deref(), &method, outcome);
+        return rpc_reply(&conn, ref_id.as_deref(), method.name(), outcome);
     }
-    let cancel = calls.cancel.clone();
-    let conn = conn.clone();
     server.inner.tracker.spawn(async move {
         let outcome = tokio::select! {
             biased;
             () = cancel.cancelled() => return,
             r = fut => r,
         };
-        rpc_reply(&conn, ref_id.as_deref(), &method, outcome);
+        rpc_reply(&conn, ref_id.as_deref(), method.name(), outcome);
         drop(permit);
     });
 }
@@ -915,37 +946,51 @@ fn send_error(conn: &Conn, ref_id: Option<&str>, error: &ErrorBody) {
     let _ = conn.push(Frame::text(error_reply(ref_id, error)));
 }
 
-async fn dispatch_text(
+/// What is left of handling a message when a handler (or an RPC call waiting for a
+/// slot) has to wait. Most messages are handled without waiting, and then nothing is
+/// allocated for this; the reader awaits what is left before it reads on, so one
+/// connection's messages are handled in order.
+type Rest = BoxFuture<'static, ()>;
+
+fn dispatch_text(
     server: &Server,
     conn: &Conn,
     text: &str,
     calls: &mut Option<Calls>,
     first: bool,
-) {
+) -> Option<Rest> {
     let env = match conn.dialect() {
         Dialect::Datadivr => dialect::datadivr::incoming(text),
-        Dialect::Metafor => return Box::pin(metafor_text(server, conn, text, calls)).await,
+        Dialect::Metafor => return metafor_text(server, conn, text, calls),
         _ if first && dialect::metafor::detect(text) => {
             tracing::debug!(conn = %conn.id(), "a Metafor client: switching dialect");
             conn.set_dialect(Dialect::Metafor);
-            return Box::pin(metafor_text(server, conn, text, calls)).await;
+            return metafor_text(server, conn, text, calls);
         }
         _ => Envelope::decode(text),
     };
     match env {
-        Ok(env) => dispatch_envelope(server, conn, env, calls).await,
-        Err(e) => send_error(
-            conn,
-            e.ref_id.as_deref(),
-            &ErrorBody::new(e.code(), e.to_string()),
-        ),
+        Ok(env) => dispatch_envelope(server, conn, env, calls),
+        Err(e) => {
+            send_error(
+                conn,
+                e.ref_id.as_deref(),
+                &ErrorBody::new(e.code(), e.to_string()),
+            );
+            None
+        }
     }
 }
 
 /// A frame from a Metafor Channels client, handled as its reference server does:
 /// `_join` / `_leave` answered with a status, `_room` messages to the room's other
 /// members, other JSON echoed as `{"echo": ...}`, other text as `Echo: ...`.
-async fn metafor_text(server: &Server, conn: &Conn, text: &str, calls: &mut Option<Calls>) {
+fn metafor_text(
+    server: &Server,
+    conn: &Conn,
+    text: &str,
+    calls: &mut Option<Calls>,
+) -> Option<Rest> {
     use dialect::metafor::{self, Incoming};
     let raw = |s: String| {
         let _ = conn.push(Frame::Dialect(s.into()));
@@ -966,7 +1011,7 @@ async fn metafor_text(server: &Server, conn: &Conn, text: &str, calls: &mut Opti
         }
         Ok(Incoming::Room(env)) => {
             if server.inner.router.get(&env.kind).is_some() {
-                dispatch_envelope(server, conn, env, calls).await;
+                return dispatch_envelope(server, conn, env, calls);
             } else if let Some(room) = env.room.clone() {
                 // The dialect's own routing: to the room's other members.
                 server.relay(
@@ -982,26 +1027,34 @@ async fn metafor_text(server: &Server, conn: &Conn, text: &str, calls: &mut Opti
         Ok(Incoming::Echo(value)) => raw(metafor::echo(&value)),
         Ok(Incoming::Text(t)) => raw(format!("Echo: {t}")),
     }
+    None
 }
 
 /// Dispatches a native envelope: RPC, the handlers of its type, the hub's relay, or
 /// `UNKNOWN_TYPE`.
-async fn dispatch_envelope(server: &Server, conn: &Conn, env: Envelope, calls: &mut Option<Calls>) {
+fn dispatch_envelope(
+    server: &Server,
+    conn: &Conn,
+    env: Envelope,
+    calls: &mut Option<Calls>,
+) -> Option<Rest> {
     if types::is_server_only(&env.kind) {
         let msg = format!("`{}` is a type only the server sends", env.kind);
-        return send_error(
+        send_error(
             conn,
             env.ref_id.as_deref(),
             &ErrorBody::new(ErrorCode::InvalidEnvelope, msg),
         );
+        return None;
     }
     if env.kind == types::RPC {
-        return start_call(server, conn, env, calls).await;
+        return start_call(server, conn, env, calls);
     }
     match server.inner.router.get(&env.kind) {
-        Some(routes) => run_chain(server, conn, routes, env, None).await,
+        Some(routes) => run_chain(routes, MessageContext::new(server, conn, env, None), None),
         None if server.config().relay_unhandled && (env.room.is_some() || env.to.is_some()) => {
-            relay(server, conn, env)
+            relay(server, conn, &env);
+            None
         }
         None => {
             let msg = format!("no handler for message type `{}`", env.kind);
@@ -1010,14 +1063,15 @@ async fn dispatch_envelope(server: &Server, conn: &Conn, env: Envelope, calls: &
                 env.ref_id.as_deref(),
                 &ErrorBody::new(ErrorCode::UnknownType, msg),
             );
+            None
         }
     }
 }
 
-async fn dispatch_binary(server: &Server, conn: &Conn, data: Bytes) {
+fn dispatch_binary(server: &Server, conn: &Conn, data: Bytes) -> Option<Rest> {
     let routes = &server.inner.router.binary;
     if routes.is_empty() {
-        return send_error(
+        send_error(
             conn,
             None,
             &ErrorBody::new(
@@ -1025,52 +1079,86 @@ async fn dispatch_binary(server: &Server, conn: &Conn, data: Bytes) {
                 "this server does not accept binary messages",
             ),
         );
+        return None;
     }
-    run_chain(server, conn, routes, Envelope::new("binary"), Some(data)).await;
+    let cx = MessageContext::new(server, conn, Envelope::new("binary"), Some(data));
+    run_chain(routes, cx, None)
 }
 
-/// Runs a type's handlers in priority order; sends the reply, the ack or the error.
-async fn run_chain(
-    server: &Server,
-    conn: &Conn,
+/// Runs a type's handlers in priority order (`reply`: the first reply so far) and sends
+/// the reply, the ack or the error. Each handler is polled once where it starts; when
+/// one has to wait, it and the handlers after it go on in the returned future.
+fn run_chain(
     routes: &[Route],
-    env: Envelope,
-    binary: Option<Bytes>,
-) {
-    let cx = MessageContext {
-        server: server.clone(),
-        conn: conn.clone(),
-        envelope: env,
-        binary,
-    };
-    let ref_id = cx.envelope.ref_id.as_deref();
-    let mut reply: Option<Box<RawValue>> = None;
-    for route in routes {
-        let started = std::panic::catch_unwind(AssertUnwindSafe(|| route.handler.call(&cx)));
-        let outcome = match started {
-            Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+    cx: MessageContext,
+    mut reply: Option<Box<RawValue>>,
+) -> Option<Rest> {
+    for (i, route) in routes.iter().enumerate() {
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut fut = route.handler.call(&cx);
+            match (&mut fut).now_or_never() {
+                Some(result) => Ok(result),
+                None => Err(fut),
+            }
+        }));
+        let outcome = match polled {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(pending)) => {
+                let rest = routes[i + 1..].to_vec();
+                return Some(Box::pin(async move {
+                    let outcome = AssertUnwindSafe(pending).catch_unwind().await;
+                    if settle(&cx, outcome, &mut reply) {
+                        if let Some(more) = run_chain(&rest, cx, reply) {
+                            more.await;
+                        }
+                    }
+                }));
+            }
             Err(panic) => Err(panic),
         };
-        match outcome {
-            Ok(Ok(Some(value))) => {
-                if reply.is_none() {
-                    reply = Some(value);
-                }
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(error)) => return send_error(conn, ref_id, error.body()),
-            Err(panic) => {
-                let what = panic_text(&*panic);
-                tracing::error!(conn = %conn.id(), kind = %cx.envelope.kind, panic = %what, "handler panicked");
-                return send_error(
-                    conn,
-                    ref_id,
-                    &ErrorBody::new(ErrorCode::Internal, "the handler failed unexpectedly"),
-                );
-            }
+        if !settle(&cx, outcome, &mut reply) {
+            return None;
         }
     }
-    let frame = match (ref_id, reply) {
+    answer(&cx, reply);
+    None
+}
+
+/// Takes one handler's outcome: keeps the first reply; an error or a panic answers the
+/// sender and stops the chain (false).
+fn settle(
+    cx: &MessageContext,
+    outcome: Result<HandlerResult, Box<dyn std::any::Any + Send>>,
+    reply: &mut Option<Box<RawValue>>,
+) -> bool {
+    let (conn, ref_id) = (&cx.conn, cx.envelope.ref_id.as_deref());
+    match outcome {
+        Ok(Ok(value)) => {
+            if reply.is_none() {
+                *reply = value;
+            }
+            true
+        }
+        Ok(Err(error)) => {
+            send_error(conn, ref_id, error.body());
+            false
+        }
+        Err(panic) => {
+            let what = panic_text(&*panic);
+            tracing::error!(conn = %conn.id(), kind = %cx.envelope.kind, panic = %what, "handler panicked");
+            send_error(
+                conn,
+                ref_id,
+                &ErrorBody::new(ErrorCode::Internal, "the handler failed unexpectedly"),
+            );
+            false
+        }
+    }
+}
+
+/// The chain's answer: the ack of the message's `ref`, or the reply as `<type>_response`.
+fn answer(cx: &MessageContext, reply: Option<Box<RawValue>>) {
+    let frame = match (cx.envelope.ref_id.as_deref(), reply) {
         (Some(r), value) => ack_ok(r, value.as_deref()),
         (None, Some(value)) => {
             let kind = types::response_type(&cx.envelope.kind);
@@ -1094,11 +1182,11 @@ async fn run_chain(
         }
         (None, None) => return,
     };
-    let _ = conn.push(Frame::text(frame));
+    let _ = cx.conn.push(Frame::text(frame));
 }
 
 /// The hub's relay: a message no handler takes, sent on to the room or client it names.
-fn relay(server: &Server, conn: &Conn, env: Envelope) {
+fn relay(server: &Server, conn: &Conn, env: &Envelope) {
     let from = conn.id();
     let outcome: Result<usize, ErrorBody> = match (env.to.as_deref(), env.room.as_deref()) {
         (Some(_), Some(_)) => Err(ErrorBody::new(

@@ -34,6 +34,20 @@ pub struct MessageContext {
 }
 
 impl MessageContext {
+    pub(crate) fn new(
+        server: &Server,
+        conn: &Conn,
+        envelope: Envelope,
+        binary: Option<Bytes>,
+    ) -> MessageContext {
+        MessageContext {
+            server: server.clone(),
+            conn: conn.clone(),
+            envelope,
+            binary,
+        }
+    }
+
     /// The message.
     pub fn envelope(&self) -> &Envelope {
         &self.envelope

@@ -291,9 +291,13 @@ impl RpcMethod {
             let parsed: Result<T, HandlerError> = if no_params {
                 serde_json::from_value(Value::Null).map_err(|e| invalid_params(&e.to_string(), ""))
             } else {
-                serde_path_to_error::deserialize(params).map_err(|e| {
-                    let path = e.path().to_string();
-                    invalid_params(&e.inner().to_string(), if path == "." { "" } else { &path })
+                // Params that fit (nearly all: they passed the schema) are read at full
+                // speed; the path is tracked only to explain the ones that do not.
+                T::deserialize(&params).or_else(|_| {
+                    serde_path_to_error::deserialize(&params).map_err(|e| {
+                        let path = e.path().to_string();
+                        invalid_params(&e.inner().to_string(), if path == "." { "" } else { &path })
+                    })
                 })
             };
             let fut = parsed.map(|p| handler.call(&cx, p));
@@ -529,7 +533,6 @@ struct CallPayload {
 pub(crate) struct Prepared {
     compiled: Arc<Compiled>,
     params: Value,
-    pub(crate) method: String,
 }
 
 /// Reads an `rpc` payload, finds the method, checks auth and the params. Cheap and
@@ -594,11 +597,7 @@ pub(crate) fn prepare(methods: &Methods, cx: &MessageContext) -> Result<Prepared
             .with_details(json!({ "errors": errors })));
         }
     }
-    Ok(Prepared {
-        method: m.name.clone(),
-        compiled,
-        params,
-    })
+    Ok(Prepared { compiled, params })
 }
 
 /// One validation error as `{path, reason}`; a missing or an unexpected property is
@@ -658,7 +657,19 @@ fn positional(m: &RpcMethod, items: Vec<Value>) -> Result<Value, HandlerError> {
     }
 }
 
+impl Compiled {
+    /// The method's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.method.name
+    }
+}
+
 impl Prepared {
+    /// The method, to answer the call once it ran.
+    pub(crate) fn method(&self) -> Arc<Compiled> {
+        self.compiled.clone()
+    }
+
     /// Runs the method.
     pub(crate) fn run(
         self,

@@ -45,8 +45,13 @@ async fn auth(server: Server, conn: Conn, env: Envelope) -> Result<Json<Value>, 
     }
 }
 
+/// `pong`, encoded once for the life of the program: clients ping often.
+const PONG: &str = r#"{"type":"pong","payload":{}}"#;
+
 async fn ping(conn: Conn) {
-    let _ = conn.send_message(types::PONG, &json!({}));
+    let _ = conn.push(crate::conn::Frame::Text(
+        axum::extract::ws::Utf8Bytes::from_static(PONG),
+    ));
 }
 
 #[derive(Deserialize)]
@@ -93,4 +98,23 @@ async fn leave_room(
     server.leave(&conn, &room);
     let members = server.inner.registry.room_size(&room);
     Ok(Json(json!({ "room_id": room, "members": members })))
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_proto::{Parts, Payload, encode_parts, types};
+
+    #[test]
+    fn the_prepared_pong_is_what_the_encoder_writes() {
+        let payload = Payload::empty();
+        let encoded = encode_parts(&Parts {
+            kind: types::PONG,
+            payload: payload.as_raw(),
+            ref_id: None,
+            room: None,
+            to: None,
+            from: None,
+        });
+        assert_eq!(super::PONG, encoded);
+    }
 }
