@@ -79,6 +79,15 @@ pub struct BenchArgs {
     /// The Redis for --nodes.
     #[arg(long)]
     pub redis: Option<String>,
+    /// Measure every target this many times, taking turns (floor, switchboard, floor,
+    /// ...), and report the medians: the machine's noise moves single runs a lot.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Run each server under this command, for profiling: `--wrap "valgrind
+    /// --tool=callgrind"`. Servers are then stopped with SIGTERM, so the profiler can
+    /// write its data.
+    #[arg(long)]
+    pub wrap: Option<String>,
 }
 
 /// The servers run by this process: spawns this binary or node.
@@ -86,21 +95,25 @@ struct ServerProc {
     child: Child,
     addr: SocketAddr,
     path: &'static str,
+    /// Run under a profiler: stop it gently.
+    wrapped: bool,
 }
 
 impl ServerProc {
-    fn spawn(program: &str, args: &[&str], path: &'static str) -> anyhow::Result<ServerProc> {
-        ServerProc::spawn_env(program, args, &[], path)
-    }
-
-    fn spawn_env(
+    fn spawn(
         program: &str,
         args: &[&str],
         envs: &[(&str, &str)],
         path: &'static str,
+        wrap: Option<&str>,
     ) -> anyhow::Result<ServerProc> {
-        let mut child = Command::new(program)
-            .args(args)
+        let mut words: Vec<&str> = wrap
+            .map(|w| w.split_whitespace().collect())
+            .unwrap_or_default();
+        words.push(program);
+        words.extend_from_slice(args);
+        let mut child = Command::new(words[0])
+            .args(&words[1..])
             .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -119,18 +132,25 @@ impl ServerProc {
             .and_then(|r| r.split(['/', ' ']).next())
             .ok_or_else(|| anyhow::anyhow!("{program}: unexpected first line {line:?}"))?
             .parse()?;
-        Ok(ServerProc { child, addr, path })
+        Ok(ServerProc {
+            child,
+            addr,
+            path,
+            wrapped: wrap.is_some(),
+        })
     }
 
-    fn start(target: Target, extra: &[&str]) -> anyhow::Result<ServerProc> {
-        ServerProc::start_env(target, extra, &[])
+    fn start(target: Target, extra: &[&str], args: &BenchArgs) -> anyhow::Result<ServerProc> {
+        ServerProc::start_env(target, extra, &[], args)
     }
 
     fn start_env(
         target: Target,
         extra: &[&str],
         envs: &[(&str, &str)],
+        bench: &BenchArgs,
     ) -> anyhow::Result<ServerProc> {
+        let wrap = bench.wrap.as_deref();
         let me = std::env::current_exe()?;
         let me = me.to_string_lossy().into_owned();
         match target {
@@ -147,13 +167,16 @@ impl ServerProc {
                     "0",
                 ];
                 args.extend_from_slice(extra);
-                ServerProc::spawn_env(&me, &args, envs, "/ws")
+                ServerProc::spawn(&me, &args, envs, "/ws", wrap)
             }
-            Target::Floor => ServerProc::spawn(&me, &["bench-floor", "--port", "0"], "/"),
+            Target::Floor => {
+                ServerProc::spawn(&me, &["bench-floor", "--port", "0"], &[], "/", wrap)
+            }
             Target::Socketio => {
                 let script = std::env::var("SOCKETIO_SERVER")
                     .unwrap_or_else(|_| "bench/socketio/server.mjs".to_owned());
-                ServerProc::spawn("node", &[&script], "/socket.io/?EIO=4&transport=websocket")
+                let path = "/socket.io/?EIO=4&transport=websocket";
+                ServerProc::spawn("node", &[&script], &[], path, wrap)
             }
         }
     }
@@ -190,6 +213,19 @@ impl ServerProc {
 
 impl Drop for ServerProc {
     fn drop(&mut self) {
+        if self.wrapped {
+            // SIGTERM, so that a profiler writes what it gathered.
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -344,6 +380,8 @@ struct Report {
     cpu: Duration,
     rss_delta: i64,
     note: String,
+    /// Which round of `--rounds` (1-based).
+    round: usize,
 }
 
 impl Report {
@@ -418,6 +456,7 @@ async fn round_trips(
         cpu: Duration::ZERO,
         rss_delta: 0,
         note: String::new(),
+        round: 0,
     };
     for h in handles {
         for (ops, hist) in h.await? {
@@ -522,6 +561,7 @@ async fn delivery_report(
         cpu,
         rss_delta: 0,
         note: String::new(),
+        round: 0,
     }
 }
 
@@ -728,14 +768,40 @@ async fn idle(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow::
         cpu: Duration::ZERO,
         rss_delta: rss1 as i64 - rss0 as i64,
         note: String::new(),
+        round: 0,
     })
 }
 
-fn print(scenario: Scenario, reports: &[Report]) {
-    let floor = reports
+impl Report {
+    /// Bytes of server memory per connection (idle).
+    fn per_connection(&self) -> f64 {
+        self.rss_delta as f64 / self.ops.max(1) as f64
+    }
+
+    fn cpu_per_op_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
+
+    /// The row's name: the target, and its round when there are several.
+    fn name(&self, rounds: bool) -> String {
+        if rounds {
+            format!("{:?} #{}", self.target, self.round)
+        } else {
+            format!("{:?}", self.target)
+        }
+    }
+}
+
+/// This report's rate over the floor's in the same round.
+fn ratio_to_floor(r: &Report, reports: &[Report]) -> Option<f64> {
+    reports
         .iter()
-        .find(|r| r.target == Target::Floor)
-        .map(Report::rate);
+        .find(|f| f.target == Target::Floor && f.round == r.round)
+        .map(|f| r.rate() / f.rate().max(1.0))
+}
+
+fn print(scenario: Scenario, reports: &[Report]) {
+    let rounds = reports.iter().any(|r| r.round > 1);
     println!();
     match scenario {
         Scenario::Idle => {
@@ -743,11 +809,11 @@ fn print(scenario: Scenario, reports: &[Report]) {
             println!("| --- | --- | --- | --- |");
             for r in reports {
                 println!(
-                    "| {:?} | {} | {:.1} MiB | {:.0} B |",
-                    r.target,
+                    "| {} | {} | {:.1} MiB | {:.0} B |",
+                    r.name(rounds),
                     r.ops,
                     r.rss_delta as f64 / 1048576.0,
-                    r.rss_delta as f64 / r.ops.max(1) as f64
+                    r.per_connection()
                 );
             }
         }
@@ -762,17 +828,74 @@ fn print(scenario: Scenario, reports: &[Report]) {
             println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
             for r in reports {
                 let ratio =
-                    floor.map_or("-".to_owned(), |f| format!("{:.2}x", r.rate() / f.max(1.0)));
+                    ratio_to_floor(r, reports).map_or("-".to_owned(), |x| format!("{x:.2}x"));
                 println!(
-                    "| {:?} | {:.0} | {} | {} us | {} us | {} us | {:.2} us | {} |",
-                    r.target,
+                    "| {} | {:.0} | {} | {} us | {} us | {} us | {:.2} us | {} |",
+                    r.name(rounds),
                     r.rate(),
                     ratio,
                     r.latency.percentile(0.5),
                     r.latency.percentile(0.99),
                     r.latency.percentile(0.999),
-                    r.cpu.as_secs_f64() * 1e6 / r.ops.max(1) as f64,
+                    r.cpu_per_op_us(),
                     r.note
+                );
+            }
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The medians over the rounds, per target; ratios are the median of each round's ratio.
+fn print_medians(scenario: Scenario, targets: &[Target], reports: &[Report]) {
+    println!();
+    match scenario {
+        Scenario::Idle => {
+            println!(
+                "| server (median of {} rounds) | per connection |",
+                reports.iter().map(|r| r.round).max().unwrap_or(0)
+            );
+            println!("| --- | --- |");
+            for &t in targets {
+                let mine: Vec<&Report> = reports.iter().filter(|r| r.target == t).collect();
+                let per = median(mine.iter().map(|r| r.per_connection()).collect());
+                println!("| {t:?} | {per:.0} B |");
+            }
+        }
+        _ => {
+            println!(
+                "| server (median of {} rounds) | rate | vs floor | p99 | server CPU per op |",
+                reports.iter().map(|r| r.round).max().unwrap_or(0)
+            );
+            println!("| --- | --- | --- | --- | --- |");
+            for &t in targets {
+                let mine: Vec<&Report> = reports.iter().filter(|r| r.target == t).collect();
+                let ratios: Vec<f64> = mine
+                    .iter()
+                    .filter_map(|r| ratio_to_floor(r, reports))
+                    .collect();
+                let ratio = if ratios.is_empty() {
+                    "-".to_owned()
+                } else {
+                    format!("{:.2}x", median(ratios))
+                };
+                println!(
+                    "| {t:?} | {:.0} | {ratio} | {:.0} us | {:.2} us |",
+                    median(mine.iter().map(|r| r.rate()).collect()),
+                    median(
+                        mine.iter()
+                            .map(|r| r.latency.percentile(0.99) as f64)
+                            .collect()
+                    ),
+                    median(mine.iter().map(|r| r.cpu_per_op_us()).collect()),
                 );
             }
         }
@@ -784,75 +907,95 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     if args.targets.is_empty() {
         args.targets = vec![Target::Floor, Target::Switchboard];
     }
+    if matches!(args.scenario, Scenario::Rooms) && args.targets.contains(&Target::Floor) {
+        eprintln!("(the floor has no rooms; skipped for `rooms`)");
+        args.targets.retain(|t| *t != Target::Floor);
+    }
+    let rounds = args.rounds.max(1);
     let mut reports = Vec::new();
-    for &target in &args.targets {
-        if matches!(args.scenario, Scenario::Rooms) && target == Target::Floor {
-            eprintln!("(the floor has no rooms; skipped for `rooms`)");
-            continue;
-        }
-        eprintln!(
-            "== {:?}: {:?}, {} connections",
-            args.scenario, target, args.connections
-        );
-        let report = match args.scenario {
-            Scenario::Echo | Scenario::Rpc => {
-                let server = ServerProc::start(target, &[])?;
-                let request = match (args.scenario, target) {
-                    (Scenario::Echo, Target::Switchboard) => Message::text(r#"{"type":"ping"}"#),
-                    (Scenario::Rpc, Target::Switchboard) => Message::text(
-                        r#"{"type":"rpc","ref":"1","payload":{"method":"echo","params":{"message":"hello"}}}"#,
-                    ),
-                    (_, Target::Socketio) => Message::text(r#"42["echo","hello"]"#),
-                    _ => Message::text(r#"{"type":"ping","payload":{"p":"hello"}}"#),
-                };
-                round_trips(
-                    target,
-                    &server,
-                    args.connections,
-                    args.tasks,
-                    args.duration,
-                    args.rate,
-                    request,
-                )
-                .await?
-            }
-            Scenario::Fanout => {
-                let mut servers = Vec::new();
-                if target == Target::Switchboard && args.nodes > 1 {
-                    let redis = args
-                        .redis
-                        .clone()
-                        .ok_or_else(|| anyhow::anyhow!("--nodes needs --redis"))?;
-                    for _ in 0..args.nodes {
-                        servers.push(ServerProc::start(target, &["--redis", &redis])?);
-                    }
+    for round in 1..=rounds {
+        for &target in &args.targets {
+            eprintln!(
+                "== {:?}: {:?}, {} connections{}",
+                args.scenario,
+                target,
+                args.connections,
+                if rounds > 1 {
+                    format!(" (round {round} of {rounds})")
                 } else {
-                    servers.push(ServerProc::start(target, &[])?);
+                    String::new()
                 }
-                let mut r = fanout(target, &servers, &args).await?;
-                if servers.len() > 1 {
-                    r.note = format!("{} nodes over Redis. {}", servers.len(), r.note);
-                }
-                r
-            }
-            Scenario::Rooms => {
-                let server = ServerProc::start(target, &[])?;
-                rooms(target, &server, &args).await?
-            }
-            Scenario::Idle => {
-                // switchboard's connections authenticate, as the budget says.
-                let server = ServerProc::start_env(
-                    target,
-                    &[],
-                    &[("SWITCHBOARD_PASSWORD", "bench-password")],
-                )?;
-                idle(target, &server, &args).await?
-            }
-        };
-        reports.push(report);
+            );
+            let mut report = measure(target, &args).await?;
+            report.round = round;
+            reports.push(report);
+        }
     }
     print(args.scenario, &reports);
+    if rounds > 1 {
+        print_medians(args.scenario, &args.targets, &reports);
+    }
     Ok(())
+}
+
+/// One measurement of one target: starts its server(s), drives them, stops them.
+async fn measure(target: Target, args: &BenchArgs) -> anyhow::Result<Report> {
+    Ok(match args.scenario {
+        Scenario::Echo | Scenario::Rpc => {
+            let server = ServerProc::start(target, &[], args)?;
+            let request = match (args.scenario, target) {
+                (Scenario::Echo, Target::Switchboard) => Message::text(r#"{"type":"ping"}"#),
+                (Scenario::Rpc, Target::Switchboard) => Message::text(
+                    r#"{"type":"rpc","ref":"1","payload":{"method":"echo","params":{"message":"hello"}}}"#,
+                ),
+                (_, Target::Socketio) => Message::text(r#"42["echo","hello"]"#),
+                _ => Message::text(r#"{"type":"ping","payload":{"p":"hello"}}"#),
+            };
+            round_trips(
+                target,
+                &server,
+                args.connections,
+                args.tasks,
+                args.duration,
+                args.rate,
+                request,
+            )
+            .await?
+        }
+        Scenario::Fanout => {
+            let mut servers = Vec::new();
+            if target == Target::Switchboard && args.nodes > 1 {
+                let redis = args
+                    .redis
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("--nodes needs --redis"))?;
+                for _ in 0..args.nodes {
+                    servers.push(ServerProc::start(target, &["--redis", &redis], args)?);
+                }
+            } else {
+                servers.push(ServerProc::start(target, &[], args)?);
+            }
+            let mut r = fanout(target, &servers, args).await?;
+            if servers.len() > 1 {
+                r.note = format!("{} nodes over Redis. {}", servers.len(), r.note);
+            }
+            r
+        }
+        Scenario::Rooms => {
+            let server = ServerProc::start(target, &[], args)?;
+            rooms(target, &server, args).await?
+        }
+        Scenario::Idle => {
+            // switchboard's connections authenticate, as the budget says.
+            let server = ServerProc::start_env(
+                target,
+                &[],
+                &[("SWITCHBOARD_PASSWORD", "bench-password")],
+                args,
+            )?;
+            idle(target, &server, args).await?
+        }
+    })
 }
 
 /// `switchboard bench-floor`: a bare tokio-tungstenite server with 4 KiB buffers. It
