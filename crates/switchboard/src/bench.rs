@@ -34,6 +34,9 @@ pub enum Scenario {
     Rooms,
     /// N idle connections (authenticated, each in a room): server memory per connection.
     Idle,
+    /// A broadcast storm while `--stalled` clients stop reading: server memory stays
+    /// bounded (the slow-consumer policy cuts them off), the others get everything.
+    Storm,
 }
 
 /// Which servers to run.
@@ -67,6 +70,12 @@ pub struct BenchArgs {
     /// Rooms (rooms scenario).
     #[arg(long, default_value_t = 10)]
     pub rooms: usize,
+    /// Clients that stop reading (storm scenario).
+    #[arg(long, default_value_t = 10)]
+    pub stalled: usize,
+    /// About how many bytes each broadcast message has (fanout, storm).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
     /// Total calls or messages per second to pace at (latency runs); 0 is as fast as possible.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
@@ -188,16 +197,7 @@ impl ServerProc {
     /// Resident memory (bytes) and CPU time (user + system) of the server process.
     fn usage(&self) -> (u64, Duration) {
         let pid = self.child.id();
-        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-            * 1024;
+        let rss = rss_of(pid);
         let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|s| {
@@ -209,6 +209,20 @@ impl ServerProc {
         // Linux reports CPU time in clock ticks of 1/100 s.
         (rss, Duration::from_millis(ticks * 10))
     }
+}
+
+/// A process's resident memory in bytes (0 if it cannot be read).
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
 }
 
 impl Drop for ServerProc {
@@ -445,7 +459,7 @@ async fn round_trips(
                     (ops, hist)
                 }
             });
-            futures_util::future::join_all(runs).await
+            drive(runs).await
         }));
     }
     let mut report = Report {
@@ -481,6 +495,11 @@ fn tick(target: Target, pad: &str) -> Message {
     }
 }
 
+/// The padding that makes a `tick` about `size` bytes on the wire.
+fn padding(size: usize) -> String {
+    "x".repeat(size.saturating_sub(48).max(1))
+}
+
 fn room_tick(target: Target, room: &str) -> Message {
     let t = now_us();
     match target {
@@ -491,13 +510,27 @@ fn room_tick(target: Target, room: &str) -> Message {
     }
 }
 
+/// Drives many futures in one task, polling only those that were woken (a plain
+/// `join_all` of a few dozen polls them all on every wake-up).
+async fn drive<F: std::future::Future>(runs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut runs: futures_util::stream::FuturesUnordered<F> = runs.into_iter().collect();
+    let mut done = Vec::with_capacity(runs.len());
+    while let Some(out) = runs.next().await {
+        done.push(out);
+    }
+    done
+}
+
+/// What the receivers of one task saw: latencies, and how many were cut off.
+type Received = (Histogram, u64);
+
 /// Receivers count deliveries and record latency until `expected` or the deadline.
 fn spawn_receivers(
     receivers: Vec<Ws>,
     tasks: usize,
     counter: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<Histogram>> {
+) -> Vec<tokio::task::JoinHandle<Received>> {
     let tasks = tasks.clamp(1, receivers.len().max(1));
     let mut groups: Vec<Vec<Ws>> = (0..tasks).map(|_| Vec::new()).collect();
     for (i, c) in receivers.into_iter().enumerate() {
@@ -512,6 +545,7 @@ fn spawn_receivers(
                     let (counter, stop) = (counter.clone(), stop.clone());
                     async move {
                         let mut hist = Histogram::new();
+                        let mut cut_off = 0;
                         while !stop.load(Ordering::Relaxed) {
                             let next = tokio::time::timeout(
                                 Duration::from_millis(100),
@@ -525,16 +559,20 @@ fn spawn_receivers(
                                         counter.fetch_add(1, Ordering::Relaxed);
                                     }
                                 }
-                                Ok(Err(_)) => break,
+                                Ok(Err(_)) => {
+                                    cut_off = 1;
+                                    break;
+                                }
                                 Err(_) => {}
                             }
                         }
-                        hist
+                        (hist, cut_off)
                     }
                 });
-                let mut total = Histogram::new();
-                for h in futures_util::future::join_all(runs).await {
-                    total.merge(&h);
+                let mut total = (Histogram::new(), 0);
+                for (h, cut) in drive(runs).await {
+                    total.0.merge(&h);
+                    total.1 += cut;
                 }
                 total
             })
@@ -547,12 +585,19 @@ async fn delivery_report(
     target: Target,
     counter: &AtomicU64,
     stop: &AtomicBool,
-    handles: Vec<tokio::task::JoinHandle<Histogram>>,
+    handles: Vec<tokio::task::JoinHandle<Received>>,
     seconds: f64,
     cpu: Duration,
 ) -> Report {
     stop.store(true, Ordering::Relaxed);
-    let latency = collect(handles).await;
+    let mut latency = Histogram::new();
+    let mut cut_off = 0;
+    for h in handles {
+        if let Ok((hist, cut)) = h.await {
+            latency.merge(&hist);
+            cut_off += cut;
+        }
+    }
     Report {
         target,
         ops: counter.load(Ordering::Relaxed),
@@ -560,19 +605,13 @@ async fn delivery_report(
         latency,
         cpu,
         rss_delta: 0,
-        note: String::new(),
+        note: if cut_off > 0 {
+            format!("{cut_off} receivers cut off. ")
+        } else {
+            String::new()
+        },
         round: 0,
     }
-}
-
-async fn collect(handles: Vec<tokio::task::JoinHandle<Histogram>>) -> Histogram {
-    let mut total = Histogram::new();
-    for h in handles {
-        if let Ok(hist) = h.await {
-            total.merge(&hist);
-        }
-    }
-    total
 }
 
 /// Waits until `counter` reaches `expected` or `limit` passes; returns when the last one came.
@@ -608,7 +647,7 @@ async fn fanout(
     let counter = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let handles = spawn_receivers(receivers, args.tasks, counter.clone(), stop.clone());
-    let pad = "x".repeat(16);
+    let pad = padding(args.size);
     let cpu0: Duration = servers.iter().map(|s| s.usage().1).sum();
     let start = Instant::now();
     let messages = args.messages as u64;
@@ -647,7 +686,7 @@ async fn fanout(
     )
     .await;
     if report.ops < expected {
-        report.note = format!("{} of {expected} delivered", report.ops);
+        report.note += &format!("{} of {expected} delivered", report.ops);
     }
     Ok(report)
 }
@@ -716,10 +755,124 @@ async fn rooms(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow:
         cpu,
     )
     .await;
-    report.note = format!("{} rooms x {per_room} members", args.rooms);
+    report.note += &format!("{} rooms x {per_room} members", args.rooms);
     if report.ops < expected {
         report.note += &format!("; {} of {expected} delivered", report.ops);
     }
+    Ok(report)
+}
+
+/// A broadcast storm with `--stalled` clients that never read: the readers' deliveries,
+/// the server's peak memory, and how the stalled clients were treated.
+async fn storm(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow::Result<Report> {
+    let n = args.connections;
+    let mut receivers = Vec::with_capacity(n);
+    for _ in 0..n {
+        receivers.push(connect(target, server, None).await?);
+    }
+    let mut stalled = Vec::with_capacity(args.stalled);
+    for _ in 0..args.stalled {
+        stalled.push(connect(target, server, None).await?);
+    }
+    let mut publisher = connect(target, server, None).await?;
+    if target == Target::Socketio {
+        publisher.send(Message::text(r#"42["publisher"]"#)).await?;
+    }
+    let (rss0, cpu0) = server.usage();
+    // Sample the server's memory through the storm.
+    let peak = Arc::new(AtomicU64::new(rss0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling, pid) = (peak.clone(), sampling.clone(), server.child.id());
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_of(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let counter = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = spawn_receivers(receivers, args.tasks, counter.clone(), stop.clone());
+    let pad = padding(args.size);
+    let start = Instant::now();
+    let messages = args.messages as u64;
+    let mut sent = 0u64;
+    let mut told = 0u64;
+    while sent < messages {
+        // At `--rate` (what the readers can take), else as fast as it goes.
+        let due = if args.rate > 0 {
+            ((start.elapsed().as_secs_f64() * args.rate as f64) as u64).clamp(sent + 1, messages)
+        } else {
+            (sent + 64).min(messages)
+        };
+        while sent < due {
+            publisher.feed(tick(target, &pad)).await?;
+            sent += 1;
+        }
+        publisher.flush().await?;
+        if args.rate > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if sent >= told + messages / 10 && messages >= 10_000 {
+            told = sent;
+            eprintln!("  {sent} of {messages} sent...");
+        }
+    }
+    let expected = messages * n as u64;
+    let end = wait_count(
+        &counter,
+        expected,
+        args.duration.max(Duration::from_secs(20)),
+    )
+    .await;
+    let cpu = server.usage().1.saturating_sub(cpu0);
+    let rss_end = server.usage().0;
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.join();
+    let mut report = delivery_report(
+        target,
+        &counter,
+        &stop,
+        handles,
+        end.duration_since(start).as_secs_f64(),
+        cpu,
+    )
+    .await;
+    // What each stalled client finds when it reads at last: everything (buffered
+    // without bound), or a close from the server. They read at once, for at most a
+    // few seconds after the last frame.
+    let verdicts = drive(stalled.into_iter().map(|mut ws| async move {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+                Err(_) => return "still open".to_owned(),
+                Ok(Some(Ok(Message::Close(Some(f))))) => {
+                    return format!("closed {}", u16::from(f.code));
+                }
+                Ok(Some(Ok(Message::Close(None)))) => return "closed".to_owned(),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => return "cut off".to_owned(),
+            }
+        }
+    }))
+    .await;
+    let mut closes: std::collections::BTreeMap<String, usize> = Default::default();
+    for verdict in verdicts {
+        *closes.entry(verdict).or_default() += 1;
+    }
+    let stalled: Vec<String> = closes.iter().map(|(v, k)| format!("{k} {v}")).collect();
+    report.rss_delta = peak.load(Ordering::Relaxed) as i64 - rss0 as i64;
+    report.note += &format!(
+        "peak server memory +{:.1} MiB (+{:.1} MiB at the end); stalled clients: {}{}",
+        report.rss_delta as f64 / 1048576.0,
+        (rss_end as i64 - rss0 as i64) as f64 / 1048576.0,
+        stalled.join(", "),
+        if report.ops < expected {
+            format!("; {} of {expected} delivered", report.ops)
+        } else {
+            String::new()
+        }
+    );
     Ok(report)
 }
 
@@ -819,7 +972,7 @@ fn print(scenario: Scenario, reports: &[Report]) {
         }
         _ => {
             let unit = match scenario {
-                Scenario::Fanout | Scenario::Rooms => "deliveries/s",
+                Scenario::Fanout | Scenario::Rooms | Scenario::Storm => "deliveries/s",
                 _ => "round trips/s",
             };
             println!(
@@ -984,6 +1137,10 @@ async fn measure(target: Target, args: &BenchArgs) -> anyhow::Result<Report> {
         Scenario::Rooms => {
             let server = ServerProc::start(target, &[], args)?;
             rooms(target, &server, args).await?
+        }
+        Scenario::Storm => {
+            let server = ServerProc::start(target, &[], args)?;
+            storm(target, &server, args).await?
         }
         Scenario::Idle => {
             // switchboard's connections authenticate, as the budget says.
