@@ -3,20 +3,20 @@
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use serde::Serialize;
 use switchboard_proto::{
     Dialect, Envelope, ErrorBody, ErrorCode, Parts, Payload, close_reason, encode_parts,
     error_frame,
 };
-use tokio::sync::Notify;
 
 use crate::config::SlowConsumerPolicy;
 use crate::server::ServerInner;
+use crate::transport::Utf8Bytes;
 use crate::util::{lock, now_ms};
 use crate::{ConnId, Identity, SendError, Server};
 
@@ -96,12 +96,15 @@ pub(crate) struct ConnShared {
     queue_len: usize,
     queue_bytes: usize,
     policy: SlowConsumerPolicy,
-    /// Wakes the writer: frames queued, or closing.
-    pub(crate) wake_writer: Notify,
-    /// Wakes the reader: stop reading, we are closing.
-    pub(crate) wake_reader: Notify,
-    /// Wakes a writer stuck on a slow socket: abort.
-    pub(crate) wake_abort: Notify,
+    /// The connection's task, woken when frames are queued or closing begins.
+    waker: AtomicWaker,
+    /// True while the task runs: it looks again before it sleeps when `dirty` is set,
+    /// so nothing needs to wake it.
+    polling: AtomicBool,
+    /// Something for the task happened (a frame queued, closing begun).
+    dirty: AtomicBool,
+    /// Set once closing has begun (the reader stops reading).
+    closing: AtomicBool,
     pub(crate) rooms: Mutex<RoomSet>,
     /// Who the client authenticated as; set once.
     identity: OnceLock<Arc<Identity>>,
@@ -164,9 +167,10 @@ impl Conn {
                 queue_len: config.outbound_queue.max(1),
                 queue_bytes: config.outbound_queue_bytes.max(1),
                 policy: config.slow_consumer,
-                wake_writer: Notify::new(),
-                wake_reader: Notify::new(),
-                wake_abort: Notify::new(),
+                waker: AtomicWaker::new(),
+                polling: AtomicBool::new(false),
+                dirty: AtomicBool::new(false),
+                closing: AtomicBool::new(false),
                 rooms: Mutex::new(RoomSet::default()),
                 identity: OnceLock::new(),
                 last_seen: AtomicU64::new(now_ms()),
@@ -387,8 +391,9 @@ impl Conn {
                         abort: true,
                         by_client: false,
                     });
+                    self.shared.closing.store(true, Ordering::Release);
                     drop(st);
-                    self.wake_all(true);
+                    self.wake();
                     return Err(SendError::Full);
                 }
             }
@@ -396,8 +401,41 @@ impl Conn {
         st.bytes += len;
         st.frames.push_back(frame);
         drop(st);
-        self.shared.wake_writer.notify_one();
+        self.wake();
         Ok(())
+    }
+
+    /// Wakes the connection's task, unless it is running (it then looks at the queue
+    /// and the closing state before it sleeps; see [`Conn::sleeping`]).
+    fn wake(&self) {
+        self.shared.dirty.store(true, Ordering::SeqCst);
+        if !self.shared.polling.load(Ordering::SeqCst) {
+            self.shared.waker.wake();
+        }
+    }
+
+    /// The connection's task starts a turn: nothing needs to wake it until
+    /// [`sleeping`](Conn::sleeping).
+    pub(crate) fn awake(&self, waker: &std::task::Waker) {
+        self.shared.waker.register(waker);
+        self.shared.polling.store(true, Ordering::SeqCst);
+        self.shared.dirty.store(false, Ordering::SeqCst);
+    }
+
+    /// The connection's task is about to sleep: false if something happened during its
+    /// turn (it must look again). Whatever happens after this wakes it.
+    pub(crate) fn sleeping(&self) -> bool {
+        self.shared.polling.store(false, Ordering::SeqCst);
+        if self.shared.dirty.swap(false, Ordering::SeqCst) {
+            self.shared.polling.store(true, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// True once closing has begun: the reader reads no more.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.shared.closing.load(Ordering::Acquire)
     }
 
     /// Starts closing; the first reason wins, except that an abort overrides a graceful close.
@@ -411,18 +449,10 @@ impl Conn {
             st.frames.clear();
             st.bytes = 0;
         }
-        let abort = closing.abort;
         st.closing = Some(closing);
+        self.shared.closing.store(true, Ordering::Release);
         drop(st);
-        self.wake_all(abort);
-    }
-
-    fn wake_all(&self, abort: bool) {
-        self.shared.wake_reader.notify_one();
-        self.shared.wake_writer.notify_one();
-        if abort {
-            self.shared.wake_abort.notify_one();
-        }
+        self.wake();
     }
 
     /// The reader has stopped: no more handlers will run for this connection.
@@ -432,8 +462,7 @@ impl Conn {
         if st.closing.is_none() {
             st.closing = Some(closing_if_none);
         }
-        drop(st);
-        self.shared.wake_writer.notify_one();
+        self.shared.closing.store(true, Ordering::Release);
     }
 
     /// Moves queued frames into `batch`, or says to wait or finish.

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 
-use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::json;
@@ -33,7 +33,7 @@ use crate::handler::{BoxFuture, HandlerResult};
 use crate::router::Route;
 use crate::rpc;
 use crate::server::{DisconnectReason, validate_room};
-use crate::transport::{self, ReadError, Sink, Stream};
+use crate::transport::{self, Message, ReadError, Ws, WsError};
 use crate::{ConnId, Identity, Server};
 
 /// What a connection does with the messages it reads.
@@ -49,12 +49,37 @@ pub(crate) enum Mode {
 struct Session {
     server: Server,
     conn: Conn,
-    sink: Sink,
-    stream: Stream,
+    ws: Ws,
     limiter: RateLimiter,
     mode: Mode,
     calls: Option<Calls>,
+    /// Work that holds up reading: the connect hooks, a handler that had to wait, the
+    /// calls still running when reading ended.
+    rest: Option<Rest>,
+    reading: Reading,
+    /// The socket had nothing the last time it was read: wait for its readiness.
+    read_blocked: bool,
+    /// Frames taken from the outbox and not yet handed to the socket.
+    batch: VecDeque<Frame>,
+    /// Frames were handed to the socket since the last flush.
+    unflushed: bool,
+    /// Whether the next text frame is the connection's first (dialect detection).
+    first_frame: bool,
+    /// The writer is done, gracefully; the reader has yet to finish.
+    finished: Option<Closing>,
 }
+
+/// Where reading is.
+enum Reading {
+    Open,
+    /// No more reading; finishing once `rest` is done (with the client's reason, if the
+    /// client ended it).
+    Draining(Option<Closing>),
+    Done,
+}
+
+/// How many messages one turn reads before it writes what they produced.
+const MESSAGES_PER_TURN: usize = 32;
 
 /// Runs one connection from its upgrade to its end.
 ///
@@ -66,7 +91,7 @@ struct Session {
 /// would stay in its state for good.) `tracked` counts it in the server's tasks.
 pub(crate) fn run(
     server: Server,
-    socket: WebSocket,
+    socket: Ws,
     remote: Option<SocketAddr>,
     mode: Mode,
     tracked: TaskTrackerToken,
@@ -86,13 +111,13 @@ pub(crate) fn run(
 /// connection was turned away.
 async fn open(
     server: Server,
-    socket: WebSocket,
+    socket: Ws,
     remote: Option<SocketAddr>,
     mode: Mode,
 ) -> Option<Session> {
     let inner = &server.inner;
     let config = &inner.config;
-    let (mut sink, mut stream) = socket.split();
+    let mut ws = socket;
     let dialect = match mode {
         Mode::Messages(d) => d,
         Mode::Echo => Dialect::Native,
@@ -108,8 +133,7 @@ async fn open(
             "connection refused: server full"
         );
         refuse(
-            &mut sink,
-            &mut stream,
+            &mut ws,
             who,
             None,
             ErrorCode::ServerFull,
@@ -124,7 +148,7 @@ async fn open(
     let must_authenticate =
         matches!(mode, Mode::Messages(_)) && config.auth_required && inner.auth.is_configured();
     let authenticated = if must_authenticate {
-        match authenticate(&server, who, remote, &mut sink, &mut stream, &mut limiter).await {
+        match authenticate(&server, who, remote, &mut ws, &mut limiter).await {
             Some(done) => Some(done),
             None => {
                 inner.admitted.fetch_sub(1, Ordering::AcqRel);
@@ -156,43 +180,264 @@ async fn open(
             let _ = conn.push(Frame::text(ack_ok(&r, result.as_deref())));
         }
     }
+    // The connect hooks run first, before the client's messages.
+    let hooks = (!inner.hooks.connect.is_empty()).then(|| connect_hooks(&server, &conn));
     Some(Session {
         server,
         conn,
-        sink,
-        stream,
+        ws,
         limiter,
         mode,
         calls: None,
+        rest: hooks,
+        reading: Reading::Open,
+        read_blocked: false,
+        batch: VecDeque::new(),
+        unflushed: false,
+        first_frame: true,
+        finished: None,
     })
 }
 
 impl Session {
-    /// Reads and dispatches, and writes from the outbox, until the connection closes.
+    /// Reads and handles messages, and writes from the outbox, until the connection
+    /// closes: one task, one loop, the socket unsplit. Each turn reads what has come
+    /// in (a bounded number of messages), then writes what that produced and whatever
+    /// else was queued, flushing once. Reading waits on the socket's readiness, so a
+    /// turn started by a queued frame costs no read attempt.
     async fn serve(&mut self) -> Closing {
-        let Session {
-            server,
-            conn,
-            sink,
-            stream,
-            limiter,
-            mode,
-            calls,
-        } = self;
-        let reader = read_loop(server, conn, stream, limiter, *mode, calls);
-        let writer = write_loop(conn, sink);
-        tokio::pin!(reader, writer);
-        tokio::select! {
-            closing = &mut writer => {
-                // A graceful finish happens only once the reader is done; an abort
-                // (slow consumer, dead socket, grace period over) drops an in-flight handler.
-                if !closing.abort {
-                    reader.await;
+        std::future::poll_fn(|cx| self.poll_serve(cx)).await
+    }
+
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Closing> {
+        self.conn.awake(cx.waker());
+        loop {
+            let read = self.poll_read(cx);
+            if let Poll::Ready(closing) = self.poll_write(cx) {
+                if closing.abort || matches!(self.reading, Reading::Done) {
+                    return Poll::Ready(closing);
                 }
-                closing
+                // A graceful finish waits for the reader: its last handler, its calls.
+                self.finished = Some(closing);
             }
-            () = &mut reader => writer.await,
+            if let (Some(_), Reading::Done) = (&self.finished, &self.reading) {
+                return Poll::Ready(self.finished.take().unwrap_or_else(|| lost("closed")));
+            }
+            if !read && self.conn.sleeping() {
+                return Poll::Pending;
+            }
+            self.conn.awake(cx.waker());
         }
+    }
+
+    /// Reads and handles up to a turn's worth of messages. True if it did something
+    /// (the caller then writes and comes back).
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        for _ in 0..MESSAGES_PER_TURN {
+            // A handler that has to wait (or the connect hooks, or the calls still
+            // running at the end) holds up reading: messages are handled in order.
+            if let Some(rest) = &mut self.rest {
+                match rest.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.rest = None;
+                        progress = true;
+                    }
+                    Poll::Pending => return progress,
+                }
+            }
+            match &self.reading {
+                Reading::Open => {}
+                Reading::Draining(_) => {
+                    // The calls have answered (or were cancelled): the reader is done.
+                    let end = match std::mem::replace(&mut self.reading, Reading::Done) {
+                        Reading::Draining(end) => end,
+                        _ => None,
+                    };
+                    self.conn
+                        .reader_finished(end.unwrap_or_else(|| lost("closed")));
+                    return true;
+                }
+                Reading::Done => return progress,
+            }
+            if self.conn.is_closing() {
+                self.stop_reading(None);
+                progress = true;
+                continue;
+            }
+            if self.read_blocked {
+                if self.ws.get_ref().poll_read_ready(cx).is_pending() {
+                    return progress;
+                }
+                self.read_blocked = false;
+            }
+            let next = match self.ws.poll_next_unpin(cx) {
+                Poll::Pending => {
+                    self.read_blocked = true;
+                    return progress;
+                }
+                Poll::Ready(next) => next,
+            };
+            progress = true;
+            self.conn.touch();
+            if let Some(end) = self.received(next) {
+                self.stop_reading(end);
+            }
+        }
+        progress
+    }
+
+    /// Handles one thing read from the socket; `Some` when reading ends (with the
+    /// reason when it is the client's doing).
+    fn received(&mut self, next: Option<Result<Message, WsError>>) -> Option<Option<Closing>> {
+        let (server, conn) = (&self.server, &self.conn);
+        let message = match next {
+            None => return Some(Some(lost("connection dropped"))),
+            Some(Err(e)) => {
+                let closing = read_error_closing(&e, server.config().max_message_size);
+                if closing.abort {
+                    return Some(Some(closing));
+                }
+                if closing.code == close::MESSAGE_TOO_BIG {
+                    let max = server.config().max_message_size;
+                    let body = ErrorBody::new(
+                        ErrorCode::MessageTooLarge,
+                        format!("a message may be at most {max} bytes"),
+                    );
+                    conn.close_with_error(closing, &body);
+                } else {
+                    conn.begin_close(closing);
+                }
+                return Some(None);
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = match frame {
+                    Some(f) => (u16::from(f.code), f.reason.to_string()),
+                    None => (1005, String::new()),
+                };
+                return Some(Some(Closing {
+                    code,
+                    reason,
+                    abort: false,
+                    by_client: true,
+                }));
+            }
+            // The socket library answers pings itself; a pong only proves life.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return None,
+            Some(Ok(m)) => m,
+        };
+        match self.limiter.admit() {
+            Admit::Yes => {}
+            Admit::No { first } => {
+                rate_limited(conn, &message, first, self.limiter.retry_after_ms());
+                return None;
+            }
+            Admit::Close => {
+                tracing::info!(conn = %conn.id(), "closing a client that keeps flooding");
+                conn.close(ErrorCode::RateLimited, "kept sending while rate limited");
+                return Some(None);
+            }
+        }
+        self.rest = match (self.mode, message) {
+            (Mode::Echo, Message::Text(text)) => {
+                let _ = conn.push(Frame::Text(text));
+                None
+            }
+            (Mode::Echo, Message::Binary(data)) => {
+                let _ = conn.push(Frame::Binary(data));
+                None
+            }
+            (_, Message::Text(text)) => {
+                let first = std::mem::take(&mut self.first_frame);
+                dispatch_text(server, conn, text.as_str(), &mut self.calls, first)
+            }
+            // Metafor's reference server answers anything it cannot read by echoing it.
+            (_, Message::Binary(data)) if conn.dialect() == Dialect::Metafor => {
+                let _ = conn.push(Frame::Binary(data));
+                None
+            }
+            (_, Message::Binary(data)) => dispatch_binary(server, conn, data),
+            _ => None,
+        };
+        None
+    }
+
+    /// Reading has ended (`end`: the client's doing, if it was). The client gone, its
+    /// calls' answers have nowhere to go; the server closing gracefully lets them answer.
+    fn stop_reading(&mut self, end: Option<Closing>) {
+        if let Some(calls) = &self.calls {
+            if end.as_ref().is_some_and(|c| c.by_client) {
+                calls.cancel.cancel();
+            } else {
+                let (slots, max) = (calls.semaphore.clone(), calls.max);
+                let drain = async move {
+                    let _ = slots.acquire_many(max).await;
+                };
+                // After the handler in flight, if any.
+                self.rest = Some(match self.rest.take() {
+                    Some(first) => Box::pin(async move {
+                        first.await;
+                        drain.await;
+                    }),
+                    None => Box::pin(drain),
+                });
+            }
+        }
+        self.reading = Reading::Draining(end);
+    }
+
+    /// Writes what is queued (moved out of the outbox in one go), then flushes once.
+    /// Ready when the connection is to close.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Closing> {
+        loop {
+            if self.batch.is_empty() {
+                match self.conn.take_batch(&mut self.batch) {
+                    WriterStep::Finish(closing) => return Poll::Ready(closing),
+                    WriterStep::Wait => return Poll::Pending,
+                    WriterStep::Write => {}
+                }
+            } else if self.conn.closing().is_some_and(|c| c.abort) {
+                // The client does not read: stop writing to it.
+                self.batch.clear();
+                continue;
+            }
+            if let Err(e) = self.write_batch(cx) {
+                self.batch.clear();
+                self.conn.begin_close(lost(format!("write failed: {e}")));
+                continue;
+            }
+            if !self.batch.is_empty() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Feeds the batch's frames and flushes; what the socket cannot take yet stays in
+    /// the batch (the socket wakes the task when it can).
+    fn write_batch(&mut self, cx: &mut Context<'_>) -> Result<(), WsError> {
+        let dialect = self.conn.dialect();
+        let id = if dialect == Dialect::Datadivr {
+            self.conn.id().to_string()
+        } else {
+            String::new()
+        };
+        while !self.batch.is_empty() {
+            if self.ws.poll_ready_unpin(cx)?.is_pending() {
+                return Ok(());
+            }
+            if let Some(msg) = self
+                .batch
+                .pop_front()
+                .and_then(|frame| transport::to_message(frame, dialect, &id))
+            {
+                self.ws.start_send_unpin(msg)?;
+                self.unflushed = true;
+            }
+        }
+        if self.unflushed && self.ws.poll_flush_unpin(cx)?.is_ready() {
+            self.unflushed = false;
+        }
+        Ok(())
     }
 
     /// The close handshake, unregistration and the disconnect hooks.
@@ -200,8 +445,7 @@ impl Session {
         let Session {
             server,
             conn,
-            mut sink,
-            mut stream,
+            mut ws,
             calls,
             ..
         } = self;
@@ -209,15 +453,8 @@ impl Session {
         let final_error = conn
             .take_final_error()
             .and_then(|e| localize(conn.dialect(), conn.id(), e));
-        finish(
-            &mut sink,
-            &mut stream,
-            &closing,
-            final_error,
-            inner.config.close_timeout,
-        )
-        .await;
-        drop((sink, stream));
+        finish(&mut ws, &closing, final_error, inner.config.close_timeout).await;
+        drop(ws);
         conn.mark_finished();
         if let Some(calls) = calls {
             // Calls still running have nobody to answer.
@@ -277,8 +514,7 @@ async fn authenticate(
     server: &Server,
     who: (Dialect, ConnId),
     remote: Option<SocketAddr>,
-    sink: &mut Sink,
-    stream: &mut Stream,
+    ws: &mut Ws,
     limiter: &mut RateLimiter,
 ) -> Option<(Identity, Option<String>)> {
     let inner = &server.inner;
@@ -296,32 +532,30 @@ async fn authenticate(
         let next = tokio::select! {
             () = tokio::time::sleep_until(deadline) => {
                 refuse(
-                sink,
-                stream,
+                ws,
                 who, None, ErrorCode::AuthTimeout, &timed_out(), limit).await;
                 return None;
             }
             () = inner.stop_accepting.cancelled() => {
                 refuse(
-                sink,
-                stream,
+                ws,
                 who, None, ErrorCode::ShuttingDown, "server shutting down", limit).await;
                 return None;
             }
-            next = stream.next() => next,
+            next = ws.next() => next,
         };
         let text = match next {
             None => return None,
             Some(Err(e)) => {
                 let closing = read_error_closing(&e, config.max_message_size);
-                finish(sink, stream, &closing, None, limit).await;
+                finish(ws, &closing, None, limit).await;
                 return None;
             }
             Some(Ok(Message::Close(_))) => {
-                finish(sink, stream, &lost("closed"), None, limit).await;
+                finish(ws, &lost("closed"), None, limit).await;
                 return None;
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Binary(_))) => None,
             Some(Ok(Message::Text(text))) => Some(text),
         };
@@ -339,8 +573,7 @@ async fn authenticate(
             Admit::Close => {
                 let msg = "too many messages before authenticating";
                 refuse(
-                    sink,
-                    stream,
+                    ws,
                     who,
                     ref_id.as_deref(),
                     ErrorCode::RateLimited,
@@ -362,8 +595,7 @@ async fn authenticate(
                 match checked.await {
                     Err(_) => {
                         refuse(
-                            sink,
-                            stream,
+                            ws,
                             who,
                             ref_id.as_deref(),
                             ErrorCode::AuthTimeout,
@@ -380,8 +612,7 @@ async fn authenticate(
                     Ok(Outcome::Rejected(message)) => {
                         tracing::info!(?remote, "authentication failed");
                         refuse(
-                            sink,
-                            stream,
+                            ws,
                             who,
                             ref_id.as_deref(),
                             ErrorCode::AuthFailed,
@@ -394,8 +625,7 @@ async fn authenticate(
                     Ok(Outcome::Throttled(wait)) => {
                         let msg = crate::auth::throttled_message(wait);
                         refuse(
-                            sink,
-                            stream,
+                            ws,
                             who,
                             ref_id.as_deref(),
                             ErrorCode::RateLimited,
@@ -417,7 +647,7 @@ async fn authenticate(
             continue;
         };
         if !matches!(
-            tokio::time::timeout(limit, sink.send(Message::Text(frame.into()))).await,
+            tokio::time::timeout(limit, ws.send(Message::Text(frame.into()))).await,
             Ok(Ok(()))
         ) {
             return None;
@@ -498,8 +728,7 @@ impl RateLimiter {
 
 /// Turns a connection away: an `error` frame, then a close with the code's close code.
 async fn refuse(
-    sink: &mut Sink,
-    stream: &mut Stream,
+    ws: &mut Ws,
     who: (Dialect, ConnId),
     ref_id: Option<&str>,
     code: ErrorCode,
@@ -517,7 +746,7 @@ async fn refuse(
         abort: false,
         by_client: false,
     };
-    finish(sink, stream, &closing, error, limit).await;
+    finish(ws, &closing, error, limit).await;
 }
 
 fn lost(reason: impl Into<String>) -> Closing {
@@ -531,7 +760,7 @@ fn lost(reason: impl Into<String>) -> Closing {
 
 /// How a read error ends the connection: the close code the RFC asks for, or a dropped
 /// connection when the socket itself failed.
-fn read_error_closing(err: &axum::Error, max_message_size: usize) -> Closing {
+fn read_error_closing(err: &WsError, max_message_size: usize) -> Closing {
     match transport::classify_read_error(err) {
         ReadError::TooLarge => Closing {
             code: close::MESSAGE_TOO_BIG,
@@ -570,117 +799,20 @@ fn truncate_reason(mut s: String) -> String {
     s
 }
 
-async fn read_loop(
-    server: &Server,
-    conn: &Conn,
-    stream: &mut Stream,
-    limiter: &mut RateLimiter,
-    mode: Mode,
-    calls: &mut Option<Calls>,
-) {
-    for hook in &server.inner.hooks.connect {
-        if AssertUnwindSafe(hook(conn.clone()))
-            .catch_unwind()
-            .await
-            .is_err()
-        {
-            tracing::error!(conn = %conn.id(), "a connect hook panicked");
-        }
-    }
-    let mut first_frame = true;
-    let end = loop {
-        if conn.closing().is_some() {
-            break None;
-        }
-        let next = tokio::select! {
-            biased;
-            () = conn.shared.wake_reader.notified() => continue,
-            next = stream.next() => next,
-        };
-        conn.touch();
-        let message = match next {
-            None => break Some(lost("connection dropped")),
-            Some(Err(e)) => {
-                let closing = read_error_closing(&e, server.config().max_message_size);
-                if closing.abort {
-                    break Some(closing);
-                }
-                if closing.code == close::MESSAGE_TOO_BIG {
-                    let max = server.config().max_message_size;
-                    let body = ErrorBody::new(
-                        ErrorCode::MessageTooLarge,
-                        format!("a message may be at most {max} bytes"),
-                    );
-                    conn.close_with_error(closing, &body);
-                } else {
-                    conn.begin_close(closing);
-                }
-                break None;
-            }
-            Some(Ok(Message::Close(frame))) => {
-                let (code, reason) = match frame {
-                    Some(f) => (f.code, f.reason.to_string()),
-                    None => (1005, String::new()),
-                };
-                break Some(Closing {
-                    code,
-                    reason,
-                    abort: false,
-                    by_client: true,
-                });
-            }
-            // The socket library answers pings itself; a pong only proves life.
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(m)) => m,
-        };
-        match limiter.admit() {
-            Admit::Yes => {}
-            Admit::No { first } => {
-                rate_limited(conn, &message, first, limiter.retry_after_ms());
-                continue;
-            }
-            Admit::Close => {
-                tracing::info!(conn = %conn.id(), "closing a client that keeps flooding");
-                conn.close(ErrorCode::RateLimited, "kept sending while rate limited");
-                break None;
+/// The connect hooks, in order, before the client's first message is handled.
+fn connect_hooks(server: &Server, conn: &Conn) -> Rest {
+    let (server, conn) = (server.clone(), conn.clone());
+    Box::pin(async move {
+        for hook in &server.inner.hooks.connect {
+            if AssertUnwindSafe(hook(conn.clone()))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!(conn = %conn.id(), "a connect hook panicked");
             }
         }
-        match (mode, message) {
-            (Mode::Echo, Message::Text(text)) => {
-                let _ = conn.push(Frame::Text(text));
-            }
-            (Mode::Echo, Message::Binary(data)) => {
-                let _ = conn.push(Frame::Binary(data));
-            }
-            (_, Message::Text(text)) => {
-                let first = std::mem::take(&mut first_frame);
-                if let Some(rest) = dispatch_text(server, conn, text.as_str(), calls, first) {
-                    rest.await;
-                }
-            }
-            // Metafor's reference server answers anything it cannot read by echoing it.
-            (_, Message::Binary(data)) if conn.dialect() == Dialect::Metafor => {
-                let _ = conn.push(Frame::Binary(data));
-            }
-            (_, Message::Binary(data)) => {
-                if let Some(rest) = dispatch_binary(server, conn, data) {
-                    rest.await;
-                }
-            }
-            _ => {}
-        }
-    };
-    if let Some(calls) = calls {
-        match &end {
-            // The client is gone: its calls' answers have nowhere to go.
-            Some(c) if c.by_client => calls.cancel.cancel(),
-            // The server is closing gracefully: let the calls answer first.
-            _ => {
-                let _ = calls.semaphore.acquire_many(calls.max).await;
-            }
-        }
-    }
-    conn.reader_finished(end.unwrap_or_else(|| lost("closed")));
+    })
 }
 
 /// The RPC calls of one connection: at most `max` run at once, each in its own task.
@@ -733,15 +865,18 @@ fn start_call(
             // instead of an unbounded backlog), unless the connection closes.
             let slots = calls.semaphore.clone();
             Some(Box::pin(async move {
-                let permit = tokio::select! {
-                    biased;
-                    () = cx.conn.shared.wake_reader.notified() => return,
-                    permit = slots.acquire_owned() => match permit {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                };
-                begin_call(cx, prepared, ref_id, permit, cancel);
+                let acquire = slots.acquire_owned();
+                tokio::pin!(acquire);
+                let permit = std::future::poll_fn(|task| {
+                    if cx.conn.is_closing() {
+                        return Poll::Ready(None);
+                    }
+                    acquire.as_mut().poll(task).map(Result::ok)
+                })
+                .await;
+                if let Some(permit) = permit {
+                    begin_call(cx, prepared, ref_id, permit, cancel);
+                }
             }))
         }
     }
@@ -842,79 +977,25 @@ fn rate_limited(conn: &Conn, message: &Message, first: bool, retry_after_ms: u64
     send_error(conn, ref_id.as_deref(), &body);
 }
 
-async fn write_loop(conn: &Conn, sink: &mut Sink) -> Closing {
-    let mut batch = VecDeque::new();
-    loop {
-        match conn.take_batch(&mut batch) {
-            WriterStep::Finish(closing) => return closing,
-            WriterStep::Wait => conn.shared.wake_writer.notified().await,
-            WriterStep::Write => {
-                let written = tokio::select! {
-                    biased;
-                    // Only an abort wakes this: the client is not reading; stop writing.
-                    () = conn.shared.wake_abort.notified() => {
-                        batch.clear();
-                        continue;
-                    }
-                    r = write_batch(conn, sink, &mut batch) => r,
-                };
-                if let Err(e) = written {
-                    batch.clear();
-                    conn.begin_close(lost(format!("write failed: {e}")));
-                }
-            }
-        }
-    }
-}
-
-/// Feeds every frame of the batch, then flushes once. Written with the sink's poll
-/// methods: its state is a few references, which every connection's task carries.
-async fn write_batch(
-    conn: &Conn,
-    sink: &mut Sink,
-    batch: &mut VecDeque<Frame>,
-) -> Result<(), axum::Error> {
-    let dialect = conn.dialect();
-    let id = if dialect == Dialect::Datadivr {
-        conn.id().to_string()
-    } else {
-        String::new()
-    };
-    std::future::poll_fn(|cx| {
-        while !batch.is_empty() {
-            std::task::ready!(sink.poll_ready_unpin(cx))?;
-            if let Some(msg) = batch
-                .pop_front()
-                .and_then(|frame| transport::to_message(frame, dialect, &id))
-            {
-                sink.start_send_unpin(msg)?;
-            }
-        }
-        sink.poll_flush_unpin(cx)
-    })
-    .await
-}
-
 /// Sends our close frame (unless the client closed first) and waits briefly for the
 /// client's answer so the TCP connection ends cleanly.
 async fn finish(
-    sink: &mut Sink,
-    stream: &mut Stream,
+    ws: &mut Ws,
     closing: &Closing,
     final_error: Option<String>,
     limit: std::time::Duration,
 ) {
     if closing.by_client {
         // Flushes the close reply the socket library queued.
-        let _ = tokio::time::timeout(limit, sink.close()).await;
+        let _ = tokio::time::timeout(limit, SinkExt::close(ws)).await;
         return;
     }
     if let Some(error) = final_error {
-        let _ = tokio::time::timeout(limit, sink.feed(Message::Text(error.into()))).await;
+        let _ = tokio::time::timeout(limit, ws.feed(Message::Text(error.into()))).await;
     }
     let sent = tokio::time::timeout(
         limit,
-        sink.send(transport::close_message(closing.code, &closing.reason)),
+        ws.send(transport::close_message(closing.code, &closing.reason)),
     )
     .await;
     let read_side_failed = matches!(
@@ -925,13 +1006,13 @@ async fn finish(
         // After a bad frame the socket library reads nothing more, and unread data left
         // in the kernel makes closing reset the connection, which would throw away our
         // close frame before the client reads it. Shut our side, then linger briefly.
-        let _ = tokio::time::timeout(limit, sink.close()).await;
+        let _ = tokio::time::timeout(limit, SinkExt::close(ws)).await;
         tokio::time::sleep(limit).await;
         return;
     }
     if matches!(sent, Ok(Ok(()))) {
         let _ = tokio::time::timeout(limit, async {
-            while let Some(Ok(msg)) = stream.next().await {
+            while let Some(Ok(msg)) = ws.next().await {
                 if matches!(msg, Message::Close(_)) {
                     break;
                 }
@@ -939,7 +1020,7 @@ async fn finish(
         })
         .await;
     }
-    let _ = tokio::time::timeout(limit, sink.close()).await;
+    let _ = tokio::time::timeout(limit, SinkExt::close(ws)).await;
 }
 
 fn send_error(conn: &Conn, ref_id: Option<&str>, error: &ErrorBody) {

@@ -50,7 +50,7 @@ const PONG: &str = r#"{"type":"pong","payload":{}}"#;
 
 async fn ping(conn: Conn) {
     let _ = conn.push(crate::conn::Frame::Text(
-        axum::extract::ws::Utf8Bytes::from_static(PONG),
+        crate::transport::Utf8Bytes::from_static(PONG),
     ));
 }
 

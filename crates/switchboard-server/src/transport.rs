@@ -1,21 +1,29 @@
-//! The WebSocket transport: the one module that knows the socket library (axum's
-//! WebSocket over tokio-tungstenite), so it can be swapped without touching the rest.
+//! The WebSocket transport: the one module that knows the socket library
+//! (tokio-tungstenite, on connections upgraded by hyper), so it can be swapped without
+//! touching the rest.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::State as AxumState;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::{Extensions, HeaderMap, StatusCode, header};
+use axum::extract::{Request, State as AxumState};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
-use futures_util::stream::{SplitSink, SplitStream};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+pub(crate) use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+pub(crate) use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -28,9 +36,6 @@ use crate::connection::Mode;
 
 /// How long a client has to finish its handshake (TLS, then the HTTP upgrade request).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub(crate) type Sink = SplitSink<WebSocket, Message>;
-pub(crate) type Stream = SplitStream<WebSocket>;
 
 pub(crate) fn router(server: Server) -> axum::Router {
     let path = server.config().path.clone();
@@ -126,59 +131,48 @@ async fn methods(AxumState(server): AxumState<Server>) -> Response {
     axum::Json(server.methods()).into_response()
 }
 
-async fn upgrade(
-    AxumState(server): AxumState<Server>,
-    ws: WebSocketUpgrade,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    extensions: Extensions,
-) -> Response {
-    let (ws, dialect) = match choose_dialect(&server, ws, uri.query()) {
-        Ok(chosen) => chosen,
-        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
-    };
-    accept(server, ws, &headers, &extensions, Mode::Messages(dialect))
-}
-
-/// The dialect a client asked for: `?dialect=` first, then a `switchboard.<dialect>`
-/// subprotocol, then the server's default.
-fn choose_dialect(
-    server: &Server,
-    ws: WebSocketUpgrade,
-    query: Option<&str>,
-) -> Result<(WebSocketUpgrade, Dialect), String> {
-    let asked = query.and_then(|q| {
+async fn upgrade(AxumState(server): AxumState<Server>, req: Request) -> Response {
+    let asked = req.uri().query().and_then(|q| {
         q.split('&')
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == "dialect")
-            .map(|(_, v)| v)
+            .map(|(_, v)| v.to_owned())
     });
+    let (dialect, subprotocol) = match choose_dialect(&server, asked.as_deref(), req.headers()) {
+        Ok(chosen) => chosen,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    };
+    accept(server, req, Mode::Messages(dialect), subprotocol)
+}
+
+/// The dialect a client asked for: `?dialect=` first, then a `switchboard.<dialect>`
+/// subprotocol (answered in the handshake), then the server's default.
+fn choose_dialect(
+    server: &Server,
+    asked: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(Dialect, Option<&'static str>), String> {
     if let Some(name) = asked {
-        return name.parse::<Dialect>().map(|d| (ws, d));
+        return name.parse::<Dialect>().map(|d| (d, None));
     }
-    let offered: Vec<Dialect> = ws
-        .requested_protocols()
+    let offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
         .filter_map(|h| h.to_str().ok())
         .flat_map(|h| h.split(','))
-        .filter_map(|p| {
+        .find_map(|p| {
             Dialect::ALL
                 .into_iter()
                 .find(|d| d.subprotocol() == p.trim())
-        })
-        .collect();
-    match offered.first() {
-        Some(d) => Ok((ws.protocols([d.subprotocol()]), *d)),
-        None => Ok((ws, server.config().default_dialect)),
-    }
+        });
+    Ok(match offered {
+        Some(d) => (d, Some(d.subprotocol())),
+        None => (server.config().default_dialect, None),
+    })
 }
 
-async fn upgrade_echo(
-    AxumState(server): AxumState<Server>,
-    ws: WebSocketUpgrade,
-    headers: HeaderMap,
-    extensions: Extensions,
-) -> Response {
-    accept(server, ws, &headers, &extensions, Mode::Echo)
+async fn upgrade_echo(AxumState(server): AxumState<Server>, req: Request) -> Response {
+    accept(server, req, Mode::Echo, None)
 }
 
 /// True if a browser page from this `Origin` may connect. Programs send no `Origin` and
@@ -197,13 +191,48 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
     }
 }
 
-fn accept(
-    server: Server,
-    ws: WebSocketUpgrade,
-    headers: &HeaderMap,
-    extensions: &Extensions,
-    mode: Mode,
-) -> Response {
+/// True if the header holds `token` in its comma-separated list (case-insensitive).
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Checks the upgrade request (RFC 6455 section 4.2.1) and answers it with 101; the
+/// connection then runs in a task of its own.
+fn accept(server: Server, mut req: Request, mode: Mode, subprotocol: Option<&str>) -> Response {
+    let headers = req.headers();
+    if !header_has(headers, header::CONNECTION, "upgrade") {
+        return (
+            StatusCode::BAD_REQUEST,
+            "a WebSocket endpoint: `Connection: upgrade` is missing",
+        )
+            .into_response();
+    }
+    if !header_has(headers, header::UPGRADE, "websocket") {
+        return (
+            StatusCode::BAD_REQUEST,
+            "a WebSocket endpoint: `Upgrade: websocket` is missing",
+        )
+            .into_response();
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Version: 13` is required",
+        )
+            .into_response();
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return (StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` is missing").into_response();
+    };
+    let accept_key = derive_accept_key(key.as_bytes());
     if server.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down").into_response();
     }
@@ -211,23 +240,174 @@ fn accept(
         tracing::info!(origin = ?headers.get(header::ORIGIN), "connection refused: origin not allowed");
         return (StatusCode::FORBIDDEN, "FORBIDDEN: origin not allowed").into_response();
     }
+    let remote = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    if req
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_none()
+    {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "this connection cannot be upgraded",
+        )
+            .into_response();
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
     // Counted before the upgrade so a shutdown waits for this connection too.
     let token = server.inner.tracker.token();
-    let remote = extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    let config = server.config();
-    ws.read_buffer_size(config.buffer_size)
+    let config = websocket_config(server.config());
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "the upgrade failed");
+                return;
+            }
+        };
+        let ws = websocket(upgraded, config).await;
+        // The connection gets a task of its own, holding only its own state; this one,
+        // which also holds what the upgrade took, ends here.
+        tokio::spawn(crate::connection::run(server, ws, remote, mode, token));
+    });
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept_key);
+    if let Some(p) = subprotocol {
+        response = response.header(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    response
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The socket library's settings: small buffers (frames wait in the connection's
+/// outbox, not in the socket's buffer), and the message size limit.
+fn websocket_config(config: &crate::ServerConfig) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(config.buffer_size)
         .write_buffer_size(config.buffer_size)
-        // Frames are queued in the connection's outbox; the socket buffer stays small.
         .max_write_buffer_size(config.buffer_size.max(config.max_message_size) * 2)
-        .max_message_size(config.max_message_size)
-        .max_frame_size(config.max_message_size)
-        .on_upgrade(move |socket| {
-            // The connection gets a task of its own that holds only its state: axum's
-            // upgrade task also keeps what it built the socket with, for as long as the
-            // callback's future runs. That task ends here.
-            tokio::spawn(crate::connection::run(server, socket, remote, mode, token));
-            std::future::ready(())
-        })
+        .max_message_size(Some(config.max_message_size))
+        .max_frame_size(Some(config.max_message_size))
+}
+
+/// The WebSocket over an upgraded connection. A plain TCP connection (the server's own
+/// listener, or axum's) is taken back from hyper, so reads go straight to the socket
+/// and can wait on its readiness; anything else (TLS) stays behind hyper's wrapper.
+async fn websocket(upgraded: hyper::upgrade::Upgraded, config: WebSocketConfig) -> Ws {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) if parts.read_buf.is_empty() => {
+            WebSocketStream::from_raw_socket(
+                Io::Tcp(parts.io.into_inner()),
+                Role::Server,
+                Some(config),
+            )
+            .await
+        }
+        Ok(parts) => {
+            // The client sent frames right behind its request: they come first.
+            WebSocketStream::from_partially_read(
+                Io::Tcp(parts.io.into_inner()),
+                parts.read_buf.to_vec(),
+                Role::Server,
+                Some(config),
+            )
+            .await
+        }
+        Err(upgraded) => {
+            WebSocketStream::from_raw_socket(
+                Io::Other(TokioIo::new(upgraded)),
+                Role::Server,
+                Some(config),
+            )
+            .await
+        }
+    }
+}
+
+/// A connection's WebSocket.
+pub(crate) type Ws = WebSocketStream<Io>;
+
+/// The byte stream under a WebSocket: a TCP socket, or hyper's upgraded connection.
+pub(crate) enum Io {
+    Tcp(TcpStream),
+    Other(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+impl Io {
+    /// Ready when a read may find data: always, unless this is a TCP socket that the
+    /// kernel says has nothing (then the task is woken when it has). Lets the
+    /// connection skip asking the WebSocket layer for a frame that cannot be there.
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            // An error is for the read itself to report.
+            Io::Tcp(tcp) => tcp.poll_read_ready(cx).map(|_| ()),
+            Io::Other(_) => Poll::Ready(()),
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_read(cx, buf),
+            Io::Other(o) => Pin::new(o).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_write(cx, buf),
+            Io::Other(o) => Pin::new(o).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_flush(cx),
+            Io::Other(o) => Pin::new(o).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_shutdown(cx),
+            Io::Other(o) => Pin::new(o).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+            Io::Other(o) => Pin::new(o).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Tcp(t) => t.is_write_vectored(),
+            Io::Other(o) => o.is_write_vectored(),
+        }
+    }
 }
 
 /// The frame as this client reads it: native text is translated into its dialect
@@ -248,7 +428,7 @@ pub(crate) fn to_message(frame: Frame, dialect: Dialect, client_id: &str) -> Opt
 
 pub(crate) fn close_message(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
-        code,
+        code: code.into(),
         reason: reason.into(),
     }))
 }
@@ -265,26 +445,17 @@ pub(crate) enum ReadError {
     Lost(String),
 }
 
-pub(crate) fn classify_read_error(err: &axum::Error) -> ReadError {
-    use std::error::Error as _;
-    use tokio_tungstenite::tungstenite::Error as WsError;
+pub(crate) fn classify_read_error(err: &WsError) -> ReadError {
     use tokio_tungstenite::tungstenite::error::ProtocolError;
-    let mut source = err.source();
-    while let Some(e) = source {
-        if let Some(ws) = e.downcast_ref::<WsError>() {
-            return match ws {
-                WsError::Capacity(_) => ReadError::TooLarge,
-                WsError::Utf8(_) => ReadError::InvalidUtf8,
-                WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-                    ReadError::Lost("connection reset without a close frame".into())
-                }
-                WsError::Protocol(p) => ReadError::Protocol(p.to_string()),
-                other => ReadError::Lost(other.to_string()),
-            };
+    match err {
+        WsError::Capacity(_) => ReadError::TooLarge,
+        WsError::Utf8(_) => ReadError::InvalidUtf8,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            ReadError::Lost("connection reset without a close frame".into())
         }
-        source = e.source();
+        WsError::Protocol(p) => ReadError::Protocol(p.to_string()),
+        other => ReadError::Lost(other.to_string()),
     }
-    ReadError::Lost(err.to_string())
 }
 
 #[cfg(test)]
