@@ -393,7 +393,21 @@ impl Session {
             if self.batch.is_empty() {
                 match self.conn.take_batch(&mut self.batch) {
                     WriterStep::Finish(closing) => return Poll::Ready(closing),
-                    WriterStep::Wait => return Poll::Pending,
+                    WriterStep::Wait => {
+                        // A flush the socket could not take at once is finished here.
+                        if self.unflushed {
+                            match self.ws.poll_flush_unpin(cx) {
+                                Poll::Ready(Ok(())) => self.unflushed = false,
+                                Poll::Ready(Err(e)) => {
+                                    self.unflushed = false;
+                                    self.conn.begin_close(lost(format!("write failed: {e}")));
+                                    continue;
+                                }
+                                Poll::Pending => {}
+                            }
+                        }
+                        return Poll::Pending;
+                    }
                     WriterStep::Write => {}
                 }
             } else if self.conn.closing().is_some_and(|c| c.abort) {

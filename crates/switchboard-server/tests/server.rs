@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use switchboard_server::{
     Conn, ConnId, DisconnectReason, Filter, Json, Server, ServerConfig, SlowConsumerPolicy, State,
 };
-use switchboard_test::{RawClient, TIMEOUT, TestServer};
+use switchboard_test::{RawClient, TIMEOUT, TestServer, WireClient};
 use tokio::sync::{Notify, mpsc};
 
 #[derive(Clone, Default)]
@@ -725,5 +725,64 @@ async fn a_reply_bigger_than_the_outbound_byte_limit_still_arrives() {
     let r = c.roundtrip(json!({"type":"big","ref":"b"})).await;
     assert_eq!(r["payload"]["result"].as_str().unwrap().len(), 10_000);
     assert!(c.nothing_pending().await);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_pauses_reading_gets_every_message_when_it_reads_again() {
+    // More than the socket buffers on both sides hold, less than the outbound queue's
+    // bound: the server keeps what the socket cannot take, and delivers all of it (the
+    // last frames too, which wait for the socket to drain) once the client reads.
+    let s = TestServer::with(|b| {
+        b.config(ServerConfig {
+            outbound_queue: 100_000,
+            outbound_queue_bytes: 256 << 20,
+            ..TestServer::config()
+        })
+    })
+    .await;
+    let mut paused = WireClient::connect(s.addr).await;
+    assert_eq!(paused.recv().await["type"], "connected");
+    let blob = "z".repeat(4000);
+    let n = 8000; // about 32 MB
+    for i in 0..n {
+        s.server
+            .broadcast("burst", &json!({"i": i, "blob": blob}))
+            .unwrap();
+        if i % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for i in 0..n {
+        let m = tokio::time::timeout(TIMEOUT, paused.recv())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} of {n} never came"));
+        assert_eq!(m["type"], "burst");
+        assert_eq!(m["payload"]["i"], i);
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_reply_bigger_than_the_socket_buffers_arrives_whole() {
+    // The socket takes part of it; the rest waits in the socket library's buffer and
+    // must be flushed when the socket drains, though nothing else is queued then.
+    let s = TestServer::with(|b| {
+        b.config(ServerConfig {
+            max_message_size: 32 << 20,
+            ..TestServer::config()
+        })
+        .on("big", || async {
+            Json(json!({"blob": "b".repeat(12 << 20)}))
+        })
+    })
+    .await;
+    let mut c = s.raw().await;
+    let reply = c.roundtrip(json!({"type": "big"})).await;
+    assert_eq!(reply["type"], "big_response");
+    assert_eq!(
+        reply["payload"]["blob"].as_str().map(str::len),
+        Some(12 << 20)
+    );
     s.stop().await;
 }
