@@ -427,20 +427,23 @@ async fn round_trips(
     let deadline = start + duration;
     let per_conn_interval = (rate > 0).then(|| Duration::from_secs_f64(n as f64 / rate as f64));
     let tasks = tasks.clamp(1, n.max(1));
-    let mut groups: Vec<Vec<Ws>> = (0..tasks).map(|_| Vec::new()).collect();
+    // At a fixed rate, connection i starts i/n of an interval in: the calls arrive
+    // spread out, not all connections at once.
+    let mut groups: Vec<Vec<(Ws, Instant)>> = (0..tasks).map(|_| Vec::new()).collect();
     for (i, c) in conns.into_iter().enumerate() {
-        groups[i % tasks].push(c);
+        let phase = per_conn_interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / n as f64));
+        groups[i % tasks].push((c, start + phase));
     }
     let mut handles = Vec::new();
     for group in groups {
         let request = request.clone();
         handles.push(tokio::spawn(async move {
-            let runs = group.into_iter().map(|mut ws| {
+            let runs = group.into_iter().map(|(mut ws, first)| {
                 let request = request.clone();
                 async move {
                     let mut hist = Histogram::new();
                     let mut ops = 0u64;
-                    let mut next_send = Instant::now();
+                    let mut next_send = first;
                     while Instant::now() < deadline {
                         if let Some(iv) = per_conn_interval {
                             tokio::time::sleep_until(next_send.into()).await;
