@@ -40,7 +40,7 @@
 //!     .build();
 //! ```
 
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -202,9 +202,20 @@ rpc_handler!(E1, E2, E3, E4);
 rpc_handler!(E1, E2, E3, E4, E5);
 
 /// Type-erased method body: validated params in, encoded result or error out.
-type Call = dyn Fn(MessageContext, Value) -> BoxFuture<'static, Result<Box<RawValue>, HandlerError>>
+type Call = dyn Fn(MessageContext, Params) -> BoxFuture<'static, Result<Box<RawValue>, HandlerError>>
     + Send
     + Sync;
+
+/// Reads params straight from their JSON text into the method's type; `None` if they
+/// do not fit (the slow path then says why).
+type ParseRaw = dyn Fn(&str) -> Option<Box<dyn Any + Send>> + Send + Sync;
+
+/// A call's params, checked: as a JSON tree (validated against the schema), or already
+/// read into the method's parameter type (the fast path).
+pub(crate) enum Params {
+    Json(Value),
+    Typed(Box<dyn Any + Send>),
+}
 
 /// Checks the extractors a method asks for before it runs.
 type Precheck = dyn Fn(&MessageContext) -> Result<(), HandlerError> + Send + Sync;
@@ -238,6 +249,9 @@ pub struct RpcMethod {
     fields: Option<&'static [&'static str]>,
     no_params: bool,
     call: Arc<Call>,
+    /// Set when the params schema asks nothing that deserializing the parameter type
+    /// does not check too: such params are read straight from the text.
+    parse_raw: Option<Arc<ParseRaw>>,
     precheck: Arc<Precheck>,
 }
 
@@ -287,7 +301,32 @@ impl RpcMethod {
             .get("description")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let call: Arc<Call> = Arc::new(move |cx: MessageContext, params: Value| {
+        let parse_raw: Option<Arc<ParseRaw>> = (!no_params && serde_checks_all(&params_schema))
+            .then(|| {
+                Arc::new(|text: &str| {
+                    serde_json::from_str::<T>(text)
+                        .ok()
+                        .map(|t| Box::new(t) as Box<dyn Any + Send>)
+                }) as Arc<ParseRaw>
+            });
+        let call: Arc<Call> = Arc::new(move |cx: MessageContext, params: Params| {
+            let params = match params {
+                Params::Typed(typed) => {
+                    return match typed.downcast::<T>() {
+                        Ok(p) => {
+                            let fut = handler.call(&cx, *p);
+                            Box::pin(async move {
+                                let result = fut.await.into_rpc_result()?;
+                                encode_result(&result)
+                            })
+                        }
+                        Err(_) => Box::pin(std::future::ready(Err(HandlerError::internal(
+                            "params of the wrong type",
+                        )))),
+                    };
+                }
+                Params::Json(v) => v,
+            };
             let parsed: Result<T, HandlerError> = if no_params {
                 serde_json::from_value(Value::Null).map_err(|e| invalid_params(&e.to_string(), ""))
             } else {
@@ -303,8 +342,7 @@ impl RpcMethod {
             let fut = parsed.map(|p| handler.call(&cx, p));
             Box::pin(async move {
                 let result = fut?.await.into_rpc_result()?;
-                serde_json::value::to_raw_value(&result)
-                    .map_err(|e| HandlerError::internal(format!("the result did not encode: {e}")))
+                encode_result(&result)
             })
         });
         RpcMethod {
@@ -316,6 +354,7 @@ impl RpcMethod {
             fields: struct_fields::<T>(),
             no_params,
             call,
+            parse_raw,
             precheck: Arc::new(A::check),
         }
     }
@@ -336,6 +375,67 @@ impl RpcMethod {
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+fn encode_result<T: Serialize>(result: &T) -> Result<Box<RawValue>, HandlerError> {
+    serde_json::value::to_raw_value(result)
+        .map_err(|e| HandlerError::internal(format!("the result did not encode: {e}")))
+}
+
+/// True if a params schema asks nothing that deserializing the type does not check
+/// too: structure and types only (`type`, `properties`, `required`,
+/// `additionalProperties`, `items`, `anyOf`/`oneOf`/`allOf`, `$ref` into `$defs`), and
+/// integer formats with their type's own bounds. Lengths, ranges, patterns, string
+/// formats, enums and anything unknown make it false: then every call is validated.
+fn serde_checks_all(schema: &Value) -> bool {
+    let all = |v: &Value| match v {
+        Value::Array(items) => items.iter().all(serde_checks_all),
+        Value::Object(map) => map.values().all(serde_checks_all),
+        _ => false,
+    };
+    let map = match schema {
+        Value::Bool(_) => return true,
+        Value::Object(map) => map,
+        _ => return false,
+    };
+    let bounds = map
+        .get("format")
+        .and_then(Value::as_str)
+        .and_then(integer_bounds);
+    map.iter().all(|(key, v)| match key.as_str() {
+        "type" | "required" | "description" | "title" | "default" | "examples" | "deprecated"
+        | "readOnly" | "writeOnly" | "$schema" | "$id" => true,
+        "$ref" => v.as_str().is_some_and(|r| r.starts_with("#/")),
+        "properties" | "$defs" | "definitions" => v.is_object() && all(v),
+        "items" | "anyOf" | "oneOf" | "allOf" => {
+            if v.is_array() {
+                all(v)
+            } else {
+                serde_checks_all(v)
+            }
+        }
+        "additionalProperties" => serde_checks_all(v),
+        "format" => bounds.is_some(),
+        "minimum" => bounds.is_some_and(|(lo, _)| v.as_f64() == Some(lo)),
+        "maximum" => bounds.is_some_and(|(_, hi)| hi.is_some() && v.as_f64() == hi),
+        _ => false,
+    })
+}
+
+/// The bounds an integer format's Rust type has anyway (serde refuses what is outside).
+fn integer_bounds(format: &str) -> Option<(f64, Option<f64>)> {
+    Some(match format {
+        "uint8" => (0.0, Some(f64::from(u8::MAX))),
+        "uint16" => (0.0, Some(f64::from(u16::MAX))),
+        "uint32" => (0.0, Some(f64::from(u32::MAX))),
+        "uint64" | "uint128" | "uint" => (0.0, None),
+        "int8" => (f64::from(i8::MIN), Some(f64::from(i8::MAX))),
+        "int16" => (f64::from(i16::MIN), Some(f64::from(i16::MAX))),
+        "int32" => (f64::from(i32::MIN), Some(f64::from(i32::MAX))),
+        "int64" | "int128" | "int" => (f64::MIN, None),
+        "float" | "double" => (f64::MIN, None),
+        _ => return None,
+    })
 }
 
 /// The extractor arguments of an [`RpcHandler`], checked before the method runs so a
@@ -529,26 +629,29 @@ struct CallPayload {
     params: Option<Value>,
 }
 
+/// The `payload` of an `rpc` message, borrowed from its text (the fast path).
+#[derive(Deserialize)]
+struct CallText<'a> {
+    #[serde(borrow)]
+    method: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+}
+
 /// A parsed call: the method, and the params checked against its schema.
 pub(crate) struct Prepared {
     compiled: Arc<Compiled>,
-    params: Value,
+    params: Params,
 }
 
-/// Reads an `rpc` payload, finds the method, checks auth and the params. Cheap and
-/// synchronous: the connection's reader runs it before spawning the call.
-pub(crate) fn prepare(methods: &Methods, cx: &MessageContext) -> Result<Prepared, HandlerError> {
-    let call: CallPayload = cx
-        .envelope
-        .payload
-        .deserialize()
-        .map_err(|e| HandlerError::invalid_payload(&e))?;
-    let compiled = methods.get(&call.method).ok_or_else(|| {
+/// The method named `name`, if this client may call it.
+fn find(methods: &Methods, name: &str, cx: &MessageContext) -> Result<Arc<Compiled>, HandlerError> {
+    let compiled = methods.get(name).ok_or_else(|| {
         HandlerError::code_of(
             ErrorCode::UnknownMethod,
-            format!("no method `{}` (call `listall` for the list)", call.method),
+            format!("no method `{name}` (call `listall` for the list)"),
         )
-        .with_details(json!({"method": call.method}))
+        .with_details(json!({"method": name}))
     })?;
     let m = &compiled.method;
     if m.requires_auth && !cx.conn.is_authenticated() {
@@ -558,6 +661,39 @@ pub(crate) fn prepare(methods: &Methods, cx: &MessageContext) -> Result<Prepared
         ));
     }
     (m.precheck)(cx)?;
+    Ok(compiled)
+}
+
+/// Reads an `rpc` payload, finds the method, checks auth and the params. Cheap and
+/// synchronous: the connection's reader runs it before spawning the call.
+pub(crate) fn prepare(methods: &Methods, cx: &MessageContext) -> Result<Prepared, HandlerError> {
+    // The fast path: named params whose schema asks nothing that deserializing does not
+    // check are read straight from the text into the method's type. Anything else, and
+    // anything that does not fit, takes the general path below, which explains errors.
+    if let Ok(call) = serde_json::from_str::<CallText<'_>>(cx.envelope.payload.get()) {
+        let compiled = find(methods, &call.method, cx)?;
+        if let Some(parse) = &compiled.method.parse_raw {
+            let params = match call.params.map(RawValue::get) {
+                None | Some("null") => "{}",
+                Some(text) => text,
+            };
+            if params.starts_with('{') {
+                if let Some(typed) = parse(params) {
+                    return Ok(Prepared {
+                        compiled,
+                        params: Params::Typed(typed),
+                    });
+                }
+            }
+        }
+    }
+    let call: CallPayload = cx
+        .envelope
+        .payload
+        .deserialize()
+        .map_err(|e| HandlerError::invalid_payload(&e))?;
+    let compiled = find(methods, &call.method, cx)?;
+    let m = &compiled.method;
     let params = match call.params {
         None | Some(Value::Null) => Value::Object(Default::default()),
         Some(Value::Array(items)) => positional(m, items)?,
@@ -597,7 +733,10 @@ pub(crate) fn prepare(methods: &Methods, cx: &MessageContext) -> Result<Prepared
             .with_details(json!({ "errors": errors })));
         }
     }
-    Ok(Prepared { compiled, params })
+    Ok(Prepared {
+        compiled,
+        params: Params::Json(params),
+    })
 }
 
 /// One validation error as `{path, reason}`; a missing or an unexpected property is
@@ -695,6 +834,87 @@ mod tests {
         assert_eq!(struct_fields::<Two>(), Some(&["a", "b"][..]));
         assert_eq!(struct_fields::<(i64, i64)>(), None);
         assert_eq!(struct_fields::<Value>(), None);
+    }
+
+    fn schema_of<T: JsonSchema>() -> Value {
+        schema_value(
+            SchemaSettings::default()
+                .for_deserialize()
+                .into_generator()
+                .into_root_schema_for::<T>(),
+        )
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Plain {
+        name: String,
+        count: u8,
+        big: u64,
+        signed: i32,
+        ratio: f64,
+        tags: Vec<String>,
+        nick: Option<String>,
+        inner: Two,
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Strict {
+        a: i64,
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Bounded {
+        #[schemars(range(min = 0, max = 150))]
+        age: u8,
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Long {
+        #[schemars(length(min = 3))]
+        name: String,
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Mail {
+        #[schemars(email)]
+        to: String,
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    enum Color {
+        Red,
+        Blue,
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Painted {
+        color: Color,
+    }
+
+    #[test]
+    fn only_schemas_that_deserializing_checks_take_the_fast_path() {
+        assert!(serde_checks_all(&schema_of::<Two>()));
+        assert!(serde_checks_all(&schema_of::<Plain>()));
+        assert!(serde_checks_all(&schema_of::<Strict>()));
+        // What serde would not check: a narrower range, a length, a format, an enum.
+        assert!(!serde_checks_all(&schema_of::<Bounded>()));
+        assert!(!serde_checks_all(&schema_of::<Long>()));
+        assert!(!serde_checks_all(&schema_of::<Mail>()));
+        assert!(!serde_checks_all(&schema_of::<Painted>()));
+        assert!(!serde_checks_all(
+            &json!({"type": "string", "pattern": "^a"})
+        ));
+        assert!(!serde_checks_all(
+            &json!({"type": "object", "x-unknown": 1})
+        ));
     }
 
     #[test]
