@@ -425,29 +425,28 @@ async fn round_trips(
     let (_, cpu0) = server.usage();
     let start = Instant::now();
     let deadline = start + duration;
-    let per_conn_interval = (rate > 0).then(|| Duration::from_secs_f64(n as f64 / rate as f64));
+    let pace = (rate > 0).then(|| Pacer::start(rate, deadline));
     let tasks = tasks.clamp(1, n.max(1));
-    // At a fixed rate, connection i starts i/n of an interval in: the calls arrive
-    // spread out, not all connections at once.
-    let mut groups: Vec<Vec<(Ws, Instant)>> = (0..tasks).map(|_| Vec::new()).collect();
+    let mut groups: Vec<Vec<Ws>> = (0..tasks).map(|_| Vec::new()).collect();
     for (i, c) in conns.into_iter().enumerate() {
-        let phase = per_conn_interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / n as f64));
-        groups[i % tasks].push((c, start + phase));
+        groups[i % tasks].push(c);
     }
     let mut handles = Vec::new();
     for group in groups {
         let request = request.clone();
+        let tokens = pace.as_ref().map(|p| p.tokens.clone());
         handles.push(tokio::spawn(async move {
-            let runs = group.into_iter().map(|(mut ws, first)| {
-                let request = request.clone();
+            let runs = group.into_iter().map(|mut ws| {
+                let (request, tokens) = (request.clone(), tokens.clone());
                 async move {
                     let mut hist = Histogram::new();
                     let mut ops = 0u64;
-                    let mut next_send = first;
                     while Instant::now() < deadline {
-                        if let Some(iv) = per_conn_interval {
-                            tokio::time::sleep_until(next_send.into()).await;
-                            next_send += iv;
+                        if let Some(tokens) = &tokens {
+                            match tokens.acquire().await {
+                                Ok(permit) => permit.forget(),
+                                Err(_) => break,
+                            }
                         }
                         let sent = Instant::now();
                         if ws.send(request.clone()).await.is_err()
@@ -483,7 +482,51 @@ async fn round_trips(
     }
     report.seconds = start.elapsed().as_secs_f64();
     report.cpu = server.usage().1.saturating_sub(cpu0);
+    drop(pace);
     Ok(report)
+}
+
+/// Paces requests at a fixed rate: a thread hands out send tokens every 100 us (tokio's
+/// timers tick by the millisecond, which would send each millisecond's requests in one
+/// burst, and measure the burst's queueing rather than the server). Connections wait
+/// for a token, send, and wait for the answer; latency counts from the send.
+struct Pacer {
+    tokens: Arc<tokio::sync::Semaphore>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pacer {
+    fn start(rate: u64, deadline: Instant) -> Pacer {
+        let tokens = Arc::new(tokio::sync::Semaphore::new(0));
+        let handed = tokens.clone();
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut given = 0u64;
+            while Instant::now() < deadline {
+                let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+                if due > given {
+                    handed.add_permits((due - given) as usize);
+                    given = due;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            // Let waiting connections see the deadline.
+            handed.close();
+        });
+        Pacer {
+            tokens,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        self.tokens.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The frame a publisher sends, stamped with the send time.
