@@ -146,13 +146,16 @@ enum Command {
     /// Every run is bounded, targets loopback only, and starts its own servers.
     ///
     /// Examples:
-    ///   switchboard bench echo -n 100 -d 5s
-    ///   switchboard bench rpc -n 100 --rate 20000          # latency at a fixed rate
+    ///   switchboard bench echo -n 100 -d 3s --rounds 3     # targets take turns; medians
+    ///   switchboard bench rpc -n 100 --rate 40000          # latency at a fixed rate
     ///   switchboard bench fanout -n 1000 --messages 2000
     ///   switchboard bench rooms -n 1000 --rooms 50 --messages 200
     ///   switchboard bench idle -n 10000
+    ///   switchboard bench storm -n 100 --stalled 10 --messages 10000 --size 4096 --rate 1000
     ///   switchboard bench fanout -n 1000 --nodes 3 --redis redis://127.0.0.1:6379
     ///   switchboard bench echo --target switchboard --target floor --target socketio
+    ///   taskset -c 1 switchboard bench rpc --wrap "taskset -c 0"   # server and load apart
+    ///   switchboard bench echo -d 3s --wrap "valgrind --tool=callgrind"   # profile
     #[command(verbatim_doc_comment)]
     Bench(bench::BenchArgs),
     /// The bench's floor: a bare tokio-tungstenite echo/broadcast server.
