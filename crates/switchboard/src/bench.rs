@@ -632,8 +632,9 @@ async fn delivery_report(
     counter: &AtomicU64,
     stop: &AtomicBool,
     handles: Vec<tokio::task::JoinHandle<Received>>,
-    seconds: f64,
+    took: Duration,
     cpu: Duration,
+    expected: u64,
 ) -> Report {
     stop.store(true, Ordering::Relaxed);
     let mut latency = Histogram::new();
@@ -644,18 +645,22 @@ async fn delivery_report(
             cut_off += cut;
         }
     }
+    let ops = counter.load(Ordering::Relaxed);
+    let mut note = String::new();
+    if cut_off > 0 {
+        note += &format!("{cut_off} receivers cut off. ");
+    }
+    if ops < expected {
+        note += &format!("{ops} of {expected} delivered. ");
+    }
     Report {
         target,
-        ops: counter.load(Ordering::Relaxed),
-        seconds,
+        ops,
+        seconds: took.as_secs_f64(),
         latency,
         cpu,
         rss_delta: 0,
-        note: if cut_off > 0 {
-            format!("{cut_off} receivers cut off. ")
-        } else {
-            String::new()
-        },
+        note,
         round: 0,
     }
 }
@@ -693,24 +698,10 @@ async fn fanout(
     let counter = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let handles = spawn_receivers(receivers, args.tasks, counter.clone(), stop.clone());
-    let pad = padding(args.size);
     let cpu0: Duration = servers.iter().map(|s| s.usage().1).sum();
     let start = Instant::now();
-    let messages = args.messages as u64;
-    let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
-    let mut next_send = Instant::now();
-    for _ in 0..messages {
-        if let Some(iv) = interval {
-            tokio::time::sleep_until(next_send.into()).await;
-            next_send += iv;
-        }
-        publisher.feed(tick(target, &pad)).await?;
-        if interval.is_some() {
-            publisher.flush().await?;
-        }
-    }
-    publisher.flush().await?;
-    let expected = messages * n as u64;
+    publish(&mut publisher, target, args).await?;
+    let expected = args.messages as u64 * n as u64;
     let end = wait_count(
         &counter,
         expected,
@@ -722,19 +713,46 @@ async fn fanout(
         .map(|s| s.usage().1)
         .sum::<Duration>()
         .saturating_sub(cpu0);
-    let mut report = delivery_report(
+    Ok(delivery_report(
         target,
         &counter,
         &stop,
         handles,
-        end.duration_since(start).as_secs_f64(),
+        end.duration_since(start),
         cpu,
+        expected,
     )
-    .await;
-    if report.ops < expected {
-        report.note += &format!("{} of {expected} delivered", report.ops);
+    .await)
+}
+
+/// Sends `--messages` ticks of about `--size` bytes: at `--rate` a second (paced by the
+/// millisecond), or as fast as the socket takes them, flushing every 64.
+async fn publish(publisher: &mut Ws, target: Target, args: &BenchArgs) -> anyhow::Result<()> {
+    let pad = padding(args.size);
+    let start = Instant::now();
+    let messages = args.messages as u64;
+    let mut sent = 0u64;
+    let mut told = 0u64;
+    while sent < messages {
+        let due = if args.rate > 0 {
+            ((start.elapsed().as_secs_f64() * args.rate as f64) as u64).clamp(sent + 1, messages)
+        } else {
+            (sent + 64).min(messages)
+        };
+        while sent < due {
+            publisher.feed(tick(target, &pad)).await?;
+            sent += 1;
+        }
+        publisher.flush().await?;
+        if args.rate > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if messages >= 10_000 && sent >= told + messages / 10 {
+            told = sent;
+            eprintln!("  {sent} of {messages} sent...");
+        }
     }
-    Ok(report)
+    Ok(())
 }
 
 async fn rooms(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow::Result<Report> {
@@ -797,14 +815,12 @@ async fn rooms(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow:
         &counter,
         &stop,
         handles,
-        end.duration_since(start).as_secs_f64(),
+        end.duration_since(start),
         cpu,
+        expected,
     )
     .await;
     report.note += &format!("{} rooms x {per_room} members", args.rooms);
-    if report.ops < expected {
-        report.note += &format!("; {} of {expected} delivered", report.ops);
-    }
     Ok(report)
 }
 
@@ -840,32 +856,9 @@ async fn storm(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow:
     let counter = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let handles = spawn_receivers(receivers, args.tasks, counter.clone(), stop.clone());
-    let pad = padding(args.size);
     let start = Instant::now();
-    let messages = args.messages as u64;
-    let mut sent = 0u64;
-    let mut told = 0u64;
-    while sent < messages {
-        // At `--rate` (what the readers can take), else as fast as it goes.
-        let due = if args.rate > 0 {
-            ((start.elapsed().as_secs_f64() * args.rate as f64) as u64).clamp(sent + 1, messages)
-        } else {
-            (sent + 64).min(messages)
-        };
-        while sent < due {
-            publisher.feed(tick(target, &pad)).await?;
-            sent += 1;
-        }
-        publisher.flush().await?;
-        if args.rate > 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if sent >= told + messages / 10 && messages >= 10_000 {
-            told = sent;
-            eprintln!("  {sent} of {messages} sent...");
-        }
-    }
-    let expected = messages * n as u64;
+    publish(&mut publisher, target, args).await?;
+    let expected = args.messages as u64 * n as u64;
     let end = wait_count(
         &counter,
         expected,
@@ -881,8 +874,9 @@ async fn storm(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow:
         &counter,
         &stop,
         handles,
-        end.duration_since(start).as_secs_f64(),
+        end.duration_since(start),
         cpu,
+        expected,
     )
     .await;
     // What each stalled client finds when it reads at last: everything (buffered
@@ -909,15 +903,10 @@ async fn storm(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow:
     let stalled: Vec<String> = closes.iter().map(|(v, k)| format!("{k} {v}")).collect();
     report.rss_delta = peak.load(Ordering::Relaxed) as i64 - rss0 as i64;
     report.note += &format!(
-        "peak server memory +{:.1} MiB (+{:.1} MiB at the end); stalled clients: {}{}",
+        "peak server memory +{:.1} MiB (+{:.1} MiB at the end); stalled clients: {}",
         report.rss_delta as f64 / 1048576.0,
         (rss_end as i64 - rss0 as i64) as f64 / 1048576.0,
         stalled.join(", "),
-        if report.ops < expected {
-            format!("; {} of {expected} delivered", report.ops)
-        } else {
-            String::new()
-        }
     );
     Ok(report)
 }
