@@ -684,10 +684,7 @@ async fn fanout(
     for i in 0..n {
         receivers.push(connect(target, &servers[i % servers.len()], None).await?);
     }
-    let mut publisher = connect(target, &servers[0], None).await?;
-    if target == Target::Socketio {
-        publisher.send(Message::text(r#"42["publisher"]"#)).await?;
-    }
+    let mut publisher = connect_publisher(target, &servers[0]).await?;
     // Everyone connected: settle cluster membership before measuring.
     tokio::time::sleep(Duration::from_millis(if servers.len() > 1 {
         500
@@ -723,6 +720,15 @@ async fn fanout(
         expected,
     )
     .await)
+}
+
+/// The connection that broadcasts `tick`s to every other one.
+async fn connect_publisher(target: Target, server: &ServerProc) -> anyhow::Result<Ws> {
+    let mut publisher = connect(target, server, None).await?;
+    if target == Target::Socketio {
+        publisher.send(Message::text(r#"42["publisher"]"#)).await?;
+    }
+    Ok(publisher)
 }
 
 /// Sends `--messages` ticks of about `--size` bytes: at `--rate` a second (paced by the
@@ -836,10 +842,7 @@ async fn storm(target: Target, server: &ServerProc, args: &BenchArgs) -> anyhow:
     for _ in 0..args.stalled {
         stalled.push(connect(target, server, None).await?);
     }
-    let mut publisher = connect(target, server, None).await?;
-    if target == Target::Socketio {
-        publisher.send(Message::text(r#"42["publisher"]"#)).await?;
-    }
+    let mut publisher = connect_publisher(target, server).await?;
     let (rss0, cpu0) = server.usage();
     // Sample the server's memory through the storm.
     let peak = Arc::new(AtomicU64::new(rss0));
