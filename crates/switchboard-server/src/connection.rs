@@ -1,9 +1,9 @@
 //! The task that runs one connection: read and dispatch, write from the outbox, close.
 //!
-//! One task per connection, two futures inside it joined together: the reader runs the
-//! handlers of each message in order; the writer moves every queued frame into the
-//! socket and flushes once per batch, so a slow handler never stalls delivery to its
-//! own client.
+//! One task per connection and one loop in it, over the unsplit socket: each turn
+//! reads what has come in (handling each message's handlers in order), then moves every
+//! queued frame into the socket and flushes once. A handler that has to wait holds up
+//! reading, not writing, so it never stalls delivery to its own client.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
