@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 use switchboard_server::{Conn, HandlerError, Json, ServerConfig};
-use switchboard_test::{RawClient, TestServer};
+use switchboard_test::{RawClient, TestServer, WireClient, wire_frame};
 
 #[derive(serde::Deserialize)]
 #[allow(dead_code)]
@@ -340,5 +340,32 @@ async fn a_full_server_refuses_with_server_full_and_close_4005() {
         third = RawClient::connect(&s.url()).await;
     }
     assert!(admitted);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn frames_sent_right_behind_the_upgrade_request_are_handled() {
+    // A client may write its first frames before it reads the 101: the server reads
+    // them out of what the HTTP layer had already taken in.
+    let s = server().await;
+    let mut early = wire_frame(true, 0, 1, br#"{"type":"ping","ref":"p1"}"#, true);
+    early.extend(wire_frame(
+        true,
+        0,
+        1,
+        br#"{"type":"ping","ref":"p2"}"#,
+        true,
+    ));
+    let mut c = WireClient::connect_sending(s.addr, "/ws", &[], &early).await;
+    assert_eq!(c.recv().await["type"], "connected");
+    for r in ["p1", "p2"] {
+        let ack = loop {
+            let m = c.recv().await;
+            if m["type"] == "ack" {
+                break m;
+            }
+        };
+        assert_eq!(ack["payload"]["ref"], r);
+    }
     s.stop().await;
 }

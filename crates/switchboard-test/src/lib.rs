@@ -384,6 +384,17 @@ impl WireClient {
         path: &str,
         headers: &[(&str, &str)],
     ) -> WireClient {
+        WireClient::connect_sending(addr, path, headers, &[]).await
+    }
+
+    /// Like [`connect_with`](WireClient::connect_with), with `early` bytes (frames)
+    /// written in the same write as the upgrade request, before its answer.
+    pub async fn connect_sending(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        early: &[u8],
+    ) -> WireClient {
         use tokio::io::AsyncWriteExt;
         let mut stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
             .await
@@ -397,10 +408,9 @@ impl WireClient {
             request.push_str(&format!("{k}: {v}\r\n"));
         }
         request.push_str("\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("send handshake");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(early);
+        stream.write_all(&bytes).await.expect("send handshake");
         let mut c = WireClient {
             stream,
             buf: Vec::new(),
