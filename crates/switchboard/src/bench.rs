@@ -184,6 +184,7 @@ impl ServerProc {
             Target::Socketio => {
                 let script = std::env::var("SOCKETIO_SERVER")
                     .unwrap_or_else(|_| "bench/socketio/server.mjs".to_owned());
+                install_socketio(&script)?;
                 let path = "/socket.io/?EIO=4&transport=websocket";
                 ServerProc::spawn("node", &[&script], &[], path, wrap)
             }
@@ -209,6 +210,30 @@ impl ServerProc {
         // Linux reports CPU time in clock ticks of 1/100 s.
         (rss, Duration::from_millis(ticks * 10))
     }
+}
+
+/// Installs the Socket.IO server's packages from npm (`npm ci` beside its script) unless
+/// they are there.
+fn install_socketio(script: &str) -> anyhow::Result<()> {
+    let dir = std::path::Path::new(script)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if dir.join("node_modules/socket.io").is_dir() {
+        return Ok(());
+    }
+    eprintln!("  installing socket.io in {} (npm ci)...", dir.display());
+    let ok = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--silent"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot run npm (Node.js 20+ is needed for --target socketio): {e}")
+        })?
+        .success();
+    anyhow::ensure!(ok, "npm ci failed in {}", dir.display());
+    Ok(())
 }
 
 /// A process's resident memory in bytes (0 if it cannot be read).
