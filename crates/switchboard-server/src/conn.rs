@@ -508,6 +508,8 @@ impl Conn {
     /// Marks the connection finished (no more frames accepted).
     pub(crate) fn mark_finished(&self) {
         lock(&self.shared.outbox).finished = true;
+        // The task is ending: a `Conn` kept by application code must not keep it alive.
+        drop(self.shared.waker.take());
     }
 }
 
