@@ -847,10 +847,10 @@ impl Calls {
     }
 }
 
-/// Starts an RPC call: checks it (method, auth, params) here, then runs it in its own
-/// task so a slow call holds up neither the other calls nor the connection's messages.
-/// When `max_calls_in_flight` are running, waits for one to finish (the client is
-/// not read meanwhile: back-pressure instead of an unbounded backlog).
+/// Starts an RPC call: checks it (method, auth, params) here, then runs it (see
+/// [`begin_call`]). When `max_calls_in_flight` are running, what is returned waits for
+/// one to finish (the client is not read meanwhile: back-pressure instead of an
+/// unbounded backlog).
 fn start_call(
     server: &Server,
     conn: &Conn,

@@ -310,39 +310,28 @@ impl RpcMethod {
                 }) as Arc<ParseRaw>
             });
         let call: Arc<Call> = Arc::new(move |cx: MessageContext, params: Params| {
-            let params = match params {
-                Params::Typed(typed) => {
-                    return match typed.downcast::<T>() {
-                        Ok(p) => {
-                            let fut = handler.call(&cx, *p);
-                            Box::pin(async move {
-                                let result = fut.await.into_rpc_result()?;
-                                encode_result(&result)
-                            })
-                        }
-                        Err(_) => Box::pin(std::future::ready(Err(HandlerError::internal(
-                            "params of the wrong type",
-                        )))),
-                    };
-                }
-                Params::Json(v) => v,
-            };
-            let parsed: Result<T, HandlerError> = if no_params {
-                serde_json::from_value(Value::Null).map_err(|e| invalid_params(&e.to_string(), ""))
-            } else {
+            let parsed: Result<T, HandlerError> = match params {
+                // Read by the fast path; always of type T.
+                Params::Typed(typed) => typed
+                    .downcast::<T>()
+                    .map(|p| *p)
+                    .map_err(|_| HandlerError::internal("params of the wrong type")),
+                Params::Json(_) if no_params => serde_json::from_value(Value::Null)
+                    .map_err(|e| invalid_params(&e.to_string(), "")),
                 // Params that fit (nearly all: they passed the schema) are read at full
                 // speed; the path is tracked only to explain the ones that do not.
-                T::deserialize(&params).or_else(|_| {
+                Params::Json(params) => T::deserialize(&params).or_else(|_| {
                     serde_path_to_error::deserialize(&params).map_err(|e| {
                         let path = e.path().to_string();
                         invalid_params(&e.inner().to_string(), if path == "." { "" } else { &path })
                     })
-                })
+                }),
             };
             let fut = parsed.map(|p| handler.call(&cx, p));
             Box::pin(async move {
                 let result = fut?.await.into_rpc_result()?;
-                encode_result(&result)
+                serde_json::value::to_raw_value(&result)
+                    .map_err(|e| HandlerError::internal(format!("the result did not encode: {e}")))
             })
         });
         RpcMethod {
@@ -375,11 +364,6 @@ impl RpcMethod {
     pub fn name(&self) -> &str {
         &self.name
     }
-}
-
-fn encode_result<T: Serialize>(result: &T) -> Result<Box<RawValue>, HandlerError> {
-    serde_json::value::to_raw_value(result)
-        .map_err(|e| HandlerError::internal(format!("the result did not encode: {e}")))
 }
 
 /// True if a params schema asks nothing that deserializing the type does not check

@@ -201,38 +201,35 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Checks the upgrade request (RFC 6455 section 4.2.1) and answers it with 101; the
-/// connection then runs in a task of its own.
-fn accept(server: Server, mut req: Request, mode: Mode, subprotocol: Option<&str>) -> Response {
-    let headers = req.headers();
+/// The `Sec-WebSocket-Accept` answer to a valid upgrade request (RFC 6455 section
+/// 4.2.1), or what is wrong with it.
+fn accept_key(headers: &HeaderMap) -> Result<String, &'static str> {
     if !header_has(headers, header::CONNECTION, "upgrade") {
-        return (
-            StatusCode::BAD_REQUEST,
-            "a WebSocket endpoint: `Connection: upgrade` is missing",
-        )
-            .into_response();
+        return Err("a WebSocket endpoint: `Connection: upgrade` is missing");
     }
     if !header_has(headers, header::UPGRADE, "websocket") {
-        return (
-            StatusCode::BAD_REQUEST,
-            "a WebSocket endpoint: `Upgrade: websocket` is missing",
-        )
-            .into_response();
+        return Err("a WebSocket endpoint: `Upgrade: websocket` is missing");
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_none_or(|v| v.as_bytes() != b"13")
     {
-        return (
-            StatusCode::BAD_REQUEST,
-            "`Sec-WebSocket-Version: 13` is required",
-        )
-            .into_response();
+        return Err("`Sec-WebSocket-Version: 13` is required");
     }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return (StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` is missing").into_response();
+    match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) => Ok(derive_accept_key(key.as_bytes())),
+        None => Err("`Sec-WebSocket-Key` is missing"),
+    }
+}
+
+/// Checks the upgrade request and answers it with 101; the
+/// connection then runs in a task of its own.
+fn accept(server: Server, mut req: Request, mode: Mode, subprotocol: Option<&str>) -> Response {
+    let headers = req.headers();
+    let accept_key = match accept_key(headers) {
+        Ok(key) => key,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
     };
-    let accept_key = derive_accept_key(key.as_bytes());
     if server.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down").into_response();
     }
@@ -468,6 +465,36 @@ mod tests {
             h.insert(header::ORIGIN, o.parse().unwrap_or_else(|_| unreachable!()));
         }
         h
+    }
+
+    #[test]
+    fn upgrade_requests_are_checked() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        h.insert(header::UPGRADE, "WebSocket".parse().unwrap());
+        h.insert(header::SEC_WEBSOCKET_VERSION, "13".parse().unwrap());
+        h.insert(
+            header::SEC_WEBSOCKET_KEY,
+            "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
+        );
+        // RFC 6455's own example.
+        assert_eq!(
+            accept_key(&h).as_deref(),
+            Ok("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+        for (name, missing) in [
+            (header::CONNECTION, "Connection"),
+            (header::UPGRADE, "Upgrade"),
+            (header::SEC_WEBSOCKET_VERSION, "Version"),
+            (header::SEC_WEBSOCKET_KEY, "Key"),
+        ] {
+            let mut without = h.clone();
+            without.remove(name);
+            let why = accept_key(&without).unwrap_err();
+            assert!(why.contains(missing), "{why}");
+        }
+        h.insert(header::SEC_WEBSOCKET_VERSION, "8".parse().unwrap());
+        assert!(accept_key(&h).is_err());
     }
 
     #[test]
