@@ -373,6 +373,32 @@ pub struct Parts<'a> {
     pub from: Option<&'a str>,
 }
 
+impl<'a> Parts<'a> {
+    /// A frame with a type and a payload and nothing else.
+    pub fn new(kind: &'a str, payload: &'a RawValue) -> Parts<'a> {
+        Parts {
+            kind,
+            payload,
+            ref_id: None,
+            room: None,
+            to: None,
+            from: None,
+        }
+    }
+}
+
+/// `{"type": kind, "payload": payload}`: the frame of a message with nothing but a type
+/// and a payload.
+///
+/// ```
+/// let payload = serde_json::value::to_raw_value(&serde_json::json!({"n": 1})).unwrap();
+/// let frame = switchboard_proto::encode_payload_frame("tick", &payload);
+/// assert_eq!(frame, r#"{"type":"tick","payload":{"n":1}}"#);
+/// ```
+pub fn encode_payload_frame(kind: &str, payload: &RawValue) -> String {
+    encode_parts(&Parts::new(kind, payload))
+}
+
 /// Encodes one frame from its parts.
 ///
 /// Written by hand, field by field in the order `type`, `payload`, `ref`, `room`, `to`,

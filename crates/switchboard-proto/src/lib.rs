@@ -32,7 +32,8 @@ pub mod types;
 pub use code::{ErrorCode, Reconnect, close_reason, reconnect_hint};
 pub use dialect::Dialect;
 pub use envelope::{
-    DecodeError, DecodeErrorKind, Envelope, Parts, Payload, PayloadError, encode_parts, peek_ref,
+    DecodeError, DecodeErrorKind, Envelope, Parts, Payload, PayloadError, encode_parts,
+    encode_payload_frame, peek_ref,
 };
 pub use limits::{DEFAULT_MAX_MESSAGE_SIZE, MAX_ID_LEN, MAX_TYPE_LEN, PROTOCOL_VERSION};
 pub use reply::{Ack, AckStatus, ErrorBody, ack_error, ack_ok, error_frame, error_reply};

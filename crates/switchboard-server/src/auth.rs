@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 use switchboard_proto::{Payload, PayloadError};
 
 use crate::handler::BoxFuture;
-use crate::util::lock;
+use crate::locks::lock;
 
 /// Who a connection authenticated as; visible to handlers through
 /// [`Conn::identity`](crate::Conn::identity) and the [`Identity`] extractor.

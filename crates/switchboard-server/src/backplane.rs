@@ -6,13 +6,12 @@
 //! Cluster backends (Redis, NATS) live in their own crates and implement this trait.
 
 use std::fmt;
-use std::sync::Weak;
 
 use serde::{Deserialize, Serialize};
 
 use crate::ConnId;
 use crate::handler::BoxFuture;
-use crate::server::ServerInner;
+use crate::server::WeakServer;
 
 /// Who a delivery is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +86,7 @@ impl BackplaneError {
 /// This node, as a backplane sees it: where deliveries from other nodes go.
 #[derive(Clone)]
 pub struct NodeHandle {
-    pub(crate) inner: Weak<ServerInner>,
+    server: WeakServer,
 }
 
 impl fmt::Debug for NodeHandle {
@@ -97,37 +96,40 @@ impl fmt::Debug for NodeHandle {
 }
 
 impl NodeHandle {
+    pub(crate) fn new(server: WeakServer) -> NodeHandle {
+        NodeHandle { server }
+    }
+
     /// Delivers a delivery that came from another node to this node's connections.
     /// Returns how many connections it reached (0 once the server is gone).
     pub fn deliver(&self, delivery: &Delivery) -> usize {
-        match self.inner.upgrade() {
-            Some(inner) => inner.deliver_local(delivery),
+        match self.server.upgrade() {
+            Some(server) => server.deliver_local(delivery),
             None => 0,
         }
     }
 
     /// The server's name.
     pub fn server_name(&self) -> Option<String> {
-        self.inner.upgrade().map(|i| i.config.name.clone())
+        self.server.upgrade().map(|s| s.name().to_owned())
     }
 
     /// This node's connections now (for a backplane resynchronising after an outage).
     pub fn connections(&self) -> Vec<ConnId> {
-        self.inner
+        self.server
             .upgrade()
-            .map(|i| i.registry.ids())
+            .map(|s| s.connection_ids())
             .unwrap_or_default()
     }
 
     /// This node's rooms and their members now.
     pub fn rooms(&self) -> Vec<(String, Vec<ConnId>)> {
-        match self.inner.upgrade() {
-            Some(i) => i
-                .registry
-                .room_names()
+        match self.server.upgrade() {
+            Some(s) => s
+                .rooms()
                 .into_iter()
                 .map(|room| {
-                    let members = i.registry.room_members(&room);
+                    let members = s.room_members(&room);
                     (room, members)
                 })
                 .collect(),

@@ -183,4 +183,17 @@ impl ServerConfig {
         self.name = name.into();
         self
     }
+
+    /// The largest single frame the server writes to a client: the larger of
+    /// `outbound_queue_bytes` and `max_message_size`. A bigger one is refused with
+    /// [`SendError::TooLarge`](crate::SendError::TooLarge) (a reply becomes a
+    /// `MESSAGE_TOO_LARGE` error), never written halfway.
+    ///
+    /// ```
+    /// let config = switchboard_server::ServerConfig::default();
+    /// assert_eq!(config.max_frame_out(), 4 * 1024 * 1024);
+    /// ```
+    pub fn max_frame_out(&self) -> usize {
+        self.outbound_queue_bytes.max(self.max_message_size)
+    }
 }

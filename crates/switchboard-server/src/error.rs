@@ -112,6 +112,16 @@ pub enum SendError {
     /// The room name is empty or too long, or the connection is in too many rooms.
     #[error("invalid room: {0}")]
     InvalidRoom(String),
+    /// One frame bigger than a connection's outbound queue may hold
+    /// ([`ServerConfig::max_frame_out`](crate::ServerConfig::max_frame_out)); refused
+    /// rather than cut off the client.
+    #[error("a frame of {size} bytes is over the {max}-byte outbound limit")]
+    TooLarge {
+        /// The frame's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Why the server could not start or stopped with an error.

@@ -162,18 +162,12 @@ pub struct State<T>(pub T);
 
 impl<T: Clone + Send + Sync + 'static> FromMessage for State<T> {
     fn from_message(cx: &MessageContext) -> Result<Self, HandlerError> {
-        cx.server
-            .inner
-            .state
-            .get::<T>()
-            .cloned()
-            .map(State)
-            .ok_or_else(|| {
-                HandlerError::internal(format!(
-                    "no state of type {} was registered with the server",
-                    type_name::<T>()
-                ))
-            })
+        cx.server.state::<T>().map(State).ok_or_else(|| {
+            HandlerError::internal(format!(
+                "no state of type {} was registered with the server",
+                type_name::<T>()
+            ))
+        })
     }
 }
 

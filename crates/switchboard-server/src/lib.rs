@@ -33,35 +33,36 @@
 
 mod auth;
 pub mod backplane;
+mod clock;
 mod config;
-mod conn;
 mod connection;
+mod dialect;
 mod error;
 pub mod extract;
 pub mod handler;
+mod handler_table;
+mod http;
 mod id;
+mod locks;
+mod rate_limit;
 mod registry;
-mod router;
 pub mod rpc;
 mod server;
-mod system;
-mod tls;
-mod transport;
-mod util;
+mod ws;
 
 pub use auth::{AuthRejected, Authenticator, Credentials, Identity};
 pub use backplane::{
     Backplane, BackplaneError, Delivery, LocalBackplane, NodeHandle, PresenceEvent, Target,
 };
 pub use config::{ServerConfig, SlowConsumerPolicy};
-pub use conn::Conn;
+pub use connection::Conn;
 pub use error::{HandlerError, SendError, ServeError};
 pub use extract::{Binary, FromMessage, Json, MessageContext, State};
 pub use handler::{Handler, IntoReply};
+pub use http::{Listening, TlsConfig, shutdown_signal};
 pub use id::{ConnId, ParseConnIdError};
 pub use rpc::{IntoRpcResult, MethodInfo, RpcHandler, RpcMethod};
 pub use server::{DisconnectReason, Filter, Server, ServerBuilder};
-pub use tls::TlsConfig;
 
 pub use switchboard_proto as proto;
 pub use switchboard_proto::{Envelope, ErrorCode, Payload};

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::util::{read, write};
+use crate::locks::{read, write};
 use crate::{Conn, ConnId};
 
 #[derive(Default)]

@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 use switchboard_proto::{Envelope, ErrorCode, types};
 
 use crate::auth::{Credentials, Outcome};
+use crate::connection::auth_result;
+use crate::ws::{Frame, Text};
 use crate::{Conn, HandlerError, Json, SendError, Server, ServerBuilder};
 
 pub(crate) fn register(builder: ServerBuilder) -> ServerBuilder {
@@ -25,15 +27,15 @@ pub(crate) fn register(builder: ServerBuilder) -> ServerBuilder {
 /// `auth` after the connection is up: a late login when authentication is optional, a
 /// no-op when the client is already authenticated or the server checks nothing.
 async fn auth(server: Server, conn: Conn, env: Envelope) -> Result<Json<Value>, HandlerError> {
-    let auth = &server.inner.auth;
+    let auth = server.auth();
     if conn.is_authenticated() || !auth.is_configured() {
-        return Ok(Json(crate::connection::auth_result(&conn)));
+        return Ok(Json(auth_result(&conn)));
     }
     let credentials = Credentials::new(env.payload, conn.remote_addr());
     match auth.check(credentials, conn.id().to_string()).await {
         Outcome::Accepted(identity) => {
             conn.set_identity(identity);
-            Ok(Json(crate::connection::auth_result(&conn)))
+            Ok(Json(auth_result(&conn)))
         }
         // Optional authentication: a wrong guess is an error, not a disconnect; the
         // per-address throttle still counts it.
@@ -49,9 +51,7 @@ async fn auth(server: Server, conn: Conn, env: Envelope) -> Result<Json<Value>, 
 const PONG: &str = r#"{"type":"pong","payload":{}}"#;
 
 async fn ping(conn: Conn) {
-    let _ = conn.push(crate::conn::Frame::Text(
-        crate::transport::Utf8Bytes::from_static(PONG),
-    ));
+    let _ = conn.push(Frame::Text(Text::from_static(PONG)));
 }
 
 #[derive(Deserialize)]
@@ -85,7 +85,7 @@ fn room_error(e: SendError) -> HandlerError {
 async fn join_room(server: Server, conn: Conn, env: Envelope) -> Result<Json<Value>, HandlerError> {
     let room = room_of(&env)?;
     server.join(&conn, &room).map_err(room_error)?;
-    let members = server.inner.registry.room_size(&room);
+    let members = server.room_size(&room);
     Ok(Json(json!({ "room_id": room, "members": members })))
 }
 
@@ -96,25 +96,18 @@ async fn leave_room(
 ) -> Result<Json<Value>, HandlerError> {
     let room = room_of(&env)?;
     server.leave(&conn, &room);
-    let members = server.inner.registry.room_size(&room);
+    let members = server.room_size(&room);
     Ok(Json(json!({ "room_id": room, "members": members })))
 }
 
 #[cfg(test)]
 mod tests {
-    use switchboard_proto::{Parts, Payload, encode_parts, types};
+    use switchboard_proto::{Payload, encode_payload_frame, types};
 
     #[test]
     fn the_prepared_pong_is_what_the_encoder_writes() {
         let payload = Payload::empty();
-        let encoded = encode_parts(&Parts {
-            kind: types::PONG,
-            payload: payload.as_raw(),
-            ref_id: None,
-            room: None,
-            to: None,
-            from: None,
-        });
+        let encoded = encode_payload_frame(types::PONG, payload.as_raw());
         assert_eq!(super::PONG, encoded);
     }
 }

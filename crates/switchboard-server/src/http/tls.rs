@@ -5,12 +5,9 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::net::SocketAddr;
-
-use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::{ServeError, Server};
+use crate::ServeError;
 
 /// A TLS server configuration (rustls, TLS 1.2 and 1.3).
 ///
@@ -71,37 +68,8 @@ impl TlsConfig {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         TlsConfig(Arc::new(config))
     }
-}
 
-impl Server {
-    /// Serves `wss://` on `listener` until [`shutdown`](Server::shutdown) completes:
-    /// the same endpoints as [`serve`](Server::serve), behind TLS.
-    pub async fn serve_tls(&self, listener: TcpListener, tls: TlsConfig) -> Result<(), ServeError> {
-        let addr = listener.local_addr()?;
-        let _ = self.inner.local_addr.set(addr);
-        self.start().await?;
-        tracing::info!(%addr, name = %self.inner.config.name, "switchboard listening (TLS)");
-        let acceptor = TlsAcceptor::from(tls.0);
-        let handshake = move |tcp: TcpStream, remote: SocketAddr| {
-            let acceptor = acceptor.clone();
-            async move {
-                match acceptor.accept(tcp).await {
-                    Ok(stream) => Some(stream),
-                    Err(e) => {
-                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                        None
-                    }
-                }
-            }
-        };
-        crate::transport::accept_loop(
-            listener,
-            self.router(),
-            self.inner.stop_accepting.clone(),
-            handshake,
-        )
-        .await;
-        self.stopped().await;
-        Ok(())
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.0.clone())
     }
 }

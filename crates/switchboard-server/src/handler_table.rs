@@ -14,7 +14,7 @@ pub(crate) struct Route {
 /// Message types to their handlers, each list sorted by priority (higher first, then
 /// in registration order).
 #[derive(Default, Clone)]
-pub(crate) struct Router {
+pub(crate) struct HandlerTable {
     routes: HashMap<Box<str>, Vec<Route>>,
     pub(crate) binary: Vec<Route>,
 }
@@ -25,7 +25,7 @@ fn insert_sorted(list: &mut Vec<Route>, route: Route) {
     list.insert(at, route);
 }
 
-impl Router {
+impl HandlerTable {
     pub(crate) fn add(&mut self, kind: &str, route: Route) {
         insert_sorted(self.routes.entry(kind.into()).or_default(), route);
     }
@@ -61,7 +61,7 @@ mod tests {
 
     #[test]
     fn higher_priority_first_then_registration_order() {
-        let mut r = Router::default();
+        let mut r = HandlerTable::default();
         for (i, p) in [(0, 1), (1, 10), (2, 1), (3, 5), (4, 10)] {
             r.add(
                 "e",

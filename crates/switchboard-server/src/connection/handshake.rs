@@ -1,0 +1,261 @@
+//! Opening a connection: admission (the connection limit), authentication (the first
+//! message must be `auth` when the server requires it), registration, `connected`, and
+//! the connect hooks.
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
+use serde_json::json;
+use switchboard_proto::{ErrorBody, ErrorCode, ack_ok, error_reply, types};
+
+use super::closing::close_socket;
+use super::dispatch::Rest;
+use super::task::{ConnectionTask, Reading};
+use super::{Closing, Conn, Mode};
+use crate::auth::{Credentials, Outcome};
+use crate::dialect::DialectAdapter;
+use crate::rate_limit::{Admit, RateLimiter};
+use crate::ws::{Frame, Incoming, Text, WebSocket};
+use crate::{ConnId, Identity, Server};
+
+/// Admission, authentication, registration and the `connected` message; `None` when the
+/// connection was turned away.
+pub(super) async fn open(
+    server: Server,
+    ws: WebSocket,
+    remote: Option<SocketAddr>,
+    mode: Mode,
+) -> Option<ConnectionTask> {
+    let config = server.config();
+    let (dialect, echo) = match mode {
+        Mode::Messages(d) => (d, false),
+        Mode::Echo => (Default::default(), true),
+    };
+    let id = server.next_conn_id();
+    let mut opening = Opening {
+        server: &server,
+        ws,
+        adapter: DialectAdapter::new(dialect, id),
+        id,
+        remote,
+        limiter: RateLimiter::new(config.rate_limit, config.rate_burst),
+    };
+
+    if !server.try_admit() {
+        tracing::warn!(
+            max = config.max_connections,
+            "connection refused: server full"
+        );
+        let message = "server at its connection limit";
+        opening.refuse(None, ErrorCode::ServerFull, message).await;
+        return None;
+    }
+    let must_authenticate = !echo && config.auth_required && server.auth().is_configured();
+    let authenticated = if must_authenticate {
+        match opening.authenticate().await {
+            Some(done) => Some(done),
+            None => {
+                server.release_admission();
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+
+    let Opening {
+        ws,
+        adapter,
+        limiter,
+        ..
+    } = opening;
+    let conn = Conn::new(id, remote, &server, dialect);
+    let auth_ref = authenticated.and_then(|(identity, ref_id)| {
+        conn.set_identity(identity);
+        ref_id
+    });
+    server.register(&conn);
+    tracing::debug!(conn = %conn.id(), ?remote, "connected");
+    if server.is_shutting_down() {
+        // Shutdown swept the registry before we were in it.
+        conn.close(ErrorCode::ShuttingDown, "server shutting down");
+    }
+    if !echo {
+        let _ = conn.send_message(types::CONNECTED, &connected_payload(&server, &conn));
+        if let Some(r) = auth_ref {
+            let result = serde_json::value::to_raw_value(&auth_result(&conn)).ok();
+            let _ = conn.push(Frame::text(ack_ok(&r, result.as_deref())));
+        }
+    }
+    // The connect hooks run first, before the client's messages.
+    let hooks = (!server.hooks().connect.is_empty()).then(|| connect_hooks(&server, &conn));
+    Some(ConnectionTask {
+        server,
+        conn,
+        ws,
+        limiter,
+        adapter,
+        echo,
+        calls: None,
+        rest: hooks,
+        reading: Reading::Open,
+        read_blocked: false,
+        batch: Default::default(),
+        unflushed: false,
+        finished: None,
+    })
+}
+
+/// The payload of `connected`: `{client_id, session_id, server, identity?}`.
+fn connected_payload(server: &Server, conn: &Conn) -> serde_json::Value {
+    let mut payload = json!({
+        "client_id": conn.id(),
+        "session_id": conn.session_id(),
+        "server": server.name(),
+    });
+    if let Some(identity) = conn.identity() {
+        payload["identity"] = json!(identity);
+    }
+    payload
+}
+
+/// The result of a successful `auth`: `{client_id, identity}`.
+pub(crate) fn auth_result(conn: &Conn) -> serde_json::Value {
+    json!({ "client_id": conn.id(), "identity": conn.identity() })
+}
+
+/// A connection not yet registered.
+struct Opening<'a> {
+    server: &'a Server,
+    ws: WebSocket,
+    adapter: DialectAdapter,
+    id: ConnId,
+    remote: Option<SocketAddr>,
+    limiter: RateLimiter,
+}
+
+impl Opening<'_> {
+    /// Turns the connection away: an `error` frame, then a close with the code's close
+    /// code.
+    async fn refuse(&mut self, ref_id: Option<&str>, code: ErrorCode, message: &str) {
+        let error = self
+            .adapter
+            .localize(&error_reply(ref_id, &ErrorBody::new(code, message)));
+        let closing = Closing::with_code(code, message);
+        let limit = self.server.config().close_timeout;
+        close_socket(&mut self.ws, &closing, error, limit).await;
+    }
+
+    /// The authentication phase: the client's first message must be `auth`, within the
+    /// auth timeout. Returns the identity and the `ref` of the `auth` message, or `None`
+    /// when the connection was refused (and closed) or dropped.
+    async fn authenticate(&mut self) -> Option<(Identity, Option<String>)> {
+        let server = self.server;
+        let config = server.config();
+        let deadline = tokio::time::Instant::now() + config.auth_timeout;
+        let limit = config.close_timeout;
+        let timed_out = format!(
+            "no `auth` message within {} ms",
+            config.auth_timeout.as_millis()
+        );
+        let stopping = server.accepting_stopped();
+        loop {
+            let next = tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    self.refuse(None, ErrorCode::AuthTimeout, &timed_out).await;
+                    return None;
+                }
+                () = stopping.cancelled() => {
+                    self.refuse(None, ErrorCode::ShuttingDown, "server shutting down").await;
+                    return None;
+                }
+                next = self.ws.next() => next,
+            };
+            let text = match next {
+                None => return None,
+                Some(Err(e)) => {
+                    let closing = Closing::after_read_error(e, config.max_message_size);
+                    close_socket(&mut self.ws, &closing, None, limit).await;
+                    return None;
+                }
+                Some(Ok(Incoming::Close(_))) => {
+                    close_socket(&mut self.ws, &Closing::lost("closed"), None, limit).await;
+                    return None;
+                }
+                Some(Ok(Incoming::Control)) => continue,
+                Some(Ok(Incoming::Binary(_))) => None,
+                Some(Ok(Incoming::Text(text))) => Some(text),
+            };
+            let env = text.as_ref().map(|t| self.adapter.read_auth(t.as_str()));
+            let ref_id = match &env {
+                Some(Ok(env)) => env.ref_id.clone(),
+                Some(Err(e)) => e.ref_id.clone(),
+                None => None,
+            };
+            match self.limiter.admit() {
+                Admit::Yes => {}
+                Admit::Close => {
+                    let msg = "too many messages before authenticating";
+                    self.refuse(ref_id.as_deref(), ErrorCode::RateLimited, msg)
+                        .await;
+                    return None;
+                }
+                Admit::No { .. } => continue,
+            }
+            let reply = match env {
+                Some(Ok(env)) if env.kind == types::AUTH => {
+                    let credentials = Credentials::new(env.payload, self.remote);
+                    let checked = server.auth().check(credentials, self.id.to_string());
+                    let (code, message) = match tokio::time::timeout_at(deadline, checked).await {
+                        Err(_) => (ErrorCode::AuthTimeout, timed_out.clone()),
+                        Ok(Outcome::Accepted(identity)) => {
+                            tracing::debug!(conn = %self.id, identity = %identity.id, "authenticated");
+                            return Some((identity, ref_id));
+                        }
+                        Ok(Outcome::Rejected(message)) => {
+                            tracing::info!(remote = ?self.remote, "authentication failed");
+                            (ErrorCode::AuthFailed, message)
+                        }
+                        Ok(Outcome::Throttled(wait)) => {
+                            (ErrorCode::RateLimited, crate::auth::throttled_message(wait))
+                        }
+                    };
+                    self.refuse(ref_id.as_deref(), code, &message).await;
+                    return None;
+                }
+                Some(Err(e)) => ErrorBody::new(e.code(), e.to_string()),
+                _ => ErrorBody::new(
+                    ErrorCode::AuthRequired,
+                    "authenticate first: send {\"type\":\"auth\",\"payload\":{\"password\":\"...\"}}",
+                ),
+            };
+            let Some(frame) = self
+                .adapter
+                .localize(&error_reply(ref_id.as_deref(), &reply))
+            else {
+                continue;
+            };
+            let sent = self.ws.send(Frame::Verbatim(Text::from(frame)));
+            if !matches!(tokio::time::timeout(limit, sent).await, Ok(Ok(()))) {
+                return None;
+            }
+        }
+    }
+}
+
+/// The connect hooks, in order, before the client's first message is handled.
+fn connect_hooks(server: &Server, conn: &Conn) -> Rest {
+    let (server, conn) = (server.clone(), conn.clone());
+    Box::pin(async move {
+        for hook in server.hooks().connect.iter() {
+            if AssertUnwindSafe(hook(conn.clone()))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!(conn = %conn.id(), "a connect hook panicked");
+            }
+        }
+    })
+}

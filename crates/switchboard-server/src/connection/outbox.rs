@@ -1,0 +1,255 @@
+//! A connection's bounded outbound queue of pre-encoded frames, its closing state, and
+//! the wake-ups of the connection's task.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Waker;
+
+use futures_util::task::AtomicWaker;
+use switchboard_proto::{ErrorBody, ErrorCode, error_frame};
+
+use super::Closing;
+use crate::config::SlowConsumerPolicy;
+use crate::locks::lock;
+use crate::ws::Frame;
+use crate::{ConnId, SendError, ServerConfig};
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    closing: Option<Closing>,
+    /// The `error` frame written just before the close frame, after everything queued.
+    final_error: Option<String>,
+    reader_done: bool,
+    finished: bool,
+}
+
+/// What the writer should do next.
+pub(crate) enum WriterStep {
+    /// Frames were moved into the batch: write them, flush once.
+    Write,
+    /// Nothing to do until notified.
+    Wait,
+    /// Done: close with this.
+    Finish(Closing),
+}
+
+/// The outbound queue: bounded in frames and bytes, with a slow-consumer policy.
+pub(crate) struct Outbox {
+    state: Mutex<OutboxState>,
+    max_frames: usize,
+    max_bytes: usize,
+    /// The largest single frame it takes (larger ones are refused, never dropped
+    /// silently by the socket).
+    max_frame: usize,
+    policy: SlowConsumerPolicy,
+    /// The connection's task, woken when frames are queued or closing begins.
+    waker: AtomicWaker,
+    /// True while the task runs: it looks again before it sleeps when `dirty` is set,
+    /// so nothing needs to wake it.
+    polling: AtomicBool,
+    /// Something for the task happened (a frame queued, closing begun).
+    dirty: AtomicBool,
+    /// Set once closing has begun (the reader stops reading).
+    closing: AtomicBool,
+}
+
+impl Outbox {
+    pub(crate) fn new(config: &ServerConfig) -> Outbox {
+        Outbox {
+            state: Mutex::new(OutboxState::default()),
+            max_frames: config.outbound_queue.max(1),
+            max_bytes: config.outbound_queue_bytes.max(1),
+            max_frame: config.max_frame_out(),
+            policy: config.slow_consumer,
+            waker: AtomicWaker::new(),
+            polling: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues a frame, applying the slow-consumer policy when the queue is full.
+    pub(crate) fn push(&self, frame: Frame, id: ConnId) -> Result<(), SendError> {
+        let len = frame.len();
+        if len > self.max_frame {
+            return Err(SendError::TooLarge {
+                size: len,
+                max: self.max_frame,
+            });
+        }
+        let mut st = lock(&self.state);
+        if st.finished || st.closing.as_ref().is_some_and(|c| c.abort || c.by_client) {
+            return Err(SendError::Closed);
+        }
+        // One frame is always accepted into an empty queue (up to `max_frame`), so a
+        // large reply cannot count as a slow consumer.
+        let full = !st.frames.is_empty()
+            && (st.frames.len() >= self.max_frames || st.bytes + len > self.max_bytes);
+        if full {
+            match self.policy {
+                SlowConsumerPolicy::DropNew => {
+                    tracing::debug!(conn = %id, "outbound queue full, message dropped");
+                    return Err(SendError::Full);
+                }
+                SlowConsumerPolicy::Disconnect => {
+                    tracing::info!(conn = %id, "slow consumer, disconnecting");
+                    st.frames.clear();
+                    st.bytes = 0;
+                    st.closing = Some(Closing::abort_with_code(
+                        ErrorCode::SlowConsumer,
+                        "outbound queue full",
+                    ));
+                    self.closing.store(true, Ordering::Release);
+                    drop(st);
+                    self.wake();
+                    return Err(SendError::Full);
+                }
+            }
+        }
+        st.bytes += len;
+        st.frames.push_back(frame);
+        drop(st);
+        self.wake();
+        Ok(())
+    }
+
+    /// Wakes the connection's task, unless it is running (it then looks at the queue
+    /// and the closing state before it sleeps; see [`Outbox::sleeping`]).
+    fn wake(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        if !self.polling.load(Ordering::SeqCst) {
+            self.waker.wake();
+        }
+    }
+
+    /// The connection's task starts a turn: nothing needs to wake it until
+    /// [`sleeping`](Outbox::sleeping).
+    pub(crate) fn awake(&self, waker: &Waker) {
+        self.waker.register(waker);
+        self.polling.store(true, Ordering::SeqCst);
+        self.dirty.store(false, Ordering::SeqCst);
+    }
+
+    /// The connection's task is about to sleep: false if something happened during its
+    /// turn (it must look again). Whatever happens after this wakes it.
+    pub(crate) fn sleeping(&self) -> bool {
+        self.polling.store(false, Ordering::SeqCst);
+        if self.dirty.swap(false, Ordering::SeqCst) {
+            self.polling.store(true, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// True once closing has begun: the reader reads no more.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Starts closing; the first reason wins, except that an abort overrides a graceful
+    /// close.
+    pub(crate) fn begin_close(&self, closing: Closing) {
+        let mut st = lock(&self.state);
+        match &st.closing {
+            Some(existing) if existing.abort || !closing.abort => return,
+            _ => {}
+        }
+        if closing.abort {
+            st.frames.clear();
+            st.bytes = 0;
+        }
+        st.closing = Some(closing);
+        self.closing.store(true, Ordering::Release);
+        drop(st);
+        self.wake();
+    }
+
+    /// Begins closing with a final `error` frame, sent after everything already queued.
+    pub(crate) fn close_with_error(&self, closing: Closing, error: &ErrorBody) {
+        {
+            let mut st = lock(&self.state);
+            if st.closing.is_none() && st.final_error.is_none() {
+                st.final_error = Some(error_frame(error));
+            }
+        }
+        self.begin_close(closing);
+    }
+
+    /// Closes with one of switchboard's codes: a final `error` frame, then the close.
+    pub(crate) fn close_with_code(&self, code: ErrorCode, message: &str) {
+        self.close_with_error(
+            Closing::with_code(code, message),
+            &ErrorBody::new(code, message),
+        );
+    }
+
+    /// The final `error` frame, if the close has one.
+    pub(crate) fn take_final_error(&self) -> Option<String> {
+        lock(&self.state).final_error.take()
+    }
+
+    /// The reader has stopped: no more handlers will run for this connection.
+    pub(crate) fn reader_finished(&self, closing_if_none: Closing) {
+        let mut st = lock(&self.state);
+        st.reader_done = true;
+        if st.closing.is_none() {
+            st.closing = Some(closing_if_none);
+        }
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// Moves queued frames into `batch`, or says to wait or finish.
+    pub(crate) fn take_batch(&self, batch: &mut VecDeque<Frame>) -> WriterStep {
+        let mut st = lock(&self.state);
+        if let Some(c) = st.closing.clone() {
+            if c.abort || c.by_client {
+                st.finished = true;
+                return WriterStep::Finish(c);
+            }
+        }
+        if !st.frames.is_empty() {
+            std::mem::swap(&mut st.frames, batch);
+            st.bytes = 0;
+            return WriterStep::Write;
+        }
+        // Going idle: one queue buffer is enough, and after a burst none that is big.
+        // The writer's is handed back when the queue has none, so a steady exchange of
+        // messages allocates nothing here.
+        if st.frames.capacity() > 64 {
+            st.frames = VecDeque::new();
+        }
+        if st.frames.capacity() == 0 && batch.capacity() <= 64 {
+            std::mem::swap(&mut st.frames, batch);
+        } else {
+            *batch = VecDeque::new();
+        }
+        match &st.closing {
+            Some(c) if st.reader_done => {
+                let c = c.clone();
+                st.finished = true;
+                WriterStep::Finish(c)
+            }
+            _ => WriterStep::Wait,
+        }
+    }
+
+    /// The closing state, if closing has begun.
+    pub(crate) fn closing(&self) -> Option<Closing> {
+        lock(&self.state).closing.clone()
+    }
+
+    /// True once the connection has finished (no more frames accepted).
+    pub(crate) fn is_finished(&self) -> bool {
+        lock(&self.state).finished
+    }
+
+    /// Marks the connection finished (no more frames accepted).
+    pub(crate) fn mark_finished(&self) {
+        lock(&self.state).finished = true;
+        // The task is ending: a `Conn` kept by application code must not keep it alive.
+        drop(self.waker.take());
+    }
+}

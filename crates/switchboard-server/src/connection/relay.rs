@@ -1,0 +1,66 @@
+//! The hub's relay: a message that no handler takes, sent on to the room or the client it
+//! names (`room`, or `to`: a client id, `all`, `others`), stamped with its sender.
+
+use serde_json::json;
+use switchboard_proto::{Envelope, ErrorBody, ErrorCode, ack_ok};
+
+use super::Conn;
+use super::dispatch::send_error;
+use crate::backplane::Target;
+use crate::server::validate_room;
+use crate::ws::Frame;
+use crate::{ConnId, Server};
+
+/// The hub's relay: a message no handler takes, sent on to the room or client it names.
+pub(crate) fn relay(server: &Server, conn: &Conn, env: &Envelope) {
+    let from = conn.id();
+    let outcome: Result<usize, ErrorBody> = match (env.to.as_deref(), env.room.as_deref()) {
+        (Some(_), Some(_)) => Err(ErrorBody::new(
+            ErrorCode::InvalidEnvelope,
+            "name a `room` or a `to`, not both",
+        )),
+        (Some("all"), None) => {
+            Ok(server.relay(Target::All, vec![], &env.kind, &env.payload, None, from))
+        }
+        (Some("others"), None) => {
+            Ok(server.relay(Target::All, vec![from], &env.kind, &env.payload, None, from))
+        }
+        (Some(to), None) => match to.parse::<ConnId>() {
+            Ok(id) if server.may_reach(id) => Ok(server.relay(
+                Target::Conns(vec![id]),
+                vec![],
+                &env.kind,
+                &env.payload,
+                None,
+                from,
+            )),
+            _ => Err(ErrorBody::new(
+                ErrorCode::ClientNotFound,
+                format!("no client `{to}` is connected"),
+            )),
+        },
+        (None, Some(room)) => match validate_room(room) {
+            Ok(()) => Ok(server.relay(
+                Target::Room(room.to_owned()),
+                vec![from],
+                &env.kind,
+                &env.payload,
+                Some(room),
+                from,
+            )),
+            Err(e) => Err(ErrorBody::new(ErrorCode::InvalidRoom, e.to_string())),
+        },
+        (None, None) => Err(ErrorBody::new(
+            ErrorCode::UnknownType,
+            "nothing to relay to",
+        )),
+    };
+    match (outcome, env.ref_id.as_deref()) {
+        (Ok(n), Some(r)) => {
+            let result = serde_json::value::to_raw_value(&json!({ "delivered": n })).ok();
+            let _ = conn.push(Frame::text(ack_ok(r, result.as_deref())));
+        }
+        (Ok(_), None) => {}
+        (Err(e), r) => send_error(conn, r, &e),
+    }
+}

@@ -1,0 +1,370 @@
+//! The task that serves one open connection: one loop over the unsplit socket that
+//! reads and dispatches, then writes from the outbox and flushes once; and, at the end,
+//! the close handshake, unregistration and the disconnect hooks.
+//!
+//! A handler that has to wait holds up reading, not writing, so it never stalls
+//! delivery to its own client.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt;
+use switchboard_proto::ErrorCode;
+
+use super::dispatch::{self, Rest};
+use super::outbox::WriterStep;
+use super::{Closing, Conn, closing};
+use crate::dialect::{DialectAdapter, Read, ReadBinary};
+use crate::rate_limit::{Admit, RateLimiter};
+use crate::rpc::Calls;
+use crate::ws::{Frame, Incoming, ReadError, Text, WebSocket, WriteError};
+use crate::{DisconnectReason, Server};
+
+/// How many messages one turn reads before it writes what they produced.
+const MESSAGES_PER_TURN: usize = 32;
+
+/// Everything an open connection's task keeps between messages.
+pub(crate) struct ConnectionTask {
+    pub(super) server: Server,
+    pub(super) conn: Conn,
+    pub(super) ws: WebSocket,
+    pub(super) limiter: RateLimiter,
+    pub(super) adapter: DialectAdapter,
+    /// Every data frame goes back as it came (the echo endpoint).
+    pub(super) echo: bool,
+    pub(super) calls: Option<Calls>,
+    /// Work that holds up reading: the connect hooks, a handler that had to wait, the
+    /// calls still running when reading ended.
+    pub(super) rest: Option<Rest>,
+    pub(super) reading: Reading,
+    /// The socket had nothing the last time it was read: wait for its readiness.
+    pub(super) read_blocked: bool,
+    /// Frames taken from the outbox and not yet handed to the socket.
+    pub(super) batch: VecDeque<Frame>,
+    /// Frames were handed to the socket since the last flush.
+    pub(super) unflushed: bool,
+    /// The writer is done, gracefully; the reader has yet to finish.
+    pub(super) finished: Option<Closing>,
+}
+
+/// Where reading is.
+pub(super) enum Reading {
+    Open,
+    /// No more reading; finishing once `rest` is done (with the client's reason, if the
+    /// client ended it).
+    Draining(Option<Closing>),
+    Done,
+}
+
+impl ConnectionTask {
+    /// Reads and handles messages, and writes from the outbox, until the connection
+    /// closes: one task, one loop, the socket unsplit. Each turn reads what has come
+    /// in (a bounded number of messages), then writes what that produced and whatever
+    /// else was queued, flushing once. Reading waits on the socket's readiness, so a
+    /// turn started by a queued frame costs no read attempt.
+    pub(super) async fn serve(&mut self) -> Closing {
+        std::future::poll_fn(|cx| self.poll_serve(cx)).await
+    }
+
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Closing> {
+        let outbox = self.conn.outbox();
+        outbox.awake(cx.waker());
+        loop {
+            let read = self.poll_read(cx);
+            if let Poll::Ready(closing) = self.poll_write(cx) {
+                if closing.abort || matches!(self.reading, Reading::Done) {
+                    return Poll::Ready(closing);
+                }
+                // A graceful finish waits for the reader: its last handler, its calls.
+                self.finished = Some(closing);
+            }
+            if let (Some(_), Reading::Done) = (&self.finished, &self.reading) {
+                let closing = self.finished.take();
+                return Poll::Ready(closing.unwrap_or_else(|| Closing::lost("closed")));
+            }
+            let outbox = self.conn.outbox();
+            if !read && outbox.sleeping() {
+                return Poll::Pending;
+            }
+            outbox.awake(cx.waker());
+        }
+    }
+
+    /// Reads and handles up to a turn's worth of messages. True if it did something
+    /// (the caller then writes and comes back).
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        for _ in 0..MESSAGES_PER_TURN {
+            // A handler that has to wait (or the connect hooks, or the calls still
+            // running at the end) holds up reading: messages are handled in order.
+            if let Some(rest) = &mut self.rest {
+                match rest.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.rest = None;
+                        progress = true;
+                    }
+                    Poll::Pending => return progress,
+                }
+            }
+            match &self.reading {
+                Reading::Open => {}
+                Reading::Draining(_) => {
+                    // The calls have answered (or were cancelled): the reader is done.
+                    let end = match std::mem::replace(&mut self.reading, Reading::Done) {
+                        Reading::Draining(end) => end,
+                        _ => None,
+                    };
+                    let end = end.unwrap_or_else(|| Closing::lost("closed"));
+                    self.conn.outbox().reader_finished(end);
+                    return true;
+                }
+                Reading::Done => return progress,
+            }
+            if self.conn.is_closing() {
+                self.stop_reading(None);
+                progress = true;
+                continue;
+            }
+            if self.read_blocked {
+                if self.ws.poll_read_ready(cx).is_pending() {
+                    return progress;
+                }
+                self.read_blocked = false;
+            }
+            let next = match self.ws.poll_next(cx) {
+                Poll::Pending => {
+                    self.read_blocked = true;
+                    return progress;
+                }
+                Poll::Ready(next) => next,
+            };
+            progress = true;
+            self.conn.touch();
+            if let Some(end) = self.received(next) {
+                self.stop_reading(end);
+            }
+        }
+        progress
+    }
+
+    /// Handles one thing read from the socket; `Some` when reading ends (with the
+    /// reason when it is the client's doing).
+    fn received(&mut self, next: Option<Result<Incoming, ReadError>>) -> Option<Option<Closing>> {
+        let message = match next {
+            None => return Some(Some(Closing::lost("connection dropped"))),
+            Some(Err(e)) => {
+                let max = self.server.config().max_message_size;
+                let too_large = matches!(e, ReadError::TooLarge);
+                let closing = Closing::after_read_error(e, max);
+                if closing.abort {
+                    return Some(Some(closing));
+                }
+                if too_large {
+                    let message = format!("a message may be at most {max} bytes");
+                    self.conn
+                        .outbox()
+                        .close_with_code(ErrorCode::MessageTooLarge, &message);
+                } else {
+                    self.conn.outbox().begin_close(closing);
+                }
+                return Some(None);
+            }
+            Some(Ok(Incoming::Close(frame))) => {
+                let (code, reason) = frame.unwrap_or((1005, String::new()));
+                return Some(Some(Closing::by_client(code, reason)));
+            }
+            // The socket library answers pings itself; a pong only proves life.
+            Some(Ok(Incoming::Control)) => return None,
+            Some(Ok(m)) => m,
+        };
+        match self.limiter.admit() {
+            Admit::Yes => {}
+            Admit::No { first } => {
+                let text = match &message {
+                    Incoming::Text(t) => Some(t.as_str()),
+                    _ => None,
+                };
+                dispatch::rate_limited(&self.conn, text, first, self.limiter.retry_after_ms());
+                return None;
+            }
+            Admit::Close => {
+                tracing::info!(conn = %self.conn.id(), "closing a client that keeps flooding");
+                self.conn
+                    .close(ErrorCode::RateLimited, "kept sending while rate limited");
+                return Some(None);
+            }
+        }
+        self.rest = self.handle(message);
+        None
+    }
+
+    /// One data frame, through the dialect adapter to dispatch (or back, on the echo
+    /// endpoint).
+    fn handle(&mut self, message: Incoming) -> Option<Rest> {
+        let (server, conn) = (&self.server, &self.conn);
+        match message {
+            Incoming::Text(text) if self.echo => {
+                let _ = conn.push(Frame::Text(text));
+                None
+            }
+            Incoming::Binary(data) if self.echo => {
+                let _ = conn.push(Frame::Binary(data));
+                None
+            }
+            Incoming::Text(text) => {
+                let was = self.adapter.dialect();
+                let read = self.adapter.read_text(text.as_str());
+                if self.adapter.dialect() != was {
+                    tracing::debug!(conn = %conn.id(), dialect = %self.adapter.dialect().as_str(), "dialect recognised");
+                    conn.set_dialect(self.adapter.dialect());
+                }
+                match read {
+                    Read::Envelope(env) => dispatch::envelope(server, conn, env, &mut self.calls),
+                    Read::Invalid(e) => {
+                        dispatch::decode_error(conn, &e);
+                        None
+                    }
+                    Read::Answer(text) => {
+                        let _ = conn.push(Frame::Verbatim(Text::from(text)));
+                        None
+                    }
+                }
+            }
+            Incoming::Binary(data) => match self.adapter.read_binary(data) {
+                ReadBinary::Dispatch(data) => dispatch::binary(server, conn, data),
+                ReadBinary::Echo(data) => {
+                    let _ = conn.push(Frame::Binary(data));
+                    None
+                }
+            },
+            Incoming::Close(_) | Incoming::Control => None,
+        }
+    }
+
+    /// Reading has ended (`end`: the client's doing, if it was). The client gone, its
+    /// calls' answers have nowhere to go; the server closing gracefully lets them answer.
+    fn stop_reading(&mut self, end: Option<Closing>) {
+        if let Some(calls) = &self.calls {
+            if end.as_ref().is_some_and(|c| c.by_client) {
+                calls.cancel();
+            } else {
+                let drain = calls.drained();
+                // After the handler in flight, if any.
+                self.rest = Some(match self.rest.take() {
+                    Some(first) => Box::pin(async move {
+                        first.await;
+                        drain.await;
+                    }),
+                    None => Box::pin(drain),
+                });
+            }
+        }
+        self.reading = Reading::Draining(end);
+    }
+
+    /// Writes what is queued (moved out of the outbox in one go), then flushes once.
+    /// Ready when the connection is to close.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Closing> {
+        loop {
+            if self.batch.is_empty() {
+                match self.conn.outbox().take_batch(&mut self.batch) {
+                    WriterStep::Finish(closing) => return Poll::Ready(closing),
+                    WriterStep::Wait => {
+                        // A flush the socket could not take at once is finished here.
+                        if self.unflushed {
+                            match self.ws.poll_flush(cx) {
+                                Poll::Ready(Ok(())) => self.unflushed = false,
+                                Poll::Ready(Err(e)) => {
+                                    self.unflushed = false;
+                                    self.write_failed(&e);
+                                    continue;
+                                }
+                                Poll::Pending => {}
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                    WriterStep::Write => {}
+                }
+            } else if self.conn.outbox().closing().is_some_and(|c| c.abort) {
+                // The client does not read: stop writing to it.
+                self.batch.clear();
+                continue;
+            }
+            if let Err(e) = self.write_batch(cx) {
+                self.batch.clear();
+                self.write_failed(&e);
+                continue;
+            }
+            if !self.batch.is_empty() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn write_failed(&self, e: &WriteError) {
+        tracing::debug!(conn = %self.conn.id(), error = %e, "write failed");
+        let closing = Closing::lost(format!("write failed: {e}"));
+        self.conn.outbox().begin_close(closing);
+    }
+
+    /// Feeds the batch's frames (each through the dialect adapter) and flushes; what the
+    /// socket cannot take yet stays in the batch (the socket wakes the task when it can).
+    fn write_batch(&mut self, cx: &mut Context<'_>) -> Result<(), WriteError> {
+        while !self.batch.is_empty() {
+            if self.ws.poll_ready(cx)?.is_pending() {
+                return Ok(());
+            }
+            if let Some(frame) = self.batch.pop_front().and_then(|f| self.adapter.write(f)) {
+                self.ws.start_send(frame)?;
+                self.unflushed = true;
+            }
+        }
+        if self.unflushed && self.ws.poll_flush(cx)?.is_ready() {
+            self.unflushed = false;
+        }
+        Ok(())
+    }
+
+    /// The close handshake, unregistration and the disconnect hooks.
+    pub(super) async fn close(self, closing: Closing) {
+        let ConnectionTask {
+            server,
+            conn,
+            mut ws,
+            calls,
+            mut adapter,
+            ..
+        } = self;
+        let final_error = conn
+            .outbox()
+            .take_final_error()
+            .and_then(|e| adapter.localize(&e));
+        let limit = server.config().close_timeout;
+        closing::close_socket(&mut ws, &closing, final_error, limit).await;
+        drop(ws);
+        conn.outbox().mark_finished();
+        if let Some(calls) = calls {
+            // Calls still running have nobody to answer.
+            calls.cancel();
+        }
+
+        server.remove_connection(&conn);
+        let reason = DisconnectReason {
+            code: closing.code,
+            reason: closing.reason.clone(),
+            by_server: !closing.by_client,
+        };
+        tracing::debug!(conn = %conn.id(), code = reason.code, reason = %reason.reason, "disconnected");
+        for hook in server.hooks().disconnect.iter() {
+            if AssertUnwindSafe(hook(conn.clone(), reason.clone()))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!(conn = %conn.id(), "a disconnect hook panicked");
+            }
+        }
+    }
+}

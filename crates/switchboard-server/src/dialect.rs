@@ -1,0 +1,267 @@
+//! The wire adapter: a client's dialect, chosen at the upgrade (or recognised from a
+//! Metafor client's first frame), applied once on read and once on write.
+//!
+//! Everything past this module sees native envelopes and native frames: dispatch,
+//! handlers, rooms and the relay never know which dialect a client speaks. A
+//! dialect's own commands become native messages here (Metafor's `_join` is a
+//! `join_room`, its answer an ack translated back into `{"status": "joined"}`), so every
+//! check the native path makes (server-only types, room names, permissions) applies to
+//! every dialect alike.
+
+use bytes::Bytes;
+use serde_json::json;
+use switchboard_proto::dialect::{datadivr, metafor};
+use switchboard_proto::reply::Ack;
+use switchboard_proto::{DecodeError, Dialect, Envelope, Payload, error_frame, types};
+
+use crate::ConnId;
+use crate::ws::{Frame, Text};
+
+/// What a text frame from the client asks for.
+#[derive(Debug)]
+pub(crate) enum Read {
+    /// A native envelope, to dispatch.
+    Envelope(Envelope),
+    /// Unreadable: answer with this error.
+    Invalid(DecodeError),
+    /// The dialect answers this frame itself, with this text (Metafor's echo).
+    Answer(String),
+}
+
+/// What a binary frame from the client asks for.
+pub(crate) enum ReadBinary {
+    /// Handle it (the `on_binary` handlers).
+    Dispatch(Bytes),
+    /// Send it back as it came (Metafor's reference server echoes what it cannot read).
+    Echo(Bytes),
+}
+
+/// A connection's wire adapter.
+#[derive(Debug)]
+pub(crate) enum DialectAdapter {
+    /// switchboard's own protocol; `undecided` until the first frame, which may show a
+    /// Metafor client on the native endpoint.
+    Native { undecided: bool },
+    /// datadivr: frames addressed to this client carry its id.
+    Datadivr { client_id: Box<str> },
+    /// Metafor Channels: the `_join` / `_leave` commands in flight, by the `ref` they
+    /// were given, so their acks can be answered as Metafor's status messages.
+    Metafor {
+        commands: Vec<RoomCommand>,
+        next: u32,
+    },
+}
+
+/// A Metafor `_join` or `_leave` waiting for its ack.
+#[derive(Debug)]
+pub(crate) struct RoomCommand {
+    ref_id: String,
+    join: bool,
+    room: String,
+}
+
+/// The `ref` prefix of Metafor room commands (never seen by the client).
+const METAFOR_REF: &str = "metafor:";
+
+impl DialectAdapter {
+    pub(crate) fn new(dialect: Dialect, client: ConnId) -> DialectAdapter {
+        match dialect {
+            Dialect::Datadivr => DialectAdapter::Datadivr {
+                client_id: client.to_string().into_boxed_str(),
+            },
+            Dialect::Metafor => DialectAdapter::Metafor {
+                commands: Vec::new(),
+                next: 0,
+            },
+            _ => DialectAdapter::Native { undecided: true },
+        }
+    }
+
+    pub(crate) fn dialect(&self) -> Dialect {
+        match self {
+            DialectAdapter::Native { .. } => Dialect::Native,
+            DialectAdapter::Datadivr { .. } => Dialect::Datadivr,
+            DialectAdapter::Metafor { .. } => Dialect::Metafor,
+        }
+    }
+
+    /// Reads one text frame. On a native connection, a first frame that is
+    /// unmistakably Metafor's switches the adapter to Metafor.
+    pub(crate) fn read_text(&mut self, text: &str) -> Read {
+        if let DialectAdapter::Native { undecided } = self {
+            let first = std::mem::take(undecided);
+            if first && metafor::detect(text) {
+                *self = DialectAdapter::new(Dialect::Metafor, ConnId::from_u64(0));
+            }
+        }
+        match self {
+            DialectAdapter::Native { .. } => read(Envelope::decode(text)),
+            DialectAdapter::Datadivr { .. } => read(datadivr::incoming(text)),
+            DialectAdapter::Metafor { commands, next } => match metafor::incoming(text) {
+                Err(e) => Read::Invalid(e),
+                Ok(metafor::Incoming::Join(room)) => {
+                    Read::Envelope(room_command(commands, next, true, room))
+                }
+                Ok(metafor::Incoming::Leave(room)) => {
+                    Read::Envelope(room_command(commands, next, false, room))
+                }
+                Ok(metafor::Incoming::Room(env)) => Read::Envelope(env),
+                Ok(metafor::Incoming::Echo(value)) => Read::Answer(metafor::echo(&value)),
+                Ok(metafor::Incoming::Text(t)) => Read::Answer(format!("Echo: {t}")),
+            },
+        }
+    }
+
+    /// Reads an envelope during authentication (no dialect detection, no commands).
+    pub(crate) fn read_auth(&self, text: &str) -> Result<Envelope, DecodeError> {
+        match self {
+            DialectAdapter::Datadivr { .. } => datadivr::incoming(text),
+            _ => Envelope::decode(text),
+        }
+    }
+
+    pub(crate) fn read_binary(&self, data: Bytes) -> ReadBinary {
+        match self {
+            DialectAdapter::Metafor { .. } => ReadBinary::Echo(data),
+            _ => ReadBinary::Dispatch(data),
+        }
+    }
+
+    /// A frame as this client reads it (`None`: the dialect has no such frame).
+    pub(crate) fn write(&mut self, frame: Frame) -> Option<Frame> {
+        match (self, frame) {
+            (DialectAdapter::Native { .. }, frame) => Some(frame),
+            (adapter, Frame::Text(native)) => adapter
+                .localize(native.as_str())
+                .map(|t| Frame::Verbatim(Text::from(t))),
+            (_, frame) => Some(frame),
+        }
+    }
+
+    /// A native frame's text in this client's dialect (`None`: no such frame).
+    pub(crate) fn localize(&mut self, native: &str) -> Option<String> {
+        match self {
+            DialectAdapter::Native { .. } => Some(native.to_owned()),
+            DialectAdapter::Datadivr { client_id } => datadivr::outgoing(native, client_id),
+            DialectAdapter::Metafor { commands, .. } => {
+                if !commands.is_empty() {
+                    if let Some(answer) = command_answer(commands, native) {
+                        return Some(answer);
+                    }
+                }
+                metafor::outgoing(native)
+            }
+        }
+    }
+}
+
+fn read(decoded: Result<Envelope, DecodeError>) -> Read {
+    match decoded {
+        Ok(env) => Read::Envelope(env),
+        Err(e) => Read::Invalid(e),
+    }
+}
+
+/// A Metafor `_join` / `_leave` as the native `join_room` / `leave_room`.
+fn room_command(
+    commands: &mut Vec<RoomCommand>,
+    next: &mut u32,
+    join: bool,
+    room: String,
+) -> Envelope {
+    *next = next.wrapping_add(1);
+    let ref_id = format!("{METAFOR_REF}{next}");
+    let kind = if join {
+        types::JOIN_ROOM
+    } else {
+        types::LEAVE_ROOM
+    };
+    let payload =
+        Payload::from_serialize(&json!({ "room_id": room })).unwrap_or_else(|_| Payload::empty());
+    commands.push(RoomCommand {
+        ref_id: ref_id.clone(),
+        join,
+        room,
+    });
+    Envelope {
+        ref_id: Some(ref_id),
+        ..Envelope::with_payload(kind, payload)
+    }
+}
+
+/// The answer to a room command, if `native` is the ack of one: Metafor's status
+/// message, or its error.
+fn command_answer(commands: &mut Vec<RoomCommand>, native: &str) -> Option<String> {
+    if !native.starts_with(r#"{"type":"ack""#) {
+        return None;
+    }
+    let ack: Ack = Envelope::decode(native).ok()?.payload_as().ok()?;
+    let at = commands.iter().position(|c| c.ref_id == ack.ref_id)?;
+    let command = commands.swap_remove(at);
+    Some(match ack.into_result() {
+        Ok(_) => metafor::status(command.join, &command.room),
+        Err(error) => metafor::outgoing(&error_frame(&error))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> ConnId {
+        ConnId::from_u64(7)
+    }
+
+    #[test]
+    fn a_metafor_join_is_a_native_join_answered_in_metafor_s_words() {
+        let mut a = DialectAdapter::new(Dialect::Native, id());
+        let Read::Envelope(env) = a.read_text(r#"{"type":"_join","room":"r1"}"#) else {
+            panic!("a join")
+        };
+        assert_eq!(
+            a.dialect(),
+            Dialect::Metafor,
+            "recognised by its first frame"
+        );
+        assert_eq!(env.kind, "join_room");
+        assert_eq!(env.payload.get(), r#"{"room_id":"r1"}"#);
+        let r = env.ref_id.clone().unwrap();
+        let ack = switchboard_proto::ack_ok(&r, None);
+        assert_eq!(
+            a.localize(&ack).as_deref(),
+            Some(r#"{"room":"r1","status":"joined"}"#)
+        );
+        assert_eq!(
+            a.localize(&ack),
+            None,
+            "answered once; other acks are not Metafor's"
+        );
+    }
+
+    #[test]
+    fn only_the_first_frame_can_switch_to_metafor() {
+        let mut a = DialectAdapter::new(Dialect::Native, id());
+        assert!(matches!(
+            a.read_text(r#"{"type":"ping"}"#),
+            Read::Envelope(_)
+        ));
+        assert!(matches!(
+            a.read_text(r#"{"_room":"r","text":"x"}"#),
+            Read::Invalid(_)
+        ));
+        assert_eq!(a.dialect(), Dialect::Native);
+    }
+
+    #[test]
+    fn datadivr_frames_carry_the_client_s_id() {
+        let mut a = DialectAdapter::new(Dialect::Datadivr, id());
+        let out = a
+            .write(Frame::text(r#"{"type":"x","payload":{"value":1}}"#.into()))
+            .unwrap();
+        let Frame::Verbatim(t) = out else {
+            panic!("translated")
+        };
+        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(v["to"], id().to_string());
+    }
+}

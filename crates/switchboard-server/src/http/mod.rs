@@ -1,0 +1,39 @@
+//! HTTP serving: the accept loop (plain and TLS), the routes (`/ws`, `/health`, `/rpc`,
+//! the application's own), the WebSocket upgrade, and the binding that `Server::run`
+//! does.
+
+mod accept;
+mod serve;
+mod tls;
+mod upgrade;
+
+use axum::extract::State as AxumState;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+pub use serve::{Listening, shutdown_signal};
+pub use tls::TlsConfig;
+pub(crate) use upgrade::{echo_route, ws_route};
+
+use crate::Server;
+
+/// The axum router: the WebSocket endpoint, the echo endpoint when configured,
+/// `/health`, `/rpc` and the application's routes.
+pub(crate) fn router(server: Server) -> axum::Router {
+    let path = server.config().path.clone();
+    let mut app = server.http_routes().route(&path, ws_route(server.clone()));
+    if let Some(echo) = &server.config().echo_path {
+        app = app.route(echo, echo_route(server.clone()));
+    }
+    app.route("/health", get(health).with_state(server.clone()))
+        .route("/rpc", get(methods).with_state(server))
+}
+
+async fn health(AxumState(server): AxumState<Server>) -> Response {
+    axum::Json(server.health()).into_response()
+}
+
+/// `GET /rpc`: the methods, as `listall` returns them, for tools that generate clients.
+async fn methods(AxumState(server): AxumState<Server>) -> Response {
+    axum::Json(server.methods()).into_response()
+}

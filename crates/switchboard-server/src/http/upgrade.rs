@@ -1,0 +1,245 @@
+//! The WebSocket upgrade: the request's checks (RFC 6455 headers, origin, shutdown),
+//! the dialect the client asked for, and the 101 answer; the connection then runs in a
+//! task of its own ([`crate::connection`]).
+
+use std::net::SocketAddr;
+
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{Request, State as AxumState};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use switchboard_proto::Dialect;
+
+use crate::Server;
+use crate::connection::Mode;
+use crate::ws::{self, WebSocket};
+
+pub(crate) fn ws_route(server: Server) -> MethodRouter {
+    get(upgrade).with_state(server)
+}
+
+pub(crate) fn echo_route(server: Server) -> MethodRouter {
+    get(upgrade_echo).with_state(server)
+}
+
+async fn upgrade(AxumState(server): AxumState<Server>, req: Request) -> Response {
+    let asked = req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "dialect")
+            .map(|(_, v)| v.to_owned())
+    });
+    let (dialect, subprotocol) = match choose_dialect(&server, asked.as_deref(), req.headers()) {
+        Ok(chosen) => chosen,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    };
+    accept(server, req, Mode::Messages(dialect), subprotocol)
+}
+
+/// The dialect a client asked for: `?dialect=` first, then a `switchboard.<dialect>`
+/// subprotocol (answered in the handshake), then the server's default.
+fn choose_dialect(
+    server: &Server,
+    asked: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(Dialect, Option<&'static str>), String> {
+    if let Some(name) = asked {
+        return name.parse::<Dialect>().map(|d| (d, None));
+    }
+    let offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(','))
+        .find_map(|p| {
+            Dialect::ALL
+                .into_iter()
+                .find(|d| d.subprotocol() == p.trim())
+        });
+    Ok(match offered {
+        Some(d) => (d, Some(d.subprotocol())),
+        None => (server.config().default_dialect, None),
+    })
+}
+
+async fn upgrade_echo(AxumState(server): AxumState<Server>, req: Request) -> Response {
+    accept(server, req, Mode::Echo, None)
+}
+
+/// True if a browser page from this `Origin` may connect. Programs send no `Origin` and
+/// are not affected; an empty list allows every origin.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match headers.get(header::ORIGIN) {
+        None => true,
+        Some(origin) => origin.to_str().is_ok_and(|o| {
+            allowed
+                .iter()
+                .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(o))
+        }),
+    }
+}
+
+/// True if the header holds `token` in its comma-separated list (case-insensitive).
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The `Sec-WebSocket-Accept` answer to a valid upgrade request (RFC 6455 section
+/// 4.2.1), or what is wrong with it.
+fn accept_key(headers: &HeaderMap) -> Result<String, &'static str> {
+    if !header_has(headers, header::CONNECTION, "upgrade") {
+        return Err("a WebSocket endpoint: `Connection: upgrade` is missing");
+    }
+    if !header_has(headers, header::UPGRADE, "websocket") {
+        return Err("a WebSocket endpoint: `Upgrade: websocket` is missing");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err("`Sec-WebSocket-Version: 13` is required");
+    }
+    match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) => Ok(ws::accept_key(key.as_bytes())),
+        None => Err("`Sec-WebSocket-Key` is missing"),
+    }
+}
+
+/// Checks the upgrade request and answers it with 101; the
+/// connection then runs in a task of its own.
+fn accept(server: Server, mut req: Request, mode: Mode, subprotocol: Option<&str>) -> Response {
+    let headers = req.headers();
+    let accept_key = match accept_key(headers) {
+        Ok(key) => key,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    if server.is_shutting_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down").into_response();
+    }
+    if !origin_allowed(&server.config().allowed_origins, headers) {
+        tracing::info!(origin = ?headers.get(header::ORIGIN), "connection refused: origin not allowed");
+        return (StatusCode::FORBIDDEN, "FORBIDDEN: origin not allowed").into_response();
+    }
+    let remote = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    if req
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_none()
+    {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "this connection cannot be upgraded",
+        )
+            .into_response();
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    // Counted before the upgrade so a shutdown waits for this connection too.
+    let token = server.track();
+    let settings = server.socket_settings();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "the upgrade failed");
+                return;
+            }
+        };
+        let ws = WebSocket::from_upgraded(upgraded, settings).await;
+        // The connection gets a task of its own, holding only its own state; this one,
+        // which also holds what the upgrade took, ends here.
+        tokio::spawn(crate::connection::run(server, ws, remote, mode, token));
+    });
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept_key);
+    if let Some(p) = subprotocol {
+        response = response.header(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    response
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, o.parse().unwrap_or_else(|_| unreachable!()));
+        }
+        h
+    }
+
+    #[test]
+    fn upgrade_requests_are_checked() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        h.insert(header::UPGRADE, "WebSocket".parse().unwrap());
+        h.insert(header::SEC_WEBSOCKET_VERSION, "13".parse().unwrap());
+        h.insert(
+            header::SEC_WEBSOCKET_KEY,
+            "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
+        );
+        // RFC 6455's own example.
+        assert_eq!(
+            accept_key(&h).as_deref(),
+            Ok("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+        for (name, missing) in [
+            (header::CONNECTION, "Connection"),
+            (header::UPGRADE, "Upgrade"),
+            (header::SEC_WEBSOCKET_VERSION, "Version"),
+            (header::SEC_WEBSOCKET_KEY, "Key"),
+        ] {
+            let mut without = h.clone();
+            without.remove(name);
+            let why = accept_key(&without).unwrap_err();
+            assert!(why.contains(missing), "{why}");
+        }
+        h.insert(header::SEC_WEBSOCKET_VERSION, "8".parse().unwrap());
+        assert!(accept_key(&h).is_err());
+    }
+
+    #[test]
+    fn origins() {
+        let allowed = vec!["https://app.example.com/".to_owned()];
+        assert!(origin_allowed(&[], &headers(Some("https://evil.example"))));
+        assert!(origin_allowed(
+            &allowed,
+            &headers(Some("https://app.example.com"))
+        ));
+        assert!(origin_allowed(
+            &allowed,
+            &headers(Some("https://APP.example.com"))
+        ));
+        assert!(!origin_allowed(
+            &allowed,
+            &headers(Some("https://evil.example"))
+        ));
+        assert!(!origin_allowed(&allowed, &headers(Some("null"))));
+        assert!(
+            origin_allowed(&allowed, &headers(None)),
+            "programs send no Origin"
+        );
+        assert!(origin_allowed(
+            &["*".to_owned()],
+            &headers(Some("https://x"))
+        ));
+    }
+}

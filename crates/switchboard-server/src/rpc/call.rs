@@ -1,0 +1,162 @@
+//! Running calls: at most `max_calls_in_flight` per connection, each answered with the
+//! ack of its `ref` (or `rpc_response`), a call that has to wait in a task of its own.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::Poll;
+
+use futures_util::FutureExt;
+use serde_json::json;
+use switchboard_proto::{
+    Envelope, ErrorBody, ErrorCode, RawValue, ack_ok, encode_payload_frame, error_reply,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::prepare::{Prepared, prepare};
+use crate::Server;
+use crate::connection::{Conn, Rest, panic_text, send_error};
+use crate::extract::MessageContext;
+use crate::ws::Frame;
+
+/// The RPC calls of one connection: at most `max` run at once, each in its own task.
+pub(crate) struct Calls {
+    semaphore: Arc<Semaphore>,
+    cancel: CancellationToken,
+    max: u32,
+}
+
+impl Calls {
+    pub(crate) fn new(max: usize) -> Calls {
+        let max = u32::try_from(max.clamp(1, 1 << 20)).unwrap_or(1);
+        Calls {
+            semaphore: Arc::new(Semaphore::new(max as usize)),
+            cancel: CancellationToken::new(),
+            max,
+        }
+    }
+
+    /// Cancels the calls still running (nobody is left to answer).
+    pub(crate) fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Ready when every running call has answered.
+    pub(crate) fn drained(&self) -> impl Future<Output = ()> + Send + 'static {
+        let (slots, max) = (self.semaphore.clone(), self.max);
+        async move {
+            let _ = slots.acquire_many(max).await;
+        }
+    }
+}
+
+/// Starts an RPC call: checks it (method, auth, params) here, then runs it (see
+/// [`begin_call`]). When `max_calls_in_flight` are running, what is returned waits for
+/// one to finish (the client is not read meanwhile: back-pressure instead of an
+/// unbounded backlog).
+pub(crate) fn start_call(
+    server: &Server,
+    conn: &Conn,
+    env: Envelope,
+    calls: &mut Option<Calls>,
+) -> Option<Rest> {
+    let cx = MessageContext::new(server, conn, env, None);
+    let ref_id = cx.envelope.ref_id.clone();
+    let prepared = match prepare(server.rpc_methods(), &cx) {
+        Ok(p) => p,
+        Err(e) => {
+            send_error(conn, ref_id.as_deref(), e.body());
+            return None;
+        }
+    };
+    // A slot first: at most `max_calls_in_flight` calls run at once, counting this one.
+    let calls = calls.get_or_insert_with(|| Calls::new(server.config().max_calls_in_flight));
+    let cancel = calls.cancel.clone();
+    match calls.semaphore.clone().try_acquire_owned() {
+        Ok(permit) => {
+            begin_call(cx, prepared, ref_id, permit, cancel);
+            None
+        }
+        Err(_) => {
+            // Every slot is taken: wait for one before reading on (back-pressure
+            // instead of an unbounded backlog), unless the connection closes.
+            let slots = calls.semaphore.clone();
+            Some(Box::pin(async move {
+                let acquire = slots.acquire_owned();
+                tokio::pin!(acquire);
+                let permit = std::future::poll_fn(|task| {
+                    if cx.conn.is_closing() {
+                        return Poll::Ready(None);
+                    }
+                    acquire.as_mut().poll(task).map(Result::ok)
+                })
+                .await;
+                if let Some(permit) = permit {
+                    begin_call(cx, prepared, ref_id, permit, cancel);
+                }
+            }))
+        }
+    }
+}
+
+/// Runs a call that holds its slot. Most methods finish without waiting (a
+/// computation, a lookup): those are answered at once. Only a call that has to wait
+/// runs in a task of its own, so it holds up neither the connection nor other calls.
+fn begin_call(
+    cx: MessageContext,
+    prepared: Prepared,
+    ref_id: Option<String>,
+    permit: OwnedSemaphorePermit,
+    cancel: CancellationToken,
+) {
+    let (server, conn) = (cx.server.clone(), cx.conn.clone());
+    let method = prepared.method();
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.run(cx)));
+    let mut fut = match started {
+        Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
+        Err(panic) => return rpc_reply(&conn, ref_id.as_deref(), method.name(), Err(panic)),
+    };
+    if let Some(outcome) = (&mut fut).now_or_never() {
+        drop(permit);
+        return rpc_reply(&conn, ref_id.as_deref(), method.name(), outcome);
+    }
+    server.spawn_tracked(async move {
+        let outcome = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            r = fut => r,
+        };
+        rpc_reply(&conn, ref_id.as_deref(), method.name(), outcome);
+        drop(permit);
+    });
+}
+
+type CallOutcome =
+    Result<Result<Box<RawValue>, crate::HandlerError>, Box<dyn std::any::Any + Send>>;
+
+/// Queues a call's answer: the ack of its `ref`, or `rpc_response`, or the error.
+fn rpc_reply(conn: &Conn, ref_id: Option<&str>, method: &str, outcome: CallOutcome) {
+    let frame = match outcome {
+        Ok(Ok(result)) => match ref_id {
+            Some(r) => ack_ok(r, Some(&result)),
+            None => {
+                let payload = json!({ "method": method, "result": result });
+                match serde_json::value::to_raw_value(&payload) {
+                    Ok(p) => encode_payload_frame(RPC_RESPONSE, &p),
+                    Err(_) => return,
+                }
+            }
+        },
+        Ok(Err(e)) => error_reply(ref_id, e.body()),
+        Err(panic) => {
+            tracing::error!(conn = %conn.id(), %method, panic = %panic_text(&*panic), "RPC method panicked");
+            let body = ErrorBody::new(ErrorCode::Internal, "the method failed unexpectedly")
+                .with_details(json!({ "method": method }));
+            error_reply(ref_id, &body)
+        }
+    };
+    let _ = conn.push(Frame::text(frame));
+}
+
+/// The reply type of an `rpc` message sent without a `ref`.
+const RPC_RESPONSE: &str = "rpc_response";
