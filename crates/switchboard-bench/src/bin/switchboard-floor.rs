@@ -1,0 +1,104 @@
+//! `switchboard-floor`: the floor the benchmarks compare against.
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// `switchboard bench-floor`: a bare tokio-tungstenite server with 4 KiB buffers. It
+/// echoes every text frame to its sender, except frames starting with `{"t":`, which it
+/// broadcasts to every other connection (the floor for fan-out).
+pub async fn floor(port: u16) -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use tokio::sync::mpsc;
+    type Peers = Arc<Mutex<HashMap<u64, mpsc::Sender<Message>>>>;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("floor listening on ws://{}/", listener.local_addr()?);
+    let peers: Peers = Arc::default();
+    let mut next = 0u64;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        next += 1;
+        let id = next;
+        let peers = peers.clone();
+        tokio::spawn(async move {
+            let Ok(ws) =
+                tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await
+            else {
+                return;
+            };
+            let (mut sink, mut stream) = ws.split();
+            let (tx, mut rx) = mpsc::channel::<Message>(8192);
+            if let Ok(mut p) = peers.lock() {
+                p.insert(id, tx.clone());
+            }
+            let writer = tokio::spawn(async move {
+                while let Some(m) = rx.recv().await {
+                    if sink.feed(m).await.is_err() {
+                        return;
+                    }
+                    while let Ok(m) = rx.try_recv() {
+                        if sink.feed(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    if sink.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            while let Some(Ok(msg)) = stream.next().await {
+                if let Message::Text(t) = &msg {
+                    if t.as_str().starts_with("{\"t\":") {
+                        let targets: Vec<_> = peers
+                            .lock()
+                            .map(|p| {
+                                p.iter()
+                                    .filter(|(k, _)| **k != id)
+                                    .map(|(_, v)| v.clone())
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        for t2 in targets {
+                            let _ = t2.try_send(msg.clone());
+                        }
+                        continue;
+                    }
+                }
+                if msg.is_text() || msg.is_binary() {
+                    let _ = tx.send(msg).await;
+                }
+            }
+            if let Ok(mut p) = peers.lock() {
+                p.remove(&id);
+            }
+            writer.abort();
+        });
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let port = std::env::args()
+        .skip_while(|a| a != "--port")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    match floor(port).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard-floor: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
+        .max_message_size(Some(1 << 20))
+}

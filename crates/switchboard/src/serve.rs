@@ -1,0 +1,41 @@
+//! `switchboard serve`: settings merged (flags, environment, file, defaults), the hub
+//! built, bound and started (so a backplane that cannot start fails before anything is
+//! printed), the address printed, then served until SIGTERM or Ctrl-C.
+
+use anyhow::Context;
+
+use crate::args::ServeArgs;
+use crate::hub::hub;
+use crate::settings::FileSettings;
+
+pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => FileSettings::load(path)?,
+        None => FileSettings::default(),
+    };
+    let settings = file.merge(args.settings());
+    let redis = settings.redis.clone();
+    let redis_ttl = settings.redis_node_ttl;
+    let config = settings.into_config()?;
+    let authenticated = config.password.is_some();
+    let server = hub(config, redis.as_deref().map(|url| (url, redis_ttl)))?;
+    let listening = server.bind().await.context("cannot start")?;
+    let local = listening.local_addr();
+    let (ws, http) = if listening.is_tls() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
+    // On stdout, for people and for scripts that started us on port 0.
+    println!(
+        "switchboard listening on {ws}://{local}{} (page: {http}://{local}/){}",
+        server.config().path,
+        if authenticated {
+            ", password required"
+        } else {
+            ""
+        }
+    );
+    listening.run().await.context("server failed")?;
+    Ok(())
+}
