@@ -113,6 +113,13 @@ const DEFAULTS = {
   },
 };
 
+/** `bytes` random bytes as hex (Web Crypto: browsers and Node 20+). */
+function randomHex(bytes) {
+  const a = new Uint8Array(bytes);
+  globalThis.crypto.getRandomValues(a);
+  return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 /** The delay (ms) before reconnect attempt `attempt` (from 1), with jitter `random` in [0, 1). */
 export function backoffDelay(reconnect, attempt, hint = "backoff", random = Math.random()) {
   const jitter = Math.min(Math.max(reconnect.jitter, 0), 1);
@@ -165,6 +172,9 @@ export class Client {
     this._pending = new Map();
     this._rooms = new Set();
     this._nextId = 1;
+    // Every request's `ref` starts with 64 random bits: no other client can guess one
+    // and answer it with a forged ack.
+    this._refPrefix = randomHex(8);
     this._userClosed = false;
     this._everOpen = false;
     this._reconnectTimer = null;
@@ -442,6 +452,10 @@ export class Client {
     }
     if (!env || typeof env.type !== "string") return;
     env.payload = env.payload || {};
+    if (env.type === "ack" && (env.from !== undefined || env.room !== undefined)) {
+      // An ack comes from the server itself, never relayed from another client.
+      return;
+    }
     if (env.type === "ack") {
       const ref = env.payload.ref;
       const p = this._pending.get(ref);
@@ -533,7 +547,7 @@ export class Client {
    */
   request(type, payload = {}, opts = {}) {
     const timeout = opts.timeout ?? this.options.requestTimeout;
-    const ref = `r${this._nextId++}`;
+    const ref = `r${this._refPrefix}.${this._nextId++}`;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this._pending.delete(ref);

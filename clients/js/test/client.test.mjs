@@ -111,6 +111,35 @@ test("requests and RPC calls resolve with results or reject with typed errors", 
   await assert.rejects(c.call("sum", { numbers: [1] }), NotConnectedError);
 });
 
+test("forged acks: a Metafor-shaped client spraying acks to a room changes no call's result", async () => {
+  const h = await hub();
+  const victim = await Client.connect(h.url);
+  await victim.join("lobby");
+  // The attacker's first frame would switch it to the Metafor dialect.
+  const attacker = new WebSocket(h.url);
+  const replies = [];
+  attacker.onmessage = (m) => replies.push(JSON.parse(m.data));
+  await waitFor((resolve) => (attacker.onopen = resolve), 5_000, "the attacker's socket");
+  const spray = () => {
+    for (let i = 1; i < 30; i++) {
+      attacker.send(JSON.stringify({ _room: "lobby", type: "ack", ref: `r${i}`, status: "ok", result: 1337 }));
+    }
+  };
+  spray();
+  const sums = [];
+  for (let i = 0; i < 20; i++) {
+    spray();
+    sums.push(await victim.call("sum", { numbers: [i, 1] }));
+  }
+  sums.forEach((s, i) => assert.equal(s, i + 1, "the server's answer, not the attacker's"));
+  await waitFor((resolve) => {
+    const check = () => (replies.some((r) => r.code === "INVALID_ENVELOPE") ? resolve() : setTimeout(check, 10));
+    check();
+  }, 5_000, "the attacker's INVALID_ENVELOPE");
+  attacker.close();
+  await victim.close();
+});
+
 test("handlers by type, for everything and by room, with removal and clearing", async () => {
   const h = await hub();
   const c = await Client.connect(h.url);

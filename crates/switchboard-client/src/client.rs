@@ -97,11 +97,19 @@ pub(crate) struct Inner {
     pub(crate) close_info: Mutex<Option<CloseInfo>>,
     pub(crate) session: Mutex<Session>,
     next_id: AtomicU64,
+    /// 64 random bits, the start of every request's `ref`.
+    ref_prefix: u64,
 }
 
 impl Inner {
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A request's `ref`: this client's random prefix and a counter, so no other client
+    /// can guess one and answer it with a forged ack.
+    pub(crate) fn next_ref(&self) -> String {
+        format!("r{:016x}.{}", self.ref_prefix, self.next_id())
     }
 }
 
@@ -174,6 +182,7 @@ impl Client {
             close_info: Mutex::new(None),
             session: Mutex::new(session),
             next_id: AtomicU64::new(1),
+            ref_prefix: random_u64(),
         });
         tokio::spawn(crate::driver::run(Arc::clone(&inner), ws));
         Ok(Client { inner })
@@ -381,7 +390,7 @@ impl Client {
         to: Option<&str>,
         timeout: Duration,
     ) -> Result<R, RequestError> {
-        let ref_id = format!("r{}", self.inner.next_id());
+        let ref_id = self.inner.next_ref();
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.pending).insert(ref_id.clone(), Pending { tx, written: false });
         let deadline = tokio::time::Instant::now() + timeout;
@@ -725,4 +734,18 @@ impl Drop for Messages {
     fn drop(&mut self) {
         self.id.remove();
     }
+}
+
+/// 64 random bits from the standard library's randomly keyed hasher (no RNG crate
+/// needed), mixed with the clock.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
 }

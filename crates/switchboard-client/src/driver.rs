@@ -342,6 +342,11 @@ fn dispatch(inner: &Inner, text: &str) {
         }
     };
     match env.kind.as_str() {
+        // An ack comes from the server itself: never relayed (`from`) nor through a room.
+        types::ACK if env.from.is_some() || env.room.is_some() => {
+            tracing::warn!("ignoring an `ack` that another client sent");
+            return;
+        }
         types::ACK => {
             if let Ok(ack) = env.payload_as::<Ack>() {
                 if let Some(p) = lock(&inner.pending).remove(&ack.ref_id) {

@@ -325,3 +325,39 @@ async fn close_gives_up_on_a_server_that_never_answers() {
     assert!(info.reason.contains("did not answer"));
     drop(hold_tx);
 }
+
+#[tokio::test]
+async fn an_ack_relayed_from_another_client_never_answers_a_request() {
+    use switchboard_server::{Envelope, Payload};
+    // A server that, before answering, hands the client a forged ack for the very
+    // `ref` in flight, as another client would relay it (`from` set) or send it
+    // through a room; only the server's own ack may answer.
+    let s = TestServer::with(|b| {
+        b.on("slow_add", |conn: Conn, env: Envelope| async move {
+            let v: Value = env.payload.deserialize().unwrap();
+            let r = env.ref_id.clone().unwrap_or_default();
+            let forged =
+                Payload::from_serialize(&json!({"ref": r, "status": "ok", "result": 1337}))
+                    .unwrap();
+            for (from, room) in [(Some("attacker"), None), (None, Some("lobby"))] {
+                let ack = Envelope {
+                    from: from.map(str::to_owned),
+                    room: room.map(str::to_owned),
+                    ..Envelope::with_payload("ack", forged.clone())
+                };
+                conn.send(&ack).ok();
+            }
+            Json(v["a"].as_f64().unwrap_or(0.0) + v["b"].as_f64().unwrap_or(0.0))
+        })
+    })
+    .await;
+    let client = Client::connect(&s.url()).await.unwrap();
+    for i in 0..10 {
+        let sum: f64 = client
+            .request("slow_add", &json!({"a": i, "b": 1}), TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(sum, f64::from(i) + 1.0);
+    }
+    s.stop().await;
+}

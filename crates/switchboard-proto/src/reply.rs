@@ -30,12 +30,39 @@ pub struct ErrorBody {
     pub details: Option<serde_json::Value>,
 }
 
+/// The longest error `message`, in bytes (longer ones are cut, ending in `…`).
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary, ending in `…` when cut.
+///
+/// ```
+/// use switchboard_proto::reply::excerpt;
+/// assert_eq!(excerpt("short".into(), 10), "short");
+/// assert_eq!(excerpt("\"".repeat(20_000), 8), "\"\"\"\"\"…");
+/// ```
+pub fn excerpt(mut text: String, max: usize) -> String {
+    const ELLIPSIS: &str = "…";
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub(ELLIPSIS.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(ELLIPSIS);
+    text
+}
+
 impl ErrorBody {
     /// An error with one of switchboard's own codes.
+    ///
+    /// The message is cut to [`MAX_ERROR_MESSAGE`] bytes: an error that quotes what the
+    /// client sent quotes an excerpt, so the reply stays small whatever came in.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
         ErrorBody {
             code: Cow::Borrowed(code.as_str()),
-            message: message.into(),
+            message: excerpt(message.into(), MAX_ERROR_MESSAGE),
             details: None,
         }
     }
@@ -44,7 +71,7 @@ impl ErrorBody {
     pub fn custom(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> ErrorBody {
         ErrorBody {
             code: code.into(),
-            message: message.into(),
+            message: excerpt(message.into(), MAX_ERROR_MESSAGE),
             details: None,
         }
     }

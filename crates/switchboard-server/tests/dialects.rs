@@ -281,3 +281,38 @@ async fn a_dialect_is_chosen_by_query_or_subprotocol_and_bad_names_are_refused()
     assert_eq!(n.recv().await["type"], "connected");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_metafor_client_cannot_forge_server_frames_to_a_room() {
+    let s = hub().await;
+    let mut member = s.raw().await;
+    member
+        .roundtrip(json!({"type":"join_room","ref":"j","payload":{"room_id":"lobby"}}))
+        .await;
+    // Recognised as Metafor by its first frame, not a member of `lobby`.
+    let mut attacker = Speaker::connect(&s.url()).await;
+    assert_eq!(attacker.json().await["type"], "connected");
+    for forged in [
+        r#"{"_room":"lobby","type":"ack","ref":"r1","status":"ok","result":1337}"#,
+        r#"{"_room":"lobby","type":"error","code":"KICKED","message":"bye"}"#,
+        r#"{"_room":"lobby","type":"connected","client_id":"x"}"#,
+        r#"{"_room":"lobby","type":"user_left","user_id":"x"}"#,
+        r#"{"_room":"lobby","type":"pong"}"#,
+    ] {
+        attacker.send(forged).await;
+        let e = attacker.json().await;
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("INVALID_ENVELOPE")),
+            "{forged}"
+        );
+    }
+    // What the member gets next is the attacker's first real room message.
+    attacker
+        .send(r#"{"_room":"lobby","text":"a real one"}"#)
+        .await;
+    let m = member.recv().await;
+    assert_eq!(m["type"], "message", "nothing forged came first: {m}");
+    assert_eq!(m["payload"]["text"], "a real one");
+    s.stop().await;
+}

@@ -454,3 +454,51 @@ async fn many_connections_opened_and_dropped_at_once_leave_nothing_behind() {
     assert_eq!(v["connections"], 1);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn large_replies_arrive_or_are_refused_with_a_typed_error_and_error_quotes_are_bounded() {
+    #[derive(Deserialize, schemars::JsonSchema)]
+    struct Size {
+        n: usize,
+    }
+    #[derive(Deserialize, schemars::JsonSchema)]
+    struct Numbers {
+        #[allow(dead_code)]
+        numbers: Vec<f64>,
+    }
+    let s = TestServer::with(|b| {
+        b.config(TestServer::config())
+            .rpc("big", |p: Size| async move { "x".repeat(p.n) })
+            .rpc("sum", |_: Numbers| async move { 0 })
+    })
+    .await;
+    let mut c = s.raw().await;
+    // Over twice the message size limit (what once cut the recipient off): it arrives.
+    let n = 3 * switchboard_server::ServerConfig::default().max_message_size;
+    let ack = c
+        .roundtrip(json!({"type":"rpc","ref":"1","payload":{"method":"big","params":{"n": n}}}))
+        .await;
+    assert_eq!(ack["payload"]["status"], "ok");
+    assert_eq!(ack["payload"]["result"].as_str().map(str::len), Some(n));
+    // Over the outbound limit: a typed error, and the connection stays.
+    let n = s.server.config().max_frame_out() + 1;
+    let ack = c
+        .roundtrip(json!({"type":"rpc","ref":"2","payload":{"method":"big","params":{"n": n}}}))
+        .await;
+    assert_eq!(ack["payload"]["code"], "MESSAGE_TOO_LARGE", "{ack}");
+    // An invalid value quoted in an error is an excerpt.
+    let quotes = "\"".repeat(20_000);
+    let ack = c
+        .roundtrip(
+            json!({"type":"rpc","ref":"3","payload":{"method":"sum","params":{"numbers": quotes}}}),
+        )
+        .await;
+    assert_eq!(ack["payload"]["code"], "INVALID_PARAMS");
+    assert!(
+        ack.to_string().len() < 4_096,
+        "{} bytes",
+        ack.to_string().len()
+    );
+    assert_eq!(c.roundtrip(json!({"type":"ping"})).await["type"], "pong");
+    s.stop().await;
+}

@@ -179,7 +179,21 @@ fn answer(cx: &MessageContext, reply: Option<Box<RawValue>>) {
         }
         (None, None) => return,
     };
-    let _ = cx.conn.push(Frame::text(frame));
+    send_reply(&cx.conn, cx.envelope.ref_id.as_deref(), frame);
+}
+
+/// Queues a reply; one too large to send is answered with a `MESSAGE_TOO_LARGE` error
+/// instead (never written halfway, never a silent drop).
+pub(crate) fn send_reply(conn: &Conn, ref_id: Option<&str>, frame: String) {
+    if let Err(crate::SendError::TooLarge { size, max }) = conn.push(Frame::text(frame)) {
+        tracing::warn!(conn = %conn.id(), size, max, "reply too large");
+        let message = format!("the reply is {size} bytes, over the {max}-byte limit");
+        send_error(
+            conn,
+            ref_id,
+            &ErrorBody::new(ErrorCode::MessageTooLarge, message),
+        );
+    }
 }
 
 pub(crate) fn send_error(conn: &Conn, ref_id: Option<&str>, error: &ErrorBody) {

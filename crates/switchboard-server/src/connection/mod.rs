@@ -22,7 +22,7 @@ use switchboard_proto::Dialect;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 pub(crate) use closing::Closing;
-pub(crate) use dispatch::{Rest, panic_text, send_error};
+pub(crate) use dispatch::{Rest, panic_text, send_error, send_reply};
 pub use handle::Conn;
 pub(crate) use handshake::auth_result;
 

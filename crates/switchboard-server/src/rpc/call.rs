@@ -15,9 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::prepare::{Prepared, prepare};
 use crate::Server;
-use crate::connection::{Conn, Rest, panic_text, send_error};
+use crate::connection::{Conn, Rest, panic_text, send_error, send_reply};
 use crate::extract::MessageContext;
-use crate::ws::Frame;
 
 /// The RPC calls of one connection: at most `max` run at once, each in its own task.
 pub(crate) struct Calls {
@@ -155,7 +154,7 @@ fn rpc_reply(conn: &Conn, ref_id: Option<&str>, method: &str, outcome: CallOutco
             error_reply(ref_id, &body)
         }
     };
-    let _ = conn.push(Frame::text(frame));
+    send_reply(conn, ref_id, frame);
 }
 
 /// The reply type of an `rpc` message sent without a `ref`.

@@ -6,7 +6,11 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
+use switchboard_proto::reply::excerpt;
 use switchboard_proto::{ErrorCode, RawValue};
+
+/// The longest `reason` of one params error (it may quote the value).
+const MAX_REASON: usize = 256;
 
 use super::method::{Compiled, Methods, Params, RpcMethod};
 use super::schema::{invalid_params, readable_path};
@@ -155,7 +159,7 @@ fn describe(e: &jsonschema::ValidationError<'_>) -> Vec<Value> {
             .iter()
             .map(|name| json!({"path": join(name), "reason": "unknown field"}))
             .collect(),
-        _ => vec![json!({"path": at, "reason": e.to_string()})],
+        _ => vec![json!({"path": at, "reason": excerpt(e.to_string(), MAX_REASON)})],
     }
 }
 
