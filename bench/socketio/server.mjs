@@ -1,4 +1,4 @@
-// Socket.IO 4 doing what `switchboard bench` asks of every server: echo, broadcast to
+// Socket.IO 4 doing what `switchboard-bench` asks of every server: echo, broadcast to
 // the others, rooms. WebSocket transport only, no compression, as the others.
 import { createServer } from "node:http";
 import { Server } from "socket.io";

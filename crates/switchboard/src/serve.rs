@@ -9,6 +9,7 @@ use crate::hub::hub;
 use crate::settings::FileSettings;
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    raise_open_files_limit();
     let file = match &args.config {
         Some(path) => FileSettings::load(path)?,
         None => FileSettings::default(),
@@ -38,4 +39,23 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     listening.run().await.context("server failed")?;
     Ok(())
+}
+
+/// Raises this process's open-file limit to its hard limit: every connection is a file
+/// descriptor, and the usual soft limit (1,024) would lock new clients out long before
+/// `max_connections`.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.maximum.is_some() && limit.current == limit.maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(limit = ?limit.maximum, "open-file limit raised"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }

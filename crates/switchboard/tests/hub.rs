@@ -330,3 +330,28 @@ async fn the_hub_has_built_in_methods() {
     assert!(http.starts_with("HTTP/1.1 200"), "{http}");
     assert!(http.contains("\"sum\""));
 }
+
+#[tokio::test]
+async fn the_hub_raises_its_open_file_limit_to_the_hard_limit() {
+    // Started with a soft limit of 256 (a locked-out hub at 1,024 was a finding).
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .unwrap();
+    let nofile = format!("--nofile=256:{hard}");
+    let hub = Hub::spawn("prlimit", &[&nofile, BIN, "serve", "--port", "0"], &[]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", hub.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        (fields[3], fields[4]),
+        (hard.as_str(), hard.as_str()),
+        "{line}"
+    );
+    drop(hub);
+}
