@@ -43,13 +43,17 @@ pub(crate) enum DialectAdapter {
     /// Metafor client on the native endpoint.
     Native { undecided: bool },
     /// datadivr: frames addressed to this client carry its id.
-    Datadivr { client_id: Box<str> },
-    /// Metafor Channels: the `_join` / `_leave` commands in flight, by the `ref` they
-    /// were given, so their acks can be answered as Metafor's status messages.
-    Metafor {
-        commands: Vec<RoomCommand>,
-        next: u32,
-    },
+    Datadivr { client: ConnId },
+    /// Metafor Channels (boxed: an idle native connection's task stays small).
+    Metafor(Box<MetaforCommands>),
+}
+
+/// The Metafor `_join` / `_leave` commands in flight, by the `ref` they were given, so
+/// their acks can be answered as Metafor's status messages.
+#[derive(Debug, Default)]
+pub(crate) struct MetaforCommands {
+    commands: Vec<RoomCommand>,
+    next: u32,
 }
 
 /// A Metafor `_join` or `_leave` waiting for its ack.
@@ -66,13 +70,8 @@ const METAFOR_REF: &str = "metafor:";
 impl DialectAdapter {
     pub(crate) fn new(dialect: Dialect, client: ConnId) -> DialectAdapter {
         match dialect {
-            Dialect::Datadivr => DialectAdapter::Datadivr {
-                client_id: client.to_string().into_boxed_str(),
-            },
-            Dialect::Metafor => DialectAdapter::Metafor {
-                commands: Vec::new(),
-                next: 0,
-            },
+            Dialect::Datadivr => DialectAdapter::Datadivr { client },
+            Dialect::Metafor => DialectAdapter::Metafor(Box::default()),
             _ => DialectAdapter::Native { undecided: true },
         }
     }
@@ -81,7 +80,7 @@ impl DialectAdapter {
         match self {
             DialectAdapter::Native { .. } => Dialect::Native,
             DialectAdapter::Datadivr { .. } => Dialect::Datadivr,
-            DialectAdapter::Metafor { .. } => Dialect::Metafor,
+            DialectAdapter::Metafor(_) => Dialect::Metafor,
         }
     }
 
@@ -97,14 +96,10 @@ impl DialectAdapter {
         match self {
             DialectAdapter::Native { .. } => read(Envelope::decode(text)),
             DialectAdapter::Datadivr { .. } => read(datadivr::incoming(text)),
-            DialectAdapter::Metafor { commands, next } => match metafor::incoming(text) {
+            DialectAdapter::Metafor(state) => match metafor::incoming(text) {
                 Err(e) => Read::Invalid(e),
-                Ok(metafor::Incoming::Join(room)) => {
-                    Read::Envelope(room_command(commands, next, true, room))
-                }
-                Ok(metafor::Incoming::Leave(room)) => {
-                    Read::Envelope(room_command(commands, next, false, room))
-                }
+                Ok(metafor::Incoming::Join(room)) => Read::Envelope(state.command(true, room)),
+                Ok(metafor::Incoming::Leave(room)) => Read::Envelope(state.command(false, room)),
                 Ok(metafor::Incoming::Room(env)) => Read::Envelope(env),
                 Ok(metafor::Incoming::Echo(value)) => Read::Answer(metafor::echo(&value)),
                 Ok(metafor::Incoming::Text(t)) => Read::Answer(format!("Echo: {t}")),
@@ -122,7 +117,7 @@ impl DialectAdapter {
 
     pub(crate) fn read_binary(&self, data: Bytes) -> ReadBinary {
         match self {
-            DialectAdapter::Metafor { .. } => ReadBinary::Echo(data),
+            DialectAdapter::Metafor(_) => ReadBinary::Echo(data),
             _ => ReadBinary::Dispatch(data),
         }
     }
@@ -142,10 +137,10 @@ impl DialectAdapter {
     pub(crate) fn localize(&mut self, native: &str) -> Option<String> {
         match self {
             DialectAdapter::Native { .. } => Some(native.to_owned()),
-            DialectAdapter::Datadivr { client_id } => datadivr::outgoing(native, client_id),
-            DialectAdapter::Metafor { commands, .. } => {
-                if !commands.is_empty() {
-                    if let Some(answer) = command_answer(commands, native) {
+            DialectAdapter::Datadivr { client } => datadivr::outgoing(native, &client.to_string()),
+            DialectAdapter::Metafor(state) => {
+                if !state.commands.is_empty() {
+                    if let Some(answer) = command_answer(&mut state.commands, native) {
                         return Some(answer);
                     }
                 }
@@ -162,30 +157,27 @@ fn read(decoded: Result<Envelope, DecodeError>) -> Read {
     }
 }
 
-/// A Metafor `_join` / `_leave` as the native `join_room` / `leave_room`.
-fn room_command(
-    commands: &mut Vec<RoomCommand>,
-    next: &mut u32,
-    join: bool,
-    room: String,
-) -> Envelope {
-    *next = next.wrapping_add(1);
-    let ref_id = format!("{METAFOR_REF}{next}");
-    let kind = if join {
-        types::JOIN_ROOM
-    } else {
-        types::LEAVE_ROOM
-    };
-    let payload =
-        Payload::from_serialize(&json!({ "room_id": room })).unwrap_or_else(|_| Payload::empty());
-    commands.push(RoomCommand {
-        ref_id: ref_id.clone(),
-        join,
-        room,
-    });
-    Envelope {
-        ref_id: Some(ref_id),
-        ..Envelope::with_payload(kind, payload)
+impl MetaforCommands {
+    /// A Metafor `_join` / `_leave` as the native `join_room` / `leave_room`.
+    fn command(&mut self, join: bool, room: String) -> Envelope {
+        self.next = self.next.wrapping_add(1);
+        let ref_id = format!("{METAFOR_REF}{}", self.next);
+        let kind = if join {
+            types::JOIN_ROOM
+        } else {
+            types::LEAVE_ROOM
+        };
+        let payload = Payload::from_serialize(&json!({ "room_id": room }))
+            .unwrap_or_else(|_| Payload::empty());
+        self.commands.push(RoomCommand {
+            ref_id: ref_id.clone(),
+            join,
+            room,
+        });
+        Envelope {
+            ref_id: Some(ref_id),
+            ..Envelope::with_payload(kind, payload)
+        }
     }
 }
 
