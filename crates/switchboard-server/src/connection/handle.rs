@@ -43,7 +43,7 @@ struct ConnShared {
 /// A connected client, as server code sees it: cheap to clone, safe to keep.
 ///
 /// Sends never wait: they queue a frame on the connection's bounded outbound queue and
-/// return. A client that does not keep up meets the server's [`SlowConsumerPolicy`].
+/// return. A client that does not keep up meets the server's [`SlowConsumerPolicy`](crate::SlowConsumerPolicy).
 ///
 /// ```no_run
 /// # async fn demo(conn: switchboard_server::Conn) {

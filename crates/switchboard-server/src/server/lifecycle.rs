@@ -87,7 +87,7 @@ impl Server {
     /// Shuts down gracefully: stop accepting, run the shutdown hooks, close every client
     /// with 1001 (`SHUTTING_DOWN`, reconnect after backoff) once its in-flight handler
     /// finishes and its queue is flushed, wait for them up to
-    /// [`shutdown_grace`](ServerConfig::shutdown_grace) (then cancel the handlers still
+    /// [`shutdown_grace`](crate::ServerConfig::shutdown_grace) (then cancel the handlers still
     /// running and close those clients too), then stop the backplane.
     /// Calling it again waits for the first call to finish.
     pub async fn shutdown(&self) {
