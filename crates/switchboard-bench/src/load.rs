@@ -8,21 +8,14 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::histogram::Histogram;
 use crate::report::Report;
 use crate::server::ServerProc;
+pub(crate) use crate::socket_config::ws_config;
 use crate::{Protocol, Target};
 
 pub(crate) type Ws = WebSocketStream<TcpStream>;
-
-pub(crate) fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(4096)
-        .max_message_size(Some(1 << 20))
-}
 
 /// Opens one WebSocket from `source` (a 127.0.0.x address, for more than 64k sockets).
 pub(crate) async fn open(

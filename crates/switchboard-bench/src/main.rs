@@ -14,6 +14,7 @@ mod load;
 mod report;
 mod scenarios;
 mod server;
+mod socket_config;
 
 use std::process::ExitCode;
 use std::time::Duration;

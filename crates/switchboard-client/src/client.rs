@@ -182,7 +182,7 @@ impl Client {
             close_info: Mutex::new(None),
             session: Mutex::new(session),
             next_id: AtomicU64::new(1),
-            ref_prefix: random_u64(),
+            ref_prefix: switchboard_proto::random_u64(),
         });
         tokio::spawn(crate::driver::run(Arc::clone(&inner), ws));
         Ok(Client { inner })
@@ -734,18 +734,4 @@ impl Drop for Messages {
     fn drop(&mut self) {
         self.id.remove();
     }
-}
-
-/// 64 random bits from the standard library's randomly keyed hasher (no RNG crate
-/// needed), mixed with the clock.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish()
 }

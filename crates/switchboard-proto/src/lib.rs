@@ -26,6 +26,7 @@ pub mod code;
 pub mod dialect;
 pub mod envelope;
 pub mod limits;
+mod random;
 pub mod reply;
 pub mod types;
 
@@ -36,6 +37,7 @@ pub use envelope::{
     encode_payload_frame, peek_ref,
 };
 pub use limits::{DEFAULT_MAX_MESSAGE_SIZE, MAX_ID_LEN, MAX_TYPE_LEN, PROTOCOL_VERSION};
+pub use random::random_u64;
 pub use reply::{Ack, AckStatus, ErrorBody, ack_error, ack_ok, error_frame, error_reply};
 
 /// Re-exported so users can name payload types without depending on serde_json directly.

@@ -90,7 +90,7 @@ impl DialectAdapter {
         if let DialectAdapter::Native { undecided } = self {
             let first = std::mem::take(undecided);
             if first && metafor::detect(text) {
-                *self = DialectAdapter::new(Dialect::Metafor, ConnId::from_u64(0));
+                *self = DialectAdapter::Metafor(Box::default());
             }
         }
         match self {

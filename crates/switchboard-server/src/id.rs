@@ -1,7 +1,6 @@
 //! Connection ids.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -90,17 +89,7 @@ impl IdGen {
     }
 }
 
-/// 64 random bits from the standard library's per-process random hasher keys, mixed
-/// with a counter and the clock; good enough for ids, not for secrets.
-pub(crate) fn random_u64() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        h.write_u128(t.as_nanos());
-    }
-    h.finish()
-}
+pub(crate) use switchboard_proto::random_u64;
 
 #[cfg(test)]
 mod tests {

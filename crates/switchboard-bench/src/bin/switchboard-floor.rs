@@ -1,10 +1,13 @@
 //! `switchboard-floor`: the floor the benchmarks compare against.
 
+#[path = "../socket_config.rs"]
+mod socket_config;
+
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
+use socket_config::ws_config;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// `switchboard bench-floor`: a bare tokio-tungstenite server with 4 KiB buffers. It
 /// echoes every text frame to its sender, except frames starting with `{"t":`, which it
@@ -94,11 +97,4 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
-}
-
-fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(4096)
-        .max_message_size(Some(1 << 20))
 }
