@@ -13,10 +13,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::client::{Client, CloseInfo, ConnectionState, Inner, Outgoing, lock};
 use crate::connect::{self, AUTH_REF, Ws};
 use crate::handlers::{ReconnectAttempt, call_all, snapshot};
+use crate::locks::lock;
+use crate::state::{Inner, Outgoing};
 use crate::{ClientError, ConnectError, RequestError};
+use crate::{CloseInfo, ConnectionState};
 
 /// How one connection ended.
 struct Ended {
@@ -27,7 +29,7 @@ struct Ended {
 
 pub(crate) async fn run(inner: Arc<Inner>, mut ws: Ws) {
     loop {
-        let ended = session(&inner, ws).await;
+        let ended = run_connection(&inner, ws).await;
         go_offline(&inner);
         *lock(&inner.close_info) = Some(ended.info.clone());
         let close_fns = snapshot(&lock(&inner.handlers).close);
@@ -53,12 +55,9 @@ async fn reconnect_loop(inner: &Arc<Inner>, hint: Reconnect) -> Option<Ws> {
     loop {
         attempt += 1;
         if reconnect.max_attempts.is_some_and(|max| attempt > max) {
-            Client::report(
-                inner,
-                &ClientError::GaveUp {
-                    attempts: attempt - 1,
-                },
-            );
+            inner.report(&ClientError::GaveUp {
+                attempts: attempt - 1,
+            });
             return None;
         }
         let delay = reconnect.jittered_delay(attempt, hint, random_unit());
@@ -72,14 +71,11 @@ async fn reconnect_loop(inner: &Arc<Inner>, hint: Reconnect) -> Option<Ws> {
                 // Rooms first, then what was queued: the server handles a connection's
                 // messages in order, so the rooms are joined before anything sent to them.
                 if rejoin(inner, &mut ws).await.is_err() {
-                    Client::report(
-                        inner,
-                        &ClientError::Connection {
-                            attempt,
-                            message: "the connection dropped while rejoining rooms".into(),
-                            code: None,
-                        },
-                    );
+                    inner.report(&ClientError::Connection {
+                        attempt,
+                        message: "the connection dropped while rejoining rooms".into(),
+                        code: None,
+                    });
                     continue;
                 }
                 tracing::info!(url = %inner.url, attempt, client_id = %session.client_id, "reconnected");
@@ -108,14 +104,11 @@ async fn reconnect_loop(inner: &Arc<Inner>, hint: Reconnect) -> Option<Ws> {
                     _ => None,
                 };
                 tracing::debug!(url = %inner.url, attempt, error = %e, "reconnect attempt failed");
-                Client::report(
-                    inner,
-                    &ClientError::Connection {
-                        attempt,
-                        message: e.to_string(),
-                        code,
-                    },
-                );
+                inner.report(&ClientError::Connection {
+                    attempt,
+                    message: e.to_string(),
+                    code,
+                });
                 if e.reconnect() == Reconnect::Never {
                     *lock(&inner.close_info) = Some(CloseInfo {
                         code: 1000,
@@ -224,7 +217,7 @@ fn random_unit() -> f64 {
 
 /// Runs one connection: writes queued frames (feeding all that are ready, flushing
 /// once), reads and dispatches incoming frames, until it ends.
-async fn session(inner: &Arc<Inner>, ws: Ws) -> Ended {
+async fn run_connection(inner: &Arc<Inner>, ws: Ws) -> Ended {
     let (mut sink, mut stream) = ws.split();
     let mut batch: std::collections::VecDeque<Outgoing> = std::collections::VecDeque::new();
     let mut close_sent = false;
@@ -354,7 +347,7 @@ fn dispatch(inner: &Inner, text: &str) {
                 } else if ack.ref_id.starts_with("rejoin:") || ack.ref_id == AUTH_REF {
                     if let Err(e) = ack.into_result() {
                         tracing::warn!(code = %e.code, message = %e.message, "rejoin or auth refused");
-                        Client::report(inner, &ClientError::from(e));
+                        inner.report(&ClientError::from(e));
                     }
                     return;
                 }
@@ -362,7 +355,7 @@ fn dispatch(inner: &Inner, text: &str) {
         }
         types::ERROR => {
             if let Ok(e) = env.payload_as::<ErrorBody>() {
-                Client::report(inner, &ClientError::from(e));
+                inner.report(&ClientError::from(e));
             }
         }
         _ => {}

@@ -2,14 +2,14 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use switchboard_proto::Envelope;
 use tokio::sync::mpsc;
 
-use crate::client::{Inner, lock};
+use crate::locks::lock;
 use crate::{ClientError, CloseInfo, ConnectionState, Session};
 
 pub(crate) type MessageFn = Arc<dyn Fn(&Envelope) + Send + Sync>;
@@ -34,12 +34,12 @@ pub struct ReconnectAttempt {
 #[derive(Debug, Clone)]
 pub struct HandlerId {
     pub(crate) id: u64,
-    pub(crate) inner: Weak<Inner>,
+    pub(crate) handlers: Weak<Mutex<Handlers>>,
 }
 
 impl PartialEq for HandlerId {
     fn eq(&self, other: &Self) -> bool {
-        self.id == other.id && Weak::ptr_eq(&self.inner, &other.inner)
+        self.id == other.id && Weak::ptr_eq(&self.handlers, &other.handlers)
     }
 }
 
@@ -48,8 +48,8 @@ impl Eq for HandlerId {}
 impl HandlerId {
     /// Removes the handler. Returns false if it was already gone.
     pub fn remove(&self) -> bool {
-        match self.inner.upgrade() {
-            Some(inner) => lock(&inner.handlers).remove(self.id),
+        match self.handlers.upgrade() {
+            Some(handlers) => lock(&handlers).remove(self.id),
             None => false,
         }
     }

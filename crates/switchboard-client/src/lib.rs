@@ -34,10 +34,14 @@ mod connect;
 mod driver;
 mod error;
 mod handlers;
+mod locks;
+mod state;
+mod status;
 
-pub use client::{Client, CloseInfo, ConnectionState, Messages};
+pub use client::{Client, Messages};
 pub use config::{ClientConfig, ReconnectConfig};
 pub use connect::Session;
 pub use error::{ClientError, ConnectError, RequestError, SendError};
 pub use handlers::{HandlerId, ReconnectAttempt};
+pub use status::{CloseInfo, ConnectionState};
 pub use switchboard_proto::{Envelope, ErrorCode, Reconnect};

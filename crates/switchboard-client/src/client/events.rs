@@ -1,0 +1,203 @@
+//! Handlers by type, room and event, their removal, and message streams.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use switchboard_proto::Envelope;
+use tokio::sync::mpsc;
+
+use super::Client;
+use crate::handlers::{HandlerId, ReconnectAttempt, RoomHandler};
+use crate::locks::lock;
+use crate::{ClientError, CloseInfo, ConnectionState, Session};
+
+impl Client {
+    /// Calls `handler` for every message of type `kind`.
+    pub fn on(&self, kind: &str, handler: impl Fn(&Envelope) + Send + Sync + 'static) -> HandlerId {
+        let id = self.inner.next_id();
+        lock(&self.inner.handlers)
+            .by_type
+            .entry(kind.to_owned())
+            .or_default()
+            .push((id, Arc::new(handler)));
+        self.handle(id)
+    }
+
+    /// Calls `handler` for every message, whatever its type (acks included).
+    pub fn on_message(&self, handler: impl Fn(&Envelope) + Send + Sync + 'static) -> HandlerId {
+        let id = self.inner.next_id();
+        lock(&self.inner.handlers).any.push((id, Arc::new(handler)));
+        self.handle(id)
+    }
+
+    /// The same as [`on_message`](Client::on_message).
+    pub fn on_any(&self, handler: impl Fn(&Envelope) + Send + Sync + 'static) -> HandlerId {
+        self.on_message(handler)
+    }
+
+    /// Calls `handler` for every message the server marks as belonging to `room`
+    /// (relayed room messages, `user_joined` / `user_left`).
+    pub fn on_room(
+        &self,
+        room: &str,
+        handler: impl Fn(&Envelope) + Send + Sync + 'static,
+    ) -> HandlerId {
+        self.add_room_handler(room, None, Arc::new(handler))
+    }
+
+    /// Calls `handler` for messages of type `kind` in `room`.
+    pub fn on_room_type(
+        &self,
+        room: &str,
+        kind: &str,
+        handler: impl Fn(&Envelope) + Send + Sync + 'static,
+    ) -> HandlerId {
+        self.add_room_handler(room, Some(kind.to_owned()), Arc::new(handler))
+    }
+
+    fn add_room_handler(
+        &self,
+        room: &str,
+        kind: Option<String>,
+        f: crate::handlers::MessageFn,
+    ) -> HandlerId {
+        let id = self.inner.next_id();
+        lock(&self.inner.handlers)
+            .rooms
+            .entry(room.to_owned())
+            .or_default()
+            .push(RoomHandler { id, kind, f });
+        self.handle(id)
+    }
+
+    /// Calls `handler` for every binary frame.
+    pub fn on_binary(&self, handler: impl Fn(&Bytes) + Send + Sync + 'static) -> HandlerId {
+        let id = self.inner.next_id();
+        lock(&self.inner.handlers)
+            .binary
+            .push((id, Arc::new(handler)));
+        self.handle(id)
+    }
+
+    /// Calls `handler` each time a connection opens again after a drop (with the new
+    /// session; the first connection is already open when `connect` returns).
+    pub fn on_open(&self, handler: impl Fn(&Session) + Send + Sync + 'static) -> HandlerId {
+        let id = self.inner.next_id();
+        lock(&self.inner.handlers)
+            .open
+            .push((id, Arc::new(handler)));
+        self.handle(id)
+    }
+
+    /// Calls `handler` each time a connection closes, with its code and reason (also
+    /// when the client will reconnect).
+    pub fn on_close(&self, handler: impl Fn(&CloseInfo) + Send + Sync + 'static) -> HandlerId {
+        let id = self.inner.next_id();
+        lock(&self.inner.handlers)
+            .close
+            .push((id, Arc::new(handler)));
+        self.handle(id)
+    }
+
+    /// Calls `handler` for connection errors (a failed reconnect attempt, giving up)
+    /// and message errors (an `error` the server sent about a message without `ref`).
+    pub fn on_error(&self, handler: impl Fn(&ClientError) + Send + Sync + 'static) -> HandlerId {
+        let id = self.inner.next_id();
+        lock(&self.inner.handlers)
+            .error
+            .push((id, Arc::new(handler)));
+        self.handle(id)
+    }
+
+    /// Calls `handler` on every state transition, in order.
+    pub fn on_state(&self, handler: impl Fn(ConnectionState) + Send + Sync + 'static) -> HandlerId {
+        let id = self.inner.next_id();
+        lock(&self.inner.handlers)
+            .state
+            .push((id, Arc::new(handler)));
+        self.handle(id)
+    }
+
+    /// Calls `handler` before each reconnect attempt, with its number and delay.
+    pub fn on_reconnect_attempt(
+        &self,
+        handler: impl Fn(&ReconnectAttempt) + Send + Sync + 'static,
+    ) -> HandlerId {
+        let id = self.inner.next_id();
+        lock(&self.inner.handlers)
+            .attempt
+            .push((id, Arc::new(handler)));
+        self.handle(id)
+    }
+
+    /// Removes a handler or stream. Returns false if it was already gone.
+    pub fn off(&self, id: &HandlerId) -> bool {
+        lock(&self.inner.handlers).remove(id.id)
+    }
+
+    /// Removes every message handler (by type, catch-all, room and binary handlers).
+    /// Event handlers (open, close, error, state) and message streams stay.
+    pub fn clear_handlers(&self) {
+        lock(&self.inner.handlers).clear_messages();
+    }
+
+    /// Removes the room handlers of `room`, or of every room with `None`.
+    pub fn clear_room_handlers(&self, room: Option<&str>) {
+        let mut h = lock(&self.inner.handlers);
+        match room {
+            Some(r) => {
+                h.rooms.remove(r);
+            }
+            None => h.rooms.clear(),
+        }
+    }
+
+    /// A stream of every incoming message from now on, buffering up to `capacity`.
+    /// A stream that falls further behind loses the newest messages (and logs it); the
+    /// connection is never slowed by a reader that does not read. It continues across
+    /// reconnects and ends when the client closes for good.
+    pub fn messages(&self, capacity: usize) -> Messages {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let id = self.inner.next_id();
+        lock(&self.inner.handlers).streams.push((id, tx));
+        Messages {
+            rx,
+            id: self.handle(id),
+        }
+    }
+}
+
+/// A stream of incoming messages; see [`Client::messages`]. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Messages {
+    rx: mpsc::Receiver<Envelope>,
+    id: HandlerId,
+}
+
+impl Messages {
+    /// The next message, or `None` once the client has closed and the buffer is empty.
+    pub async fn next(&mut self) -> Option<Envelope> {
+        self.rx.recv().await
+    }
+
+    /// The next message of type `kind`, skipping others; `None` if the client closes first.
+    pub async fn next_of(&mut self, kind: &str) -> Option<Envelope> {
+        while let Some(env) = self.rx.recv().await {
+            if env.kind == kind {
+                return Some(env);
+            }
+        }
+        None
+    }
+
+    /// A message already buffered, without waiting.
+    pub fn try_next(&mut self) -> Option<Envelope> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for Messages {
+    fn drop(&mut self) {
+        self.id.remove();
+    }
+}

@@ -1,0 +1,170 @@
+//! The client handle: connecting, the connection's state, closing. What it sends is in
+//! [`send`], the handlers and streams it registers in [`events`].
+
+mod events;
+mod send;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use switchboard_proto::Reconnect;
+use tokio::sync::{Notify, watch};
+
+pub use events::Messages;
+
+use crate::connect::{self, Session};
+use crate::handlers::{HandlerId, Handlers};
+use crate::locks::lock;
+use crate::state::{Inner, Outbox};
+use crate::{ClientConfig, CloseInfo, ConnectError, ConnectionState};
+
+/// A connection to a switchboard server that survives the network: it reconnects with
+/// backoff, authenticates again, rejoins its rooms and sends what was queued while it
+/// was offline. Cheap to clone; every clone is the same client.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use switchboard_client::{Client, ClientConfig, ReconnectConfig};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = Client::connect_with(
+///     "ws://127.0.0.1:8080/ws",
+///     ClientConfig::default().reconnect(ReconnectConfig {
+///         initial_delay: Duration::from_secs(2),
+///         max_attempts: Some(5),
+///         ..ReconnectConfig::default()
+///     }),
+/// )
+/// .await?;
+/// client.on_open(|session| println!("connected as {}", session.client_id));
+/// client.on_close(|info| println!("disconnected: {} {}", info.code, info.reason));
+/// client.on_error(|e| eprintln!("{e}"));
+/// client.join("chat-room-1").await?;
+/// client.send_to("chat-room-1", "chat", &serde_json::json!({"text": "Hello room!"})).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.inner.url)
+            .field("id", &self.id())
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects with default settings and waits for the server's `connected`.
+    ///
+    /// The first connection is not retried: an unreachable server or a refusal is a
+    /// [`ConnectError`] at once. Once connected, drops are reconnected automatically.
+    pub async fn connect(url: &str) -> Result<Client, ConnectError> {
+        Client::connect_with(url, ClientConfig::default()).await
+    }
+
+    /// Connects with these settings.
+    pub async fn connect_with(url: &str, config: ClientConfig) -> Result<Client, ConnectError> {
+        let (ws, session) = connect::open(url, &config).await?;
+        let (state, _) = watch::channel(ConnectionState::Open);
+        let inner = Arc::new(Inner {
+            url: url.to_owned(),
+            config,
+            outbox: Mutex::new(Outbox {
+                online: true,
+                ..Outbox::default()
+            }),
+            wake: Notify::new(),
+            space: Notify::new(),
+            handlers: Arc::new(Mutex::new(Handlers::default())),
+            pending: Mutex::new(HashMap::new()),
+            rooms: Mutex::new(BTreeSet::new()),
+            state,
+            close_info: Mutex::new(None),
+            session: Mutex::new(session),
+            next_id: AtomicU64::new(1),
+            ref_prefix: switchboard_proto::random_u64(),
+        });
+        tokio::spawn(crate::driver::run(Arc::clone(&inner), ws));
+        Ok(Client { inner })
+    }
+
+    /// This client's id on the server (`client_id`). A reconnect gets a new one.
+    pub fn id(&self) -> String {
+        lock(&self.inner.session).client_id.clone()
+    }
+
+    /// What the server said when the current (or last) connection opened.
+    pub fn session(&self) -> Session {
+        lock(&self.inner.session).clone()
+    }
+
+    /// The connection's state now.
+    pub fn state(&self) -> ConnectionState {
+        *self.inner.state.borrow()
+    }
+
+    /// A receiver of the latest state (it may skip states that pass quickly; use
+    /// [`on_state`](Client::on_state) to see every transition).
+    pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.state.subscribe()
+    }
+
+    /// True while the connection is open.
+    pub fn is_connected(&self) -> bool {
+        self.state() == ConnectionState::Open
+    }
+
+    /// True while connecting or reconnecting.
+    pub fn is_connecting(&self) -> bool {
+        matches!(
+            self.state(),
+            ConnectionState::Connecting | ConnectionState::Reconnecting
+        )
+    }
+
+    /// How the last connection ended, once one has.
+    pub fn close_info(&self) -> Option<CloseInfo> {
+        lock(&self.inner.close_info).clone()
+    }
+
+    pub(super) fn handle(&self, id: u64) -> HandlerId {
+        HandlerId {
+            id,
+            handlers: Arc::downgrade(&self.inner.handlers),
+        }
+    }
+
+    /// Closes the connection (code 1000) for good, stops reconnecting, and waits until
+    /// it has closed. Queued messages not yet sent are dropped; waiting requests fail
+    /// with [`RequestError::Closed`](crate::RequestError::Closed).
+    pub async fn close(&self) {
+        let mut state = self.watch_state();
+        {
+            let mut ob = lock(&self.inner.outbox);
+            if !ob.closed && ob.close_requested.is_none() {
+                ob.close_requested = Some((1000, "client closed".into()));
+            }
+        }
+        self.inner.wake.notify_one();
+        let _ = state.wait_for(|s| *s == ConnectionState::Closed).await;
+    }
+
+    /// Waits until the client has closed for good (closed by either side with no
+    /// reconnect, or given up), and says how the last connection ended.
+    pub async fn closed(&self) -> CloseInfo {
+        let mut state = self.watch_state();
+        let _ = state.wait_for(|s| *s == ConnectionState::Closed).await;
+        self.close_info().unwrap_or(CloseInfo {
+            code: 1006,
+            reason: String::new(),
+            reconnect: Reconnect::Backoff,
+        })
+    }
+}
