@@ -1,176 +1,16 @@
-//! The JSON envelope: `{"type", "payload", "ref"?, "v"?, "room"?, "to"?, "from"?}`.
+//! The JSON envelope: `{"type", "payload", "ref"?, "v"?, "room"?, "to"?, "from"?}`, and
+//! decoding it with typed errors.
 
-use std::fmt;
-
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::code::ErrorCode;
+// Re-exported where they were before the split.
+pub use crate::encode::{Parts, encode_parts, encode_payload_frame};
 use crate::limits::{MAX_ID_LEN, MAX_TYPE_LEN, PROTOCOL_VERSION};
-
-/// A message payload: always a JSON object, kept as the JSON text it arrived as.
-///
-/// Keeping the text (rather than a parsed tree) means a message that is only relayed
-/// is never parsed twice, and a typed handler parses it straight into its own type.
-///
-/// ```
-/// use switchboard_proto::Payload;
-/// let p = Payload::from_serialize(&serde_json::json!({"content": "hi"})).unwrap();
-/// assert_eq!(p.get(), r#"{"content":"hi"}"#);
-/// assert!(Payload::from_serialize(&42).is_err()); // a payload is always an object
-/// ```
-#[derive(Clone)]
-pub struct Payload(Box<RawValue>);
-
-/// Payloads compare by their JSON text: `{"a":1}` and `{ "a": 1 }` differ.
-impl PartialEq for Payload {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.get() == other.0.get()
-    }
-}
-
-impl Eq for Payload {}
-
-impl Payload {
-    /// The empty payload, `{}`.
-    pub fn empty() -> Payload {
-        // `{}` is valid JSON, so this cannot fail; `from_string` only validates.
-        Payload(RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| unreachable!()))
-    }
-
-    /// Serializes `value` into a payload. Fails unless it serializes to a JSON object.
-    pub fn from_serialize<T: Serialize + ?Sized>(value: &T) -> Result<Payload, PayloadError> {
-        let raw = serde_json::value::to_raw_value(value).map_err(|e| PayloadError {
-            path: String::new(),
-            message: e.to_string(),
-        })?;
-        Payload::from_raw(raw)
-    }
-
-    /// Wraps JSON text already known to be valid, checking that it is an object.
-    pub fn from_raw(raw: Box<RawValue>) -> Result<Payload, PayloadError> {
-        if is_object(raw.get()) {
-            Ok(Payload(raw))
-        } else {
-            Err(PayloadError {
-                path: String::new(),
-                message: "payload must be a JSON object".to_owned(),
-            })
-        }
-    }
-
-    /// Parses JSON text into a payload, checking that it is an object.
-    pub fn from_json(text: &str) -> Result<Payload, PayloadError> {
-        let raw = RawValue::from_string(text.to_owned()).map_err(|e| PayloadError {
-            path: String::new(),
-            message: e.to_string(),
-        })?;
-        Payload::from_raw(raw)
-    }
-
-    /// The payload's JSON text.
-    pub fn get(&self) -> &str {
-        self.0.get()
-    }
-
-    /// The payload as a raw JSON value.
-    pub fn as_raw(&self) -> &RawValue {
-        &self.0
-    }
-
-    /// Deserializes the payload into `T`; the error names the path of the field that
-    /// did not fit (for example `user.age`).
-    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
-        // Most payloads fit: read those at full speed, and track the path only to
-        // explain one that does not.
-        if let Ok(value) = serde_json::from_str(self.0.get()) {
-            return Ok(value);
-        }
-        let mut de = serde_json::Deserializer::from_str(self.0.get());
-        serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            PayloadError {
-                path: if path == "." { String::new() } else { path },
-                message: strip_position(&inner.to_string()),
-            }
-        })
-    }
-
-    /// The payload as a `serde_json::Value` tree.
-    pub fn to_value(&self) -> serde_json::Value {
-        // The text is valid JSON by construction.
-        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
-    }
-
-    /// True for `{}` (with or without whitespace inside).
-    pub fn is_empty(&self) -> bool {
-        let text = self.0.get().trim();
-        // An object's text starts with `{` and ends with `}` (both ASCII).
-        text.len() >= 2 && text[1..text.len() - 1].trim().is_empty()
-    }
-}
-
-impl Default for Payload {
-    fn default() -> Self {
-        Payload::empty()
-    }
-}
-
-impl fmt::Debug for Payload {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.get())
-    }
-}
-
-impl fmt::Display for Payload {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.get())
-    }
-}
-
-impl Serialize for Payload {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Payload {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = Box::<RawValue>::deserialize(d)?;
-        Payload::from_raw(raw).map_err(serde::de::Error::custom)
-    }
-}
-
-impl TryFrom<serde_json::Value> for Payload {
-    type Error = PayloadError;
-    fn try_from(v: serde_json::Value) -> Result<Self, Self::Error> {
-        Payload::from_serialize(&v)
-    }
-}
-
-/// A payload that did not have the expected shape.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}{message}", if path.is_empty() { String::new() } else { format!("at `{path}`: ") })]
-pub struct PayloadError {
-    /// Where in the payload it went wrong, e.g. `items[2].name`; empty for the payload itself.
-    pub path: String,
-    /// What was wrong there.
-    pub message: String,
-}
-
-/// serde_json appends " at line 1 column 17"; the field path says more to a user.
-fn strip_position(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_owned(),
-        None => msg.to_owned(),
-    }
-}
-
-fn is_object(json: &str) -> bool {
-    json.trim_start().starts_with('{')
-}
+pub use crate::payload::{Payload, PayloadError};
+use crate::payload::{is_object, strip_position};
 
 /// One message: the unit of the switchboard protocol, in either direction.
 ///
@@ -350,119 +190,6 @@ pub fn peek_ref(text: &str) -> Option<String> {
         .filter(|r| r.len() <= MAX_ID_LEN)
 }
 
-/// The borrowed fields of one outgoing frame, for encoding without building an
-/// [`Envelope`].
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Parts<'a> {
-    /// The message type.
-    #[serde(rename = "type")]
-    pub kind: &'a str,
-    /// The payload, a JSON object.
-    pub payload: &'a RawValue,
-    /// The correlation id, if any.
-    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-    pub ref_id: Option<&'a str>,
-    /// The room it came through, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub room: Option<&'a str>,
-    /// The recipient, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub to: Option<&'a str>,
-    /// The sender's client id, if relayed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from: Option<&'a str>,
-}
-
-impl<'a> Parts<'a> {
-    /// A frame with a type and a payload and nothing else.
-    pub fn new(kind: &'a str, payload: &'a RawValue) -> Parts<'a> {
-        Parts {
-            kind,
-            payload,
-            ref_id: None,
-            room: None,
-            to: None,
-            from: None,
-        }
-    }
-}
-
-/// `{"type": kind, "payload": payload}`: the frame of a message with nothing but a type
-/// and a payload.
-///
-/// ```
-/// let payload = serde_json::value::to_raw_value(&serde_json::json!({"n": 1})).unwrap();
-/// let frame = switchboard_proto::encode_payload_frame("tick", &payload);
-/// assert_eq!(frame, r#"{"type":"tick","payload":{"n":1}}"#);
-/// ```
-pub fn encode_payload_frame(kind: &str, payload: &RawValue) -> String {
-    encode_parts(&Parts::new(kind, payload))
-}
-
-/// Encodes one frame from its parts.
-///
-/// Written by hand, field by field in the order `type`, `payload`, `ref`, `room`, `to`,
-/// `from`, into a string of exactly the right size (every message goes through here,
-/// and an exact size lets the socket layer take the buffer without copying). The text
-/// is the same as serde_json writes for [`Parts`].
-pub fn encode_parts(parts: &Parts<'_>) -> String {
-    let optional = [
-        ("ref", parts.ref_id),
-        ("room", parts.room),
-        ("to", parts.to),
-        ("from", parts.from),
-    ];
-    let mut len =
-        r#"{"type":,"payload":}"#.len() + quoted_len(parts.kind) + parts.payload.get().len();
-    for (name, value) in optional {
-        if let Some(value) = value {
-            len += r#","":"#.len() + name.len() + quoted_len(value);
-        }
-    }
-    let mut out = String::with_capacity(len);
-    out.push_str(r#"{"type":"#);
-    push_quoted(&mut out, parts.kind);
-    out.push_str(r#","payload":"#);
-    out.push_str(parts.payload.get());
-    for (name, value) in optional {
-        if let Some(value) = value {
-            out.push_str(",\"");
-            out.push_str(name);
-            out.push_str("\":");
-            push_quoted(&mut out, value);
-        }
-    }
-    out.push('}');
-    out
-}
-
-/// True if JSON needs `s` escaped: quotes, backslashes and control characters (what
-/// serde_json escapes; nothing else).
-fn needs_escape(s: &str) -> bool {
-    s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
-}
-
-/// The length of `s` as a JSON string, quotes included.
-pub(crate) fn quoted_len(s: &str) -> usize {
-    if needs_escape(s) {
-        serde_json::to_string(s).map_or(s.len() + 2, |q| q.len())
-    } else {
-        s.len() + 2
-    }
-}
-
-/// Appends `s` as a JSON string.
-pub(crate) fn push_quoted(out: &mut String, s: &str) {
-    if needs_escape(s) {
-        // Serializing a str cannot fail.
-        out.push_str(&serde_json::to_string(s).unwrap_or_default());
-    } else {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
-    }
-}
-
 #[derive(Deserialize)]
 struct WireIn<'a> {
     #[serde(rename = "type", borrow, default)]
@@ -589,40 +316,6 @@ pub enum DecodeErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hand_written_frames_are_what_serde_json_writes() {
-        let payload = RawValue::from_string(r#"{"a":[1,"x\"y"],"b":{}}"#.to_owned()).unwrap();
-        let cases = [
-            ("chat", None, None, None, None),
-            ("chat", Some("r1"), Some("lobby"), Some("42"), Some("7")),
-            ("we\"ird\\type\n", Some("\u{1}ref"), None, Some("all"), None),
-            ("ünïcode ✓", None, Some("room/🙂"), None, Some("x\ty")),
-        ];
-        for (kind, ref_id, room, to, from) in cases {
-            let parts = Parts {
-                kind,
-                payload: &payload,
-                ref_id,
-                room,
-                to,
-                from,
-            };
-            let ours = encode_parts(&parts);
-            assert_eq!(ours, serde_json::to_string(&parts).unwrap());
-            assert_eq!(ours.len(), ours.capacity(), "exact size for {kind:?}");
-        }
-    }
-
-    #[test]
-    fn string_fields_with_and_without_escapes() {
-        let env = Envelope::decode(r#"{"type":"a\"b","ref":"\u0041x","room":"plain"}"#).unwrap();
-        assert_eq!(env.kind, "a\"b");
-        assert_eq!(env.ref_id.as_deref(), Some("Ax"));
-        assert_eq!(env.room.as_deref(), Some("plain"));
-        let e = Envelope::decode(r#"{"type":"x","ref":5}"#).unwrap_err();
-        assert!(e.to_string().contains("ref"), "{e}");
-    }
     use serde_json::json;
 
     fn kind_of(text: &str) -> DecodeErrorKind {
@@ -733,6 +426,15 @@ mod tests {
     }
 
     #[test]
+    fn string_fields_with_and_without_escapes() {
+        let env = Envelope::decode(r#"{"type":"a\"b","ref":"\u0041x","room":"plain"}"#).unwrap();
+        assert_eq!(env.kind, "a\"b");
+        assert_eq!(env.ref_id.as_deref(), Some("Ax"));
+        assert_eq!(env.room.as_deref(), Some("plain"));
+        let e = Envelope::decode(r#"{"type":"x","ref":5}"#).unwrap_err();
+        assert!(e.to_string().contains("ref"), "{e}");
+    }
+    #[test]
     fn encode_omits_absent_fields() {
         let mut env = Envelope::new("pong");
         assert_eq!(env.encode(), r#"{"type":"pong","payload":{}}"#);
@@ -743,41 +445,5 @@ mod tests {
             env.encode(),
             r#"{"type":"pong","payload":{},"ref":"1","room":"general","from":"abc"}"#
         );
-    }
-
-    #[test]
-    fn payload_errors_name_the_field() {
-        #[derive(Deserialize, Debug)]
-        #[allow(dead_code)]
-        struct User {
-            name: String,
-            age: u8,
-        }
-        #[derive(Deserialize, Debug)]
-        #[allow(dead_code)]
-        struct Outer {
-            user: User,
-        }
-        let p = Payload::from_json(r#"{"user":{"name":"a","age":"old"}}"#).unwrap();
-        let err = p.deserialize::<Outer>().unwrap_err();
-        assert_eq!(err.path, "user.age");
-        assert!(err.message.contains("expected u8"), "{err}");
-        assert_eq!(err.to_string(), format!("at `user.age`: {}", err.message));
-
-        let p = Payload::from_json(r#"{"user":{"name":"a"}}"#).unwrap();
-        let err = p.deserialize::<Outer>().unwrap_err();
-        assert_eq!(err.path, "user");
-        assert!(err.message.contains("missing field `age`"), "{err}");
-    }
-
-    #[test]
-    fn payload_must_be_an_object() {
-        assert!(Payload::from_json("[1]").is_err());
-        assert!(Payload::from_json("nope").is_err());
-        assert!(Payload::from_json(" {\"a\":1}").is_ok());
-        assert!(Payload::from_serialize(&json!(null)).is_err());
-        assert!(Payload::from_json("{ }").unwrap().is_empty());
-        assert!(Payload::from_json(" {} ").unwrap().is_empty());
-        assert!(!Payload::from_json("{\"a\":1}").unwrap().is_empty());
     }
 }

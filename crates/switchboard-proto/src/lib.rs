@@ -24,8 +24,10 @@
 
 pub mod code;
 pub mod dialect;
+pub mod encode;
 pub mod envelope;
 pub mod limits;
+pub mod payload;
 mod random;
 pub mod reply;
 pub mod types;

@@ -184,7 +184,7 @@ fn frame(kind: &str, payload: &impl Serialize) -> String {
 pub fn ack_ok(ref_id: &str, result: Option<&RawValue>) -> String {
     // Every acknowledged message and RPC call is answered through here: written by
     // hand, at its exact size (the same text serde_json writes for an `AckOut`).
-    use crate::envelope::{push_quoted, quoted_len};
+    use crate::encode::{push_quoted, quoted_len};
     const HEAD: &str = r#"{"type":"ack","payload":{"ref":"#;
     const OK: &str = r#","status":"ok""#;
     const RESULT: &str = r#","result":"#;
