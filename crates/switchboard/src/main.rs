@@ -4,6 +4,7 @@
 mod args;
 mod client_commands;
 mod hub;
+mod interactive;
 mod serve;
 mod settings;
 
@@ -44,7 +45,7 @@ async fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Connect { target, json } => client_commands::connect(&target, json).await,
+        Command::Connect { target, json } => interactive::connect(&target, json).await,
         Command::Send {
             target,
             kind,

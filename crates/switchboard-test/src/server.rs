@@ -1,0 +1,158 @@
+//! A switchboard server on a free loopback port, plain or TLS.
+
+use crate::RawClient;
+use crate::TIMEOUT;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use switchboard_server::{Server, ServerBuilder, ServerConfig};
+use tokio::task::JoinHandle;
+
+/// A server listening on a free loopback port.
+pub struct TestServer {
+    /// The server handle.
+    pub server: Server,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: Option<JoinHandle<()>>,
+    tls: bool,
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, and a client TLS
+/// configuration that trusts it (and nothing else).
+pub struct TestCert {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// A client configuration that trusts only this certificate.
+    pub client: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl TestCert {
+    /// Generates a fresh one.
+    pub fn generate() -> TestCert {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("self-signed certificate");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(ck.cert.der().clone())
+            .expect("trust the test certificate");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TestCert {
+            cert_pem: ck.cert.pem(),
+            key_pem: ck.key_pair.serialize_pem(),
+            client: std::sync::Arc::new(client),
+        }
+    }
+}
+
+impl TestServer {
+    /// Builds and serves on 127.0.0.1:0; returns once it is listening.
+    pub async fn start(builder: ServerBuilder) -> TestServer {
+        TestServer::start_on("127.0.0.1:0".parse().expect("an address"), builder).await
+    }
+
+    /// Builds and serves on `addr` (to restart a server where its clients expect it).
+    pub async fn start_on(addr: SocketAddr, builder: ServerBuilder) -> TestServer {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind the address");
+        let addr = listener.local_addr().expect("local addr");
+        let server = builder.build();
+        let s = server.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = s.serve(listener).await {
+                panic!("server failed: {e}");
+            }
+        });
+        TestServer {
+            server,
+            addr,
+            task: Some(task),
+            tls: false,
+        }
+    }
+
+    /// Builds and serves `wss://` on 127.0.0.1:0 with `cert`.
+    pub async fn start_tls(builder: ServerBuilder, cert: &TestCert) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free port");
+        let addr = listener.local_addr().expect("local addr");
+        let tls = switchboard_server::TlsConfig::from_pem(
+            cert.cert_pem.as_bytes(),
+            cert.key_pem.as_bytes(),
+        )
+        .expect("TLS config");
+        let server = builder.build();
+        let s = server.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = s.serve_tls(listener, tls).await {
+                panic!("server failed: {e}");
+            }
+        });
+        TestServer {
+            server,
+            addr,
+            task: Some(task),
+            tls: true,
+        }
+    }
+
+    /// A server with default settings and the given handlers.
+    pub async fn with(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> TestServer {
+        TestServer::start(configure(Server::builder())).await
+    }
+
+    /// Test defaults: port 0, a short shutdown grace and close timeout.
+    pub fn config() -> ServerConfig {
+        ServerConfig {
+            port: 0,
+            shutdown_grace: Duration::from_secs(5),
+            // Test clients often hold a socket they no longer read: do not wait long for
+            // their close answer.
+            close_timeout: Duration::from_millis(250),
+            ..ServerConfig::default()
+        }
+    }
+
+    /// The WebSocket URL.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{}", self.addr, self.server.config().path)
+    }
+
+    /// An HTTP URL on the server.
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Connects a raw client and reads its `connected` frame.
+    pub async fn raw(&self) -> RawClient {
+        let mut c = RawClient::connect(&self.url()).await;
+        let hello = c.recv().await;
+        assert_eq!(hello["type"], "connected", "first frame: {hello}");
+        c.id = hello["payload"]["client_id"]
+            .as_str()
+            .expect("client_id")
+            .to_owned();
+        c
+    }
+
+    /// Shuts the server down and waits for `serve` to return.
+    pub async fn stop(mut self) {
+        self.server.shutdown().await;
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(TIMEOUT, task)
+                .await
+                .expect("serve returns after shutdown")
+                .expect("serve task");
+        }
+    }
+}
