@@ -129,6 +129,21 @@ pub struct ServerConfig {
     /// echo endpoint, without protocol or authentication, for conformance suites
     /// (Autobahn) and transport benchmarks. Default none.
     pub echo_path: Option<String>,
+    /// Most connections still speaking plain HTTP (a request, not yet a WebSocket) at
+    /// once; past it new ones are dropped at once. 0: no limit.
+    pub max_http_connections: usize,
+    /// Most plain HTTP connections from one IP address (a page, its scripts and a few
+    /// tabs need a handful). 0: no limit.
+    pub max_http_connections_per_address: usize,
+    /// How long a plain HTTP connection may leave a response unread before it is
+    /// dropped (a client that sends requests and never reads the answers).
+    pub http_write_timeout: Duration,
+    /// Most connections waiting to authenticate at once, counted apart from
+    /// `max_connections` (which counts authenticated ones), so unauthenticated
+    /// connections cannot hold every place. 0: no limit.
+    pub max_pending_auth: usize,
+    /// Most connections from one IP address waiting to authenticate. 0: no limit.
+    pub max_pending_auth_per_address: usize,
 }
 
 impl Default for ServerConfig {
@@ -164,6 +179,11 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             echo_path: None,
+            max_http_connections: 1024,
+            max_http_connections_per_address: 256,
+            http_write_timeout: Duration::from_secs(10),
+            max_pending_auth: 1024,
+            max_pending_auth_per_address: 64,
         }
     }
 }

@@ -48,6 +48,8 @@ mod rate_limit;
 mod registry;
 pub mod rpc;
 mod server;
+mod slots;
+mod timed_io;
 mod ws;
 
 pub use auth::{AuthRejected, Authenticator, Credentials, Identity};

@@ -3,7 +3,9 @@
 use crate::TIMEOUT;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::TcpStream;
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -34,6 +36,35 @@ impl RawClient {
             ws,
             id: String::new(),
         }
+    }
+
+    /// Opens the socket from a local address of the caller's choosing (a loopback
+    /// address such as 127.0.0.2, to be another client address); `Err` when the server
+    /// dropped the connection before the WebSocket opened.
+    pub async fn try_connect_from(url: &str, source: IpAddr) -> Result<RawClient, String> {
+        let addr: SocketAddr = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("a ws://IP:PORT/... url");
+        let open = async {
+            let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+            socket
+                .bind(SocketAddr::new(source, 0))
+                .map_err(|e| e.to_string())?;
+            let tcp = socket.connect(addr).await.map_err(|e| e.to_string())?;
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let (ws, _) = tokio::time::timeout(TIMEOUT, open)
+            .await
+            .map_err(|_| "no answer in time".to_owned())??;
+        Ok(RawClient {
+            ws,
+            id: String::new(),
+        })
     }
 
     /// Sends a JSON value as a text frame.

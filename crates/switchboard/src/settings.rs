@@ -40,6 +40,12 @@ pub struct FileSettings {
     pub rate_limit: Option<u32>,
     pub rate_burst: Option<u32>,
     pub allowed_origins: Option<Vec<String>>,
+    pub max_http_connections: Option<usize>,
+    pub max_http_connections_per_address: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub http_write_timeout: Option<Duration>,
+    pub max_pending_auth: Option<usize>,
+    pub max_pending_auth_per_address: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub echo_path: Option<String>,
@@ -128,6 +134,11 @@ impl FileSettings {
             rate_limit,
             rate_burst,
             allowed_origins,
+            max_http_connections,
+            max_http_connections_per_address,
+            http_write_timeout,
+            max_pending_auth,
+            max_pending_auth_per_address,
             tls_cert,
             tls_key,
             echo_path,
@@ -177,6 +188,15 @@ impl FileSettings {
             rate_limit: self.rate_limit.unwrap_or(d.rate_limit),
             rate_burst: self.rate_burst.unwrap_or(d.rate_burst),
             allowed_origins: self.allowed_origins.unwrap_or(d.allowed_origins),
+            max_http_connections: self.max_http_connections.unwrap_or(d.max_http_connections),
+            max_http_connections_per_address: self
+                .max_http_connections_per_address
+                .unwrap_or(d.max_http_connections_per_address),
+            http_write_timeout: self.http_write_timeout.unwrap_or(d.http_write_timeout),
+            max_pending_auth: self.max_pending_auth.unwrap_or(d.max_pending_auth),
+            max_pending_auth_per_address: self
+                .max_pending_auth_per_address
+                .unwrap_or(d.max_pending_auth_per_address),
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             echo_path: self.echo_path,

@@ -16,6 +16,7 @@ use super::{Closing, Conn, Mode};
 use crate::auth::{Credentials, Outcome};
 use crate::dialect::DialectAdapter;
 use crate::rate_limit::{Admit, RateLimiter};
+use crate::slots::Refused;
 use crate::ws::{Frame, Incoming, Text, WebSocket};
 use crate::{ConnId, Identity, Server};
 
@@ -42,27 +43,49 @@ pub(super) async fn open(
         limiter: RateLimiter::new(config.rate_limit, config.rate_burst),
     };
 
+    // A connection that must authenticate first waits in a place of its own, capped
+    // overall and per address, and counts against `max_connections` only once it has
+    // authenticated: unauthenticated connections cannot hold every place.
+    let must_authenticate = !echo && config.auth_required && server.auth().is_configured();
+    let authenticated = if must_authenticate {
+        let waiting = match server.auth_slots().take(remote.map(|r| r.ip())) {
+            Ok(slot) => slot,
+            Err(why) => {
+                tracing::warn!(
+                    ?remote,
+                    ?why,
+                    "connection refused: too many waiting to authenticate"
+                );
+                let (code, message) = match why {
+                    Refused::AddressFull => (
+                        ErrorCode::RateLimited,
+                        "too many connections from this address are waiting to authenticate",
+                    ),
+                    Refused::Full => (
+                        ErrorCode::ServerFull,
+                        "too many connections are waiting to authenticate",
+                    ),
+                };
+                opening.refuse(None, code, message).await;
+                return None;
+            }
+        };
+        let done = opening.authenticate().await?;
+        drop(waiting);
+        Some(done)
+    } else {
+        None
+    };
     if !server.try_admit() {
         tracing::warn!(
             max = config.max_connections,
             "connection refused: server full"
         );
+        let ref_id = authenticated.as_ref().and_then(|(_, r)| r.as_deref());
         let message = "server at its connection limit";
-        opening.refuse(None, ErrorCode::ServerFull, message).await;
+        opening.refuse(ref_id, ErrorCode::ServerFull, message).await;
         return None;
     }
-    let must_authenticate = !echo && config.auth_required && server.auth().is_configured();
-    let authenticated = if must_authenticate {
-        match opening.authenticate().await {
-            Some(done) => Some(done),
-            None => {
-                server.release_admission();
-                return None;
-            }
-        }
-    } else {
-        None
-    };
 
     let Opening {
         ws,

@@ -11,6 +11,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::Server;
+use crate::timed_io::TimedIo;
 use tower::ServiceExt;
 
 /// How long a client has to finish its handshake (TLS, then the HTTP upgrade request).
@@ -20,12 +23,11 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// of its own that ends when the request is upgraded (the WebSocket then lives in its
 /// own task) or the connection closes. With `tls`, the TLS handshake comes first. After
 /// `stop`, connections still speaking plain HTTP finish their request and close.
-pub(crate) async fn accept_loop(
-    listener: TcpListener,
-    app: axum::Router,
-    stop: CancellationToken,
-    tls: Option<TlsAcceptor>,
-) {
+pub(crate) async fn accept_loop(listener: TcpListener, server: &Server, tls: Option<TlsAcceptor>) {
+    let app = server.router();
+    let stop = server.accepting_stopped();
+    let slots = server.http_slots();
+    let write_timeout = server.config().http_write_timeout;
     let http = TaskTracker::new();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -43,8 +45,19 @@ pub(crate) async fn accept_loop(
         // Small frames go out at once: latency, not Nagle's batching (the writer
         // already batches what is queued).
         let _ = tcp.set_nodelay(true);
+        // Until it is a WebSocket, a connection holds an HTTP slot: capped overall and
+        // per address, so idle or stalled HTTP connections cannot take every descriptor.
+        let slot = match slots.take(Some(remote.ip())) {
+            Ok(slot) => slot,
+            Err(why) => {
+                tracing::debug!(%remote, ?why, "HTTP connection refused: too many");
+                continue;
+            }
+        };
+        let tcp = TimedIo::new(tcp, write_timeout);
         let (app, stop, tls) = (app.clone(), stop.clone(), tls.clone());
         http.spawn(async move {
+            let _slot = slot;
             match tls {
                 None => serve_http(tcp, remote, app, stop).await,
                 Some(acceptor) => {

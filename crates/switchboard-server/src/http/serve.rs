@@ -118,9 +118,8 @@ impl Server {
         let addr = listener.local_addr()?;
         let scheme = if tls.is_some() { "wss" } else { "ws" };
         tracing::info!(%addr, %scheme, name = %self.name(), "switchboard listening");
-        let stop = self.accepting_stopped();
         let acceptor = tls.map(|t| t.acceptor());
-        accept_loop(listener, self.router(), stop, acceptor).await;
+        accept_loop(listener, self, acceptor).await;
         self.stopped().await;
         Ok(())
     }

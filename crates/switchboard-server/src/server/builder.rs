@@ -21,6 +21,7 @@ use crate::handler::{BoxFuture, Erased, Handler};
 use crate::handler_table::{HandlerTable, Route};
 use crate::id::IdGen;
 use crate::registry::Registry;
+use crate::slots::SlotTable;
 
 type ServerHook = Arc<dyn Fn(Server) -> BoxFuture<'static, ()> + Send + Sync>;
 type ConnHook = Arc<dyn Fn(Conn) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -317,6 +318,14 @@ impl ServerBuilder {
                 .description("Every RPC method: name, description, parameter and result JSON Schemas, and whether it needs authentication."),
             );
         }
+        let http_slots = SlotTable::new(
+            self.config.max_http_connections,
+            self.config.max_http_connections_per_address,
+        );
+        let auth_slots = SlotTable::new(
+            self.config.max_pending_auth,
+            self.config.max_pending_auth_per_address,
+        );
         Server {
             inner: Arc::new(ServerInner {
                 http_routes: self.routes,
@@ -339,6 +348,8 @@ impl ServerBuilder {
                 stopped,
                 started_at: Instant::now(),
                 local_addr: OnceLock::new(),
+                http_slots,
+                auth_slots,
             }),
         }
     }

@@ -36,6 +36,7 @@ use crate::connection::Conn;
 use crate::handler_table::{HandlerTable, Route};
 use crate::id::IdGen;
 use crate::registry::Registry;
+use crate::slots::SlotTable;
 use crate::ws;
 use crate::{ConnId, ServerConfig};
 
@@ -78,6 +79,10 @@ pub(crate) struct ServerInner {
     stopped: watch::Sender<bool>,
     started_at: Instant,
     local_addr: OnceLock<SocketAddr>,
+    /// Connections still speaking plain HTTP, by address.
+    http_slots: Arc<SlotTable>,
+    /// Connections waiting to authenticate, by address.
+    auth_slots: Arc<SlotTable>,
 }
 
 /// A switchboard server: a cheap, cloneable handle.
@@ -304,6 +309,16 @@ impl Server {
         F: Future<Output = ()> + Send + 'static,
     {
         self.inner.tracker.spawn(task);
+    }
+
+    /// The places of connections still speaking plain HTTP.
+    pub(crate) fn http_slots(&self) -> Arc<SlotTable> {
+        Arc::clone(&self.inner.http_slots)
+    }
+
+    /// The places of connections waiting to authenticate.
+    pub(crate) fn auth_slots(&self) -> &Arc<SlotTable> {
+        &self.inner.auth_slots
     }
 
     /// The socket settings of this server's connections.

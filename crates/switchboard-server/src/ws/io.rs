@@ -1,5 +1,5 @@
-//! The byte stream under a WebSocket: a TCP socket taken back from hyper, or hyper's
-//! upgraded connection (TLS).
+//! The byte stream under a WebSocket: a TCP socket (or TLS over one) taken back from
+//! hyper, or hyper's upgraded connection when the router is mounted elsewhere.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -8,9 +8,13 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::timed_io::TimedIo;
+
 /// The byte stream under a WebSocket.
 pub(crate) enum Io {
     Tcp(TcpStream),
+    /// TLS over our TCP socket (the write deadline disarmed).
+    Tls(Box<tokio_rustls::server::TlsStream<TimedIo<TcpStream>>>),
     Other(TokioIo<hyper::upgrade::Upgraded>),
 }
 
@@ -22,7 +26,7 @@ impl Io {
         match self {
             // An error is for the read itself to report.
             Io::Tcp(tcp) => tcp.poll_read_ready(cx).map(|_| ()),
-            Io::Other(_) => Poll::Ready(()),
+            Io::Tls(_) | Io::Other(_) => Poll::Ready(()),
         }
     }
 }
@@ -35,6 +39,7 @@ impl AsyncRead for Io {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Io::Tcp(t) => Pin::new(t).poll_read(cx, buf),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
             Io::Other(o) => Pin::new(o).poll_read(cx, buf),
         }
     }
@@ -48,6 +53,7 @@ impl AsyncWrite for Io {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Io::Tcp(t) => Pin::new(t).poll_write(cx, buf),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
             Io::Other(o) => Pin::new(o).poll_write(cx, buf),
         }
     }
@@ -55,6 +61,7 @@ impl AsyncWrite for Io {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Io::Tcp(t) => Pin::new(t).poll_flush(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
             Io::Other(o) => Pin::new(o).poll_flush(cx),
         }
     }
@@ -62,6 +69,7 @@ impl AsyncWrite for Io {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Io::Tcp(t) => Pin::new(t).poll_shutdown(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
             Io::Other(o) => Pin::new(o).poll_shutdown(cx),
         }
     }
@@ -73,6 +81,7 @@ impl AsyncWrite for Io {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Io::Tcp(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
             Io::Other(o) => Pin::new(o).poll_write_vectored(cx, bufs),
         }
     }
@@ -80,6 +89,7 @@ impl AsyncWrite for Io {
     fn is_write_vectored(&self) -> bool {
         match self {
             Io::Tcp(t) => t.is_write_vectored(),
+            Io::Tls(t) => t.is_write_vectored(),
             Io::Other(o) => o.is_write_vectored(),
         }
     }

@@ -23,6 +23,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 pub(crate) use frame::{Frame, Incoming, ReadError, Text, WriteError};
 use io::Io;
 
+use crate::timed_io::TimedIo;
+
 /// The socket's limits and buffer sizes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
@@ -65,20 +67,12 @@ impl WebSocket {
         settings: Settings,
     ) -> WebSocket {
         let config = Some(settings.library_config());
-        let stream = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) if parts.read_buf.is_empty() => {
-                let io = Io::Tcp(parts.io.into_inner());
-                WebSocketStream::from_raw_socket(io, Role::Server, config).await
-            }
-            Ok(parts) => {
-                let io = Io::Tcp(parts.io.into_inner());
-                let early = parts.read_buf.to_vec();
-                WebSocketStream::from_partially_read(io, early, Role::Server, config).await
-            }
-            Err(upgraded) => {
-                let io = Io::Other(TokioIo::new(upgraded));
-                WebSocketStream::from_raw_socket(io, Role::Server, config).await
-            }
+        let (io, early) = take_back(upgraded);
+        let stream = if early.is_empty() {
+            WebSocketStream::from_raw_socket(io, Role::Server, config).await
+        } else {
+            // The client sent frames right behind its request: they come first.
+            WebSocketStream::from_partially_read(io, early, Role::Server, config).await
         };
         WebSocket(stream)
     }
@@ -155,6 +149,35 @@ impl WebSocket {
     /// Flushes what is queued (a close reply included) and shuts the write side.
     pub(crate) async fn shutdown(&mut self) {
         let _ = poll_fn(|cx| std::pin::Pin::new(&mut self.0).poll_close(cx)).await;
+    }
+}
+
+/// The byte stream hyper upgraded, taken back out of hyper's wrapper where it is one of
+/// ours (the TCP socket, or TLS over it, with the HTTP write deadline disarmed: a
+/// WebSocket has its own slow-consumer policy), so reads go straight to it; and the
+/// bytes hyper had read past the request.
+fn take_back(upgraded: hyper::upgrade::Upgraded) -> (Io, Vec<u8>) {
+    type Plain = TimedIo<TcpStream>;
+    type Tls = tokio_rustls::server::TlsStream<TimedIo<TcpStream>>;
+    let upgraded = match upgraded.downcast::<TokioIo<Plain>>() {
+        Ok(parts) => {
+            let tcp = parts.io.into_inner().into_inner();
+            return (Io::Tcp(tcp), parts.read_buf.to_vec());
+        }
+        Err(upgraded) => upgraded,
+    };
+    let upgraded = match upgraded.downcast::<TokioIo<Tls>>() {
+        Ok(parts) => {
+            let mut tls = parts.io.into_inner();
+            tls.get_mut().0.disarm();
+            return (Io::Tls(Box::new(tls)), parts.read_buf.to_vec());
+        }
+        Err(upgraded) => upgraded,
+    };
+    // Served by someone else's axum (the router mounted in an application).
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => (Io::Tcp(parts.io.into_inner()), parts.read_buf.to_vec()),
+        Err(upgraded) => (Io::Other(TokioIo::new(upgraded)), Vec::new()),
     }
 }
 
