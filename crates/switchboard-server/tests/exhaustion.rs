@@ -143,3 +143,64 @@ async fn connections_that_never_authenticate_hold_neither_the_connection_limit_n
     drop(waiting);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn floods_of_pings_or_empty_continuation_frames_are_closed_like_message_floods() {
+    use switchboard_test::{WireClient, wire_frame};
+    let s = TestServer::with(|b| {
+        b.config(ServerConfig {
+            password: Some("secret123".into()),
+            auth_required: false,
+            rate_limit: 100,
+            rate_burst: 50,
+            ..TestServer::config()
+        })
+    })
+    .await;
+    let mut bystander = s.raw().await;
+    // Frames the socket library never hands over as messages: an unfinished text
+    // message followed by empty continuations, and pings.
+    let mut continuations = wire_frame(false, 0, 0x1, b"x", true);
+    for _ in 0..500 {
+        continuations.extend(wire_frame(false, 0, 0x0, b"", true));
+    }
+    let pings: Vec<u8> = (0..500)
+        .flat_map(|_| wire_frame(true, 0, 0x9, b"", true))
+        .collect();
+    for flood in [continuations, pings] {
+        let mut c = WireClient::connect(s.addr).await;
+        assert_eq!(c.recv().await["type"], "connected");
+        c.send_raw(&flood).await;
+        let (code, texts) = c.closed().await;
+        assert_eq!(code, 4006, "{texts:?}");
+        assert_eq!(texts.last().unwrap()["payload"]["code"], "RATE_LIMITED");
+        assert_eq!(
+            bystander.roundtrip(json!({"type":"ping"})).await["type"],
+            "pong"
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_flood_before_authenticating_is_closed_too() {
+    use switchboard_test::{WireClient, wire_frame};
+    let s = TestServer::with(|b| {
+        b.config(ServerConfig {
+            password: Some("secret123".into()),
+            rate_limit: 100,
+            rate_burst: 50,
+            ..TestServer::config()
+        })
+    })
+    .await;
+    let mut flood = wire_frame(false, 0, 0x1, b"x", true);
+    for _ in 0..500 {
+        flood.extend(wire_frame(false, 0, 0x0, b"", true));
+    }
+    let mut c = WireClient::connect(s.addr).await;
+    c.send_raw(&flood).await;
+    let (code, _) = c.closed().await;
+    assert_eq!(code, 4006);
+    s.stop().await;
+}

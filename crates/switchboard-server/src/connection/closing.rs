@@ -7,6 +7,9 @@ use switchboard_proto::{ErrorCode, close_reason};
 
 use crate::ws::{Frame, Incoming, ReadError, Text, WebSocket};
 
+/// Why a client that floods frames (pings, continuations) is closed.
+pub(crate) const FLOOD: &str = "too many WebSocket frames too fast";
+
 /// How and why a connection is being closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Closing {
@@ -83,6 +86,7 @@ impl Closing {
                 Closing::protocol(close::INVALID_DATA, "invalid UTF-8 in a text frame".into())
             }
             ReadError::Protocol(what) => Closing::protocol(close::PROTOCOL_ERROR, what),
+            ReadError::Flood => Closing::with_code(ErrorCode::RateLimited, FLOOD),
             ReadError::Lost(what) => Closing::lost(what),
         }
     }

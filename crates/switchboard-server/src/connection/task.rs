@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use futures_util::FutureExt;
 use switchboard_proto::ErrorCode;
 
+use super::closing::FLOOD;
 use super::dispatch::{self, Rest};
 use super::outbox::WriterStep;
 use super::{Closing, Conn, closing};
@@ -155,18 +156,22 @@ impl ConnectionTask {
             None => return Some(Some(Closing::lost("connection dropped"))),
             Some(Err(e)) => {
                 let max = self.server.config().max_message_size;
-                let too_large = matches!(e, ReadError::TooLarge);
+                // Closes that say why in an `error` frame first.
+                let with_error = match &e {
+                    ReadError::TooLarge => Some((
+                        ErrorCode::MessageTooLarge,
+                        format!("a message may be at most {max} bytes"),
+                    )),
+                    ReadError::Flood => Some((ErrorCode::RateLimited, FLOOD.to_owned())),
+                    _ => None,
+                };
                 let closing = Closing::after_read_error(e, max);
                 if closing.abort {
                     return Some(Some(closing));
                 }
-                if too_large {
-                    let message = format!("a message may be at most {max} bytes");
-                    self.conn
-                        .outbox()
-                        .close_with_code(ErrorCode::MessageTooLarge, &message);
-                } else {
-                    self.conn.outbox().begin_close(closing);
+                match with_error {
+                    Some((code, message)) => self.conn.outbox().close_with_code(code, &message),
+                    None => self.conn.outbox().begin_close(closing),
                 }
                 return Some(None);
             }

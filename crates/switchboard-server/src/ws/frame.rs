@@ -78,6 +78,8 @@ pub(crate) enum ReadError {
     InvalidUtf8,
     /// A WebSocket protocol violation (bad opcode, reserved bits, unmasked frame, ...).
     Protocol(String),
+    /// Frames (pings, continuations, anything) faster than the frame budget.
+    Flood,
     /// The socket failed or closed.
     Lost(String),
 }

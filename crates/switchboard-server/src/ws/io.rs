@@ -8,10 +8,17 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::frame_budget::FrameBudget;
 use crate::timed_io::TimedIo;
 
-/// The byte stream under a WebSocket.
-pub(crate) enum Io {
+/// The byte stream under a WebSocket, and the budget of frames read from it.
+pub(crate) struct Io {
+    stream: Stream,
+    frames: FrameBudget,
+}
+
+/// Where the bytes come from.
+pub(crate) enum Stream {
     Tcp(TcpStream),
     /// TLS over our TCP socket (the write deadline disarmed).
     Tls(Box<tokio_rustls::server::TlsStream<TimedIo<TcpStream>>>),
@@ -19,14 +26,18 @@ pub(crate) enum Io {
 }
 
 impl Io {
+    pub(crate) fn new(stream: Stream, frames: FrameBudget) -> Io {
+        Io { stream, frames }
+    }
+
     /// Ready when a read may find data: always, unless this is a TCP socket that the
     /// kernel says has nothing (then the task is woken when it has). Lets the
     /// connection skip asking the WebSocket layer for a frame that cannot be there.
     pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        match self {
+        match &self.stream {
             // An error is for the read itself to report.
-            Io::Tcp(tcp) => tcp.poll_read_ready(cx).map(|_| ()),
-            Io::Tls(_) | Io::Other(_) => Poll::Ready(()),
+            Stream::Tcp(tcp) => tcp.poll_read_ready(cx).map(|_| ()),
+            Stream::Tls(_) | Stream::Other(_) => Poll::Ready(()),
         }
     }
 }
@@ -37,11 +48,19 @@ impl AsyncRead for Io {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(t) => Pin::new(t).poll_read(cx, buf),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
-            Io::Other(o) => Pin::new(o).poll_read(cx, buf),
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = match &mut this.stream {
+            Stream::Tcp(t) => Pin::new(t).poll_read(cx, buf),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+            Stream::Other(o) => Pin::new(o).poll_read(cx, buf),
+        };
+        if read.is_ready() {
+            if let Err(over) = this.frames.read(&buf.filled()[before..]) {
+                return Poll::Ready(Err(std::io::Error::other(over)));
+            }
         }
+        read
     }
 }
 
@@ -51,26 +70,26 @@ impl AsyncWrite for Io {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Tcp(t) => Pin::new(t).poll_write(cx, buf),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
-            Io::Other(o) => Pin::new(o).poll_write(cx, buf),
+        match &mut self.get_mut().stream {
+            Stream::Tcp(t) => Pin::new(t).poll_write(cx, buf),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+            Stream::Other(o) => Pin::new(o).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(t) => Pin::new(t).poll_flush(cx),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
-            Io::Other(o) => Pin::new(o).poll_flush(cx),
+        match &mut self.get_mut().stream {
+            Stream::Tcp(t) => Pin::new(t).poll_flush(cx),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+            Stream::Other(o) => Pin::new(o).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(t) => Pin::new(t).poll_shutdown(cx),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
-            Io::Other(o) => Pin::new(o).poll_shutdown(cx),
+        match &mut self.get_mut().stream {
+            Stream::Tcp(t) => Pin::new(t).poll_shutdown(cx),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+            Stream::Other(o) => Pin::new(o).poll_shutdown(cx),
         }
     }
 
@@ -79,18 +98,18 @@ impl AsyncWrite for Io {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Tcp(t) => Pin::new(t).poll_write_vectored(cx, bufs),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
-            Io::Other(o) => Pin::new(o).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().stream {
+            Stream::Tcp(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Other(o) => Pin::new(o).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Io::Tcp(t) => t.is_write_vectored(),
-            Io::Tls(t) => t.is_write_vectored(),
-            Io::Other(o) => o.is_write_vectored(),
+        match &self.stream {
+            Stream::Tcp(t) => t.is_write_vectored(),
+            Stream::Tls(t) => t.is_write_vectored(),
+            Stream::Other(o) => o.is_write_vectored(),
         }
     }
 }

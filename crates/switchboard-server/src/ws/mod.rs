@@ -6,12 +6,13 @@
 //! answer) is [`crate::http`]'s job; this module takes over the upgraded byte stream.
 
 mod frame;
+mod frame_budget;
 mod io;
 
 use std::future::poll_fn;
 use std::task::{Context, Poll};
 
-use futures_util::{Sink, Stream};
+use futures_util::{Sink, Stream as _};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -21,7 +22,8 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 pub(crate) use frame::{Frame, Incoming, ReadError, Text, WriteError};
-use io::Io;
+use frame_budget::{FrameBudget, OverBudget};
+use io::{Io, Stream};
 
 use crate::timed_io::TimedIo;
 
@@ -34,6 +36,10 @@ pub(crate) struct Settings {
     pub(crate) max_message_size: usize,
     /// The largest frame the server may write (what the outbox lets through).
     pub(crate) max_frame_out: usize,
+    /// Frames (of any kind: data, continuation, ping, pong) a client may send a
+    /// second, and at once; 0: no budget.
+    pub(crate) frames_per_sec: u32,
+    pub(crate) frame_burst: u32,
 }
 
 impl Settings {
@@ -67,7 +73,11 @@ impl WebSocket {
         settings: Settings,
     ) -> WebSocket {
         let config = Some(settings.library_config());
-        let (io, early) = take_back(upgraded);
+        let (stream, early) = take_back(upgraded);
+        let mut frames = FrameBudget::new(settings.frames_per_sec, settings.frame_burst);
+        // Bytes hyper read past the request are frames too.
+        let _ = frames.read(&early);
+        let io = Io::new(stream, frames);
         let stream = if early.is_empty() {
             WebSocketStream::from_raw_socket(io, Role::Server, config).await
         } else {
@@ -156,13 +166,13 @@ impl WebSocket {
 /// ours (the TCP socket, or TLS over it, with the HTTP write deadline disarmed: a
 /// WebSocket has its own slow-consumer policy), so reads go straight to it; and the
 /// bytes hyper had read past the request.
-fn take_back(upgraded: hyper::upgrade::Upgraded) -> (Io, Vec<u8>) {
+fn take_back(upgraded: hyper::upgrade::Upgraded) -> (Stream, Vec<u8>) {
     type Plain = TimedIo<TcpStream>;
     type Tls = tokio_rustls::server::TlsStream<TimedIo<TcpStream>>;
     let upgraded = match upgraded.downcast::<TokioIo<Plain>>() {
         Ok(parts) => {
             let tcp = parts.io.into_inner().into_inner();
-            return (Io::Tcp(tcp), parts.read_buf.to_vec());
+            return (Stream::Tcp(tcp), parts.read_buf.to_vec());
         }
         Err(upgraded) => upgraded,
     };
@@ -170,14 +180,14 @@ fn take_back(upgraded: hyper::upgrade::Upgraded) -> (Io, Vec<u8>) {
         Ok(parts) => {
             let mut tls = parts.io.into_inner();
             tls.get_mut().0.disarm();
-            return (Io::Tls(Box::new(tls)), parts.read_buf.to_vec());
+            return (Stream::Tls(Box::new(tls)), parts.read_buf.to_vec());
         }
         Err(upgraded) => upgraded,
     };
     // Served by someone else's axum (the router mounted in an application).
     match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => (Io::Tcp(parts.io.into_inner()), parts.read_buf.to_vec()),
-        Err(upgraded) => (Io::Other(TokioIo::new(upgraded)), Vec::new()),
+        Ok(parts) => (Stream::Tcp(parts.io.into_inner()), parts.read_buf.to_vec()),
+        Err(upgraded) => (Stream::Other(TokioIo::new(upgraded)), Vec::new()),
     }
 }
 
@@ -196,6 +206,9 @@ fn read_error(err: &WsError) -> ReadError {
     match err {
         WsError::Capacity(_) => ReadError::TooLarge,
         WsError::Utf8(_) => ReadError::InvalidUtf8,
+        WsError::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<OverBudget>()) => {
+            ReadError::Flood
+        }
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
             ReadError::Lost("connection reset without a close frame".into())
         }

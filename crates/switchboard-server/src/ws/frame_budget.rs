@@ -1,0 +1,183 @@
+//! Every WebSocket frame a client sends, counted where the bytes arrive: pings, pongs
+//! and continuation frames never reach the message rate limiter (the socket library
+//! answers or assembles them itself), so a flood of them would cost the server CPU
+//! for free. A frame budget, a token bucket per connection, ends such a flood.
+
+use std::time::Instant;
+
+/// Scans the bytes read from a client for frame boundaries (client frames are masked:
+/// a 2-byte header, 0/2/8 bytes of length, a 4-byte mask, the payload), and charges each
+/// frame to a token bucket.
+#[derive(Debug)]
+pub(crate) struct FrameBudget {
+    /// Bytes of the current frame's payload still to skip.
+    payload_left: u64,
+    /// The current header's bytes so far (at most 14).
+    header: [u8; 14],
+    header_len: u8,
+    /// Frames a second, and at once; 0 disables the budget.
+    per_sec: f32,
+    burst: f32,
+    tokens: f32,
+    last: Option<Instant>,
+}
+
+/// A client sent frames faster than its budget allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OverBudget;
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("too many WebSocket frames too fast")
+    }
+}
+
+impl std::error::Error for OverBudget {}
+
+impl FrameBudget {
+    /// `per_sec` frames a second on average, `burst` at once (`per_sec` 0: unlimited).
+    pub(crate) fn new(per_sec: u32, burst: u32) -> FrameBudget {
+        let burst = burst.max(1) as f32;
+        FrameBudget {
+            payload_left: 0,
+            header: [0; 14],
+            header_len: 0,
+            per_sec: per_sec as f32,
+            burst,
+            tokens: burst,
+            last: None,
+        }
+    }
+
+    /// Takes in bytes read from the client; `Err` once the frames in them exceed the
+    /// budget.
+    pub(crate) fn read(&mut self, data: &[u8]) -> Result<(), OverBudget> {
+        if self.per_sec <= 0.0 {
+            return Ok(());
+        }
+        match self.scan(data) {
+            0 => Ok(()),
+            frames => self.charge(frames, Instant::now()),
+        }
+    }
+
+    /// How many frames start in `data` (their headers complete in it).
+    fn scan(&mut self, mut data: &[u8]) -> u32 {
+        let mut frames = 0u32;
+        while !data.is_empty() {
+            if self.payload_left > 0 {
+                let skip =
+                    usize::try_from(self.payload_left).map_or(data.len(), |n| n.min(data.len()));
+                data = &data[skip..];
+                self.payload_left -= skip as u64;
+                continue;
+            }
+            self.header[usize::from(self.header_len)] = data[0];
+            self.header_len += 1;
+            data = &data[1..];
+            if let Some(payload) = self.header_complete() {
+                frames = frames.saturating_add(1);
+                self.header_len = 0;
+                self.payload_left = payload;
+            }
+        }
+        frames
+    }
+
+    /// The payload length once the header so far is complete.
+    fn header_complete(&self) -> Option<u64> {
+        let h = &self.header[..usize::from(self.header_len)];
+        if h.len() < 2 {
+            return None;
+        }
+        let mask = if h[1] & 0x80 != 0 { 4 } else { 0 };
+        let (extra, len7) = match h[1] & 0x7f {
+            126 => (2, None),
+            127 => (8, None),
+            n => (0, Some(u64::from(n))),
+        };
+        if h.len() < 2 + extra + mask {
+            return None;
+        }
+        Some(match len7 {
+            Some(n) => n,
+            None => h[2..2 + extra]
+                .iter()
+                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+        })
+    }
+
+    fn charge(&mut self, frames: u32, now: Instant) -> Result<(), OverBudget> {
+        if let Some(last) = self.last {
+            let refill = now.saturating_duration_since(last).as_secs_f32() * self.per_sec;
+            self.tokens = (self.tokens + refill).min(self.burst);
+        }
+        self.last = Some(now);
+        self.tokens -= frames as f32;
+        if self.tokens < -self.burst {
+            Err(OverBudget)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame.
+    fn frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&[1, 2, 3, 4]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn frames_are_counted_whatever_their_size_and_however_the_bytes_are_cut() {
+        let mut stream = Vec::new();
+        stream.extend(frame(0x1, true, b"hello"));
+        stream.extend(frame(0x2, true, &vec![7u8; 300]));
+        stream.extend(frame(0x2, true, &vec![7u8; 70_000]));
+        stream.extend(frame(0x9, true, b""));
+        for cut in [1usize, 3, 7, 64, 1 << 20] {
+            let mut b = FrameBudget::new(1, 1);
+            let frames: u32 = stream.chunks(cut).map(|chunk| b.scan(chunk)).sum();
+            assert_eq!(frames, 4, "cut every {cut} bytes");
+        }
+    }
+
+    #[test]
+    fn a_flood_of_empty_continuations_or_pings_is_over_budget() {
+        let mut b = FrameBudget::new(100, 50);
+        let mut flood = frame(0x1, false, b"x");
+        for _ in 0..200 {
+            flood.extend(frame(0x0, false, b""));
+        }
+        assert_eq!(b.read(&flood), Err(OverBudget));
+        let mut b = FrameBudget::new(100, 50);
+        let pings: Vec<u8> = (0..60).flat_map(|_| frame(0x9, true, b"")).collect();
+        assert_eq!(b.read(&pings), Ok(()), "within twice the burst");
+        let pings: Vec<u8> = (0..60).flat_map(|_| frame(0x9, true, b"")).collect();
+        assert_eq!(b.read(&pings), Err(OverBudget));
+    }
+
+    #[test]
+    fn zero_is_unlimited() {
+        let mut b = FrameBudget::new(0, 1);
+        let pings: Vec<u8> = (0..10_000).flat_map(|_| frame(0x9, true, b"")).collect();
+        assert_eq!(b.read(&pings), Ok(()));
+    }
+}
