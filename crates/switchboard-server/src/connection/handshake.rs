@@ -206,7 +206,15 @@ impl Opening<'_> {
                     close_socket(&mut self.ws, &Closing::lost("closed"), None, limit).await;
                     return None;
                 }
-                Some(Ok(Incoming::Control)) => continue,
+                // Counted against the rate below, then passed over.
+                Some(Ok(Incoming::Control)) => {
+                    if self.limiter.admit() == Admit::Close {
+                        let msg = "too many messages before authenticating";
+                        self.refuse(None, ErrorCode::RateLimited, msg).await;
+                        return None;
+                    }
+                    continue;
+                }
                 Some(Ok(Incoming::Binary(_))) => None,
                 Some(Ok(Incoming::Text(text))) => Some(text),
             };

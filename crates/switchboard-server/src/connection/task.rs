@@ -179,10 +179,10 @@ impl ConnectionTask {
                 let (code, reason) = frame.unwrap_or((1005, String::new()));
                 return Some(Some(Closing::by_client(code, reason)));
             }
-            // The socket library answers pings itself; a pong only proves life.
-            Some(Ok(Incoming::Control)) => return None,
             Some(Ok(m)) => m,
         };
+        // Pings and pongs count against the rate like any message (the socket library
+        // answers pings itself: a flood of them costs writes too).
         match self.limiter.admit() {
             Admit::Yes => {}
             Admit::No { first } => {
@@ -200,7 +200,9 @@ impl ConnectionTask {
                 return Some(None);
             }
         }
-        self.rest = self.handle(message);
+        if !matches!(message, Incoming::Control) {
+            self.rest = self.handle(message);
+        }
         None
     }
 

@@ -1,20 +1,25 @@
-//! Every WebSocket frame a client sends, counted where the bytes arrive: pings, pongs
-//! and continuation frames never reach the message rate limiter (the socket library
-//! answers or assembles them itself), so a flood of them would cost the server CPU
-//! for free. A frame budget, a token bucket per connection, ends such a flood.
+//! Every WebSocket frame a client sends, counted where the bytes arrive. The socket
+//! library assembles continuation frames itself, so the message rate limiter never sees
+//! them, and a flood of empty ones would cost the server CPU for free: the frames that
+//! did not become a message are charged to a frame budget, a token bucket per
+//! connection.
 
 use std::time::Instant;
 
 /// Scans the bytes read from a client for frame boundaries (client frames are masked:
-/// a 2-byte header, 0/2/8 bytes of length, a 4-byte mask, the payload), and charges each
-/// frame to a token bucket.
-#[derive(Debug)]
-pub(crate) struct FrameBudget {
+/// a 2-byte header, 0/2/8 bytes of length, a 4-byte mask, the payload).
+#[derive(Debug, Default)]
+pub(crate) struct FrameScanner {
     /// Bytes of the current frame's payload still to skip.
     payload_left: u64,
     /// The current header's bytes so far (at most 14).
     header: [u8; 14],
     header_len: u8,
+}
+
+/// A token bucket of frames.
+#[derive(Debug)]
+pub(crate) struct FrameBudget {
     /// Frames a second, and at once; 0 disables the budget.
     per_sec: f32,
     burst: f32,
@@ -39,9 +44,6 @@ impl FrameBudget {
     pub(crate) fn new(per_sec: u32, burst: u32) -> FrameBudget {
         let burst = burst.max(1) as f32;
         FrameBudget {
-            payload_left: 0,
-            header: [0; 14],
-            header_len: 0,
             per_sec: per_sec as f32,
             burst,
             tokens: burst,
@@ -49,20 +51,18 @@ impl FrameBudget {
         }
     }
 
-    /// Takes in bytes read from the client; `Err` once the frames in them exceed the
-    /// budget.
-    pub(crate) fn read(&mut self, data: &[u8]) -> Result<(), OverBudget> {
-        if self.per_sec <= 0.0 {
+    /// Charges `frames` that did not become messages; `Err` once over the budget.
+    pub(crate) fn charge(&mut self, frames: u32) -> Result<(), OverBudget> {
+        if self.per_sec <= 0.0 || frames == 0 {
             return Ok(());
         }
-        match self.scan(data) {
-            0 => Ok(()),
-            frames => self.charge(frames, Instant::now()),
-        }
+        self.charge_at(frames, Instant::now())
     }
+}
 
+impl FrameScanner {
     /// How many frames start in `data` (their headers complete in it).
-    fn scan(&mut self, mut data: &[u8]) -> u32 {
+    pub(crate) fn scan(&mut self, mut data: &[u8]) -> u32 {
         let mut frames = 0u32;
         while !data.is_empty() {
             if self.payload_left > 0 {
@@ -106,8 +106,10 @@ impl FrameBudget {
                 .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
         })
     }
+}
 
-    fn charge(&mut self, frames: u32, now: Instant) -> Result<(), OverBudget> {
+impl FrameBudget {
+    fn charge_at(&mut self, frames: u32, now: Instant) -> Result<(), OverBudget> {
         if let Some(last) = self.last {
             let refill = now.saturating_duration_since(last).as_secs_f32() * self.per_sec;
             self.tokens = (self.tokens + refill).min(self.burst);
@@ -152,32 +154,32 @@ mod tests {
         stream.extend(frame(0x2, true, &vec![7u8; 300]));
         stream.extend(frame(0x2, true, &vec![7u8; 70_000]));
         stream.extend(frame(0x9, true, b""));
+        stream.extend(frame(0x0, false, b""));
         for cut in [1usize, 3, 7, 64, 1 << 20] {
-            let mut b = FrameBudget::new(1, 1);
-            let frames: u32 = stream.chunks(cut).map(|chunk| b.scan(chunk)).sum();
-            assert_eq!(frames, 4, "cut every {cut} bytes");
+            let mut scanner = FrameScanner::default();
+            let frames: u32 = stream.chunks(cut).map(|chunk| scanner.scan(chunk)).sum();
+            assert_eq!(frames, 5, "cut every {cut} bytes");
         }
     }
 
     #[test]
-    fn a_flood_of_empty_continuations_or_pings_is_over_budget() {
+    fn the_budget_allows_its_burst_twice_then_refuses() {
+        let t0 = Instant::now();
         let mut b = FrameBudget::new(100, 50);
-        let mut flood = frame(0x1, false, b"x");
-        for _ in 0..200 {
-            flood.extend(frame(0x0, false, b""));
-        }
-        assert_eq!(b.read(&flood), Err(OverBudget));
+        assert_eq!(b.charge_at(100, t0), Ok(()), "the burst, and as much again");
+        assert_eq!(b.charge_at(1, t0), Err(OverBudget));
         let mut b = FrameBudget::new(100, 50);
-        let pings: Vec<u8> = (0..60).flat_map(|_| frame(0x9, true, b"")).collect();
-        assert_eq!(b.read(&pings), Ok(()), "within twice the burst");
-        let pings: Vec<u8> = (0..60).flat_map(|_| frame(0x9, true, b"")).collect();
-        assert_eq!(b.read(&pings), Err(OverBudget));
+        assert_eq!(b.charge_at(90, t0), Ok(()));
+        // A second later a hundred more frames are due.
+        assert_eq!(
+            b.charge_at(100, t0 + std::time::Duration::from_secs(1)),
+            Ok(())
+        );
     }
 
     #[test]
     fn zero_is_unlimited() {
         let mut b = FrameBudget::new(0, 1);
-        let pings: Vec<u8> = (0..10_000).flat_map(|_| frame(0x9, true, b"")).collect();
-        assert_eq!(b.read(&pings), Ok(()));
+        assert_eq!(b.charge(u32::MAX), Ok(()));
     }
 }

@@ -8,13 +8,15 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::frame_budget::FrameBudget;
+use super::frame_budget::FrameScanner;
 use crate::timed_io::TimedIo;
 
-/// The byte stream under a WebSocket, and the budget of frames read from it.
+/// The byte stream under a WebSocket, counting the frames read from it.
 pub(crate) struct Io {
     stream: Stream,
-    frames: FrameBudget,
+    scanner: FrameScanner,
+    /// Frames whose headers were read since [`take_frames_read`](Io::take_frames_read).
+    frames_read: u32,
 }
 
 /// Where the bytes come from.
@@ -26,8 +28,23 @@ pub(crate) enum Stream {
 }
 
 impl Io {
-    pub(crate) fn new(stream: Stream, frames: FrameBudget) -> Io {
-        Io { stream, frames }
+    pub(crate) fn new(stream: Stream) -> Io {
+        Io {
+            stream,
+            scanner: FrameScanner::default(),
+            frames_read: 0,
+        }
+    }
+
+    /// Counts the frames in bytes read before the socket library took over (what
+    /// hyper read past the upgrade request).
+    pub(crate) fn count(&mut self, early: &[u8]) {
+        self.frames_read = self.frames_read.saturating_add(self.scanner.scan(early));
+    }
+
+    /// The frames read since the last call.
+    pub(crate) fn take_frames_read(&mut self) -> u32 {
+        std::mem::take(&mut self.frames_read)
     }
 
     /// Ready when a read may find data: always, unless this is a TCP socket that the
@@ -56,9 +73,8 @@ impl AsyncRead for Io {
             Stream::Other(o) => Pin::new(o).poll_read(cx, buf),
         };
         if read.is_ready() {
-            if let Err(over) = this.frames.read(&buf.filled()[before..]) {
-                return Poll::Ready(Err(std::io::Error::other(over)));
-            }
+            let frames = this.scanner.scan(&buf.filled()[before..]);
+            this.frames_read = this.frames_read.saturating_add(frames);
         }
         read
     }

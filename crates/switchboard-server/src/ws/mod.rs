@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 pub(crate) use frame::{Frame, Incoming, ReadError, Text, WriteError};
-use frame_budget::{FrameBudget, OverBudget};
+use frame_budget::FrameBudget;
 use io::{Io, Stream};
 
 use crate::timed_io::TimedIo;
@@ -61,7 +61,13 @@ pub(crate) fn accept_key(key: &[u8]) -> String {
 }
 
 /// One client's WebSocket, server side.
-pub(crate) struct WebSocket(WebSocketStream<Io>);
+pub(crate) struct WebSocket {
+    stream: WebSocketStream<Io>,
+    /// Charged with the frames that did not become messages (see [`frame_budget`]).
+    budget: FrameBudget,
+    /// Frames read less messages yielded, since the socket library last ran dry.
+    unmatched: i64,
+}
 
 impl WebSocket {
     /// The WebSocket over a connection hyper has upgraded. A plain TCP connection is
@@ -74,22 +80,24 @@ impl WebSocket {
     ) -> WebSocket {
         let config = Some(settings.library_config());
         let (stream, early) = take_back(upgraded);
-        let mut frames = FrameBudget::new(settings.frames_per_sec, settings.frame_burst);
-        // Bytes hyper read past the request are frames too.
-        let _ = frames.read(&early);
-        let io = Io::new(stream, frames);
+        let mut io = Io::new(stream);
+        io.count(&early);
         let stream = if early.is_empty() {
             WebSocketStream::from_raw_socket(io, Role::Server, config).await
         } else {
             // The client sent frames right behind its request: they come first.
             WebSocketStream::from_partially_read(io, early, Role::Server, config).await
         };
-        WebSocket(stream)
+        WebSocket {
+            stream,
+            budget: FrameBudget::new(settings.frames_per_sec, settings.frame_burst),
+            unmatched: 0,
+        }
     }
 
     /// Ready when a read may find data (see [`Io::poll_read_ready`]).
     pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.0.get_ref().poll_read_ready(cx)
+        self.stream.get_ref().poll_read_ready(cx)
     }
 
     /// The next frame from the client; `None` when the connection has ended.
@@ -97,9 +105,24 @@ impl WebSocket {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Incoming, ReadError>>> {
-        std::pin::Pin::new(&mut self.0)
-            .poll_next(cx)
-            .map(|next| next.map(|r| r.map(incoming).map_err(|e| read_error(&e))))
+        let next = std::pin::Pin::new(&mut self.stream).poll_next(cx);
+        let frames = self.stream.get_mut().take_frames_read();
+        self.unmatched += i64::from(frames);
+        match &next {
+            Poll::Ready(Some(Ok(_))) => self.unmatched -= 1,
+            // Every complete frame read so far has been taken in: those that did not
+            // become messages were continuations (of a message not yet complete, or of
+            // none), which the message limiter never sees.
+            Poll::Pending if self.unmatched > 0 => {
+                let invisible = u32::try_from(self.unmatched).unwrap_or(u32::MAX);
+                self.unmatched = 0;
+                if self.budget.charge(invisible).is_err() {
+                    return Poll::Ready(Some(Err(ReadError::Flood)));
+                }
+            }
+            _ => {}
+        }
+        next.map(|next| next.map(|r| r.map(incoming).map_err(|e| read_error(&e))))
     }
 
     pub(crate) async fn next(&mut self) -> Option<Result<Incoming, ReadError>> {
@@ -108,7 +131,7 @@ impl WebSocket {
 
     /// Ready when the socket takes another frame.
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
-        std::pin::Pin::new(&mut self.0)
+        std::pin::Pin::new(&mut self.stream)
             .poll_ready(cx)
             .map_err(write_error)
     }
@@ -120,13 +143,13 @@ impl WebSocket {
             Frame::Binary(b) => Message::Binary(b),
             Frame::Ping => Message::Ping(bytes::Bytes::new()),
         };
-        std::pin::Pin::new(&mut self.0)
+        std::pin::Pin::new(&mut self.stream)
             .start_send(message)
             .map_err(write_error)
     }
 
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
-        std::pin::Pin::new(&mut self.0)
+        std::pin::Pin::new(&mut self.stream)
             .poll_flush(cx)
             .map_err(write_error)
     }
@@ -150,7 +173,7 @@ impl WebSocket {
             reason: reason.into(),
         }));
         poll_fn(|cx| self.poll_ready(cx)).await?;
-        std::pin::Pin::new(&mut self.0)
+        std::pin::Pin::new(&mut self.stream)
             .start_send(close)
             .map_err(write_error)?;
         poll_fn(|cx| self.poll_flush(cx)).await
@@ -158,7 +181,7 @@ impl WebSocket {
 
     /// Flushes what is queued (a close reply included) and shuts the write side.
     pub(crate) async fn shutdown(&mut self) {
-        let _ = poll_fn(|cx| std::pin::Pin::new(&mut self.0).poll_close(cx)).await;
+        let _ = poll_fn(|cx| std::pin::Pin::new(&mut self.stream).poll_close(cx)).await;
     }
 }
 
@@ -206,9 +229,6 @@ fn read_error(err: &WsError) -> ReadError {
     match err {
         WsError::Capacity(_) => ReadError::TooLarge,
         WsError::Utf8(_) => ReadError::InvalidUtf8,
-        WsError::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<OverBudget>()) => {
-            ReadError::Flood
-        }
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
             ReadError::Lost("connection reset without a close frame".into())
         }
