@@ -63,3 +63,4 @@ pub(crate) fn run(
         drop(tracked);
     }
 }
+

@@ -4,7 +4,13 @@
 //! did not become a message are charged to a frame budget, a token bucket per
 //! connection.
 
-use std::time::Instant;
+use crate::clock::now_ms;
+
+/// The clock in milliseconds, kept in 32 bits (it wraps after 49 days; only differences
+/// of a few seconds matter).
+fn now_ms32() -> u32 {
+    now_ms() as u32
+}
 
 /// Scans the bytes read from a client for frame boundaries (client frames are masked:
 /// a 2-byte header, 0/2/8 bytes of length, a 4-byte mask, the payload).
@@ -12,8 +18,10 @@ use std::time::Instant;
 pub(crate) struct FrameScanner {
     /// Bytes of the current frame's payload still to skip.
     payload_left: u64,
-    /// The current header's bytes so far (at most 14).
-    header: [u8; 14],
+    /// The current header's bytes so far, the first left out (at most 9 more: the
+    /// length byte and 8 of extended length; the mask is skipped, never kept).
+    header: [u8; 9],
+    /// Bytes of the current header read, the first included.
     header_len: u8,
 }
 
@@ -24,7 +32,8 @@ pub(crate) struct FrameBudget {
     per_sec: f32,
     burst: f32,
     tokens: f32,
-    last: Option<Instant>,
+    /// When it was last charged ([`now_ms`], wrapping).
+    last_ms: u32,
 }
 
 /// A client sent frames faster than its budget allows.
@@ -47,7 +56,7 @@ impl FrameBudget {
             per_sec: per_sec as f32,
             burst,
             tokens: burst,
-            last: None,
+            last_ms: now_ms32(),
         }
     }
 
@@ -56,7 +65,7 @@ impl FrameBudget {
         if self.per_sec <= 0.0 || frames == 0 {
             return Ok(());
         }
-        self.charge_at(frames, Instant::now())
+        self.charge_at(frames, now_ms32())
     }
 }
 
@@ -72,7 +81,9 @@ impl FrameScanner {
                 self.payload_left -= skip as u64;
                 continue;
             }
-            self.header[usize::from(self.header_len)] = data[0];
+            if self.header_len > 0 && usize::from(self.header_len) <= self.header.len() {
+                self.header[usize::from(self.header_len) - 1] = data[0];
+            }
             self.header_len += 1;
             data = &data[1..];
             if let Some(payload) = self.header_complete() {
@@ -84,24 +95,26 @@ impl FrameScanner {
         frames
     }
 
-    /// The payload length once the header so far is complete.
+    /// The payload length once the header so far (first byte, length byte, extended
+    /// length, mask) is complete.
     fn header_complete(&self) -> Option<u64> {
-        let h = &self.header[..usize::from(self.header_len)];
-        if h.len() < 2 {
+        let len = usize::from(self.header_len);
+        if len < 2 {
             return None;
         }
-        let mask = if h[1] & 0x80 != 0 { 4 } else { 0 };
-        let (extra, len7) = match h[1] & 0x7f {
+        let second = self.header[0];
+        let mask = if second & 0x80 != 0 { 4 } else { 0 };
+        let (extra, len7) = match second & 0x7f {
             126 => (2, None),
             127 => (8, None),
             n => (0, Some(u64::from(n))),
         };
-        if h.len() < 2 + extra + mask {
+        if len < 2 + extra + mask {
             return None;
         }
         Some(match len7 {
             Some(n) => n,
-            None => h[2..2 + extra]
+            None => self.header[1..=extra]
                 .iter()
                 .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
         })
@@ -109,12 +122,10 @@ impl FrameScanner {
 }
 
 impl FrameBudget {
-    fn charge_at(&mut self, frames: u32, now: Instant) -> Result<(), OverBudget> {
-        if let Some(last) = self.last {
-            let refill = now.saturating_duration_since(last).as_secs_f32() * self.per_sec;
-            self.tokens = (self.tokens + refill).min(self.burst);
-        }
-        self.last = Some(now);
+    fn charge_at(&mut self, frames: u32, now_ms: u32) -> Result<(), OverBudget> {
+        let elapsed = now_ms.wrapping_sub(self.last_ms) as f32 / 1000.0;
+        self.last_ms = now_ms;
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
         self.tokens -= frames as f32;
         if self.tokens < -self.burst {
             Err(OverBudget)
@@ -164,17 +175,14 @@ mod tests {
 
     #[test]
     fn the_budget_allows_its_burst_twice_then_refuses() {
-        let t0 = Instant::now();
+        let t0 = 1_000;
         let mut b = FrameBudget::new(100, 50);
         assert_eq!(b.charge_at(100, t0), Ok(()), "the burst, and as much again");
         assert_eq!(b.charge_at(1, t0), Err(OverBudget));
         let mut b = FrameBudget::new(100, 50);
         assert_eq!(b.charge_at(90, t0), Ok(()));
         // A second later a hundred more frames are due.
-        assert_eq!(
-            b.charge_at(100, t0 + std::time::Duration::from_secs(1)),
-            Ok(())
-        );
+        assert_eq!(b.charge_at(100, t0 + 1_000), Ok(()));
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub(crate) struct WebSocket {
     /// Charged with the frames that did not become messages (see [`frame_budget`]).
     budget: FrameBudget,
     /// Frames read less messages yielded, since the socket library last ran dry.
-    unmatched: i64,
+    unmatched: i32,
 }
 
 impl WebSocket {
@@ -107,14 +107,16 @@ impl WebSocket {
     ) -> Poll<Option<Result<Incoming, ReadError>>> {
         let next = std::pin::Pin::new(&mut self.stream).poll_next(cx);
         let frames = self.stream.get_mut().take_frames_read();
-        self.unmatched += i64::from(frames);
+        self.unmatched = self
+            .unmatched
+            .saturating_add(i32::try_from(frames).unwrap_or(i32::MAX));
         match &next {
             Poll::Ready(Some(Ok(_))) => self.unmatched -= 1,
             // Every complete frame read so far has been taken in: those that did not
             // become messages were continuations (of a message not yet complete, or of
             // none), which the message limiter never sees.
             Poll::Pending if self.unmatched > 0 => {
-                let invisible = u32::try_from(self.unmatched).unwrap_or(u32::MAX);
+                let invisible = self.unmatched.unsigned_abs();
                 self.unmatched = 0;
                 if self.budget.charge(invisible).is_err() {
                     return Poll::Ready(Some(Err(ReadError::Flood)));
