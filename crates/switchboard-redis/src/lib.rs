@@ -29,7 +29,7 @@
 //!   own clients, reports itself unhealthy (`/health`), drops cross-node traffic (and
 //!   counts it), and when Redis returns it resubscribes and writes its membership again.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -57,6 +57,10 @@ pub struct RedisConfig {
     /// Most sends and presence changes waiting for Redis; beyond, they are dropped (and
     /// counted). Default 65,536.
     pub queue: usize,
+    /// Most bytes of sends waiting for Redis or on their way to it, the batch being
+    /// written included; beyond, sends are dropped (and counted), so a Redis outage or
+    /// stall costs a node at most this much memory. Default 64 MiB.
+    pub queue_bytes: usize,
 }
 
 impl Default for RedisConfig {
@@ -66,6 +70,7 @@ impl Default for RedisConfig {
             heartbeat: Duration::from_secs(1),
             node_ttl: Duration::from_secs(5),
             queue: 65_536,
+            queue_bytes: 64 << 20,
         }
     }
 }
@@ -75,6 +80,21 @@ enum Out {
     Publish(Vec<u8>),
     Presence(PresenceEvent),
 }
+
+impl Out {
+    /// What it counts against `queue_bytes`.
+    fn bytes(&self) -> usize {
+        match self {
+            Out::Publish(bytes) => bytes.len(),
+            Out::Presence(_) => 64,
+        }
+    }
+}
+
+/// Leaves a room in Redis: the member out of the room's set, and the room out of the
+/// node's rooms once it has no member here (one script: nothing in between).
+const LEAVE_ROOM: &str = "redis.call('SREM', KEYS[1], ARGV[1]) \
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end";
 
 /// The header of a published delivery (the frame follows it, unescaped).
 #[derive(Serialize, Deserialize)]
@@ -93,6 +113,10 @@ struct Shared {
     out: mpsc::Sender<Out>,
     out_rx: Mutex<Option<mpsc::Receiver<Out>>>,
     healthy: AtomicBool,
+    /// The subscriber is subscribed (health needs it and a working connection).
+    subscribed: AtomicBool,
+    /// Bytes of sends queued or being written (bounded by `queue_bytes`).
+    queued_bytes: AtomicUsize,
     /// Set when Redis came back: the writer rewrites this node's membership.
     resync: AtomicBool,
     resync_now: Notify,
@@ -158,6 +182,8 @@ impl RedisBackplane {
                 out,
                 out_rx: Mutex::new(Some(rx)),
                 healthy: AtomicBool::new(false),
+                subscribed: AtomicBool::new(false),
+                queued_bytes: AtomicUsize::new(0),
                 resync: AtomicBool::new(false),
                 resync_now: Notify::new(),
                 dropped: AtomicU64::new(0),
@@ -180,14 +206,26 @@ impl RedisBackplane {
     }
 
     fn enqueue(&self, item: Out) {
-        if self.shared.out.try_send(item).is_err() {
-            let n = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(
-                    dropped = n,
-                    "Redis backplane queue full: cross-node traffic dropped"
-                );
-            }
+        let shared = &self.shared;
+        let bytes = item.bytes();
+        let reserved = shared
+            .queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued + bytes <= shared.config.queue_bytes.max(1)).then_some(queued + bytes)
+            })
+            .is_ok();
+        if reserved && shared.out.try_send(item).is_ok() {
+            return;
+        }
+        if reserved {
+            shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        let n = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                dropped = n,
+                "Redis backplane queue full: cross-node traffic dropped"
+            );
         }
     }
 }
@@ -311,7 +349,14 @@ impl Shared {
                 pipe.sadd(self.room_key(me, room), id.to_string()).ignore();
             }
             PresenceEvent::Left(id, room) => {
-                pipe.srem(self.room_key(me, room), id.to_string()).ignore();
+                pipe.cmd("EVAL")
+                    .arg(LEAVE_ROOM)
+                    .arg(2)
+                    .arg(self.room_key(me, room))
+                    .arg(self.rooms_key(me))
+                    .arg(id.to_string())
+                    .arg(room)
+                    .ignore();
             }
             _ => {}
         }
@@ -342,6 +387,8 @@ impl Shared {
                     Err(e) => {
                         self.dropped
                             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        let bytes: usize = batch.iter().map(Out::bytes).sum();
+                        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                         batch.clear();
                         tracing::debug!(error = %e, "Redis unavailable; batch dropped");
                         self.resync.store(true, Ordering::Release);
@@ -354,6 +401,8 @@ impl Shared {
                 self.resync_pipe(&mut pipe);
             }
             let channel = self.channel();
+            // Counted until written: the batch in flight is part of the bound.
+            let in_flight: usize = batch.iter().map(Out::bytes).sum();
             for item in batch.drain(..) {
                 match item {
                     Out::Publish(bytes) => {
@@ -366,7 +415,10 @@ impl Shared {
                 continue;
             }
             let mut c = c;
-            if let Err(e) = pipe.query_async::<()>(&mut c).await {
+            let written = pipe.query_async::<()>(&mut c).await;
+            drop(pipe);
+            self.queued_bytes.fetch_sub(in_flight, Ordering::AcqRel);
+            if let Err(e) = written {
                 tracing::debug!(error = %e, "Redis write failed; membership will be rewritten");
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 self.resync.store(true, Ordering::Release);
@@ -392,6 +444,7 @@ impl Shared {
             match pubsub {
                 Ok(pubsub) => {
                     backoff = Duration::from_millis(100);
+                    self.subscribed.store(true, Ordering::Release);
                     self.set_healthy(true);
                     // Redis may have lost (or never had) our membership: write it again.
                     self.resync.store(true, Ordering::Release);
@@ -407,6 +460,7 @@ impl Shared {
                             None => break,
                         }
                     }
+                    self.subscribed.store(false, Ordering::Release);
                     self.set_healthy(false);
                 }
                 Err(e) => {
@@ -465,6 +519,9 @@ impl Shared {
                 conn.zadd(self.nodes_key(), &self.node, now_ms()).await;
             match beat {
                 Ok(()) => {
+                    // Redis answers again: healthy, if the subscription held (a stall
+                    // breaks the heartbeat, not always the subscription).
+                    self.set_healthy(self.subscribed.load(Ordering::Acquire));
                     // A rewrite that failed (Redis was still coming back) is retried here.
                     if self.resync.load(Ordering::Acquire) {
                         self.resync_now.notify_one();

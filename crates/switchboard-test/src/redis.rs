@@ -98,6 +98,26 @@ impl RedisServer {
         }
     }
 
+    /// Stops it without ending it (SIGSTOP): connections stay open and nothing answers,
+    /// as when Redis stalls.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.child.as_ref().expect("a running redis-server").id();
+        let ok = std::process::Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {which} {pid}");
+    }
+
     /// Starts it again on the same port (empty: Redis keeps nothing here).
     pub fn restart(&mut self) {
         self.kill();
