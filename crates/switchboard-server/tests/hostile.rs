@@ -502,3 +502,29 @@ async fn large_replies_arrive_or_are_refused_with_a_typed_error_and_error_quotes
     assert_eq!(c.roundtrip(json!({"type":"ping"})).await["type"], "pong");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn upgrade_requests_with_a_wrong_version_or_a_bad_key_are_refused_as_the_rfc_says() {
+    let s = server().await;
+    let request = |version: &str, key: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: {version}\r\nSec-WebSocket-Key: {key}\r\n\r\n",
+            s.addr
+        )
+    };
+    let head = WireClient::http_head(s.addr, &request("8", "dGhlIHNhbXBsZSBub25jZQ==")).await;
+    assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-version: 13"),
+        "{head}"
+    );
+    for key in ["", "x", "not base64 at all but 24c"] {
+        let head = WireClient::http_head(s.addr, &request("13", key)).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{key:?}: {head}");
+    }
+    let head = WireClient::http_head(s.addr, &request("13", "dGhlIHNhbXBsZSBub25jZQ==")).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.stop().await;
+}

@@ -83,7 +83,7 @@ impl Closing {
                 &format!("a message may be at most {max_message_size} bytes"),
             ),
             ReadError::InvalidUtf8 => {
-                Closing::protocol(close::INVALID_DATA, "invalid UTF-8 in a text frame".into())
+                Closing::protocol(close::INVALID_DATA, "invalid UTF-8".into())
             }
             ReadError::Protocol(what) => Closing::protocol(close::PROTOCOL_ERROR, what),
             ReadError::Flood => Closing::with_code(ErrorCode::RateLimited, FLOOD),

@@ -95,23 +95,63 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 
 /// The `Sec-WebSocket-Accept` answer to a valid upgrade request (RFC 6455 section
 /// 4.2.1), or what is wrong with it.
-fn accept_key(headers: &HeaderMap) -> Result<String, &'static str> {
+fn accept_key(headers: &HeaderMap) -> Result<String, Refusal> {
     if !header_has(headers, header::CONNECTION, "upgrade") {
-        return Err("a WebSocket endpoint: `Connection: upgrade` is missing");
+        return Err(Refusal::Bad(
+            "a WebSocket endpoint: `Connection: upgrade` is missing",
+        ));
     }
     if !header_has(headers, header::UPGRADE, "websocket") {
-        return Err("a WebSocket endpoint: `Upgrade: websocket` is missing");
+        return Err(Refusal::Bad(
+            "a WebSocket endpoint: `Upgrade: websocket` is missing",
+        ));
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_none_or(|v| v.as_bytes() != b"13")
     {
-        return Err("`Sec-WebSocket-Version: 13` is required");
+        return Err(Refusal::Version);
     }
     match headers.get(header::SEC_WEBSOCKET_KEY) {
-        Some(key) => Ok(ws::accept_key(key.as_bytes())),
-        None => Err("`Sec-WebSocket-Key` is missing"),
+        Some(key) if is_websocket_key(key.as_bytes()) => Ok(ws::accept_key(key.as_bytes())),
+        Some(_) => Err(Refusal::Bad(
+            "`Sec-WebSocket-Key` must be 16 bytes in base64 (24 characters)",
+        )),
+        None => Err(Refusal::Bad("`Sec-WebSocket-Key` is missing")),
     }
+}
+
+/// Why an upgrade request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// 400, with the reason.
+    Bad(&'static str),
+    /// A version other than 13: 426 with `Sec-WebSocket-Version: 13` (RFC 6455 4.4).
+    Version,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Bad(why) => (StatusCode::BAD_REQUEST, why).into_response(),
+            Refusal::Version => (
+                StatusCode::UPGRADE_REQUIRED,
+                [(header::SEC_WEBSOCKET_VERSION, "13")],
+                "`Sec-WebSocket-Version: 13` is required",
+            )
+                .into_response(),
+        }
+    }
+}
+
+/// A `Sec-WebSocket-Key` as RFC 6455 4.1 asks: 16 bytes in base64, so 24 characters of
+/// the base64 alphabet ending in `==`.
+fn is_websocket_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
 }
 
 /// Checks the upgrade request and answers it with 101; the
@@ -120,7 +160,7 @@ fn accept(server: Server, mut req: Request, mode: Mode, subprotocol: Option<&str
     let headers = req.headers();
     let accept_key = match accept_key(headers) {
         Ok(key) => key,
-        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+        Err(refusal) => return refusal.into_response(),
     };
     if server.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, "server shutting down").into_response();
@@ -210,10 +250,31 @@ mod tests {
             let mut without = h.clone();
             without.remove(name);
             let why = accept_key(&without).unwrap_err();
-            assert!(why.contains(missing), "{why}");
+            let text = match why {
+                Refusal::Bad(text) => text,
+                Refusal::Version => "`Sec-WebSocket-Version: 13` is required",
+            };
+            assert!(text.contains(missing), "{text}");
+        }
+        for bad_key in [
+            "",
+            "short",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZQ!=",
+            "dGhlIHNhbXBsZSBub25jZQ==x",
+        ] {
+            let mut h = h.clone();
+            h.insert(header::SEC_WEBSOCKET_KEY, bad_key.parse().unwrap());
+            assert!(
+                matches!(accept_key(&h), Err(Refusal::Bad(_))),
+                "{bad_key:?}"
+            );
         }
         h.insert(header::SEC_WEBSOCKET_VERSION, "8".parse().unwrap());
-        assert!(accept_key(&h).is_err());
+        assert_eq!(accept_key(&h), Err(Refusal::Version));
+        let response = Refusal::Version.into_response();
+        assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(response.headers()[header::SEC_WEBSOCKET_VERSION], "13");
     }
 
     #[test]
