@@ -97,7 +97,9 @@ pub mod datadivr {
     ///
     /// `event_name` becomes the type; `to` (default `"others"`) becomes `to`, so the
     /// message is handled if a handler takes its type and otherwise relayed to `"all"`
-    /// (the sender included), `"others"` or one client id. `from_id` is ignored: the
+    /// (the sender included), `"others"` or one client id. A `room` (switchboard's
+    /// addition; datadivr's own client never sends one) routes to that room's members
+    /// instead, as a native `room` does. `from_id` is ignored: the
     /// server stamps the sender. The payload: an object stays an object, any other value
     /// becomes `{"value": ...}`; a `message` text is added as `payload.message`.
     ///
@@ -122,9 +124,16 @@ pub mod datadivr {
             Some(_) => return Err(invalid("event_name", "must be a string")),
             None => return Err(invalid("event_name", "missing `event_name`")),
         };
+        let room = match map.remove("room") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => Some(s),
+            Some(_) => return Err(invalid("room", "a room name is 1 to 128 bytes")),
+        };
         let to = match map.remove("to") {
-            None | Some(Value::Null) => "others".to_owned(),
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => s,
+            // A room message goes to the room, not to everyone else.
+            None | Some(Value::Null) if room.is_some() => None,
+            None | Some(Value::Null) => Some("others".to_owned()),
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => Some(s),
             Some(_) => return Err(invalid("to", "must be \"all\", \"others\" or a client id")),
         };
         let mut payload = match map.remove("payload") {
@@ -146,7 +155,8 @@ pub mod datadivr {
         let payload =
             Payload::from_serialize(&payload).map_err(|e| invalid("payload", &e.to_string()))?;
         Ok(Envelope {
-            to: Some(to),
+            to,
+            room,
             ..Envelope::with_payload(kind, payload)
         })
     }
@@ -394,6 +404,22 @@ mod tests {
             );
             assert_eq!(back["from_id"], "c1", "the server's stamp, not the claim");
         }
+    }
+
+    #[test]
+    fn a_datadivr_room_routes_to_the_room_alone() {
+        let env =
+            datadivr::incoming(r#"{"event_name":"msg","room":"lobby","message":"hi"}"#).unwrap();
+        assert_eq!(
+            (env.room.as_deref(), env.to.as_deref()),
+            (Some("lobby"), None)
+        );
+        let env = datadivr::incoming(r#"{"event_name":"msg","room":"lobby","to":"all"}"#).unwrap();
+        assert_eq!(
+            (env.room.as_deref(), env.to.as_deref()),
+            (Some("lobby"), Some("all"))
+        );
+        assert!(datadivr::incoming(r#"{"event_name":"msg","room":5}"#).is_err());
     }
 
     #[test]

@@ -316,3 +316,25 @@ async fn a_metafor_client_cannot_forge_server_frames_to_a_room() {
     assert_eq!(m["payload"]["text"], "a real one");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_datadivr_frame_with_a_room_reaches_that_room_alone() {
+    let s = hub().await;
+    let mut member = s.raw().await;
+    member
+        .roundtrip(json!({"type":"join_room","ref":"j","payload":{"room_id":"lobby"}}))
+        .await;
+    let mut outsider = s.raw().await;
+    let mut dd = Speaker::connect(&format!("{}?dialect=datadivr", s.url())).await;
+    dd.send(r#"{"event_name":"msg","room":"lobby","message":"for the room"}"#)
+        .await;
+    let m = member.recv_type("msg").await;
+    assert_eq!(m["room"], "lobby");
+    assert_eq!(m["payload"]["message"], "for the room");
+    // The outsider's next frame is its own pong: the room message never came.
+    assert_eq!(
+        outsider.roundtrip(json!({"type":"ping"})).await["type"],
+        "pong"
+    );
+    s.stop().await;
+}

@@ -58,6 +58,25 @@ struct Status {
     version: &'static str,
 }
 
+/// `clients`: one page of the connected clients, in id order.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ClientsPage {
+    /// Start after this client id (the last one of the previous page).
+    #[serde(default)]
+    after: Option<String>,
+    /// At most this many (1 to 500).
+    #[serde(default = "default_clients_page")]
+    limit: usize,
+}
+
+/// The largest page of `clients`: its reply stays far under the outbound frame limit.
+const MAX_CLIENTS_PAGE: usize = 500;
+
+fn default_clients_page() -> usize {
+    200
+}
+
 /// `set_name`: what others see instead of your id.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -174,20 +193,23 @@ pub(crate) fn hub(
         .rpc_method(
             RpcMethod::new(
                 "clients",
-                |(): (), server: Server, State(names): State<Names>| async move {
-                    let mut list: Vec<ClientInfo> = server
-                        .connection_ids()
+                |page: ClientsPage, server: Server, State(names): State<Names>| async move {
+                    let mut ids = server.connection_ids();
+                    ids.sort();
+                    let after = page.after.as_deref().and_then(|a| a.parse::<ConnId>().ok());
+                    let list: Vec<ClientInfo> = ids
                         .into_iter()
+                        .filter(|id| after.is_none_or(|a| *id > a))
+                        .take(page.limit.clamp(1, MAX_CLIENTS_PAGE))
                         .map(|id| ClientInfo {
                             id: id.to_string(),
                             name: names.get(id),
                         })
                         .collect();
-                    list.sort_by(|a, b| a.id.cmp(&b.id));
                     Json(list)
                 },
             )
-            .description("The clients connected to this node, with their names."),
+            .description("The clients connected to this node, with their names, in pages: at most `limit` (200 by default, 500 at most) after the id `after`."),
         )
         .rpc_method(
             RpcMethod::new(

@@ -355,3 +355,41 @@ async fn the_hub_raises_its_open_file_limit_to_the_hard_limit() {
     );
     drop(hub);
 }
+
+#[tokio::test]
+async fn clients_comes_in_pages_that_always_fit_in_a_frame() {
+    let hub = start(&[]);
+    let t = std::time::Duration::from_secs(5);
+    let mut others = Vec::new();
+    for _ in 0..5 {
+        others.push(hub.raw().await);
+    }
+    let client = switchboard_client::Client::connect(&hub.url())
+        .await
+        .unwrap();
+    let all: Vec<serde_json::Value> = client.call("clients", &(), t).await.unwrap();
+    assert_eq!(all.len(), 6);
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page: Vec<serde_json::Value> = client
+            .call("clients", &json!({"limit": 4, "after": after}), t)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 4);
+        after = page
+            .last()
+            .and_then(|c| c["id"].as_str())
+            .map(str::to_owned);
+        paged.extend(page);
+    }
+    assert_eq!(paged, all, "the pages, in order, are the whole list");
+    let err = client
+        .call::<serde_json::Value, _>("clients", &json!({"limit": "all"}), t)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("INVALID_PARAMS"));
+}
