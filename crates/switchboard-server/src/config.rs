@@ -144,6 +144,12 @@ pub struct ServerConfig {
     pub max_pending_auth: usize,
     /// Most connections from one IP address waiting to authenticate. 0: no limit.
     pub max_pending_auth_per_address: usize,
+    /// Reverse proxies (their addresses) whose `Forwarded` / `X-Forwarded-For` header
+    /// names the client: behind them, the per-address limits (authentication throttle,
+    /// pending authentications) and [`Conn::remote_addr`](crate::Conn::remote_addr)
+    /// use the client's address, not the proxy's. Empty (the default): the headers are
+    /// ignored, since any client could send them.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ServerConfig {
@@ -184,6 +190,7 @@ impl Default for ServerConfig {
             http_write_timeout: Duration::from_secs(10),
             max_pending_auth: 1024,
             max_pending_auth_per_address: 64,
+            trusted_proxies: Vec::new(),
         }
     }
 }

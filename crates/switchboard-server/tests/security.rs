@@ -464,3 +464,43 @@ async fn tls_serves_wss_and_the_client_connects_with_its_own_roots() {
     client.close().await;
     s.stop().await;
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_one_client_s_wrong_guesses_do_not_lock_out_the_others() {
+    let s = TestServer::with(|b| {
+        b.config(ServerConfig {
+            password: Some("secret123".into()),
+            auth_max_failures: 2,
+            trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+            ..TestServer::config()
+        })
+    })
+    .await;
+    let login = |forwarded: &'static str, password: &'static str| {
+        let url = s.url();
+        async move {
+            let mut c =
+                RawClient::connect_with_headers(&url, &[("x-forwarded-for", forwarded)]).await;
+            c.send(json!({"type":"auth","ref":"a","payload":{"password": password}}))
+                .await;
+            c.recv().await
+        }
+    };
+    for _ in 0..2 {
+        let reply = login("203.0.113.1", "guess").await;
+        assert_eq!(reply["payload"]["code"], "AUTH_FAILED", "{reply}");
+    }
+    let reply = login("203.0.113.1", "secret123").await;
+    assert_eq!(
+        reply["payload"]["code"], "RATE_LIMITED",
+        "the guesser is throttled: {reply}"
+    );
+    let reply = login("203.0.113.2", "secret123").await;
+    assert_eq!(
+        reply["type"], "connected",
+        "another client behind the proxy: {reply}"
+    );
+    // (A header from a peer that is not a trusted proxy is ignored: the unit tests of
+    // `http::forwarded` show it.)
+    s.stop().await;
+}

@@ -38,6 +38,27 @@ impl RawClient {
         }
     }
 
+    /// Opens the socket with extra request headers (`X-Forwarded-For`, `Origin`, ...).
+    pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> RawClient {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let mut request = url.into_client_request().expect("a WebSocket URL");
+        for (name, value) in headers {
+            request.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
+                HeaderValue::from_str(value).expect("a header value"),
+            );
+        }
+        let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        RawClient {
+            ws,
+            id: String::new(),
+        }
+    }
+
     /// Opens the socket from a local address of the caller's choosing (a loopback
     /// address such as 127.0.0.2, to be another client address); `Err` when the server
     /// dropped the connection before the WebSocket opened.

@@ -46,6 +46,7 @@ pub struct FileSettings {
     pub http_write_timeout: Option<Duration>,
     pub max_pending_auth: Option<usize>,
     pub max_pending_auth_per_address: Option<usize>,
+    pub trusted_proxies: Option<Vec<std::net::IpAddr>>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub echo_path: Option<String>,
@@ -139,6 +140,7 @@ impl FileSettings {
             http_write_timeout,
             max_pending_auth,
             max_pending_auth_per_address,
+            trusted_proxies,
             tls_cert,
             tls_key,
             echo_path,
@@ -197,6 +199,7 @@ impl FileSettings {
             max_pending_auth_per_address: self
                 .max_pending_auth_per_address
                 .unwrap_or(d.max_pending_auth_per_address),
+            trusted_proxies: self.trusted_proxies.unwrap_or(d.trusted_proxies),
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             echo_path: self.echo_path,

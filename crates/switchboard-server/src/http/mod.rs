@@ -3,6 +3,7 @@
 //! does.
 
 mod accept;
+mod forwarded;
 mod serve;
 mod tls;
 mod upgrade;

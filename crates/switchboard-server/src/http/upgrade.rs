@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use switchboard_proto::Dialect;
 
+use super::forwarded::client_addr;
 use crate::Server;
 use crate::connection::Mode;
 use crate::ws::{self, WebSocket};
@@ -172,7 +173,7 @@ fn accept(server: Server, mut req: Request, mode: Mode, subprotocol: Option<&str
     let remote = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
+        .map(|c| client_addr(c.0, headers, &server.config().trusted_proxies));
     if req
         .extensions()
         .get::<hyper::upgrade::OnUpgrade>()
