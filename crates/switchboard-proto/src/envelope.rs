@@ -115,8 +115,9 @@ impl Envelope {
             Some(raw) if raw.get() == "null" => PROTOCOL_VERSION,
             Some(raw) => match serde_json::from_str::<u64>(raw.get()) {
                 Ok(v) if v == u64::from(PROTOCOL_VERSION) => PROTOCOL_VERSION,
-                Ok(v) => return Err(with_ref(DecodeErrorKind::UnsupportedVersion(v))),
-                Err(_) => {
+                Ok(v) if v > 0 => return Err(with_ref(DecodeErrorKind::UnsupportedVersion(v))),
+                // 0 is not a version: the same error as any other non-positive value.
+                _ => {
                     return Err(with_ref(DecodeErrorKind::InvalidField {
                         field: "v",
                         reason: "must be a positive integer".to_owned(),
@@ -369,6 +370,10 @@ mod tests {
             kind_of(r#"{"type":"chat","v":2}"#),
             DecodeErrorKind::UnsupportedVersion(2)
         );
+        assert!(matches!(
+            kind_of(r#"{"type":"chat","v":0}"#),
+            DecodeErrorKind::InvalidField { field: "v", .. }
+        ));
         assert!(matches!(
             kind_of(r#"{"type":"chat","v":"1"}"#),
             DecodeErrorKind::InvalidField { field: "v", .. }

@@ -70,8 +70,12 @@ fn room_of(env: &Envelope) -> Result<String, HandlerError> {
         .or(args.topic)
         .or_else(|| env.room.clone())
         .ok_or_else(|| {
-            HandlerError::code_of(ErrorCode::InvalidPayload, "missing field `room_id`")
-                .with_details(json!({"path": "room_id", "reason": "missing field `room_id`"}))
+            // As any payload missing a field: the path is the object's (the payload).
+            HandlerError::code_of(
+                ErrorCode::InvalidPayload,
+                "invalid payload: missing field `room_id`",
+            )
+            .with_details(json!({"path": "", "reason": "missing field `room_id`"}))
         })
 }
 
