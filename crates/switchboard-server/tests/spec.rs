@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 use switchboard_server::{HandlerError, Json, ServerConfig};
-use switchboard_test::{RawClient, TestServer};
+use switchboard_test::TestServer;
 
 /// One exchange: what to send, then the frames expected, in order.
 #[derive(Debug)]
