@@ -1,0 +1,223 @@
+//! What one node keeps in Redis: its keys, its health, its membership (connections,
+//! rooms) written event by event or all at once after an outage, and the reaping of
+//! dead nodes.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use switchboard_server::{BackplaneError, ConnId, NodeHandle, PresenceEvent, Target};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::RedisConfig;
+
+/// What the writer task sends to Redis.
+pub(crate) enum Out {
+    Publish(Vec<u8>),
+    Presence(PresenceEvent),
+}
+
+impl Out {
+    /// What it counts against `queue_bytes`.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Out::Publish(bytes) => bytes.len(),
+            Out::Presence(_) => 64,
+        }
+    }
+}
+
+/// Leaves a room in Redis: the member out of the room's set, and the room out of the
+/// node's rooms once it has no member here (one script: nothing in between).
+const LEAVE_ROOM: &str = "redis.call('SREM', KEYS[1], ARGV[1]) \
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end";
+
+/// The header of a published delivery (the frame follows it, unescaped).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Header {
+    #[serde(rename = "t")]
+    pub(crate) target: Target,
+    #[serde(rename = "x", default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) exclude: Vec<ConnId>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) client: redis::Client,
+    pub(crate) config: RedisConfig,
+    /// This node's id in the cluster.
+    pub(crate) node: String,
+    pub(crate) out: mpsc::Sender<Out>,
+    pub(crate) out_rx: Mutex<Option<mpsc::Receiver<Out>>>,
+    pub(crate) healthy: AtomicBool,
+    /// The subscriber is subscribed (health needs it and a working connection).
+    pub(crate) subscribed: AtomicBool,
+    /// Bytes of sends queued or being written (bounded by `queue_bytes`).
+    pub(crate) queued_bytes: AtomicUsize,
+    /// Set when Redis came back: the writer rewrites this node's membership.
+    pub(crate) resync: AtomicBool,
+    pub(crate) resync_now: Notify,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) node_handle: OnceLock<NodeHandle>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    /// A connection for reads (counts, members), made on first use.
+    pub(crate) reader: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+}
+
+pub(crate) fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_millis() as f64)
+}
+
+pub(crate) fn random_node_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
+impl Shared {
+    pub(crate) fn channel(&self) -> String {
+        format!("{}:deliver", self.config.prefix)
+    }
+
+    pub(crate) fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.config.prefix)
+    }
+
+    pub(crate) fn conns_key(&self, node: &str) -> String {
+        format!("{}:node:{node}:conns", self.config.prefix)
+    }
+
+    pub(crate) fn rooms_key(&self, node: &str) -> String {
+        format!("{}:node:{node}:rooms", self.config.prefix)
+    }
+
+    pub(crate) fn room_key(&self, node: &str, room: &str) -> String {
+        format!("{}:node:{node}:room:{room}", self.config.prefix)
+    }
+
+    pub(crate) fn set_healthy(&self, healthy: bool) {
+        let was = self.healthy.swap(healthy, Ordering::AcqRel);
+        if was != healthy {
+            if healthy {
+                tracing::info!(node = %self.node, "Redis backplane connected");
+            } else {
+                tracing::warn!(node = %self.node, "Redis backplane unavailable: serving this node's clients only");
+            }
+        }
+    }
+
+    /// Live nodes: those whose heartbeat is younger than the TTL.
+    pub(crate) async fn live_nodes(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+    ) -> redis::RedisResult<Vec<String>> {
+        let since = now_ms() - self.config.node_ttl.as_millis() as f64;
+        conn.zrangebyscore(self.nodes_key(), since, "+inf").await
+    }
+
+    pub(crate) async fn reader(&self) -> Result<redis::aio::ConnectionManager, BackplaneError> {
+        let mut guard = self.reader.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = self
+            .client
+            .get_connection_manager()
+            .await
+            .map_err(|e| BackplaneError::with_source("cannot connect to Redis", e))?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Removes the keys of nodes whose heartbeat stopped.
+    pub(crate) async fn reap(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+    ) -> redis::RedisResult<()> {
+        let before = now_ms() - self.config.node_ttl.as_millis() as f64;
+        let dead: Vec<String> = conn.zrangebyscore(self.nodes_key(), "-inf", before).await?;
+        for node in dead {
+            let rooms: Vec<String> = conn.smembers(self.rooms_key(&node)).await?;
+            let mut pipe = redis::pipe();
+            for room in &rooms {
+                pipe.del(self.room_key(&node, room)).ignore();
+            }
+            pipe.del(self.rooms_key(&node)).ignore();
+            pipe.del(self.conns_key(&node)).ignore();
+            pipe.zrem(self.nodes_key(), &node).ignore();
+            pipe.query_async::<()>(conn).await?;
+            tracing::info!(node = %node, rooms = rooms.len(), "reaped a dead node");
+        }
+        Ok(())
+    }
+
+    /// Writes this node's whole membership again (after an outage, or at start).
+    pub(crate) fn resync_pipe(&self, pipe: &mut redis::Pipeline) {
+        let Some(node) = self.node_handle.get() else {
+            return;
+        };
+        let me = &self.node;
+        let conns = node.connections();
+        let rooms = node.rooms();
+        pipe.del(self.conns_key(me)).ignore();
+        pipe.del(self.rooms_key(me)).ignore();
+        if !conns.is_empty() {
+            pipe.sadd(
+                self.conns_key(me),
+                conns.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            )
+            .ignore();
+        }
+        for (room, members) in rooms {
+            pipe.del(self.room_key(me, &room)).ignore();
+            pipe.sadd(self.rooms_key(me), &room).ignore();
+            if !members.is_empty() {
+                pipe.sadd(
+                    self.room_key(me, &room),
+                    members.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                )
+                .ignore();
+            }
+        }
+        pipe.zadd(self.nodes_key(), me, now_ms()).ignore();
+    }
+
+    pub(crate) fn presence_pipe(&self, pipe: &mut redis::Pipeline, event: &PresenceEvent) {
+        let me = &self.node;
+        match event {
+            PresenceEvent::Connected(id) => {
+                pipe.sadd(self.conns_key(me), id.to_string()).ignore();
+            }
+            PresenceEvent::Disconnected(id) => {
+                pipe.srem(self.conns_key(me), id.to_string()).ignore();
+            }
+            PresenceEvent::Joined(id, room) => {
+                pipe.sadd(self.rooms_key(me), room).ignore();
+                pipe.sadd(self.room_key(me, room), id.to_string()).ignore();
+            }
+            PresenceEvent::Left(id, room) => {
+                pipe.cmd("EVAL")
+                    .arg(LEAVE_ROOM)
+                    .arg(2)
+                    .arg(self.room_key(me, room))
+                    .arg(self.rooms_key(me))
+                    .arg(id.to_string())
+                    .arg(room)
+                    .ignore();
+            }
+            _ => {}
+        }
+    }
+}
