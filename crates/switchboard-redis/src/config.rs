@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// Settings of a [`RedisBackplane`].
+/// Settings of a [`RedisBackplane`](crate::RedisBackplane).
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// The prefix of every key and channel, so several clusters can share a Redis.
