@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 /// The borrowed fields of one outgoing frame, for encoding without building an
-/// [`Envelope`].
+/// [`Envelope`](crate::Envelope).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Parts<'a> {
     /// The message type.
