@@ -273,11 +273,9 @@ async fn connect_errors_are_typed() {
         Err(ConnectError::InvalidUrl(_))
     ));
 
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            max_connections: 0,
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        max_connections: 0,
+        ..TestServer::config()
     })
     .await;
     match Client::connect(&s.url()).await.unwrap_err() {

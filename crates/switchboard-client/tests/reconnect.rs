@@ -283,11 +283,9 @@ async fn a_kick_is_not_reconnected() {
 
 #[tokio::test]
 async fn a_changed_password_stops_the_reconnect() {
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            password: Some("old-password".into()),
-            ..hub_config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        password: Some("old-password".into()),
+        ..hub_config()
     })
     .await;
     let addr = s.addr;

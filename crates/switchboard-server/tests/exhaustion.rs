@@ -92,13 +92,11 @@ async fn stalled_http_readers_are_capped_per_address_and_dropped_when_writes_sta
 #[tokio::test]
 async fn connections_that_never_authenticate_hold_neither_the_connection_limit_nor_other_addresses_places()
  {
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            password: Some("secret123".into()),
-            max_connections: 2,
-            max_pending_auth_per_address: 3,
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        password: Some("secret123".into()),
+        max_connections: 2,
+        max_pending_auth_per_address: 3,
+        ..TestServer::config()
     })
     .await;
     let attacker = ip("127.0.0.1");
@@ -147,14 +145,12 @@ async fn connections_that_never_authenticate_hold_neither_the_connection_limit_n
 #[tokio::test]
 async fn floods_of_pings_or_empty_continuation_frames_are_closed_like_message_floods() {
     use switchboard_test::{WireClient, wire_frame};
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            password: Some("secret123".into()),
-            auth_required: false,
-            rate_limit: 100,
-            rate_burst: 50,
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        password: Some("secret123".into()),
+        auth_required: false,
+        rate_limit: 100,
+        rate_burst: 50,
+        ..TestServer::config()
     })
     .await;
     let mut bystander = s.raw().await;
@@ -185,13 +181,11 @@ async fn floods_of_pings_or_empty_continuation_frames_are_closed_like_message_fl
 #[tokio::test]
 async fn a_frame_flood_before_authenticating_is_closed_too() {
     use switchboard_test::{WireClient, wire_frame};
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            password: Some("secret123".into()),
-            rate_limit: 100,
-            rate_burst: 50,
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        password: Some("secret123".into()),
+        rate_limit: 100,
+        rate_burst: 50,
+        ..TestServer::config()
     })
     .await;
     let mut flood = wire_frame(false, 0, 0x1, b"x", true);

@@ -368,11 +368,9 @@ async fn garbage_instead_of_http_gets_no_websocket_and_no_crash() {
 
 #[tokio::test]
 async fn a_client_that_never_reads_during_a_broadcast_storm_is_cut_off_with_bounded_memory() {
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            outbound_queue_bytes: 256 * 1024,
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        outbound_queue_bytes: 256 * 1024,
+        ..TestServer::config()
     })
     .await;
     // Never reads: its socket buffers fill, then its queue.
@@ -411,13 +409,11 @@ async fn a_client_that_never_reads_during_a_broadcast_storm_is_cut_off_with_boun
 
 #[tokio::test]
 async fn a_flood_before_authenticating_is_cut_off() {
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            password: Some("pw-123456".into()),
-            rate_limit: 10,
-            rate_burst: 10,
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        password: Some("pw-123456".into()),
+        rate_limit: 10,
+        rate_burst: 10,
+        ..TestServer::config()
     })
     .await;
     let mut c = WireClient::connect(s.addr).await;

@@ -112,12 +112,10 @@ async fn nothing_is_processed_before_authentication() {
 
 #[tokio::test]
 async fn silence_past_the_auth_timeout_closes_with_4002() {
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            password: Some("secret123".into()),
-            auth_timeout: Duration::from_millis(200),
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        password: Some("secret123".into()),
+        auth_timeout: Duration::from_millis(200),
+        ..TestServer::config()
     })
     .await;
     let mut c = RawClient::connect(&s.url()).await;
@@ -131,12 +129,10 @@ async fn silence_past_the_auth_timeout_closes_with_4002() {
 
 #[tokio::test]
 async fn repeated_failures_from_one_address_are_throttled() {
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            password: Some("secret123".into()),
-            auth_max_failures: 3,
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        password: Some("secret123".into()),
+        auth_max_failures: 3,
+        ..TestServer::config()
     })
     .await;
     for _ in 0..3 {
@@ -350,11 +346,9 @@ async fn a_flood_is_rate_limited_then_closed_and_others_are_unaffected() {
 
 #[tokio::test]
 async fn pages_from_other_origins_are_refused_programs_are_not() {
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            allowed_origins: vec!["https://app.example.com".into()],
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        allowed_origins: vec!["https://app.example.com".into()],
+        ..TestServer::config()
     })
     .await;
     let head = WireClient::http_head(
@@ -378,11 +372,9 @@ async fn pages_from_other_origins_are_refused_programs_are_not() {
 
 #[tokio::test]
 async fn the_connection_limit_refuses_with_a_code_and_a_retry_hint() {
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            max_connections: 2,
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        max_connections: 2,
+        ..TestServer::config()
     })
     .await;
     let mut a = s.raw().await;
@@ -467,13 +459,11 @@ async fn tls_serves_wss_and_the_client_connects_with_its_own_roots() {
 
 #[tokio::test]
 async fn behind_a_trusted_proxy_one_client_s_wrong_guesses_do_not_lock_out_the_others() {
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            password: Some("secret123".into()),
-            auth_max_failures: 2,
-            trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        password: Some("secret123".into()),
+        auth_max_failures: 2,
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..TestServer::config()
     })
     .await;
     let login = |forwarded: &'static str, password: &'static str| {

@@ -297,11 +297,9 @@ async fn rooms_join_leave_notify_and_route() {
 
 #[tokio::test]
 async fn a_connection_is_limited_in_rooms() {
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            max_rooms_per_connection: 2,
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        max_rooms_per_connection: 2,
+        ..TestServer::config()
     })
     .await;
     let mut a = s.raw().await;
@@ -326,11 +324,9 @@ async fn a_connection_is_limited_in_rooms() {
 
 #[tokio::test]
 async fn hub_relay_routes_unhandled_types_by_room_and_to() {
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            relay_unhandled: true,
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        relay_unhandled: true,
+        ..TestServer::config()
     })
     .await;
     let mut a = s.raw().await;
@@ -499,11 +495,9 @@ async fn kick_delivers_the_last_message_then_closes_4004() {
 
 #[tokio::test]
 async fn a_client_that_does_not_read_is_disconnected_and_memory_stays_bounded() {
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            outbound_queue: 16,
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        outbound_queue: 16,
+        ..TestServer::config()
     })
     .await;
     let mut slow = s.raw().await;
@@ -528,12 +522,10 @@ async fn a_client_that_does_not_read_is_disconnected_and_memory_stays_bounded() 
 
 #[tokio::test]
 async fn drop_new_policy_keeps_the_connection() {
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            outbound_queue: 16,
-            slow_consumer: SlowConsumerPolicy::DropNew,
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        outbound_queue: 16,
+        slow_consumer: SlowConsumerPolicy::DropNew,
+        ..TestServer::config()
     })
     .await;
     let mut c = s.raw().await;
@@ -733,12 +725,10 @@ async fn a_client_that_pauses_reading_gets_every_message_when_it_reads_again() {
     // More than the socket buffers on both sides hold, less than the outbound queue's
     // bound: the server keeps what the socket cannot take, and delivers all of it (the
     // last frames too, which wait for the socket to drain) once the client reads.
-    let s = TestServer::with(|b| {
-        b.config(ServerConfig {
-            outbound_queue: 100_000,
-            outbound_queue_bytes: 256 << 20,
-            ..TestServer::config()
-        })
+    let s = TestServer::with_config(ServerConfig {
+        outbound_queue: 100_000,
+        outbound_queue_bytes: 256 << 20,
+        ..TestServer::config()
     })
     .await;
     let mut paused = WireClient::connect(s.addr).await;

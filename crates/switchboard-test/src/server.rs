@@ -110,6 +110,23 @@ impl TestServer {
         TestServer::start(configure(Server::builder())).await
     }
 
+    /// A server with these settings and the built-in handlers only.
+    ///
+    /// ```no_run
+    /// # async fn demo() {
+    /// use switchboard_server::ServerConfig;
+    /// use switchboard_test::TestServer;
+    /// let s = TestServer::with_config(ServerConfig {
+    ///     max_connections: 2,
+    ///     ..TestServer::config()
+    /// })
+    /// .await;
+    /// # }
+    /// ```
+    pub async fn with_config(config: ServerConfig) -> TestServer {
+        TestServer::start(Server::builder().config(config)).await
+    }
+
     /// Test defaults: port 0, a short shutdown grace and close timeout.
     pub fn config() -> ServerConfig {
         ServerConfig {
