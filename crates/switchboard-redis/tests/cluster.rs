@@ -2,11 +2,13 @@
 //! nodes, cluster-wide counts, and Redis restarted mid-traffic.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
 use serde_json::json;
 use switchboard_redis::{RedisBackplane, RedisConfig};
-use switchboard_server::{ConnId, Server, ServerConfig};
+use switchboard_server::{ConnId, Server};
 use switchboard_test::{RawClient, RedisServer, TIMEOUT, TestServer};
 
 fn config() -> RedisConfig {
@@ -27,15 +29,7 @@ async fn node(redis: &RedisServer, prefix: &str) -> TestServer {
         },
     )
     .unwrap();
-    TestServer::start(
-        Server::builder()
-            .config(ServerConfig {
-                relay_unhandled: true,
-                ..TestServer::config()
-            })
-            .backplane(backplane),
-    )
-    .await
+    common::node_over(backplane).await
 }
 
 async fn join(c: &mut RawClient, room: &str) {

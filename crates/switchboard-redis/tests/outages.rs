@@ -2,11 +2,12 @@
 //! Redis room sets shrink with the rooms, and a stall costs a bounded amount of memory.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
 use serde_json::json;
 use switchboard_redis::{RedisBackplane, RedisConfig};
-use switchboard_server::{Server, ServerConfig};
 use switchboard_test::{RedisServer, TIMEOUT, TestServer};
 
 fn backplane(redis: &RedisServer, prefix: &str, queue_bytes: usize) -> RedisBackplane {
@@ -21,18 +22,6 @@ fn backplane(redis: &RedisServer, prefix: &str, queue_bytes: usize) -> RedisBack
         },
     )
     .unwrap()
-}
-
-async fn node(backplane: RedisBackplane) -> TestServer {
-    TestServer::start(
-        Server::builder()
-            .config(ServerConfig {
-                relay_unhandled: true,
-                ..TestServer::config()
-            })
-            .backplane(backplane),
-    )
-    .await
 }
 
 /// Waits (re-checking, bounded) until `check` holds.
@@ -51,7 +40,7 @@ fn healthy(s: &TestServer) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_comes_back_after_redis_stalls() {
     let redis = RedisServer::start();
-    let n = node(backplane(&redis, "stall", 64 << 20)).await;
+    let n = common::node_over(backplane(&redis, "stall", 64 << 20)).await;
     eventually("healthy at start", || healthy(&n)).await;
     redis.pause();
     eventually("unhealthy while Redis stalls", || !healthy(&n)).await;
@@ -65,7 +54,7 @@ async fn the_redis_room_sets_shrink_when_rooms_empty() {
     let redis = RedisServer::start();
     let bp = backplane(&redis, "rooms", 64 << 20);
     let key = format!("rooms{}:node:{}:rooms", std::process::id(), bp.node_id());
-    let n = node(bp).await;
+    let n = common::node_over(bp).await;
     let mut c = n.raw().await;
     for i in 0..200 {
         let room = format!("room-{i}");
@@ -105,7 +94,7 @@ async fn the_redis_room_sets_shrink_when_rooms_empty() {
 async fn a_stalled_redis_costs_at_most_the_queue_bytes() {
     let redis = RedisServer::start();
     let bp = backplane(&redis, "bytes", 1 << 20);
-    let n = node(bp.clone()).await;
+    let n = common::node_over(bp.clone()).await;
     eventually("healthy at start", || healthy(&n)).await;
     redis.pause();
     // 200 broadcasts of about 100 KB (20 MB) against a 1 MiB bound: nearly all dropped,

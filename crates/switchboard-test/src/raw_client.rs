@@ -28,14 +28,7 @@ pub struct Closed {
 impl RawClient {
     /// Opens the socket without reading anything.
     pub async fn connect(url: &str) -> RawClient {
-        let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect in time")
-            .expect("connect");
-        RawClient {
-            ws,
-            id: String::new(),
-        }
+        RawClient::connect_with_headers(url, &[]).await
     }
 
     /// Opens the socket with extra request headers (`X-Forwarded-For`, `Origin`, ...).
