@@ -149,6 +149,7 @@ async fn rejoin(inner: &Inner, ws: &mut Ws) -> Result<(), tokio_tungstenite::tun
             room: None,
             to: None,
             from: None,
+            offset: None,
         });
         ws.feed(Message::text(text)).await?;
     }

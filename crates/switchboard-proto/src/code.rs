@@ -117,6 +117,12 @@ error_codes! {
     HeartbeatTimeout = "HEARTBEAT_TIMEOUT", close: Some(4008), reconnect: Now;
     /// The server is shutting down or restarting.
     ShuttingDown = "SHUTTING_DOWN", close: Some(1001), reconnect: Backoff;
+    /// A `resume` could not restore its session (unknown or expired session, a wrong
+    /// token, another user's session, a malformed position): the connection goes on
+    /// with a fresh session, and every stream is reported `recovered: false`.
+    ResumeFailed = "RESUME_FAILED", close: None, reconnect: Backoff;
+    /// The session was resumed on another connection; this one is closed.
+    SessionTaken = "SESSION_TAKEN", close: Some(4009), reconnect: Never;
     /// An unexpected server-side failure (a handler panicked, for instance).
     Internal = "INTERNAL", close: None, reconnect: Backoff;
 }

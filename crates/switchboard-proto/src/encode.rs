@@ -24,6 +24,10 @@ pub struct Parts<'a> {
     /// The sender's client id, if relayed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<&'a str>,
+    /// The message's position in its stream (a room, the broadcasts, or the
+    /// recipient's session), when the server keeps history for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 impl<'a> Parts<'a> {
@@ -36,6 +40,7 @@ impl<'a> Parts<'a> {
             room: None,
             to: None,
             from: None,
+            offset: None,
         }
     }
 }
@@ -55,7 +60,7 @@ pub fn encode_payload_frame(kind: &str, payload: &RawValue) -> String {
 /// Encodes one frame from its parts.
 ///
 /// Written by hand, field by field in the order `type`, `payload`, `ref`, `room`, `to`,
-/// `from`, into a string of exactly the right size (every message goes through here,
+/// `from`, `offset`, into a string of exactly the right size (every message goes through here,
 /// and an exact size lets the socket layer take the buffer without copying). The text
 /// is the same as serde_json writes for [`Parts`].
 pub fn encode_parts(parts: &Parts<'_>) -> String {
@@ -72,6 +77,11 @@ pub fn encode_parts(parts: &Parts<'_>) -> String {
             len += r#","":"#.len() + name.len() + quoted_len(value);
         }
     }
+    let mut digits = itoa_buffer();
+    let offset = parts.offset.map(|n| format_u64(&mut digits, n));
+    if let Some(offset) = offset {
+        len += r#","offset":"#.len() + offset.len();
+    }
     let mut out = String::with_capacity(len);
     out.push_str(r#"{"type":"#);
     push_quoted(&mut out, parts.kind);
@@ -85,8 +95,55 @@ pub fn encode_parts(parts: &Parts<'_>) -> String {
             push_quoted(&mut out, value);
         }
     }
+    if let Some(offset) = offset {
+        out.push_str(r#","offset":"#);
+        out.push_str(offset);
+    }
     out.push('}');
     out
+}
+
+/// `frame` (an encoded envelope, ending in `}`) with `"offset": offset` added at its
+/// end: how a frame encoded once, without a position, is stamped with its stream
+/// offset (the same text as [`encode_parts`] with `offset` set).
+///
+/// ```
+/// let frame = r#"{"type":"chat","payload":{},"room":"general"}"#;
+/// assert_eq!(
+///     switchboard_proto::stamp_offset(frame, 42),
+///     r#"{"type":"chat","payload":{},"room":"general","offset":42}"#
+/// );
+/// ```
+pub fn stamp_offset(frame: &str, offset: u64) -> String {
+    let body = frame.strip_suffix('}').unwrap_or(frame);
+    let mut digits = itoa_buffer();
+    let offset = format_u64(&mut digits, offset);
+    let mut out = String::with_capacity(body.len() + r#","offset":}"#.len() + offset.len());
+    out.push_str(body);
+    out.push_str(r#","offset":"#);
+    out.push_str(offset);
+    out.push('}');
+    out
+}
+
+/// Room for the decimal digits of any u64.
+fn itoa_buffer() -> [u8; 20] {
+    [0; 20]
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn format_u64(buf: &mut [u8; 20], mut n: u64) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 /// True if JSON needs `s` escaped: quotes, backslashes and control characters (what
@@ -124,12 +181,33 @@ mod tests {
     fn hand_written_frames_are_what_serde_json_writes() {
         let payload = RawValue::from_string(r#"{"a":[1,"x\"y"],"b":{}}"#.to_owned()).unwrap();
         let cases = [
-            ("chat", None, None, None, None),
-            ("chat", Some("r1"), Some("lobby"), Some("42"), Some("7")),
-            ("we\"ird\\type\n", Some("\u{1}ref"), None, Some("all"), None),
-            ("ünïcode ✓", None, Some("room/🙂"), None, Some("x\ty")),
+            ("chat", None, None, None, None, None),
+            (
+                "chat",
+                Some("r1"),
+                Some("lobby"),
+                Some("42"),
+                Some("7"),
+                Some(0),
+            ),
+            (
+                "we\"ird\\type\n",
+                Some("\u{1}ref"),
+                None,
+                Some("all"),
+                None,
+                Some(u64::MAX),
+            ),
+            (
+                "ünïcode ✓",
+                None,
+                Some("room/🙂"),
+                None,
+                Some("x\ty"),
+                Some(1234567890),
+            ),
         ];
-        for (kind, ref_id, room, to, from) in cases {
+        for (kind, ref_id, room, to, from, offset) in cases {
             let parts = Parts {
                 kind,
                 payload: &payload,
@@ -137,10 +215,20 @@ mod tests {
                 room,
                 to,
                 from,
+                offset,
             };
             let ours = encode_parts(&parts);
             assert_eq!(ours, serde_json::to_string(&parts).unwrap());
             assert_eq!(ours.len(), ours.capacity(), "exact size for {kind:?}");
+            if let Some(offset) = offset {
+                let unstamped = encode_parts(&Parts {
+                    offset: None,
+                    ..parts
+                });
+                let stamped = stamp_offset(&unstamped, offset);
+                assert_eq!(stamped, ours);
+                assert_eq!(stamped.len(), stamped.capacity());
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 
 use crate::code::ErrorCode;
 // Re-exported where they were before the split.
-pub use crate::encode::{Parts, encode_parts, encode_payload_frame};
+pub use crate::encode::{Parts, encode_parts, encode_payload_frame, stamp_offset};
 use crate::limits::{MAX_ID_LEN, MAX_TYPE_LEN, PROTOCOL_VERSION};
 pub use crate::payload::{Payload, PayloadError};
 use crate::payload::{is_object, strip_position};
@@ -41,6 +41,10 @@ pub struct Envelope {
     /// Set by the server on relayed messages: the sender's client id. Ignored when a
     /// client sends it.
     pub from: Option<String>,
+    /// Set by the server: the message's position in its stream (its room, the
+    /// broadcasts, or the recipient's session), for resuming without loss or
+    /// duplicates. Ignored when a client sends it.
+    pub offset: Option<u64>,
 }
 
 impl Envelope {
@@ -54,6 +58,7 @@ impl Envelope {
             room: None,
             to: None,
             from: None,
+            offset: None,
         }
     }
 
@@ -136,6 +141,16 @@ impl Envelope {
         let room = optional_string(wire.room, "room").map_err(|e| with_ref(e.kind))?;
         let to = optional_string(wire.to, "to").map_err(|e| with_ref(e.kind))?;
         let from = optional_string(wire.from, "from").map_err(|e| with_ref(e.kind))?;
+        let offset = match wire.offset {
+            None => None,
+            Some(raw) if raw.get() == "null" => None,
+            Some(raw) => Some(serde_json::from_str::<u64>(raw.get()).map_err(|_| {
+                with_ref(DecodeErrorKind::InvalidField {
+                    field: "offset",
+                    reason: "must be a non-negative integer".to_owned(),
+                })
+            })?),
+        };
 
         Ok(Envelope {
             kind,
@@ -145,6 +160,7 @@ impl Envelope {
             room,
             to,
             from,
+            offset,
         })
     }
 
@@ -158,6 +174,7 @@ impl Envelope {
             room: self.room.as_deref(),
             to: self.to.as_deref(),
             from: self.from.as_deref(),
+            offset: self.offset,
         })
     }
 
@@ -207,6 +224,8 @@ struct WireIn<'a> {
     to: Option<&'a RawValue>,
     #[serde(borrow, default)]
     from: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    offset: Option<&'a RawValue>,
 }
 
 /// A JSON string's value. Strings without escapes (nearly all of them) are copied

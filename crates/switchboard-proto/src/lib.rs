@@ -30,17 +30,19 @@ pub mod limits;
 pub mod payload;
 mod random;
 pub mod reply;
+pub mod resume;
 pub mod types;
 
 pub use code::{ErrorCode, Reconnect, close_reason, reconnect_hint};
 pub use dialect::Dialect;
 pub use envelope::{
     DecodeError, DecodeErrorKind, Envelope, Parts, Payload, PayloadError, encode_parts,
-    encode_payload_frame, peek_ref,
+    encode_payload_frame, peek_ref, stamp_offset,
 };
 pub use limits::{DEFAULT_MAX_MESSAGE_SIZE, MAX_ID_LEN, MAX_TYPE_LEN, PROTOCOL_VERSION};
 pub use random::random_u64;
 pub use reply::{Ack, AckStatus, ErrorBody, ack_error, ack_ok, error_frame, error_reply};
+pub use resume::{Position, Recovery, RecoveryGap, ResumeOutcome, ResumeRequest, StreamPositions};
 
 /// Re-exported so users can name payload types without depending on serde_json directly.
 pub use serde_json::value::RawValue;

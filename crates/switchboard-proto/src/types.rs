@@ -26,6 +26,9 @@ pub const CONNECTED: &str = "connected";
 pub const USER_JOINED: &str = "user_joined";
 /// Sent to a room's members when a client leaves it: `{user_id, room_id}`.
 pub const USER_LEFT: &str = "user_left";
+/// Client to server, the first message of a reconnect that asked for it (`?resume=1`):
+/// restore a session and replay what it missed.
+pub const RESUME: &str = "resume";
 
 /// The suffix of the reply type for a handler's return value when the message had no
 /// `ref`: a `chat` message is answered with `chat_response`.

@@ -150,6 +150,137 @@ pub struct ServerConfig {
     /// use the client's address, not the proxy's. Empty (the default): the headers are
     /// ignored, since any client could send them.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The history every stream keeps (rooms, broadcasts, each session's direct
+    /// messages) unless a rule in [`history_rooms`](Self::history_rooms) says otherwise:
+    /// enough for a client to resume after a two-minute outage without configuration.
+    /// A size of 0 turns history, offsets and recovery off. Default 1,000 messages for
+    /// 5 minutes, no latest message on join.
+    pub history: HistoryPolicy,
+    /// Per room-name pattern (`*` matches any run of characters, as in `chat:*`): the
+    /// first rule whose pattern matches a room sets its history. Default none.
+    pub history_rooms: Vec<HistoryRule>,
+    /// The bytes of history one node keeps, all streams together; past it, a stream's
+    /// new message pushes out that stream's oldest. Default 64 MiB.
+    pub history_memory: usize,
+    /// How long a session outlives its connection: a client that reconnects within it
+    /// with its `resume_token` gets its client id, identity and rooms back, and what it
+    /// missed. 0 turns resume off. Default 2 minutes.
+    pub session_ttl: Duration,
+    /// How many answers to a client's `ref`s a session remembers, so that a message the
+    /// client sends again after a reconnect is answered with its first answer instead
+    /// of being handled twice. Default 256.
+    pub session_replies: usize,
+}
+
+/// How much history a stream keeps: at most `size` messages, none older than `ttl`.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchboard_server::HistoryPolicy;
+/// // A dashboard room: the last state, delivered to whoever joins.
+/// let latest = HistoryPolicy::latest();
+/// assert_eq!(latest.size, 1);
+/// assert!(latest.latest_on_join);
+/// let off = HistoryPolicy::off();
+/// assert!(!off.is_on());
+/// let chat = HistoryPolicy { size: 500, ttl: Duration::from_secs(600), latest_on_join: false };
+/// assert!(chat.is_on());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    /// Most messages kept; 0 keeps none and gives the stream no offsets.
+    pub size: usize,
+    /// Messages older than this are dropped.
+    pub ttl: Duration,
+    /// A client that joins the room gets its latest message first (the room's current
+    /// state, for dashboards and game state).
+    pub latest_on_join: bool,
+}
+
+impl HistoryPolicy {
+    /// No history: no offsets, nothing to recover.
+    pub const fn off() -> HistoryPolicy {
+        HistoryPolicy {
+            size: 0,
+            ttl: Duration::ZERO,
+            latest_on_join: false,
+        }
+    }
+
+    /// Only the latest message, delivered to each client that joins (for an hour).
+    pub const fn latest() -> HistoryPolicy {
+        HistoryPolicy {
+            size: 1,
+            ttl: Duration::from_secs(3600),
+            latest_on_join: true,
+        }
+    }
+
+    /// True when the stream keeps history (and its messages carry offsets).
+    pub fn is_on(&self) -> bool {
+        self.size > 0 && !self.ttl.is_zero()
+    }
+}
+
+impl Default for HistoryPolicy {
+    fn default() -> Self {
+        HistoryPolicy {
+            size: 1_000,
+            ttl: Duration::from_secs(300),
+            latest_on_join: false,
+        }
+    }
+}
+
+/// A history policy for the rooms whose names match `pattern`.
+///
+/// ```
+/// use switchboard_server::{HistoryPolicy, HistoryRule};
+/// let rule = HistoryRule::new("scores:*", HistoryPolicy::latest());
+/// assert!(rule.matches("scores:league-1"));
+/// assert!(!rule.matches("chat:lobby"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRule {
+    /// A room name, with `*` for any run of characters.
+    pub pattern: String,
+    /// The history of the rooms it matches.
+    pub policy: HistoryPolicy,
+}
+
+impl HistoryRule {
+    /// A rule for the rooms matching `pattern`.
+    pub fn new(pattern: impl Into<String>, policy: HistoryPolicy) -> HistoryRule {
+        HistoryRule {
+            pattern: pattern.into(),
+            policy,
+        }
+    }
+
+    /// True if `room` matches the pattern.
+    pub fn matches(&self, room: &str) -> bool {
+        glob_matches(&self.pattern, room)
+    }
+}
+
+/// `*` matches any run of characters (none included); everything else matches itself.
+pub(crate) fn glob_matches(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let pieces: Vec<&str> = parts.collect();
+    let Some((last, middle)) = pieces.split_last() else {
+        return rest.is_empty();
+    };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 impl Default for ServerConfig {
@@ -191,6 +322,11 @@ impl Default for ServerConfig {
             max_pending_auth: 1024,
             max_pending_auth_per_address: 64,
             trusted_proxies: Vec::new(),
+            history: HistoryPolicy::default(),
+            history_rooms: Vec::new(),
+            history_memory: 64 * 1024 * 1024,
+            session_ttl: Duration::from_secs(120),
+            session_replies: 256,
         }
     }
 }
@@ -222,5 +358,50 @@ impl ServerConfig {
     /// ```
     pub fn max_frame_out(&self) -> usize {
         self.outbound_queue_bytes.max(self.max_message_size)
+    }
+
+    /// The history of `room`: the first matching rule of
+    /// [`history_rooms`](Self::history_rooms), else [`history`](Self::history).
+    ///
+    /// ```
+    /// use switchboard_server::{HistoryPolicy, HistoryRule, ServerConfig};
+    /// let config = ServerConfig {
+    ///     history_rooms: vec![HistoryRule::new("ephemeral:*", HistoryPolicy::off())],
+    ///     ..ServerConfig::default()
+    /// };
+    /// assert!(!config.history_of("ephemeral:typing").is_on());
+    /// assert!(config.history_of("general").is_on());
+    /// ```
+    pub fn history_of(&self, room: &str) -> HistoryPolicy {
+        self.history_rooms
+            .iter()
+            .find(|r| r.matches(room))
+            .map_or(self.history, |r| r.policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_matches;
+
+    #[test]
+    fn patterns_match_as_globs() {
+        for (pattern, name, expected) in [
+            ("general", "general", true),
+            ("general", "general2", false),
+            ("chat:*", "chat:", true),
+            ("chat:*", "chat:lobby", true),
+            ("chat:*", "chats:lobby", false),
+            ("*", "", true),
+            ("*:admin", "team:admin", true),
+            ("*:admin", "team:admins", false),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("a*a", "a", false),
+            ("**", "x", true),
+        ] {
+            assert_eq!(glob_matches(pattern, name), expected, "{pattern} ~ {name}");
+        }
     }
 }

@@ -36,6 +36,7 @@ pub mod backplane;
 mod clock;
 mod config;
 mod connection;
+mod delivery;
 mod dialect;
 mod error;
 pub mod extract;
@@ -56,7 +57,7 @@ pub use auth::{AuthRejected, Authenticator, Credentials, Identity};
 pub use backplane::{
     Backplane, BackplaneError, Delivery, LocalBackplane, NodeHandle, PresenceEvent, Target,
 };
-pub use config::{ServerConfig, SlowConsumerPolicy};
+pub use config::{HistoryPolicy, HistoryRule, ServerConfig, SlowConsumerPolicy};
 pub use connection::Conn;
 pub use error::{HandlerError, SendError, ServeError};
 pub use extract::{Binary, FromMessage, Json, MessageContext, State};

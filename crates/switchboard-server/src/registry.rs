@@ -20,8 +20,15 @@ impl Registry {
         write(&self.conns).insert(conn.id(), conn);
     }
 
-    pub(crate) fn remove(&self, id: ConnId) -> Option<Conn> {
-        write(&self.conns).remove(&id)
+    /// Takes `conn` out, unless a resumed connection with its id has replaced it;
+    /// true if it was in.
+    pub(crate) fn remove(&self, conn: &Conn) -> bool {
+        let mut conns = write(&self.conns);
+        if conns.get(&conn.id()) == Some(conn) {
+            conns.remove(&conn.id());
+            return true;
+        }
+        false
     }
 
     pub(crate) fn get(&self, id: ConnId) -> Option<Conn> {
@@ -52,12 +59,13 @@ impl Registry {
         }
     }
 
-    /// Adds `conn` to `room`; returns the room's interned name, and false if already in.
+    /// Adds `conn` to `room` (in place of a connection it resumes); returns the room's
+    /// interned name, and false if already in.
     pub(crate) fn join(&self, room: &str, conn: &Conn) -> (Arc<str>, bool) {
         let mut rooms = write(&self.rooms);
         if let Some((name, members)) = rooms.get_key_value(room) {
             let name = name.clone();
-            let added = !members.contains_key(&conn.id());
+            let added = members.get(&conn.id()) != Some(conn);
             if added {
                 rooms
                     .get_mut(room)
@@ -70,13 +78,17 @@ impl Registry {
         (name, true)
     }
 
-    /// Removes `id` from `room`, dropping the room when it empties; true if it was in.
-    pub(crate) fn leave(&self, room: &str, id: ConnId) -> bool {
+    /// Takes `conn` out of `room` (unless a resumed connection with its id has
+    /// replaced it there), dropping the room when it empties; true if it was in.
+    pub(crate) fn leave(&self, room: &str, conn: &Conn) -> bool {
         let mut rooms = write(&self.rooms);
         let Some(members) = rooms.get_mut(room) else {
             return false;
         };
-        let removed = members.remove(&id).is_some();
+        let removed = members.get(&conn.id()) == Some(conn);
+        if removed {
+            members.remove(&conn.id());
+        }
         if members.is_empty() {
             rooms.remove(room);
         }

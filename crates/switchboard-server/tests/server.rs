@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use switchboard_server::{
     Conn, ConnId, DisconnectReason, Filter, Json, Server, ServerConfig, SlowConsumerPolicy, State,
 };
-use switchboard_test::{RawClient, TIMEOUT, TestServer, WireClient};
+use switchboard_test::{RawClient, TIMEOUT, TestServer, WireClient, unstamped};
 use tokio::sync::{Notify, mpsc};
 
 #[derive(Clone, Default)]
@@ -165,8 +165,8 @@ async fn broadcast_with_include_and_exclude() {
     );
     for x in [&mut a, &mut b, &mut c] {
         assert_eq!(
-            x.recv().await,
-            json!({"type":"announcement","payload":{"text":"midnight"}})
+            unstamped(x.recv().await),
+            json!({"type":"announcement","payload":{"text":"midnight"},"to":"all"})
         );
     }
     // Payloads must be objects.
@@ -182,7 +182,7 @@ async fn direct_sends_reach_one_client_and_unknown_ids_are_errors() {
     a.send(json!({"type":"whisper","payload":{"to": b.id, "text":"psst"}}))
         .await;
     assert_eq!(
-        b.recv().await,
+        unstamped(b.recv().await),
         json!({"type":"private","payload":{"text":"psst","from": a.id}})
     );
     assert!(a.nothing_pending().await);
@@ -220,20 +220,25 @@ async fn rooms_join_leave_notify_and_route() {
     let reply = a
         .roundtrip(json!({"type":"join_room","ref":"j","payload":{"room_id":"general"}}))
         .await;
+    let result = &reply["payload"]["result"];
     assert_eq!(
-        reply["payload"]["result"],
-        json!({"room_id":"general","members":1})
+        (&result["room_id"], &result["members"]),
+        (&json!("general"), &json!(1))
+    );
+    assert_eq!(
+        result["position"]["offset"], 0,
+        "a new room's stream starts at 0"
     );
     let reply = b
         .roundtrip(json!({"type":"join_room","payload":{"room_id":"general"}}))
         .await;
-    assert_eq!(
-        reply,
-        json!({"type":"join_room_response","payload":{"room_id":"general","members":2}})
-    );
+    assert_eq!(reply["type"], "join_room_response");
+    assert_eq!(reply["payload"]["members"], 2);
+    // a's own join was the stream's first message (to nobody else): b joins after it.
+    assert_eq!(reply["payload"]["position"]["offset"], 1);
     assert_eq!(
         a.recv().await,
-        json!({"type":"user_joined","payload":{"user_id": b.id,"room_id":"general"},"room":"general"})
+        json!({"type":"user_joined","payload":{"user_id": b.id,"room_id":"general"},"room":"general","offset":2})
     );
     // `subscribe {topic}` is the same operation.
     c.send(json!({"type":"subscribe","payload":{"topic":"news"}}))
@@ -344,7 +349,7 @@ async fn hub_relay_routes_unhandled_types_by_room_and_to() {
         .await;
     assert_eq!(ack["payload"]["result"]["delivered"], 1);
     assert_eq!(
-        b.recv().await,
+        unstamped(b.recv().await),
         json!({"type":"chat","payload":{"content":"hi"},"room":"general","from": a.id})
     );
     assert!(c.nothing_pending().await);
@@ -353,7 +358,7 @@ async fn hub_relay_routes_unhandled_types_by_room_and_to() {
     c.send(json!({"type":"dm","to": a.id,"payload":{"t":1}}))
         .await;
     assert_eq!(
-        a.recv().await,
+        unstamped(a.recv().await),
         json!({"type":"dm","payload":{"t":1},"from": c.id})
     );
     c.send(json!({"type":"shout","to":"all","payload":{}}))
@@ -470,7 +475,7 @@ async fn kick_delivers_the_last_message_then_closes_4004() {
     let mut b = s.raw().await;
     a.send(json!({"type":"misbehave"})).await;
     assert_eq!(
-        a.recv().await,
+        unstamped(a.recv().await),
         json!({"type":"kicked","payload":{"reason":"Violation"}})
     );
     assert_eq!(

@@ -22,3 +22,21 @@ pub use wire_client::{WireClient, WireFrame, wire_frame};
 
 /// The longest any harness wait lasts before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A delivered message without its stream `offset`, for tests about routing rather
+/// than positions. Panics when the offset is there and is not a positive integer.
+///
+/// ```
+/// use serde_json::json;
+/// let frame = json!({"type": "chat", "payload": {}, "room": "general", "offset": 3});
+/// assert_eq!(switchboard_test::unstamped(frame), json!({"type": "chat", "payload": {}, "room": "general"}));
+/// ```
+pub fn unstamped(mut frame: serde_json::Value) -> serde_json::Value {
+    if let Some(offset) = frame.as_object_mut().and_then(|obj| obj.remove("offset")) {
+        assert!(
+            offset.as_u64().is_some_and(|n| n > 0),
+            "an offset is a positive integer, got {offset}"
+        );
+    }
+    frame
+}

@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use serde_json::json;
-use switchboard_test::{Hub, RawClient, TempFile, run};
+use switchboard_test::{Hub, RawClient, TempFile, run, unstamped};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
@@ -34,7 +34,7 @@ async fn the_hub_relays_rooms_and_direct_messages() {
     a.send(json!({"type":"chat","room":"general","payload":{"content":"hi room"}}))
         .await;
     assert_eq!(
-        b.recv().await,
+        unstamped(b.recv().await),
         json!({"type":"chat","room":"general","from": a.id,"payload":{"content":"hi room"}})
     );
     assert!(c.nothing_pending().await, "not in the room");
@@ -43,7 +43,8 @@ async fn the_hub_relays_rooms_and_direct_messages() {
         .await;
     assert_eq!(
         a.recv().await,
-        json!({"type":"dm","from": c.id,"payload":{"text":"psst"}})
+        json!({"type":"dm","from": c.id,"payload":{"text":"psst"},"offset":1}),
+        "a's first direct message: offset 1 of its session's stream"
     );
 
     c.send(json!({"type":"news","to":"others","payload":{}}))

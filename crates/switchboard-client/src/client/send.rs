@@ -87,6 +87,7 @@ impl Client {
             room,
             to,
             from: None,
+            offset: None,
         });
         self.enqueue(Message::text(text), ref_id.map(str::to_owned))
             .await

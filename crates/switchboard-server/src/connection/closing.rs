@@ -24,6 +24,16 @@ pub(crate) struct Closing {
 }
 
 impl Closing {
+    /// Whether the session may be resumed after this close: not when the client said
+    /// goodbye (1000), nor after a close that tells it never to reconnect (kicked,
+    /// forbidden, its session taken).
+    pub(crate) fn resumable(&self) -> bool {
+        if self.by_client {
+            return self.code != close::NORMAL;
+        }
+        switchboard_proto::reconnect_hint(self.code) != switchboard_proto::Reconnect::Never
+    }
+
     /// The server closes with one of switchboard's codes, gracefully: what is queued
     /// goes out first.
     pub(crate) fn with_code(code: ErrorCode, message: &str) -> Closing {

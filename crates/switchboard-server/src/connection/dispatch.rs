@@ -15,6 +15,7 @@ use switchboard_proto::{
 use super::Conn;
 use super::relay::relay;
 use crate::Server;
+use crate::delivery::Seen;
 use crate::extract::MessageContext;
 use crate::handler::{BoxFuture, HandlerResult};
 use crate::handler_table::Route;
@@ -43,6 +44,18 @@ pub(crate) fn envelope(
             &ErrorBody::new(ErrorCode::InvalidEnvelope, msg),
         );
         return None;
+    }
+    if let Some(r) = env.ref_id.as_deref() {
+        // A message sent again after a reconnect (its answer had not arrived) gets
+        // the first answer and is not handled twice.
+        match conn.session().begin_reply(r) {
+            Seen::New => {}
+            Seen::Answered(answer) => {
+                let _ = conn.push(Frame::Text(answer));
+                return None;
+            }
+            Seen::InProgress => return None,
+        }
     }
     if env.kind == types::RPC {
         return rpc::start_call(server, conn, env, calls);
@@ -185,7 +198,7 @@ fn answer(cx: &MessageContext, reply: Option<Box<RawValue>>) {
 /// Queues a reply; one too large to send is answered with a `MESSAGE_TOO_LARGE` error
 /// instead (never written halfway, never a silent drop).
 pub(crate) fn send_reply(conn: &Conn, ref_id: Option<&str>, frame: String) {
-    if let Err(crate::SendError::TooLarge { size, max }) = conn.push(Frame::text(frame)) {
+    if let Err(crate::SendError::TooLarge { size, max }) = conn.reply(ref_id, frame) {
         tracing::warn!(conn = %conn.id(), size, max, "reply too large");
         let message = format!("the reply is {size} bytes, over the {max}-byte limit");
         send_error(
@@ -197,7 +210,7 @@ pub(crate) fn send_reply(conn: &Conn, ref_id: Option<&str>, frame: String) {
 }
 
 pub(crate) fn send_error(conn: &Conn, ref_id: Option<&str>, error: &ErrorBody) {
-    let _ = conn.push(Frame::text(error_reply(ref_id, error)));
+    let _ = conn.reply(ref_id, error_reply(ref_id, error));
 }
 
 /// Answers a dropped message: always when it carried a `ref` (so a request fails fast

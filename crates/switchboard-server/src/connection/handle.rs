@@ -12,9 +12,10 @@ use switchboard_proto::{Dialect, Envelope, ErrorCode, Payload, encode_payload_fr
 
 use super::outbox::Outbox;
 use crate::clock::now_ms;
+use crate::delivery::Session;
 use crate::locks::lock;
 use crate::server::WeakServer;
-use crate::ws::Frame;
+use crate::ws::{Frame, Text};
 use crate::{ConnId, Identity, SendError, Server};
 
 /// The rooms a connection is in; `gone` is set when it disconnects, under the same
@@ -27,7 +28,9 @@ struct RoomSet {
 
 struct ConnShared {
     id: ConnId,
-    session_id: String,
+    /// The session this connection serves (a resume gives a new connection the old
+    /// connection's session).
+    session: Arc<Session>,
     remote_addr: Option<SocketAddr>,
     server: WeakServer,
     outbox: Outbox,
@@ -82,11 +85,22 @@ impl Conn {
         server: &Server,
         dialect: Dialect,
     ) -> Conn {
+        let session = Arc::new(Session::new(id, server.config(), now_ms()));
+        Conn::with_session(session, remote_addr, server, dialect)
+    }
+
+    /// A connection that serves `session` (a new one, or one being resumed).
+    pub(crate) fn with_session(
+        session: Arc<Session>,
+        remote_addr: Option<SocketAddr>,
+        server: &Server,
+        dialect: Dialect,
+    ) -> Conn {
         let config = server.config();
         Conn {
             shared: Arc::new(ConnShared {
-                id,
-                session_id: format!("{:016x}", crate::id::random_u64()),
+                id: session.client(),
+                session,
                 remote_addr,
                 server: server.downgrade(),
                 outbox: Outbox::new(config),
@@ -103,9 +117,14 @@ impl Conn {
         self.shared.id
     }
 
-    /// This connection's session id (`session_id` in `connected`).
+    /// This connection's session id (`session_id` in `connected`). A client that
+    /// resumes its session keeps it, and its client id.
     pub fn session_id(&self) -> &str {
-        &self.shared.session_id
+        self.shared.session.id()
+    }
+
+    pub(crate) fn session(&self) -> &Arc<Session> {
+        &self.shared.session
     }
 
     /// The client's address, when the server knows it.
@@ -166,7 +185,8 @@ impl Conn {
         self.shared.server.upgrade()
     }
 
-    /// Sends `{"type": kind, "payload": payload}` to this client.
+    /// Sends `{"type": kind, "payload": payload}` to this client, in its session's
+    /// stream: with an offset, and kept for a resume when history is on.
     ///
     /// Fails if the payload is not a JSON object, if the connection is closing, or if
     /// its outbound queue is full.
@@ -177,12 +197,37 @@ impl Conn {
     ) -> Result<(), SendError> {
         let payload =
             Payload::from_serialize(payload).map_err(|e| SendError::Encode(e.to_string()))?;
-        self.push(Frame::text(encode_payload_frame(kind, payload.as_raw())))
+        self.send_in_session(&encode_payload_frame(kind, payload.as_raw()))
     }
 
-    /// Sends a whole envelope to this client.
+    /// Sends a whole envelope to this client, in its session's stream (its `offset`
+    /// is the stream's, whatever the envelope says).
     pub fn send(&self, envelope: &Envelope) -> Result<(), SendError> {
-        self.push(Frame::text(envelope.encode()))
+        let envelope = Envelope {
+            offset: None,
+            ..envelope.clone()
+        };
+        self.send_in_session(&envelope.encode())
+    }
+
+    fn send_in_session(&self, text: &str) -> Result<(), SendError> {
+        match self.server() {
+            Some(server) => self
+                .shared
+                .session
+                .deliver(text, now_ms(), server.history_budget()),
+            None => Err(SendError::Closed),
+        }
+    }
+
+    /// Sends the answer to a message: for one with a `ref`, remembered by the session
+    /// (a resent copy gets it again) and sent to whichever connection serves the
+    /// session now.
+    pub(crate) fn reply(&self, ref_id: Option<&str>, frame: String) -> Result<(), SendError> {
+        match ref_id {
+            Some(r) => self.shared.session.reply(self, r, Text::from(frame)),
+            None => self.push(Frame::text(frame)),
+        }
     }
 
     /// Sends a binary frame to this client.

@@ -7,7 +7,10 @@ use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt;
 use serde_json::json;
-use switchboard_proto::{ErrorBody, ErrorCode, ack_ok, error_reply, types};
+use switchboard_proto::{
+    Dialect, Envelope, ErrorBody, ErrorCode, RecoveryGap, ResumeOutcome, ResumeRequest,
+    StreamPositions, ack_ok, encode_payload_frame, error_reply, types,
+};
 
 use super::closing::close_socket;
 use super::dispatch::Rest;
@@ -16,6 +19,7 @@ use super::{Closing, Conn, Mode};
 use crate::auth::{Credentials, Outcome};
 use crate::dialect::DialectAdapter;
 use crate::rate_limit::{Admit, RateLimiter};
+use crate::server::ConnectedFrame;
 use crate::slots::Refused;
 use crate::ws::{Frame, Incoming, Text, WebSocket};
 use crate::{ConnId, Identity, Server};
@@ -29,9 +33,9 @@ pub(super) async fn open(
     mode: Mode,
 ) -> Option<ConnectionTask> {
     let config = server.config();
-    let (dialect, echo) = match mode {
-        Mode::Messages(d) => (d, false),
-        Mode::Echo => (Default::default(), true),
+    let (dialect, echo, resume) = match mode {
+        Mode::Messages { dialect, resume } => (dialect, false, resume),
+        Mode::Echo => (Default::default(), true, false),
     };
     let id = server.next_conn_id();
     let mut opening = Opening {
@@ -87,27 +91,96 @@ pub(super) async fn open(
         return None;
     }
 
+    // A resume is read before the connection is made: it decides the client id.
+    let resume = if resume && !echo && dialect == Dialect::Native {
+        let request = opening.read_resume().await;
+        match request {
+            None => {
+                server.release_admission();
+                return None;
+            }
+            Some(request) => Some(request),
+        }
+    } else {
+        None
+    };
+
     let Opening {
         ws,
         adapter,
         limiter,
         ..
     } = opening;
-    let conn = Conn::new(id, remote, &server, dialect);
-    let auth_ref = authenticated.and_then(|(identity, ref_id)| {
-        conn.set_identity(identity);
-        ref_id
+    let (identity, auth_ref) = match authenticated {
+        Some((identity, r)) => (Some(identity), r),
+        None => (None, None),
+    };
+    let found = resume.as_ref().map(|(request, _)| match request {
+        Ok(request) => server.find_session(request, identity.as_ref()),
+        Err(message) => Err((
+            ErrorCode::ResumeFailed,
+            *message,
+            RecoveryGap::SessionExpired,
+        )),
     });
-    server.register(&conn);
+    let conn;
+    let mut resume_error = None;
+    let mut resume_ack = None;
+    match (found, &resume) {
+        (Some(Ok(session)), Some((Ok(request), ref_id))) => {
+            conn = Conn::with_session(session, remote, &server, dialect);
+            if let Some(identity) = identity {
+                conn.set_identity(identity);
+            }
+            let build = |p: &StreamPositions, o: Option<&ResumeOutcome>| {
+                connected_frame_for(&conn, &server, p, o)
+            };
+            let outcome = server.register_resumed(&conn, request, &build);
+            tracing::debug!(conn = %conn.id(), recovered = outcome.fully_recovered(), "session resumed");
+            resume_ack = ref_id.clone().map(|r| (r, outcome));
+        }
+        (found, resume) => {
+            conn = Conn::new(id, remote, &server, dialect);
+            if let Some(identity) = identity {
+                conn.set_identity(identity);
+            }
+            let failed = match found {
+                Some(Err((code, message, reason))) => Some((code, message, reason)),
+                _ => None,
+            };
+            let outcome = failed.map(|(_, _, reason)| ResumeOutcome {
+                resumed: false,
+                reason: Some(reason),
+                session: None,
+                all: None,
+                rooms: Default::default(),
+            });
+            let build = |p: &StreamPositions, _: Option<&ResumeOutcome>| {
+                connected_frame_for(&conn, &server, p, outcome.as_ref())
+            };
+            server.register(&conn, (!echo).then_some(&build as ConnectedFrame<'_>));
+            if let Some((code, message, reason)) = failed {
+                let ref_id = resume.as_ref().and_then(|(_, r)| r.clone());
+                let body = ErrorBody::new(code, message).with_details(json!({ "reason": reason }));
+                resume_error = Some(error_reply(ref_id.as_deref(), &body));
+            }
+        }
+    }
     tracing::debug!(conn = %conn.id(), ?remote, "connected");
     if server.is_shutting_down() {
         // Shutdown swept the registry before we were in it.
         conn.close(ErrorCode::ShuttingDown, "server shutting down");
     }
     if !echo {
-        let _ = conn.send_message(types::CONNECTED, &connected_payload(&server, &conn));
         if let Some(r) = auth_ref {
             let result = serde_json::value::to_raw_value(&auth_result(&conn)).ok();
+            let _ = conn.push(Frame::text(ack_ok(&r, result.as_deref())));
+        }
+        if let Some(error) = resume_error {
+            let _ = conn.push(Frame::text(error));
+        }
+        if let Some((r, outcome)) = resume_ack {
+            let result = serde_json::value::to_raw_value(&outcome).ok();
             let _ = conn.push(Frame::text(ack_ok(&r, result.as_deref())));
         }
     }
@@ -130,23 +203,44 @@ pub(super) async fn open(
     })
 }
 
-/// The payload of `connected`: `{client_id, session_id, server, identity?}`.
-fn connected_payload(server: &Server, conn: &Conn) -> serde_json::Value {
+/// `connected`: `{client_id, session_id, resume_token?, server, identity?, streams?,
+/// resumed?}`.
+fn connected_frame_for(
+    conn: &Conn,
+    server: &Server,
+    positions: &StreamPositions,
+    resumed: Option<&ResumeOutcome>,
+) -> String {
     let mut payload = json!({
         "client_id": conn.id(),
         "session_id": conn.session_id(),
         "server": server.name(),
     });
+    if !server.config().session_ttl.is_zero() {
+        payload["resume_token"] = json!(conn.session().token());
+    }
     if let Some(identity) = conn.identity() {
         payload["identity"] = json!(identity);
     }
-    payload
+    if positions.session.is_some() || positions.all.is_some() || !positions.rooms.is_empty() {
+        payload["streams"] = json!(positions);
+    }
+    if let Some(resumed) = resumed {
+        payload["resumed"] = json!(resumed);
+    }
+    match serde_json::value::to_raw_value(&payload) {
+        Ok(raw) => encode_payload_frame(types::CONNECTED, &raw),
+        Err(_) => String::new(),
+    }
 }
 
 /// The result of a successful `auth`: `{client_id, identity}`.
 pub(crate) fn auth_result(conn: &Conn) -> serde_json::Value {
     json!({ "client_id": conn.id(), "identity": conn.identity() })
 }
+
+/// A `resume` as read: the request or why it is not one, and its `ref`.
+type ResumeRead = (Result<ResumeRequest, &'static str>, Option<String>);
 
 /// A connection not yet registered.
 struct Opening<'a> {
@@ -168,6 +262,44 @@ impl Opening<'_> {
         let closing = Closing::with_code(code, message);
         let limit = self.server.config().close_timeout;
         close_socket(&mut self.ws, &closing, error, limit).await;
+    }
+
+    /// Reads the `resume` the client announced (`?resume=1`), within the auth timeout.
+    /// `None` when the connection went away meanwhile.
+    async fn read_resume(&mut self) -> Option<ResumeRead> {
+        let config = self.server.config();
+        let deadline = tokio::time::Instant::now() + config.auth_timeout;
+        loop {
+            let next = tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    return Some((Err("no `resume` message within the auth timeout"), None));
+                }
+                next = self.ws.next() => next,
+            };
+            let text = match next {
+                None | Some(Err(_)) | Some(Ok(Incoming::Close(_))) => return None,
+                Some(Ok(Incoming::Control)) => {
+                    if self.limiter.admit() == Admit::Close {
+                        return None;
+                    }
+                    continue;
+                }
+                Some(Ok(Incoming::Binary(_))) => {
+                    return Some((Err("the first message must be `resume`"), None));
+                }
+                Some(Ok(Incoming::Text(text))) => text,
+            };
+            return Some(match Envelope::decode(text.as_str()) {
+                Ok(env) if env.kind == types::RESUME => {
+                    let request = env
+                        .payload_as::<ResumeRequest>()
+                        .map_err(|_| "a `resume` needs `session_id`, `token` and `streams`");
+                    (request, env.ref_id)
+                }
+                Ok(env) => (Err("the first message must be `resume`"), env.ref_id),
+                Err(e) => (Err("the first message must be `resume`"), e.ref_id),
+            });
+        }
     }
 
     /// The authentication phase: the client's first message must be `auth`, within the

@@ -32,8 +32,10 @@ use crate::ws::WebSocket;
 /// What a connection does with the messages it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// switchboard's protocol (in this dialect): envelopes, handlers, rooms.
-    Messages(Dialect),
+    /// switchboard's protocol (in this dialect): envelopes, handlers, rooms; `resume`:
+    /// the client asked to resume a session (`?resume=1`), so its first message after
+    /// `auth` is a `resume`.
+    Messages { dialect: Dialect, resume: bool },
     /// Every data frame is sent back as it came (conformance suites, benchmarks).
     Echo,
 }

@@ -8,7 +8,6 @@ use super::Conn;
 use super::dispatch::send_error;
 use crate::backplane::Target;
 use crate::server::validate_room;
-use crate::ws::Frame;
 use crate::{ConnId, Server};
 
 /// The hub's relay: a message no handler takes, sent on to the room or client it names.
@@ -19,11 +18,9 @@ pub(crate) fn relay(server: &Server, conn: &Conn, env: &Envelope) {
             ErrorCode::InvalidEnvelope,
             "name a `room` or a `to`, not both",
         )),
-        (Some("all"), None) => {
-            Ok(server.relay(Target::All, vec![], &env.kind, &env.payload, None, from))
-        }
+        (Some("all"), None) => Ok(server.relay(Target::All, vec![], &env.kind, &env.payload, from)),
         (Some("others"), None) => {
-            Ok(server.relay(Target::All, vec![from], &env.kind, &env.payload, None, from))
+            Ok(server.relay(Target::All, vec![from], &env.kind, &env.payload, from))
         }
         (Some(to), None) => match to.parse::<ConnId>() {
             Ok(id) if server.may_reach(id) => Ok(server.relay(
@@ -31,7 +28,6 @@ pub(crate) fn relay(server: &Server, conn: &Conn, env: &Envelope) {
                 vec![],
                 &env.kind,
                 &env.payload,
-                None,
                 from,
             )),
             _ => Err(ErrorBody::new(
@@ -45,7 +41,6 @@ pub(crate) fn relay(server: &Server, conn: &Conn, env: &Envelope) {
                 vec![from],
                 &env.kind,
                 &env.payload,
-                Some(room),
                 from,
             )),
             Err(e) => Err(ErrorBody::new(ErrorCode::InvalidRoom, e.to_string())),
@@ -58,7 +53,7 @@ pub(crate) fn relay(server: &Server, conn: &Conn, env: &Envelope) {
     match (outcome, env.ref_id.as_deref()) {
         (Ok(n), Some(r)) => {
             let result = serde_json::value::to_raw_value(&json!({ "delivered": n })).ok();
-            let _ = conn.push(Frame::text(ack_ok(r, result.as_deref())));
+            let _ = conn.reply(Some(r), ack_ok(r, result.as_deref()));
         }
         (Ok(_), None) => {}
         (Err(e), r) => send_error(conn, r, &e),

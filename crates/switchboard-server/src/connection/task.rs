@@ -357,7 +357,7 @@ impl ConnectionTask {
             calls.cancel();
         }
 
-        server.remove_connection(&conn);
+        server.remove_connection(&conn, closing.resumable());
         let reason = DisconnectReason {
             code: closing.code,
             reason: closing.reason.clone(),

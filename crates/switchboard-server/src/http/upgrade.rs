@@ -25,17 +25,22 @@ pub(crate) fn echo_route(server: Server) -> MethodRouter {
 }
 
 async fn upgrade(AxumState(server): AxumState<Server>, req: Request) -> Response {
-    let asked = req.uri().query().and_then(|q| {
-        q.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == "dialect")
-            .map(|(_, v)| v.to_owned())
-    });
+    let query = |name: &str| {
+        req.uri().query().and_then(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_owned())
+        })
+    };
+    let asked = query("dialect");
+    // `?resume=1`: the client's first message (after `auth`) is a `resume`.
+    let resume = query("resume").is_some_and(|v| v != "0" && v != "false");
     let (dialect, subprotocol) = match choose_dialect(&server, asked.as_deref(), req.headers()) {
         Ok(chosen) => chosen,
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
-    accept(server, req, Mode::Messages(dialect), subprotocol)
+    accept(server, req, Mode::Messages { dialect, resume }, subprotocol)
 }
 
 /// The dialect a client asked for: `?dialect=` first, then a `switchboard.<dialect>`

@@ -16,7 +16,9 @@ use super::{DisconnectReason, Server, ServerInner, builtin};
 use crate::ServerConfig;
 use crate::auth::{Auth, Authenticator};
 use crate::backplane::{Backplane, LocalBackplane};
+use crate::clock::now_ms;
 use crate::connection::Conn;
+use crate::delivery::{Sessions, Streams};
 use crate::handler::{BoxFuture, Erased, Handler};
 use crate::handler_table::{HandlerTable, Route};
 use crate::id::IdGen;
@@ -328,6 +330,8 @@ impl ServerBuilder {
         );
         Server {
             inner: Arc::new(ServerInner {
+                streams: Streams::new(&self.config, now_ms()),
+                sessions: Sessions::default(),
                 http_routes: self.routes,
                 methods,
                 auth,

@@ -88,9 +88,14 @@ fn room_error(e: SendError) -> HandlerError {
 
 async fn join_room(server: Server, conn: Conn, env: Envelope) -> Result<Json<Value>, HandlerError> {
     let room = room_of(&env)?;
-    server.join(&conn, &room).map_err(room_error)?;
+    let joined = server.join_room(&conn, &room).map_err(room_error)?;
     let members = server.room_size(&room);
-    Ok(Json(json!({ "room_id": room, "members": members })))
+    let mut answer = json!({ "room_id": room, "members": members });
+    if let Some(position) = joined.position {
+        // Where the room's stream is: the member's messages start after it.
+        answer["position"] = json!(position);
+    }
+    Ok(Json(answer))
 }
 
 async fn leave_room(

@@ -33,6 +33,7 @@ impl Server {
             .map_err(ServeError::Backplane)?;
         self.inner.running.store(true, Ordering::Release);
         self.start_heartbeats();
+        self.start_housekeeping();
         for hook in &self.inner.hooks.startup {
             hook(self.clone()).await;
         }
@@ -78,6 +79,35 @@ impl Server {
             }
         });
     }
+    /// Every second or so: expire sessions and history, drop room streams nobody can
+    /// come back to. One task for the whole server.
+    fn start_housekeeping(&self) {
+        let config = &self.inner.config;
+        let shortest = config
+            .history_rooms
+            .iter()
+            .map(|r| r.policy.ttl)
+            .chain([config.history.ttl, config.session_ttl])
+            .filter(|d| !d.is_zero())
+            .min();
+        let Some(shortest) = shortest else { return };
+        let tick = (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let weak = self.downgrade();
+        let stop = self.inner.stop_accepting.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(tick);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let Some(server) = weak.upgrade() else { return };
+                server.sweep_history();
+            }
+        });
+    }
+
     /// Waits until shutdown has completed.
     pub async fn stopped(&self) {
         let mut rx = self.inner.stopped.subscribe();

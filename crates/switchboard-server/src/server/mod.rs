@@ -11,6 +11,7 @@ mod builtin;
 mod lifecycle;
 mod rooms;
 mod send;
+mod sessions;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -29,10 +30,12 @@ pub use builder::ServerBuilder;
 use builder::StateMap;
 pub(crate) use rooms::validate_room;
 pub use send::Filter;
+pub(crate) use sessions::ConnectedFrame;
 
 use crate::auth::Auth;
-use crate::backplane::{Backplane, PresenceEvent};
+use crate::backplane::Backplane;
 use crate::connection::Conn;
+use crate::delivery::{Sessions, Streams};
 use crate::handler_table::{HandlerTable, Route};
 use crate::id::IdGen;
 use crate::registry::Registry;
@@ -83,6 +86,10 @@ pub(crate) struct ServerInner {
     http_slots: Arc<SlotTable>,
     /// Connections waiting to authenticate, by address.
     auth_slots: Arc<SlotTable>,
+    /// Room and broadcast streams, and the history budget.
+    streams: Streams,
+    /// Sessions without a connection, waiting for a resume.
+    sessions: Sessions,
 }
 
 /// A switchboard server: a cheap, cloneable handle.
@@ -227,6 +234,11 @@ impl Server {
             "connections": self.connection_count(),
             "rooms": self.inner.registry.room_names().len(),
             "uptime_secs": self.uptime().as_secs(),
+            "history": {
+                "bytes": self.inner.streams.budget().used(),
+                "rooms": self.inner.streams.room_count(),
+                "detached_sessions": self.inner.sessions.len(),
+            },
             "backplane": {
                 "name": self.inner.backplane.name(),
                 "healthy": self.inner.backplane.is_healthy(),
@@ -237,6 +249,11 @@ impl Server {
     /// How many members `room` has on this node.
     pub(crate) fn room_size(&self, room: &str) -> usize {
         self.inner.registry.room_size(room)
+    }
+
+    /// The bytes of history this node keeps, all streams together.
+    pub(crate) fn history_budget(&self) -> &crate::delivery::stream::Budget {
+        self.inner.streams.budget()
     }
 
     pub(crate) fn downgrade(&self) -> WeakServer {
@@ -332,14 +349,5 @@ impl Server {
             frames_per_sec: config.rate_limit.saturating_mul(2),
             frame_burst: config.rate_burst.saturating_mul(2),
         }
-    }
-
-    /// Adds an admitted, authenticated connection to the registry (and tells the
-    /// backplane).
-    pub(crate) fn register(&self, conn: &Conn) {
-        self.inner.registry.insert(conn.clone());
-        self.inner
-            .backplane
-            .presence(&PresenceEvent::Connected(conn.id()));
     }
 }

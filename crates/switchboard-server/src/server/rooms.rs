@@ -1,16 +1,25 @@
 //! Room membership: join and leave (with `user_joined` / `user_left` to the other
 //! members), room names, and taking a closed connection out of every room.
 
-use std::sync::Arc;
-
 use serde_json::json;
 use switchboard_proto::{MAX_ID_LEN, Payload, types};
 
 use super::Server;
 use super::send::frame_text;
 use crate::backplane::{PresenceEvent, Target};
+use crate::clock::now_ms;
 use crate::connection::Conn;
+use crate::locks::lock;
+use crate::ws::Frame;
 use crate::{ConnId, SendError};
+
+/// What a join did: whether the connection was added (false: it was in already), and
+/// the room stream's position at that moment when the room keeps history.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    pub(crate) added: bool,
+    pub(crate) position: Option<switchboard_proto::Position>,
+}
 
 pub(crate) fn validate_room(room: &str) -> Result<(), SendError> {
     if room.is_empty() {
@@ -40,32 +49,65 @@ impl Server {
     /// Puts `conn` in `room` and tells the room's other members (`user_joined`).
     /// Returns false if it was already in.
     pub fn join(&self, conn: &Conn, room: &str) -> Result<bool, SendError> {
+        self.join_room(conn, room).map(|joined| joined.added)
+    }
+
+    /// Joins under the room stream's lock, so that the position given back is exactly
+    /// where the new member's messages start; a room that keeps its latest message
+    /// gives it to the new member first.
+    pub(crate) fn join_room(&self, conn: &Conn, room: &str) -> Result<Joined, SendError> {
         validate_room(room)?;
         let max = self.inner.config.max_rooms_per_connection;
         let registry = &self.inner.registry;
-        if !conn.add_room(room, max, || registry.join(room, conn).0)? {
-            return Ok(false);
+        let now = now_ms();
+        let stream = self.inner.streams.room(room, &self.inner.config, now);
+        let mut guard = stream.as_ref().map(|s| lock(s));
+        let added = conn.add_room(room, max, || registry.join(room, conn).0)?;
+        let position = guard.as_ref().map(|s| s.position());
+        if let Some(stream) = guard.as_mut() {
+            stream.touch(now);
+            if added && stream.policy().latest_on_join {
+                if let Some(latest) = stream.latest(now) {
+                    let _ = conn.push(Frame::Text(latest));
+                }
+            }
         }
+        drop(guard);
+        if added {
+            self.announce_join(conn, room);
+        }
+        Ok(Joined { added, position })
+    }
+
+    /// Tells the backplane and the room's other members that `conn` joined.
+    pub(super) fn announce_join(&self, conn: &Conn, room: &str) {
         self.inner
             .backplane
             .presence(&PresenceEvent::Joined(conn.id(), room.to_owned()));
         self.notify_room(types::USER_JOINED, room, conn.id());
-        Ok(true)
     }
 
     /// Takes `conn` out of `room` and tells the remaining members (`user_left`).
     /// Returns false if it was not in.
     pub fn leave(&self, conn: &Conn, room: &str) -> bool {
         if !conn.remove_room(room, || {
-            self.inner.registry.leave(room, conn.id());
+            self.inner.registry.leave(room, conn);
         }) {
             return false;
+        }
+        self.announce_leave(conn, room);
+        true
+    }
+
+    /// Tells the backplane and the room's remaining members that `conn` left.
+    pub(super) fn announce_leave(&self, conn: &Conn, room: &str) {
+        if let Some(stream) = self.inner.streams.existing_room(room) {
+            lock(&stream).touch(now_ms());
         }
         self.inner
             .backplane
             .presence(&PresenceEvent::Left(conn.id(), room.to_owned()));
         self.notify_room(types::USER_LEFT, room, conn.id());
-        true
     }
 
     fn notify_room(&self, kind: &str, room: &str, user: ConnId) {
@@ -75,27 +117,9 @@ impl Server {
         let payload = json!({ "user_id": user, "room_id": room });
         // A JSON object always encodes.
         if let Ok(payload) = Payload::from_serialize(&payload) {
-            self.send_delivery(
-                Target::Room(room.to_owned()),
-                vec![user],
-                frame_text(kind, &payload, Some(room), None),
-            );
+            let target = Target::Room(room.to_owned());
+            let text = frame_text(kind, &payload, &target, None);
+            self.send_delivery(target, vec![user], text);
         }
-    }
-    /// Takes a closed connection out of the registry and its rooms.
-    pub(crate) fn remove_connection(&self, conn: &Conn) {
-        self.inner.registry.remove(conn.id());
-        let rooms: Vec<Arc<str>> = conn.leave_all_rooms();
-        for room in &rooms {
-            self.inner.registry.leave(room, conn.id());
-            self.inner
-                .backplane
-                .presence(&PresenceEvent::Left(conn.id(), room.to_string()));
-            self.notify_room(types::USER_LEFT, room, conn.id());
-        }
-        self.inner
-            .backplane
-            .presence(&PresenceEvent::Disconnected(conn.id()));
-        self.release_admission();
     }
 }

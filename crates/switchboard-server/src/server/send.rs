@@ -5,12 +5,16 @@
 use std::collections::HashSet;
 
 use serde::Serialize;
-use switchboard_proto::{Parts, Payload, encode_parts};
+use switchboard_proto::{Parts, Payload, encode_parts, stamp_offset};
 
 use super::{Server, validate_room};
 use crate::backplane::{Delivery, Target};
+use crate::clock::now_ms;
 use crate::connection::Conn;
-use crate::ws::Frame;
+use crate::delivery::Stream;
+use crate::delivery::stream::Budget;
+use crate::locks::lock;
+use crate::ws::{Frame, Text};
 use crate::{ConnId, SendError};
 
 /// Which connections a broadcast reaches: all of them, or only `include`, less `exclude`.
@@ -57,10 +61,80 @@ impl Filter {
 }
 
 impl Server {
-    /// Delivers an encoded frame to this node's connections.
+    /// Delivers a delivery (from this node or another) to this node's connections.
     pub(crate) fn deliver_local(&self, delivery: &Delivery) -> usize {
-        let frame = Frame::text(delivery.frame.clone());
-        self.deliver_frame(&delivery.target, &delivery.exclude, &frame)
+        self.deliver_in_streams(&delivery.target, &delivery.exclude, &delivery.frame)
+    }
+
+    /// Delivers `text` (encoded without an offset) to this node's connections, in its
+    /// stream: a room's or the broadcasts' (stamped once, under the stream's lock so
+    /// offsets reach every member in order), or each recipient's session.
+    fn deliver_in_streams(&self, target: &Target, exclude: &[ConnId], text: &str) -> usize {
+        let now = now_ms();
+        let budget = self.inner.streams.budget();
+        match target {
+            Target::Room(room) => {
+                if let Some(stream) = self.inner.streams.room(room, &self.inner.config, now) {
+                    let mut stream = lock(&stream);
+                    return self.deliver_stamped(&mut stream, target, exclude, text, now);
+                }
+            }
+            Target::All => {
+                if let Some(all) = self.inner.streams.all() {
+                    let mut stream = lock(all);
+                    return self.deliver_stamped(&mut stream, target, exclude, text, now);
+                }
+            }
+            Target::Conns(ids) => {
+                let mut seen = HashSet::new();
+                let mut n = 0;
+                for &id in ids {
+                    if exclude.contains(&id) || (ids.len() > 1 && !seen.insert(id)) {
+                        continue;
+                    }
+                    if self.deliver_direct(id, text, now, budget).is_ok() {
+                        n += 1;
+                    }
+                }
+                return n;
+            }
+        }
+        self.deliver_frame(target, exclude, &Frame::text(text.to_owned()))
+    }
+
+    /// Takes the stream's next offset, stamps the frame with it, queues it for the
+    /// target and keeps it in the stream's history.
+    fn deliver_stamped(
+        &self,
+        stream: &mut Stream,
+        target: &Target,
+        exclude: &[ConnId],
+        text: &str,
+        now: u64,
+    ) -> usize {
+        let offset = stream.next_offset();
+        let frame = Text::from(stamp_offset(text, offset));
+        let n = self.deliver_frame(target, exclude, &Frame::Text(frame.clone()));
+        stream.keep(offset, frame, exclude, now, self.inner.streams.budget());
+        n
+    }
+
+    /// A message for one client, in its session's stream: queued on its connection,
+    /// or (between connections) kept for its resume.
+    fn deliver_direct(
+        &self,
+        id: ConnId,
+        text: &str,
+        now: u64,
+        budget: &Budget,
+    ) -> Result<(), SendError> {
+        if let Some(conn) = self.inner.registry.get(id) {
+            return conn.session().deliver(text, now, budget);
+        }
+        match self.inner.sessions.get(id) {
+            Some(session) => session.deliver(text, now, budget),
+            None => Err(SendError::NotFound(id)),
+        }
     }
 
     fn deliver_frame(&self, target: &Target, exclude: &[ConnId], frame: &Frame) -> usize {
@@ -79,12 +153,6 @@ impl Server {
         match target {
             Target::All => self.inner.registry.for_each(&mut push),
             Target::Room(room) => self.inner.registry.for_each_in_room(room, &mut push),
-            // A direct message (one id, the common case) needs no de-duplication.
-            Target::Conns(ids) if ids.len() == 1 => {
-                if let Some(c) = self.inner.registry.get(ids[0]) {
-                    push(&c);
-                }
-            }
             Target::Conns(ids) => {
                 let unique: HashSet<ConnId> = ids.iter().copied().collect();
                 for id in unique {
@@ -97,21 +165,20 @@ impl Server {
         n
     }
 
-    /// Delivers locally, then to the other nodes. Encodes nothing more: `text` is the frame.
+    /// Delivers locally, then to the other nodes. Encodes nothing more: `text` is the
+    /// frame, without an offset (each node stamps its own streams' offsets).
     pub(crate) fn send_delivery(
         &self,
         target: Target,
         exclude: Vec<ConnId>,
         text: String,
     ) -> usize {
-        let frame = Frame::text(text);
-        let n = self.deliver_frame(&target, &exclude, &frame);
+        let n = self.deliver_in_streams(&target, &exclude, &text);
         if self.inner.clustered {
-            let Frame::Text(t) = &frame else { return n };
             self.inner.backplane.publish(&Delivery {
                 target,
                 exclude,
-                frame: t.as_str().to_owned(),
+                frame: text,
             });
         }
         n
@@ -122,21 +189,33 @@ pub(super) fn encode_payload<T: Serialize + ?Sized>(payload: &T) -> Result<Paylo
     Payload::from_serialize(payload).map_err(|e| SendError::Encode(e.to_string()))
 }
 
+/// A delivered message's frame: `room` for a room's, `to: "all"` for a broadcast's
+/// (so a client knows the stream), `from` for a relayed one's. No offset yet: each
+/// node stamps its own.
 pub(super) fn frame_text(
     kind: &str,
     payload: &Payload,
-    room: Option<&str>,
+    target: &Target,
     from: Option<&str>,
 ) -> String {
+    let (room, to) = match target {
+        Target::Room(room) => (Some(room.as_str()), None),
+        Target::All => (None, Some(ALL)),
+        Target::Conns(_) => (None, None),
+    };
     encode_parts(&Parts {
         kind,
         payload: payload.as_raw(),
         ref_id: None,
         room,
-        to: None,
+        to,
         from,
+        offset: None,
     })
 }
+
+/// The `to` of a broadcast to everyone.
+const ALL: &str = "all";
 
 impl Server {
     /// Sends to every connection. Returns how many connections on this node it was
@@ -168,11 +247,8 @@ impl Server {
             Some(ids) => Target::Conns(ids),
             None => Target::All,
         };
-        Ok(self.send_delivery(
-            target,
-            filter.exclude,
-            frame_text(kind, &payload, None, None),
-        ))
+        let text = frame_text(kind, &payload, &target, None);
+        Ok(self.send_delivery(target, filter.exclude, text))
     }
 
     /// Sends to one client by id, on this node or (in a cluster) another.
@@ -183,15 +259,19 @@ impl Server {
         payload: &T,
     ) -> Result<(), SendError> {
         let payload = encode_payload(payload)?;
-        if let Some(conn) = self.inner.registry.get(id) {
-            return conn.push(Frame::text(frame_text(kind, &payload, None, None)));
+        let target = Target::Conns(vec![id]);
+        let text = frame_text(kind, &payload, &target, None);
+        let budget = self.inner.streams.budget();
+        match self.deliver_direct(id, &text, now_ms(), budget) {
+            Err(SendError::NotFound(_)) => {}
+            done => return done,
         }
         if self.inner.clustered {
-            self.send_delivery(
-                Target::Conns(vec![id]),
-                Vec::new(),
-                frame_text(kind, &payload, None, None),
-            );
+            self.inner.backplane.publish(&Delivery {
+                target,
+                exclude: Vec::new(),
+                frame: text,
+            });
             return Ok(());
         }
         Err(SendError::NotFound(id))
@@ -217,11 +297,9 @@ impl Server {
     ) -> Result<usize, SendError> {
         validate_room(room)?;
         let payload = encode_payload(payload)?;
-        Ok(self.send_delivery(
-            Target::Room(room.to_owned()),
-            except.to_vec(),
-            frame_text(kind, &payload, Some(room), None),
-        ))
+        let target = Target::Room(room.to_owned());
+        let text = frame_text(kind, &payload, &target, None);
+        Ok(self.send_delivery(target, except.to_vec(), text))
     }
 
     /// Relays a client's message: encoded once, stamped with the sender's id in `from`.
@@ -231,20 +309,18 @@ impl Server {
         exclude: Vec<ConnId>,
         kind: &str,
         payload: &Payload,
-        room: Option<&str>,
         from: ConnId,
     ) -> usize {
         let from = from.to_string();
-        self.send_delivery(
-            target,
-            exclude,
-            frame_text(kind, payload, room, Some(&from)),
-        )
+        let text = frame_text(kind, payload, &target, Some(&from));
+        self.send_delivery(target, exclude, text)
     }
 
-    /// Whether a client with this id could receive a direct message: connected here, or
-    /// possibly on another node of a cluster.
+    /// Whether a client with this id could receive a direct message: connected here,
+    /// its session waiting here for a resume, or possibly on another node of a cluster.
     pub(crate) fn may_reach(&self, id: ConnId) -> bool {
-        self.inner.clustered || self.inner.registry.get(id).is_some()
+        self.inner.clustered
+            || self.inner.registry.get(id).is_some()
+            || self.inner.sessions.get(id).is_some()
     }
 }

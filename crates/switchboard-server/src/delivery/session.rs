@@ -1,0 +1,307 @@
+//! [`Session`]: what outlives a connection by `session_ttl`: the client id, the resume
+//! token, the stream of messages addressed to the client, the answers to its `ref`s,
+//! and (once its connection is gone) its identity and rooms.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use subtle::ConstantTimeEq;
+
+use super::replies::{Replies, Seen};
+use super::stream::{Budget, Stream};
+use crate::locks::{lock, read, write};
+use crate::ws::{Frame, Text};
+use crate::{Conn, ConnId, Identity, SendError, ServerConfig};
+
+/// A session, shared by the connection serving it and (between connections) the
+/// node's detached sessions.
+pub(crate) struct Session {
+    id: String,
+    token: u128,
+    client: ConnId,
+    state: Mutex<SessionState>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A session's changing part, under one lock: a direct message, a resume and a
+/// disconnect each see it whole.
+pub(crate) struct SessionState {
+    /// Direct messages, with offsets; `None` when history is off.
+    pub(crate) stream: Option<Stream>,
+    /// The connection serving the session now.
+    live: Option<Conn>,
+    /// Set while no connection serves it.
+    detached: Option<Detached>,
+    /// Closed for good (by the client, or kicked): never resumed.
+    ended: bool,
+    replies: Option<Box<Replies>>,
+    replies_capacity: usize,
+}
+
+/// What a session keeps of its connection once the connection is gone.
+pub(crate) struct Detached {
+    pub(crate) at_ms: u64,
+    pub(crate) identity: Option<Identity>,
+    pub(crate) rooms: Vec<Arc<str>>,
+}
+
+impl Session {
+    pub(crate) fn new(client: ConnId, config: &ServerConfig, now_ms: u64) -> Session {
+        let random = switchboard_proto::random_u64;
+        Session {
+            id: format!("{client}.{:016x}", random()),
+            token: (u128::from(random()) << 64) | u128::from(random()),
+            client,
+            state: Mutex::new(SessionState {
+                stream: config
+                    .history
+                    .is_on()
+                    .then(|| Stream::new(config.history, now_ms)),
+                live: None,
+                detached: None,
+                ended: false,
+                replies: None,
+                replies_capacity: config.session_replies,
+            }),
+        }
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The client id a session id names (`<client id>.<random>`).
+    pub(crate) fn client_of(session_id: &str) -> Option<ConnId> {
+        session_id.split_once('.')?.0.parse().ok()
+    }
+
+    pub(crate) fn client(&self) -> ConnId {
+        self.client
+    }
+
+    /// The resume token, as `connected` gives it.
+    pub(crate) fn token(&self) -> String {
+        format!("{:032x}", self.token)
+    }
+
+    /// Compares in constant time.
+    pub(crate) fn token_matches(&self, token: &str) -> bool {
+        self.token().as_bytes().ct_eq(token.as_bytes()).into()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SessionState> {
+        lock(&self.state)
+    }
+
+    /// A message for this client: stamped with the next offset of its stream, queued
+    /// on its connection, and kept for a resume. With no connection it is only kept.
+    pub(crate) fn deliver(
+        &self,
+        text: &str,
+        now_ms: u64,
+        budget: &Budget,
+    ) -> Result<(), SendError> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let Some(stream) = state.stream.as_mut() else {
+            let frame = Frame::text(text.to_owned());
+            return match &state.live {
+                Some(conn) => conn.push(frame),
+                None => Err(SendError::NotFound(self.client)),
+            };
+        };
+        if state.ended {
+            return Err(SendError::NotFound(self.client));
+        }
+        let offset = stream.next_offset();
+        let frame = Text::from(switchboard_proto::stamp_offset(text, offset));
+        let pushed = match &state.live {
+            Some(conn) => conn.push(Frame::Text(frame.clone())),
+            None => Ok(()),
+        };
+        // Kept even when the queue refused it: a slow consumer is disconnected, and
+        // recovers it when it resumes.
+        stream.keep(offset, frame, &[], now_ms, budget);
+        pushed
+    }
+
+    /// Looks a client's `ref` up (see [`Replies`]).
+    pub(crate) fn begin_reply(&self, ref_id: &str) -> Seen {
+        let mut state = self.lock();
+        let capacity = state.replies_capacity;
+        state
+            .replies
+            .get_or_insert_with(|| Box::new(Replies::new(capacity)))
+            .begin(ref_id)
+    }
+
+    /// Sends the answer to a `ref` to whichever connection serves the session now
+    /// (`conn`, unless a resume moved it), and remembers it.
+    pub(crate) fn reply(&self, conn: &Conn, ref_id: &str, frame: Text) -> Result<(), SendError> {
+        let state = &mut *self.lock();
+        if let Some(replies) = state.replies.as_mut() {
+            replies.answer(ref_id, &frame);
+        }
+        match &state.live {
+            Some(live) if live != conn => live.push(Frame::Text(frame)),
+            _ => conn.push(Frame::Text(frame)),
+        }
+    }
+
+    /// The session's connection is gone. Keeps what a resume needs, unless the session
+    /// ended for good; returns whether it can be resumed. A connection that a resume
+    /// already replaced changes nothing.
+    /// `unregister` runs under the session's lock when `conn` was serving it.
+    pub(crate) fn detach(
+        &self,
+        conn: &Conn,
+        rooms: Vec<Arc<str>>,
+        resumable: bool,
+        now_ms: u64,
+        unregister: impl FnOnce(),
+    ) -> bool {
+        let mut state = self.lock();
+        if state.live.as_ref() != Some(conn) {
+            return false;
+        }
+        state.live = None;
+        if let Some(stream) = state.stream.as_mut() {
+            stream.touch(now_ms);
+        }
+        if !resumable {
+            state.ended = true;
+            unregister();
+            return false;
+        }
+        state.detached = Some(Detached {
+            at_ms: now_ms,
+            identity: conn.identity().cloned(),
+            rooms,
+        });
+        unregister();
+        true
+    }
+
+    /// True when the session has been without a connection for longer than `ttl_ms`.
+    pub(crate) fn expired(&self, now_ms: u64, ttl_ms: u64) -> bool {
+        let state = self.lock();
+        state.ended
+            || state
+                .detached
+                .as_ref()
+                .is_some_and(|d| now_ms.saturating_sub(d.at_ms) > ttl_ms)
+    }
+
+    /// Gives back what the session's history counts against the budget.
+    pub(crate) fn release(&self, budget: &Budget) {
+        if let Some(stream) = self.lock().stream.as_mut() {
+            stream.release(budget);
+        }
+    }
+}
+
+impl SessionState {
+    /// The client is about to send these refs again (see [`Replies`]).
+    pub(crate) fn expect_resent(&mut self, refs: &[String]) {
+        if refs.is_empty() {
+            return;
+        }
+        let capacity = self.replies_capacity;
+        self.replies
+            .get_or_insert_with(|| Box::new(Replies::new(capacity)))
+            .expect_resent(refs);
+    }
+
+    /// `conn` serves the session from now on.
+    pub(crate) fn attach(&mut self, conn: &Conn) {
+        self.live = Some(conn.clone());
+        self.detached = None;
+    }
+
+    /// The connection serving the session, if one does.
+    pub(crate) fn live(&self) -> Option<&Conn> {
+        self.live.as_ref()
+    }
+
+    /// What was kept when the connection went, if it has gone.
+    pub(crate) fn detached(&self) -> Option<&Detached> {
+        self.detached.as_ref()
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
+        self.ended
+    }
+}
+
+/// The node's sessions that no connection serves now, by client id, until they are
+/// resumed or expire.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    detached: RwLock<HashMap<ConnId, Arc<Session>>>,
+}
+
+impl Sessions {
+    pub(crate) fn keep(&self, session: Arc<Session>) {
+        write(&self.detached).insert(session.client(), session);
+    }
+
+    pub(crate) fn get(&self, client: ConnId) -> Option<Arc<Session>> {
+        read(&self.detached).get(&client).cloned()
+    }
+
+    /// Takes `session` out (it was resumed).
+    pub(crate) fn take(&self, session: &Arc<Session>) {
+        let mut map = write(&self.detached);
+        if map
+            .get(&session.client())
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            map.remove(&session.client());
+        }
+    }
+
+    /// Drops the sessions past `ttl_ms`; returns how many remain.
+    pub(crate) fn sweep(&self, now_ms: u64, ttl_ms: u64, budget: &Budget) -> usize {
+        let expired: Vec<Arc<Session>> = read(&self.detached)
+            .values()
+            .filter(|s| s.expired(now_ms, ttl_ms))
+            .cloned()
+            .collect();
+        let mut gone = Vec::new();
+        let mut map = write(&self.detached);
+        for s in expired {
+            // A session resumed since was taken out; one detached again since is
+            // not expired: `try_lock` only, never a session's lock under the map's.
+            let still = s.state.try_lock().is_ok_and(|st| {
+                st.live.is_none()
+                    && st
+                        .detached
+                        .as_ref()
+                        .is_some_and(|d| now_ms.saturating_sub(d.at_ms) > ttl_ms)
+                    || st.ended
+            });
+            if still && map.get(&s.client()).is_some_and(|k| Arc::ptr_eq(k, &s)) {
+                map.remove(&s.client());
+                gone.push(s);
+            }
+        }
+        let left = map.len();
+        drop(map);
+        for s in gone {
+            s.release(budget);
+        }
+        left
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        read(&self.detached).len()
+    }
+}

@@ -1,0 +1,293 @@
+//! Sessions on a server: registering a connection (a fresh session, or a resumed one
+//! with the replay of what it missed), taking a closed connection out (keeping its
+//! session for a resume), and the housekeeping that expires sessions and history.
+
+use std::sync::{Arc, MutexGuard};
+
+use switchboard_proto::{
+    ErrorCode, Position, Recovery, RecoveryGap, ResumeOutcome, ResumeRequest, StreamPositions,
+};
+
+use super::Server;
+use crate::backplane::PresenceEvent;
+use crate::clock::now_ms;
+use crate::connection::Conn;
+use crate::delivery::{Session, Stream};
+use crate::locks::lock;
+use crate::ws::{Frame, Text};
+use crate::{ConnId, Identity};
+
+/// Builds the `connected` frame from the positions the client starts at and, for a
+/// resume, its outcome.
+pub(crate) type ConnectedFrame<'a> = &'a dyn Fn(&StreamPositions, Option<&ResumeOutcome>) -> String;
+
+/// Why a resume found no session to restore: the error's code and message.
+pub(crate) type NoSession = (ErrorCode, &'static str, RecoveryGap);
+
+impl Server {
+    /// Registers a new connection, and queues `connected` (when `connected` is given)
+    /// before anything else can reach it, with the positions it starts at.
+    pub(crate) fn register(&self, conn: &Conn, connected: Option<ConnectedFrame<'_>>) {
+        let mut session = conn.session().lock();
+        let all = self.inner.streams.all().map(lock);
+        self.inner.registry.insert(conn.clone());
+        session.attach(conn);
+        if let Some(connected) = connected {
+            let positions = StreamPositions {
+                session: session.stream.as_ref().map(Stream::position),
+                all: all.as_ref().map(|s| s.position()),
+                rooms: Default::default(),
+            };
+            let _ = conn.push(Frame::text(connected(&positions, None)));
+        }
+        drop(all);
+        drop(session);
+        self.inner
+            .backplane
+            .presence(&PresenceEvent::Connected(conn.id()));
+    }
+
+    /// The session a `resume` names, if this client may have it back: it exists here,
+    /// its token matches, it has not ended, and it is not another user's.
+    pub(crate) fn find_session(
+        &self,
+        request: &ResumeRequest,
+        identity: Option<&Identity>,
+    ) -> Result<Arc<Session>, NoSession> {
+        const UNKNOWN: &str = "no session to resume: it expired, ended, or never existed here";
+        let expired = (
+            ErrorCode::ResumeFailed,
+            UNKNOWN,
+            RecoveryGap::SessionExpired,
+        );
+        if self.inner.config.session_ttl.is_zero() {
+            let off = "sessions are not kept on this server (session_ttl is 0)";
+            return Err((ErrorCode::ResumeFailed, off, RecoveryGap::SessionExpired));
+        }
+        let client = Session::client_of(&request.session_id).ok_or(expired)?;
+        let session = match self.inner.registry.get(client) {
+            Some(conn) => conn.session().clone(),
+            None => self.inner.sessions.get(client).ok_or(expired)?,
+        };
+        // The id is not secret; the token is, and is compared in constant time.
+        let token_ok = session.token_matches(&request.token);
+        if session.id() != request.session_id || !token_ok {
+            return Err(expired);
+        }
+        let state = session.lock();
+        if state.is_ended() {
+            return Err(expired);
+        }
+        let owner = match (state.live(), state.detached()) {
+            (Some(live), _) => live.identity().map(|i| i.id.clone()),
+            (None, Some(d)) => d.identity.as_ref().map(|i| i.id.clone()),
+            (None, None) => None,
+        };
+        drop(state);
+        if let (Some(owner), Some(me)) = (owner, identity) {
+            if owner != me.id {
+                let other = "that session belongs to another user";
+                return Err((ErrorCode::ResumeFailed, other, RecoveryGap::SessionExpired));
+            }
+        }
+        Ok(session)
+    }
+
+    /// Registers `conn`, which serves a session [`find_session`](Self::find_session)
+    /// found, and restores it: identity, rooms, and per stream either every message
+    /// the client missed (after the positions it gave) or `recovered: false`. Holds
+    /// the session's and the streams' locks throughout, so `connected`, the replay
+    /// and the live messages reach the client in that order, with no gap and no
+    /// duplicate. A connection still serving the session is closed (`SESSION_TAKEN`).
+    pub(crate) fn register_resumed(
+        &self,
+        conn: &Conn,
+        request: &ResumeRequest,
+        connected: ConnectedFrame<'_>,
+    ) -> ResumeOutcome {
+        let now = now_ms();
+        let me = conn.id();
+        let session = conn.session();
+        let mut state = session.lock();
+        let (old, rooms, identity) = match (state.live(), state.detached()) {
+            (Some(live), _) => (Some(live.clone()), live.rooms(), live.identity().cloned()),
+            (None, Some(d)) => (
+                None,
+                d.rooms.iter().map(|r| r.to_string()).collect(),
+                d.identity.clone(),
+            ),
+            (None, None) => (None, Vec::new(), None),
+        };
+        if let Some(identity) = identity {
+            if !conn.is_authenticated() {
+                conn.set_identity(identity);
+            }
+        }
+
+        let mut replay: Vec<Text> = Vec::new();
+        let session_recovery = state.stream.as_ref().map(|stream| {
+            recover(
+                stream,
+                request.streams.session.as_ref(),
+                me,
+                now,
+                &mut replay,
+            )
+        });
+        let all = self.inner.streams.all().map(lock);
+        let all_recovery = all
+            .as_ref()
+            .map(|stream| recover(stream, request.streams.all.as_ref(), me, now, &mut replay));
+
+        let mut rooms = rooms;
+        rooms.sort();
+        let config = &self.inner.config;
+        let streams: Vec<_> = rooms
+            .iter()
+            .map(|room| self.inner.streams.room(room, config, now))
+            .collect();
+        let guards: Vec<Option<MutexGuard<'_, Stream>>> = streams
+            .iter()
+            .map(|s| s.as_ref().map(|s| lock(s)))
+            .collect();
+        let mut outcome = ResumeOutcome {
+            resumed: true,
+            reason: None,
+            session: session_recovery,
+            all: all_recovery,
+            rooms: Default::default(),
+        };
+        for (room, guard) in rooms.iter().zip(&guards) {
+            let recovery = match guard {
+                Some(stream) => {
+                    let since = request.streams.rooms.get(room);
+                    recover(stream, since, me, now, &mut replay)
+                }
+                None => Recovery::lost(RecoveryGap::NoHistory, Position::new("", 0)),
+            };
+            outcome.rooms.insert(room.clone(), recovery);
+        }
+
+        self.inner.registry.insert(conn.clone());
+        self.inner.sessions.take(session);
+        state.attach(conn);
+        state.expect_resent(&request.resend);
+        let max = config.max_rooms_per_connection;
+        for room in &rooms {
+            let registry = &self.inner.registry;
+            if conn
+                .add_room(room, max, || registry.join(room, conn).0)
+                .is_err()
+            {
+                tracing::warn!(conn = %me, %room, "a resumed connection could not rejoin a room");
+            }
+        }
+        let positions = StreamPositions {
+            session: outcome.session.as_ref().map(|r| r.position.clone()),
+            all: outcome.all.as_ref().map(|r| r.position.clone()),
+            rooms: outcome
+                .rooms
+                .iter()
+                .map(|(k, r)| (k.clone(), r.position.clone()))
+                .collect(),
+        };
+        let _ = conn.push(Frame::text(connected(&positions, Some(&outcome))));
+        for frame in replay {
+            let _ = conn.push(Frame::Text(frame));
+        }
+        drop(guards);
+        drop(all);
+        drop(state);
+
+        self.inner.backplane.presence(&PresenceEvent::Connected(me));
+        match old {
+            // The old connection's memberships were handed over: nothing changed for
+            // the rooms' other members.
+            Some(old) => old.close(
+                ErrorCode::SessionTaken,
+                "the session was resumed on another connection",
+            ),
+            None => {
+                for room in &rooms {
+                    self.announce_join(conn, room);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Takes a closed connection out of the registry and its rooms. Its session is kept
+    /// for `session_ttl` when `resumable` (it dropped, it was not kicked and did not
+    /// say goodbye). A connection a resume has replaced leaves the rooms and the id to
+    /// its successor.
+    pub(crate) fn remove_connection(&self, conn: &Conn, resumable: bool) {
+        let rooms = conn.leave_all_rooms();
+        let session = conn.session();
+        let keep = resumable && !self.inner.config.session_ttl.is_zero();
+        let mut current = false;
+        let kept = session.detach(conn, rooms.clone(), keep, now_ms(), || {
+            current = true;
+            // Kept before the connection leaves the registry: a direct message finds
+            // one or the other, never neither.
+            if keep {
+                self.inner.sessions.keep(session.clone());
+            }
+            self.inner.registry.remove(conn);
+        });
+        if !kept && keep && current {
+            tracing::debug!(conn = %conn.id(), "session ended");
+        }
+        if current {
+            for room in &rooms {
+                if self.inner.registry.leave(room, conn) {
+                    self.announce_leave(conn, room);
+                }
+            }
+            self.inner
+                .backplane
+                .presence(&PresenceEvent::Disconnected(conn.id()));
+        }
+        self.release_admission();
+    }
+
+    /// Drops expired sessions and history, and the room streams nobody can come back
+    /// to. Runs on a timer.
+    pub(crate) fn sweep_history(&self) {
+        let now = now_ms();
+        let config = &self.inner.config;
+        let session_ttl = u64::try_from(config.session_ttl.as_millis()).unwrap_or(u64::MAX);
+        let budget = self.inner.streams.budget();
+        self.inner.sessions.sweep(now, session_ttl, budget);
+        let history_ttl = config
+            .history_rooms
+            .iter()
+            .map(|r| r.policy.ttl)
+            .chain([config.history.ttl])
+            .max()
+            .unwrap_or_default();
+        let idle =
+            session_ttl.saturating_add(u64::try_from(history_ttl.as_millis()).unwrap_or(u64::MAX));
+        let registry = &self.inner.registry;
+        self.inner
+            .streams
+            .sweep(now, idle, |room| registry.room_size(room) > 0);
+    }
+}
+
+/// One stream's recovery from the client's position, the replayed frames appended.
+fn recover(
+    stream: &Stream,
+    since: Option<&Position>,
+    who: ConnId,
+    now: u64,
+    replay: &mut Vec<Text>,
+) -> Recovery {
+    match since {
+        Some(since) => {
+            let (recovery, frames) = stream.missed_since(since, who, now);
+            replay.extend(frames);
+            recovery
+        }
+        None => Recovery::lost(RecoveryGap::NoPosition, stream.position()),
+    }
+}
