@@ -116,6 +116,16 @@ pub struct ClientConfig {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Reconnection. Default on, with backoff and jitter, unlimited attempts.
     pub reconnect: ReconnectConfig,
+    /// After a reconnect, resume the session: the same client id and rooms, and the
+    /// messages missed meanwhile, without duplicates (see
+    /// [`Client::on_resume`](crate::Client::on_resume)). Default true.
+    pub resume: bool,
+    /// A request already written when the connection dropped is sent again after the
+    /// reconnect (the server answers one it had handled with its first answer, so it
+    /// takes effect once when the session resumes). False: it fails with
+    /// [`RequestError::ConnectionLost`](crate::RequestError::ConnectionLost), as the
+    /// server may or may not have handled it. Default true.
+    pub retry_in_flight: bool,
 }
 
 impl Default for ClientConfig {
@@ -131,6 +141,8 @@ impl Default for ClientConfig {
             auth: None,
             tls: None,
             reconnect: ReconnectConfig::default(),
+            resume: true,
+            retry_in_flight: true,
         }
     }
 }

@@ -1,9 +1,12 @@
 //! Opening one connection: the WebSocket handshake, `auth`, and the server's `connected`.
 
 use futures_util::{SinkExt, StreamExt};
-use switchboard_proto::{Envelope, ErrorBody, Payload, Reconnect, reconnect_hint, types};
+use switchboard_proto::{
+    Envelope, ErrorBody, Payload, Reconnect, ResumeOutcome, ResumeRequest, reconnect_hint, types,
+};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::streams::ConnectedStreams;
 use crate::{ClientConfig, ConnectError};
 
 pub(crate) type Ws =
@@ -16,7 +19,7 @@ pub(crate) const AUTH_REF: &str = "auth";
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct Session {
     /// This client's id, which others use to send it direct messages. A reconnect
-    /// gets a new one.
+    /// that resumes the session keeps it; one that cannot gets a new one.
     pub client_id: String,
     /// This connection's session id.
     pub session_id: String,
@@ -25,6 +28,10 @@ pub struct Session {
     /// Who the client authenticated as, when it did.
     #[serde(default)]
     pub identity: Option<serde_json::Value>,
+    /// After a reconnect: whether the session was resumed, and what each stream
+    /// recovered (see [`Client::on_resume`](crate::Client::on_resume)).
+    #[serde(default)]
+    pub resumed: Option<ResumeOutcome>,
 }
 
 pub(crate) fn check_url(url: &str) -> Result<(), ConnectError> {
@@ -37,9 +44,23 @@ pub(crate) fn check_url(url: &str) -> Result<(), ConnectError> {
     }
 }
 
-/// Opens a connection and waits for `connected` (sending `auth` first when configured).
-pub(crate) async fn open(url: &str, config: &ClientConfig) -> Result<(Ws, Session), ConnectError> {
+/// A connection just opened: the socket, `connected`, and its streams part.
+pub(crate) type Opened = (Ws, Session, ConnectedStreams);
+
+/// Opens a connection and waits for `connected` (sending `auth` first when configured,
+/// then `resume` when there is a session to resume).
+pub(crate) async fn open(
+    url: &str,
+    config: &ClientConfig,
+    resume: Option<&ResumeRequest>,
+) -> Result<Opened, ConnectError> {
     check_url(url)?;
+    let url = match resume {
+        Some(_) if url.contains('?') => format!("{url}&resume=1"),
+        Some(_) => format!("{url}?resume=1"),
+        None => url.to_owned(),
+    };
+    let url = url.as_str();
     let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_message_size));
@@ -61,9 +82,17 @@ pub(crate) async fn open(url: &str, config: &ClientConfig) -> Result<(Ws, Sessio
             .await
             .map_err(ConnectError::Unreachable)?;
     }
+    if let Some(resume) = resume {
+        let payload = Payload::from_serialize(resume)
+            .map_err(|e| ConnectError::InvalidUrl(format!("bad resume payload: {e}")))?;
+        let frame = Envelope::with_payload(types::RESUME, payload);
+        ws.send(Message::text(frame.encode()))
+            .await
+            .map_err(ConnectError::Unreachable)?;
+    }
 
     // The first frame is `connected`, or an error and a close when refused.
-    let session = tokio::time::timeout(config.connect_timeout, async {
+    let (session, streams) = tokio::time::timeout(config.connect_timeout, async {
         let mut refusal: Option<ErrorBody> = None;
         loop {
             match ws.next().await {
@@ -73,9 +102,12 @@ pub(crate) async fn open(url: &str, config: &ClientConfig) -> Result<(Ws, Sessio
                     };
                     match env.kind.as_str() {
                         types::CONNECTED => {
-                            return env.payload_as::<Session>().map_err(|e| {
+                            let not_ours = |e: switchboard_proto::PayloadError| {
                                 ConnectError::InvalidUrl(format!("not a switchboard server: {e}"))
-                            });
+                            };
+                            let session = env.payload_as::<Session>().map_err(not_ours)?;
+                            let streams = env.payload_as::<ConnectedStreams>().unwrap_or_default();
+                            return Ok((session, streams));
                         }
                         types::ERROR => refusal = env.payload_as().ok(),
                         // A refused `auth` is answered with an error ack.
@@ -121,5 +153,5 @@ pub(crate) async fn open(url: &str, config: &ClientConfig) -> Result<(Ws, Sessio
     })
     .await
     .map_err(|_| ConnectError::Timeout)??;
-    Ok((ws, session))
+    Ok((ws, session, streams))
 }

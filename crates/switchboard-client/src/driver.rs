@@ -66,11 +66,26 @@ async fn reconnect_loop(inner: &Arc<Inner>, hint: Reconnect) -> Option<Ws> {
         if !wait_unless_closed(inner, delay).await {
             return None;
         }
-        match connect::open(&inner.url, &inner.config).await {
-            Ok((mut ws, session)) => {
-                // Rooms first, then what was queued: the server handles a connection's
+        let in_flight = in_flight(inner);
+        let resume = if inner.config.resume {
+            let resend = in_flight.iter().map(|(r, _)| r.clone()).collect();
+            lock(&inner.streams).resume_request(resend)
+        } else {
+            None
+        };
+        match connect::open(&inner.url, &inner.config, resume.as_ref()).await {
+            Ok((mut ws, session, positions)) => {
+                lock(&inner.streams).connected(&positions);
+                let resumed = session.resumed.as_ref().is_some_and(|o| o.resumed);
+                // Rooms first (unless the resumed session has them), then what was in
+                // flight, then what was queued: the server handles a connection's
                 // messages in order, so the rooms are joined before anything sent to them.
-                if rejoin(inner, &mut ws).await.is_err() {
+                let rejoined = if resumed {
+                    Ok(())
+                } else {
+                    rejoin(inner, &mut ws).await
+                };
+                if rejoined.is_err() || resend(&mut ws, &in_flight).await.is_err() {
                     inner.report(&ClientError::Connection {
                         attempt,
                         message: "the connection dropped while rejoining rooms".into(),
@@ -93,6 +108,15 @@ async fn reconnect_loop(inner: &Arc<Inner>, hint: Reconnect) -> Option<Ws> {
                 }
                 inner.wake.notify_one();
                 inner.space.notify_waiters();
+                if let Some(outcome) = &session.resumed {
+                    tracing::info!(
+                        resumed = outcome.resumed,
+                        recovered = outcome.fully_recovered(),
+                        "session resume"
+                    );
+                    let resume_fns = snapshot(&lock(&inner.handlers).resume);
+                    call_all(&resume_fns, |f| f(outcome));
+                }
                 set_state(inner, ConnectionState::Open);
                 let open_fns = snapshot(&lock(&inner.handlers).open);
                 call_all(&open_fns, |f| f(&session));
@@ -137,9 +161,37 @@ async fn wait_unless_closed(inner: &Inner, delay: Duration) -> bool {
     }
 }
 
+/// The requests written to the socket that dropped and not answered, oldest first:
+/// what to send again (empty when `retry_in_flight` is off).
+fn in_flight(inner: &Inner) -> Vec<(String, Message)> {
+    if !inner.config.retry_in_flight {
+        return Vec::new();
+    }
+    let pending = lock(&inner.pending);
+    let mut v: Vec<(u64, String, Message)> = pending
+        .iter()
+        .filter(|(_, p)| p.written)
+        .filter_map(|(r, p)| p.frame.clone().map(|f| (p.seq, r.clone(), f)))
+        .collect();
+    v.sort_by_key(|(seq, _, _)| *seq);
+    v.into_iter().map(|(_, r, f)| (r, f)).collect()
+}
+
+async fn resend(
+    ws: &mut Ws,
+    frames: &[(String, Message)],
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    for (_, frame) in frames {
+        ws.feed(frame.clone()).await?;
+    }
+    ws.flush().await
+}
+
 async fn rejoin(inner: &Inner, ws: &mut Ws) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     let rooms: Vec<String> = lock(&inner.rooms).iter().cloned().collect();
     for room in &rooms {
+        // A fresh start in the room: its position comes with the answer.
+        lock(&inner.streams).forget_room(room);
         let payload = Payload::from_serialize(&json!({ "room_id": room }))
             .unwrap_or_else(|_| Payload::empty());
         let text = encode_parts(&Parts {
@@ -156,10 +208,15 @@ async fn rejoin(inner: &Inner, ws: &mut Ws) -> Result<(), tokio_tungstenite::tun
     ws.flush().await
 }
 
-/// The connection is gone: stop taking frames for it, and fail the requests whose
-/// frames went out on it (they may or may not have been processed).
+/// The connection is gone: stop taking frames for it. Requests whose frames went out on
+/// it are sent again after the reconnect, or (`retry_in_flight` off) fail: they may or
+/// may not have been processed.
 fn go_offline(inner: &Inner) {
     lock(&inner.outbox).online = false;
+    if inner.config.retry_in_flight && inner.config.reconnect.enabled {
+        inner.space.notify_waiters();
+        return;
+    }
     let lost: Vec<_> = {
         let mut pending = lock(&inner.pending);
         let keys: Vec<String> = pending
@@ -335,6 +392,10 @@ fn dispatch(inner: &Inner, text: &str) {
             return;
         }
     };
+    if !lock(&inner.streams).accept(&env) {
+        tracing::debug!(kind = %env.kind, offset = ?env.offset, "dropping a duplicate");
+        return;
+    }
     match env.kind.as_str() {
         // An ack comes from the server itself: never relayed (`from`) nor through a room.
         types::ACK if env.from.is_some() || env.room.is_some() => {
@@ -343,6 +404,7 @@ fn dispatch(inner: &Inner, text: &str) {
         }
         types::ACK => {
             if let Ok(ack) = env.payload_as::<Ack>() {
+                note_join(inner, &ack);
                 if let Some(p) = lock(&inner.pending).remove(&ack.ref_id) {
                     let _ = p.tx.send(ack.into_result().map_err(RequestError::from));
                 } else if ack.ref_id.starts_with("rejoin:") || ack.ref_id == AUTH_REF {
@@ -390,5 +452,17 @@ fn dispatch(inner: &Inner, text: &str) {
         if s.try_send(env.clone()).is_err() && !s.is_closed() {
             tracing::warn!(kind = %env.kind, "a message stream is full; message dropped for it");
         }
+    }
+}
+
+/// The answer to a join gives the room stream's position: where the member's
+/// messages start.
+fn note_join(inner: &Inner, ack: &Ack) {
+    let Some(result) = &ack.result else { return };
+    let (Some(room), Some(position)) = (result["room_id"].as_str(), result.get("position")) else {
+        return;
+    };
+    if let Ok(position) = serde_json::from_value::<switchboard_proto::Position>(position.clone()) {
+        lock(&inner.streams).joined(room, &position);
     }
 }

@@ -19,6 +19,7 @@ pub(crate) type OpenFn = Arc<dyn Fn(&Session) + Send + Sync>;
 pub(crate) type ErrorFn = Arc<dyn Fn(&ClientError) + Send + Sync>;
 pub(crate) type StateFn = Arc<dyn Fn(ConnectionState) + Send + Sync>;
 pub(crate) type AttemptFn = Arc<dyn Fn(&ReconnectAttempt) + Send + Sync>;
+pub(crate) type ResumeFn = Arc<dyn Fn(&switchboard_proto::ResumeOutcome) + Send + Sync>;
 
 /// A reconnect attempt about to be made, as [`Client::on_reconnect_attempt`](crate::Client::on_reconnect_attempt) sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +74,7 @@ pub(crate) struct Handlers {
     pub(crate) error: Vec<(u64, ErrorFn)>,
     pub(crate) state: Vec<(u64, StateFn)>,
     pub(crate) attempt: Vec<(u64, AttemptFn)>,
+    pub(crate) resume: Vec<(u64, ResumeFn)>,
     pub(crate) streams: Vec<(u64, mpsc::Sender<Envelope>)>,
 }
 
@@ -98,6 +100,7 @@ impl Handlers {
         removed |= drop_id(&mut self.binary, id);
         removed |= drop_id(&mut self.open, id);
         removed |= drop_id(&mut self.close, id);
+        removed |= drop_id(&mut self.resume, id);
         removed |= drop_id(&mut self.error, id);
         removed |= drop_id(&mut self.state, id);
         removed |= drop_id(&mut self.attempt, id);

@@ -37,6 +37,7 @@ mod handlers;
 mod locks;
 mod state;
 mod status;
+mod streams;
 
 pub use client::{Client, Messages};
 pub use config::{ClientConfig, ReconnectConfig};
@@ -44,4 +45,6 @@ pub use connect::Session;
 pub use error::{ClientError, ConnectError, RequestError, SendError};
 pub use handlers::{HandlerId, ReconnectAttempt};
 pub use status::{CloseInfo, ConnectionState};
-pub use switchboard_proto::{Envelope, ErrorCode, Reconnect};
+pub use switchboard_proto::{
+    Envelope, ErrorCode, Position, Reconnect, Recovery, RecoveryGap, ResumeOutcome,
+};

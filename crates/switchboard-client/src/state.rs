@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::connect::Session;
 use crate::handlers::{Handlers, call_all, snapshot};
 use crate::locks::lock;
+use crate::streams::Streams;
 use crate::{ClientConfig, ClientError, CloseInfo, ConnectionState, RequestError};
 
 /// One frame waiting to be written, with the `ref` of the request it carries.
@@ -41,6 +42,9 @@ pub(crate) struct Pending {
     pub(crate) tx: oneshot::Sender<Answer>,
     /// Its frame has been written to a socket (so a drop may have lost it).
     pub(crate) written: bool,
+    /// Its frame, to send again after a reconnect, and its place in the sending order.
+    pub(crate) frame: Option<Message>,
+    pub(crate) seq: u64,
 }
 
 pub(crate) struct Inner {
@@ -58,6 +62,8 @@ pub(crate) struct Inner {
     pub(crate) state: watch::Sender<ConnectionState>,
     pub(crate) close_info: Mutex<Option<CloseInfo>>,
     pub(crate) session: Mutex<Session>,
+    /// The session to resume and the positions in its streams.
+    pub(crate) streams: Mutex<Streams>,
     pub(crate) next_id: AtomicU64,
     /// 64 random bits, the start of every request's `ref`.
     pub(crate) ref_prefix: u64,
@@ -70,8 +76,9 @@ impl Inner {
 
     /// A request's `ref`: this client's random prefix and a counter, so no other client
     /// can guess one and answer it with a forged ack.
-    pub(crate) fn next_ref(&self) -> String {
-        format!("r{:016x}.{}", self.ref_prefix, self.next_id())
+    /// The `ref` of the request numbered `seq`.
+    pub(crate) fn ref_for(&self, seq: u64) -> String {
+        format!("r{:016x}.{}", self.ref_prefix, seq)
     }
 
     /// Reports an error to the `on_error` handlers.

@@ -103,7 +103,7 @@ async fn a_cut_socket_reconnects_rejoins_and_delivers_the_offline_queue_once_in_
     proxy.unblock();
     assert_eq!(next(&mut changes).await, ConnectionState::Open);
     let new_id = next(&mut opened).await;
-    assert_ne!(new_id, first_id, "a new connection, a new id");
+    assert_eq!(new_id, first_id, "the session resumed: the same id");
     assert_eq!(client.id(), new_id);
 
     // The watcher sees the old connection leave, the new one join (rejoined before the
@@ -424,7 +424,53 @@ async fn the_offline_queue_is_bounded_and_keeps_what_it_has() {
 }
 
 #[tokio::test]
-async fn requests_sent_before_a_drop_fail_typed_and_requests_queued_during_it_are_answered() {
+async fn a_request_in_flight_at_a_drop_is_sent_again_and_answered_once() {
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+    let (g, r) = (gate.clone(), runs.clone());
+    let s = TestServer::with(move |b| {
+        b.config(hub_config()).on("slow", move || {
+            let (g, r, started) = (g.clone(), r.clone(), started_tx.clone());
+            async move {
+                let n = r.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                started.send(()).ok();
+                g.notified().await;
+                Json(n)
+            }
+        })
+    })
+    .await;
+    let proxy = Proxy::start(s.addr).await;
+    let client = Client::connect_with(
+        &proxy.url("/ws"),
+        ClientConfig::default().reconnect(quick()),
+    )
+    .await
+    .unwrap();
+    let mut changes = states(&client);
+    let (resumed_tx, mut resumed) = mpsc::unbounded_channel();
+    client.on_resume(move |outcome| {
+        resumed_tx.send(outcome.clone()).ok();
+    });
+    let c = client.clone();
+    let in_flight =
+        tokio::spawn(async move { c.request::<usize, _>("slow", &json!({}), TIMEOUT).await });
+    next(&mut started).await;
+    proxy.block();
+    wait_for(&mut changes, ConnectionState::Reconnecting).await;
+    proxy.unblock();
+    assert!(next(&mut resumed).await.resumed);
+    // Handled on the old connection, answered on the new one: once.
+    gate.notify_waiters();
+    assert_eq!(in_flight.await.unwrap(), Ok(1));
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    client.close().await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn without_retry_requests_sent_before_a_drop_fail_typed_and_queued_ones_are_answered() {
     let gate = std::sync::Arc::new(tokio::sync::Notify::new());
     let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
     let g = gate.clone();
@@ -445,7 +491,10 @@ async fn requests_sent_before_a_drop_fail_typed_and_requests_queued_during_it_ar
     let proxy = Proxy::start(s.addr).await;
     let client = Client::connect_with(
         &proxy.url("/ws"),
-        ClientConfig::default().reconnect(quick()),
+        ClientConfig {
+            retry_in_flight: false,
+            ..ClientConfig::default().reconnect(quick())
+        },
     )
     .await
     .unwrap();

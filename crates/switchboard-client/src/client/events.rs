@@ -130,6 +130,32 @@ impl Client {
         self.handle(id)
     }
 
+    /// Calls `handler` after each reconnect with what was recovered: whether the
+    /// session was resumed (same client id, rooms rejoined by the server) and, per
+    /// stream, `recovered` with how many messages were `missed` (they follow, in
+    /// order, before anything new), or `recovered: false` and why, when the
+    /// application should reload that state.
+    ///
+    /// ```no_run
+    /// # fn demo(client: switchboard_client::Client) {
+    /// client.on_resume(|outcome| {
+    ///     if !outcome.fully_recovered() {
+    ///         println!("some messages were lost: reload ({:?})", outcome.reason);
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn on_resume(
+        &self,
+        handler: impl Fn(&switchboard_proto::ResumeOutcome) + Send + Sync + 'static,
+    ) -> HandlerId {
+        let id = self.inner.next_id();
+        lock(&self.inner.handlers)
+            .resume
+            .push((id, Arc::new(handler)));
+        self.handle(id)
+    }
+
     /// Removes a handler or stream. Returns false if it was already gone.
     pub fn off(&self, id: &HandlerId) -> bool {
         lock(&self.inner.handlers).remove(id.id)

@@ -18,6 +18,7 @@ use crate::connect::{self, Session};
 use crate::handlers::{HandlerId, Handlers};
 use crate::locks::lock;
 use crate::state::{Inner, Outbox};
+use crate::streams::Streams;
 use crate::{ClientConfig, CloseInfo, ConnectError, ConnectionState};
 
 /// A connection to a switchboard server that survives the network: it reconnects with
@@ -71,7 +72,9 @@ impl Client {
 
     /// Connects with these settings.
     pub async fn connect_with(url: &str, config: ClientConfig) -> Result<Client, ConnectError> {
-        let (ws, session) = connect::open(url, &config).await?;
+        let (ws, session, positions) = connect::open(url, &config, None).await?;
+        let mut streams = Streams::default();
+        streams.connected(&positions);
         let (state, _) = watch::channel(ConnectionState::Open);
         let inner = Arc::new(Inner {
             url: url.to_owned(),
@@ -88,6 +91,7 @@ impl Client {
             state,
             close_info: Mutex::new(None),
             session: Mutex::new(session),
+            streams: Mutex::new(streams),
             next_id: AtomicU64::new(1),
             ref_prefix: switchboard_proto::random_u64(),
         });

@@ -154,8 +154,9 @@ impl Client {
     /// deserialized into `R` (use `serde_json::Value` to take it as it is, `()` to ignore it).
     ///
     /// While reconnecting the request is queued and sent after the reconnect (its
-    /// timeout still runs). A request already sent when the connection drops fails with
-    /// [`RequestError::ConnectionLost`]: the server may or may not have processed it.
+    /// timeout still runs). A request already sent when the connection drops is sent
+    /// again after the reconnect, and takes effect once when the session resumes (see
+    /// [`ClientConfig::retry_in_flight`](crate::ClientConfig::retry_in_flight)).
     pub async fn request<R: DeserializeOwned, T: Serialize + ?Sized>(
         &self,
         kind: &str,
@@ -175,15 +176,30 @@ impl Client {
         to: Option<&str>,
         timeout: Duration,
     ) -> Result<R, RequestError> {
-        let ref_id = self.inner.next_ref();
+        let seq = self.inner.next_id();
+        let ref_id = self.inner.ref_for(seq);
+        let payload =
+            Payload::from_serialize(payload).map_err(|e| RequestError::Encode(e.to_string()))?;
+        let frame = Message::text(encode_parts(&Parts {
+            kind,
+            payload: payload.as_raw(),
+            ref_id: Some(&ref_id),
+            room,
+            to,
+            from: None,
+            offset: None,
+        }));
         let (tx, rx) = oneshot::channel();
-        lock(&self.inner.pending).insert(ref_id.clone(), Pending { tx, written: false });
+        let pending = Pending {
+            tx,
+            written: false,
+            frame: Some(frame.clone()),
+            seq,
+        };
+        lock(&self.inner.pending).insert(ref_id.clone(), pending);
         let deadline = tokio::time::Instant::now() + timeout;
-        let sent = tokio::time::timeout_at(
-            deadline,
-            self.send_parts(kind, payload, Some(&ref_id), room, to),
-        )
-        .await;
+        let sent =
+            tokio::time::timeout_at(deadline, self.enqueue(frame, Some(ref_id.clone()))).await;
         match sent {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -263,6 +279,7 @@ impl Client {
     /// Joins a room and waits for the server to confirm. The client remembers its rooms
     /// and joins them again after every reconnect.
     pub async fn join(&self, room: &str) -> Result<(), RequestError> {
+        // Its position comes with the answer (read by the driver, in order).
         let _: serde_json::Value = self
             .request(
                 types::JOIN_ROOM,
@@ -278,6 +295,7 @@ impl Client {
     pub async fn leave(&self, room: &str) -> Result<(), RequestError> {
         // Forget it first, so a reconnect meanwhile does not join it again.
         lock(&self.inner.rooms).remove(room);
+        lock(&self.inner.streams).forget_room(room);
         let _: serde_json::Value = self
             .request(
                 types::LEAVE_ROOM,

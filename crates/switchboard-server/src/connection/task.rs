@@ -353,8 +353,14 @@ impl ConnectionTask {
         drop(ws);
         conn.outbox().mark_finished();
         if let Some(calls) = calls {
-            // Calls still running have nobody to answer.
-            calls.cancel();
+            if closing.resumable() {
+                // The client may resume: calls still running finish, and their answers
+                // wait in the session for the `ref`s it sends again.
+                drop(calls);
+            } else {
+                // Nobody to answer.
+                calls.cancel();
+            }
         }
 
         server.remove_connection(&conn, closing.resumable());
