@@ -38,6 +38,10 @@ export interface ClientOptions {
   /** The `auth` payload sent on every connection: `{password}` or `{token}`. */
   auth?: Record<string, unknown>;
   reconnect?: ReconnectOptions;
+  /** Resume the session after a reconnect (same id and rooms, missed messages). Default true. */
+  resume?: boolean;
+  /** Send again the requests in flight at a drop (else ConnectionLostError). Default true. */
+  retryInFlight?: boolean;
   /** ms to wait for `connected`. Default 10000. */
   connectTimeout?: number;
   /** Default timeout of requests, ms. Default 10000. */
@@ -52,11 +56,45 @@ export interface ClientOptions {
   WebSocket?: unknown;
 }
 
+/** Where a client is in a stream: its epoch and the offset of the last message seen. */
+export interface Position {
+  epoch: string;
+  offset: number;
+}
+
+export type RecoveryGap =
+  | "history_gap"
+  | "epoch_changed"
+  | "session_expired"
+  | "no_position"
+  | "offset_ahead"
+  | "no_history";
+
+/** One stream's outcome of a resume: all or nothing. */
+export interface Recovery {
+  recovered: boolean;
+  missed: number;
+  reason?: RecoveryGap;
+  position: Position;
+}
+
+/** What a reconnect recovered (`onResume`, `session.resumed`). */
+export interface ResumeOutcome {
+  resumed: boolean;
+  reason?: RecoveryGap;
+  session?: Recovery;
+  all?: Recovery;
+  rooms: Record<string, Recovery>;
+}
+
 export interface Session {
   client_id: string;
   session_id: string;
   server: string;
   identity?: { id: string; claims?: unknown };
+  resume_token?: string;
+  streams?: { session?: Position; all?: Position; rooms?: Record<string, Position> };
+  resumed?: ResumeOutcome;
 }
 
 export interface Envelope<P = Record<string, unknown>> {
@@ -67,6 +105,8 @@ export interface Envelope<P = Record<string, unknown>> {
   to?: string;
   from?: string;
   v?: number;
+  /** The message's position in its stream (room, broadcasts, or this session). */
+  offset?: number;
 }
 
 export interface CloseInfo {
@@ -123,6 +163,15 @@ export declare class ConnectError extends SwitchboardError {
   reconnect: Reconnect;
 }
 
+/** Stream positions and the session to resume (used by Client). */
+export declare class StreamPositions {
+  connected(payload: Session): void;
+  accept(env: Envelope): boolean;
+  joined(room: string, position: Position): void;
+  forgetRoom(room: string): void;
+  resumeRequest(resend?: string[]): Record<string, unknown> | null;
+}
+
 export declare class Client {
   constructor(url: string, options?: ClientOptions);
   static connect(url: string, options?: ClientOptions): Promise<Client>;
@@ -141,7 +190,7 @@ export declare class Client {
   request<R = unknown>(type: string, payload?: Record<string, unknown>, opts?: RequestOptions): Promise<R>;
   call<R = unknown>(method: string, params?: Record<string, unknown> | unknown[], opts?: RequestOptions): Promise<R>;
   methods(opts?: RequestOptions): Promise<MethodInfo[]>;
-  join(room: string): Promise<{ room_id: string; members: number }>;
+  join(room: string): Promise<{ room_id: string; members: number; position?: Position }>;
   leave(room: string): Promise<{ room_id: string; members: number }>;
   rooms(): string[];
   isInRoom(room: string): boolean;
@@ -154,6 +203,7 @@ export declare class Client {
   onError(fn: (error: ClientErrorEvent) => void): Handle;
   onState(fn: (state: ConnectionStateValue) => void): Handle;
   onReconnectAttempt(fn: (attempt: { attempt: number; delay: number }) => void): Handle;
+  onResume(fn: (outcome: ResumeOutcome) => void): Handle;
   off(handle: Handle): boolean;
   clearHandlers(): void;
   clearRoomHandlers(room?: string): void;

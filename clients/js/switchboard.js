@@ -99,6 +99,13 @@ export class ConnectError extends SwitchboardError {
 }
 
 const DEFAULTS = {
+  // After a reconnect, resume the session: same client id and rooms, and the messages
+  // missed meanwhile, without duplicates (see `onResume`).
+  resume: true,
+  // A request already written when the connection dropped is sent again after the
+  // reconnect (taking effect once when the session resumes); false: it fails with
+  // ConnectionLostError.
+  retryInFlight: true,
   connectTimeout: 10_000,
   requestTimeout: 10_000,
   offlineQueue: 1024,
@@ -138,6 +145,87 @@ export function backoffDelay(reconnect, attempt, hint = "backoff", random = Math
 const textEncoder = new TextEncoder();
 
 /**
+ * Where the client is in each of its streams (its session's, the broadcasts', each
+ * room's), and the session to resume: what drops duplicates and builds `resume`.
+ * docs/protocol.md, "Streams and resume".
+ */
+export class StreamPositions {
+  constructor() {
+    this.sessionId = null;
+    this.token = null;
+    this.session = null;
+    this.all = null;
+    this.rooms = new Map();
+  }
+
+  /** A `connected` payload: a fresh session, or a resumed one. */
+  connected(payload) {
+    this.sessionId = payload.session_id ?? null;
+    this.token = payload.resume_token ?? null;
+    const streams = payload.streams || {};
+    const outcome = payload.resumed;
+    const at = (p) => (p ? { epoch: p.epoch, offset: p.offset } : null);
+    if (!outcome || !outcome.resumed) {
+      this.session = at(streams.session);
+      this.all = at(streams.all);
+      this.rooms.clear();
+      return;
+    }
+    // Recovered streams keep the client's position (the missed messages follow);
+    // the others jump to the server's.
+    const settle = (mine, r) => (r && (!r.recovered || !mine || mine.epoch == null) ? at(r.position) : mine);
+    this.session = settle(this.session, outcome.session);
+    this.all = settle(this.all, outcome.all);
+    const rooms = outcome.rooms || {};
+    for (const room of [...this.rooms.keys()]) if (!(room in rooms)) this.rooms.delete(room);
+    for (const [room, r] of Object.entries(rooms)) this.rooms.set(room, settle(this.rooms.get(room), r));
+  }
+
+  /** Whether `env` is new (false: a duplicate, to drop); moves its stream on. */
+  accept(env) {
+    if (typeof env.offset !== "number") return true;
+    let pos;
+    if (typeof env.room === "string") {
+      pos = this.rooms.get(env.room);
+      if (!pos) this.rooms.set(env.room, (pos = { epoch: null, offset: 0 }));
+    } else if (env.to === "all") {
+      pos = this.all || (this.all = { epoch: null, offset: 0 });
+    } else {
+      pos = this.session || (this.session = { epoch: null, offset: 0 });
+    }
+    if (env.offset <= pos.offset) return false;
+    pos.offset = env.offset;
+    return true;
+  }
+
+  /** A join's answer: where the room's stream is. */
+  joined(room, position) {
+    const pos = this.rooms.get(room);
+    if (!pos || (pos.epoch != null && pos.epoch !== position.epoch)) {
+      this.rooms.set(room, { epoch: position.epoch, offset: position.offset });
+    } else {
+      pos.epoch = position.epoch;
+      pos.offset = Math.max(pos.offset, position.offset);
+    }
+  }
+
+  forgetRoom(room) {
+    this.rooms.delete(room);
+  }
+
+  /** The `resume` payload, or null when there is no session to resume. */
+  resumeRequest(resend = []) {
+    if (!this.sessionId || !this.token) return null;
+    const out = (p) => (p ? { epoch: p.epoch ?? "", offset: p.offset } : undefined);
+    const streams = { rooms: {} };
+    if (this.session) streams.session = out(this.session);
+    if (this.all) streams.all = out(this.all);
+    for (const [room, p] of this.rooms) streams.rooms[room] = out(p);
+    return { session_id: this.sessionId, token: this.token, streams, resend };
+  }
+}
+
+/**
  * A connection to a switchboard server.
  *
  *   const client = await Client.connect("ws://localhost:8080/ws");
@@ -171,6 +259,7 @@ export class Client {
     this._queueBytes = 0;
     this._pending = new Map();
     this._rooms = new Set();
+    this._streams = new StreamPositions();
     this._nextId = 1;
     // Every request's `ref` starts with 64 random bits: no other client can guess one
     // and answer it with a forged ack.
@@ -189,6 +278,7 @@ export class Client {
       error: [],
       state: [],
       attempt: [],
+      resume: [],
     };
   }
 
@@ -209,7 +299,7 @@ export class Client {
     return this._state === ConnectionState.OPEN;
   }
 
-  /** This client's id on the server (a reconnect gets a new one). */
+  /** This client's id on the server (kept when a reconnect resumes the session). */
   get id() {
     return this._session ? this._session.client_id : null;
   }
@@ -232,7 +322,7 @@ export class Client {
   connect() {
     this._userClosed = false;
     this._setState(ConnectionState.CONNECTING);
-    return this._open().then(
+    return this._open(null).then(
       (session) => {
         this._onOpened(session, false);
         return session;
@@ -244,12 +334,14 @@ export class Client {
     );
   }
 
-  // One connection attempt: resolves with the session, or rejects with a ConnectError.
-  _open() {
+  // One connection attempt (resuming when `resume` is a `resume` payload): resolves with
+  // the session, or rejects with a ConnectError.
+  _open(resume) {
     return new Promise((resolve, reject) => {
       let ws;
+      const url = resume ? `${this.url}${this.url.includes("?") ? "&" : "?"}resume=1` : this.url;
       try {
-        ws = this.options.protocols ? new this._WS(this.url, this.options.protocols) : new this._WS(this.url);
+        ws = this.options.protocols ? new this._WS(url, this.options.protocols) : new this._WS(url);
       } catch (e) {
         reject(new ConnectError(`cannot connect: ${e.message}`, "UNREACHABLE"));
         return;
@@ -273,6 +365,7 @@ export class Client {
         if (this.options.auth) {
           ws.send(JSON.stringify({ type: "auth", ref: "auth", payload: this.options.auth }));
         }
+        if (resume) ws.send(JSON.stringify({ type: "resume", payload: resume }));
       };
       // Browsers follow an error with a close; Node 20's experimental WebSocket may not.
       ws.onerror = () => fail(new ConnectError(`cannot connect to ${this.url}`, "UNREACHABLE"));
@@ -319,16 +412,29 @@ export class Client {
   _onOpened(session, reconnected) {
     this._session = session;
     this._everOpen = true;
+    this._streams.connected(session);
     if (reconnected) {
-      // Rooms first, then the queue: the server handles a connection's messages in
-      // order, so the rooms are joined before anything queued for them arrives.
-      for (const room of this._rooms) {
-        this._ws.send(JSON.stringify({ type: "join_room", ref: `rejoin:${room}`, payload: { room_id: room } }));
+      // Rooms first (unless the resumed session has them), then what was in flight,
+      // then the queue: the server handles a connection's messages in order, so the
+      // rooms are joined before anything queued for them arrives.
+      if (!(session.resumed && session.resumed.resumed)) {
+        for (const room of this._rooms) {
+          this._streams.forgetRoom(room);
+          this._ws.send(JSON.stringify({ type: "join_room", ref: `rejoin:${room}`, payload: { room_id: room } }));
+        }
       }
+      for (const [, p] of this._inFlight()) this._ws.send(p.data);
     }
     this._setState(ConnectionState.OPEN);
     this._flush();
+    if (reconnected && session.resumed) this._emit("resume", session.resumed);
     if (reconnected) this._emit("open", session);
+  }
+
+  // The requests written to the socket that dropped and not answered, oldest first.
+  _inFlight() {
+    if (!this.options.retryInFlight) return [];
+    return [...this._pending].filter(([, p]) => p.written).sort((a, b) => a[1].seq - b[1].seq);
   }
 
   _flush() {
@@ -352,8 +458,9 @@ export class Client {
     this._ws = null;
     const info = { code: code || 1006, reason: reason || "", reconnect: reconnectHint(code || 1006) };
     this._closeInfo = info;
-    // Requests already sent may or may not have run: tell their callers.
-    for (const [ref, p] of this._pending) {
+    // Requests already sent go again after the reconnect; without `retryInFlight` they
+    // may or may not have run: tell their callers.
+    for (const [ref, p] of this.options.retryInFlight && this.options.reconnect.enabled ? [] : this._pending) {
       if (p.written) {
         this._pending.delete(ref);
         clearTimeout(p.timer);
@@ -382,7 +489,9 @@ export class Client {
     this._reconnectTimer = setTimeout(() => {
       this._reconnectTimer = null;
       if (this._userClosed) return;
-      this._open().then(
+      const resend = this._inFlight().map(([ref]) => ref);
+      const resume = this.options.resume ? this._streams.resumeRequest(resend) : null;
+      this._open(resume).then(
         (session) => {
           if (this._userClosed) {
             this._ws && this._ws.close(1000, "client closed");
@@ -452,12 +561,18 @@ export class Client {
     }
     if (!env || typeof env.type !== "string") return;
     env.payload = env.payload || {};
+    // A message seen before (replayed after a resume): dropped.
+    if (!this._streams.accept(env)) return;
     if (env.type === "ack" && (env.from !== undefined || env.room !== undefined)) {
       // An ack comes from the server itself, never relayed from another client.
       return;
     }
     if (env.type === "ack") {
       const ref = env.payload.ref;
+      const result = env.payload.result;
+      if (result && typeof result.room_id === "string" && result.position) {
+        this._streams.joined(result.room_id, result.position);
+      }
       const p = this._pending.get(ref);
       if (p) {
         this._pending.delete(ref);
@@ -542,12 +657,16 @@ export class Client {
 
   /**
    * Sends a message with a `ref` and resolves with its ack's result; rejects with
-   * `RemoteError`, `TimeoutError`, `NotConnectedError`, `ConnectionLostError`,
-   * `QueueFullError` or `ClosedError`.
+   * `RemoteError`, `TimeoutError`, `NotConnectedError`, `QueueFullError`, `ClosedError`,
+   * or (with `retryInFlight: false`) `ConnectionLostError`. A request written when the
+   * connection drops is sent again after the reconnect, and takes effect once when the
+   * session resumes.
    */
   request(type, payload = {}, opts = {}) {
     const timeout = opts.timeout ?? this.options.requestTimeout;
-    const ref = `r${this._refPrefix}.${this._nextId++}`;
+    const seq = this._nextId++;
+    const ref = `r${this._refPrefix}.${seq}`;
+    const data = this._envelope(type, payload, opts, ref);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this._pending.delete(ref);
@@ -559,9 +678,9 @@ export class Client {
         }
         reject(new TimeoutError(timeout));
       }, timeout);
-      this._pending.set(ref, { resolve, reject, timer, written: false });
+      this._pending.set(ref, { resolve, reject, timer, written: false, data, seq });
       try {
-        this._enqueue(this._envelope(type, payload, opts, ref), ref);
+        this._enqueue(data, ref);
       } catch (e) {
         clearTimeout(timer);
         this._pending.delete(ref);
@@ -590,6 +709,7 @@ export class Client {
   /** Leaves a room. */
   async leave(room) {
     this._rooms.delete(room);
+    this._streams.forgetRoom(room);
     return this.request("leave_room", { room_id: room });
   }
 
@@ -681,6 +801,15 @@ export class Client {
   /** Calls `fn({attempt, delay})` before each reconnect attempt. */
   onReconnectAttempt(fn) {
     return this._add("attempt", fn);
+  }
+
+  /**
+   * Calls `fn(outcome)` after each reconnect: `{resumed, reason?, session?, all?, rooms}`,
+   * each stream `{recovered, missed, reason?, position}`. `recovered: true`: the `missed`
+   * messages follow, in order, before anything new; `false`: reload that state.
+   */
+  onResume(fn) {
+    return this._add("resume", fn);
   }
 
   /** Removes a handler (the same as `handle.remove()`). */

@@ -279,6 +279,139 @@ test("a cut network: the queue is delivered exactly once, in order, after the ro
   await proxy.close();
 });
 
+test("a cut network resumes the session: the same id, every missed message once, in order", async () => {
+  const h = await hub();
+  const proxy = await startProxy(h.port);
+  const c = await Client.connect(proxy.url, { reconnect: quick });
+  const id = c.id;
+  await c.join("room");
+  const got = recorder();
+  c.onMessage((m) => (m.type === "r" || m.type === "d") && got.push(m));
+  const outcomes = recorder();
+  c.onResume((o) => outcomes.push(o));
+  const states = recorder();
+  c.onState((s) => states.push(s));
+  const joined = recorder();
+  c.on("user_joined", (m) => joined.push(m.payload.user_id));
+  const sender = await Client.connect(h.url);
+  const left = recorder();
+  sender.on("user_left", (m) => left.push(m.payload.user_id));
+  await sender.join("room");
+  assert.equal(await joined.next(), sender.id);
+
+  proxy.block();
+  assert.equal(await states.next(), ConnectionState.RECONNECTING);
+  // The server notices the drop (the room hears it), then traffic goes on without c.
+  assert.equal(await left.next(), id);
+  for (let i = 0; i < 100; i++) sender.sendTo("room", "r", { i });
+  for (let i = 0; i < 20; i++) await sender.request("d", { i }, { to: id });
+  proxy.unblock();
+
+  const outcome = await outcomes.next();
+  assert.equal(outcome.resumed, true);
+  assert.equal(outcome.rooms.room.recovered, true);
+  assert.equal(outcome.rooms.room.missed, 100);
+  assert.equal(outcome.session.missed, 20);
+  assert.equal(c.id, id, "the same client id");
+  const room = [];
+  const direct = [];
+  while (room.length < 100 || direct.length < 20) {
+    const m = await got.next();
+    (m.type === "r" ? room : direct).push(m.payload.i);
+  }
+  assert.deepEqual(room, [...Array(100).keys()]);
+  assert.deepEqual(direct, [...Array(20).keys()]);
+  sender.sendTo("room", "r", { i: "live" });
+  assert.equal((await got.next()).payload.i, "live", "nothing twice, then live traffic");
+  await c.close();
+  await sender.close();
+  await proxy.close();
+});
+
+test("a request whose answer was lost to a cut is sent again and takes effect once", async () => {
+  const h = await hub();
+  const proxy = await startProxy(h.port);
+  const c = await Client.connect(proxy.url, { reconnect: quick });
+  const watcher = await Client.connect(h.url);
+  await watcher.join("room");
+  const got = recorder();
+  watcher.on("n", (m) => got.push(m.payload.i));
+  const states = recorder();
+  c.onState((s) => states.push(s));
+
+  // The relay delivers it and acks; the ack is lost on the way back.
+  proxy.mute();
+  const delivered = c.request("n", { i: 1 }, { room: "room" });
+  assert.equal(await got.next(), 1);
+  proxy.cut();
+  proxy.unmute();
+  assert.equal(await states.next(), ConnectionState.RECONNECTING);
+  assert.deepEqual(await delivered, { delivered: 1 }, "the first answer");
+  c.sendTo("room", "n", { i: 2 });
+  assert.equal(await got.next(), 2, "relayed once: 1 did not come twice");
+  await c.close();
+  await watcher.close();
+  await proxy.close();
+});
+
+test("chaos: 100 cuts at random moments under load lose and duplicate nothing", async () => {
+  // The sender sends faster than the default per-connection rate.
+  const h = await hub({ args: ["--rate-limit", "0"] });
+  const proxy = await startProxy(h.port);
+  const c = await Client.connect(proxy.url, { reconnect: { initialDelay: 5, maxDelay: 50, jitter: 0.5 } });
+  await c.join("chaos");
+  const id = c.id;
+  const room = [];
+  const direct = [];
+  const ROOM = 2000;
+  const DIRECT = 500;
+  const done = recorder();
+  c.onMessage((m) => {
+    if (m.type === "r") room.push(m.payload.i);
+    else if (m.type === "d") direct.push(m.payload.i);
+    else return;
+    if (room.length === ROOM && direct.length === DIRECT) done.push(true);
+  });
+  const unrecovered = [];
+  c.onResume((o) => {
+    const all = [o.session, o.all, ...Object.values(o.rooms)].filter(Boolean);
+    if (!o.resumed || all.some((r) => !r.recovered)) unrecovered.push(o);
+  });
+  const sender = await Client.connect(h.url);
+  const sending = (async () => {
+    let r = 0;
+    let d = 0;
+    while (r < ROOM || d < DIRECT) {
+      if (d < DIRECT && (r >= ROOM || Math.random() < 0.2)) sender.sendDirect(id, "d", { i: d++ });
+      else sender.sendTo("chaos", "r", { i: r++ });
+      // A steady stream, not one burst: the cuts land all along it.
+      if ((r + d) % 10 === 0) await new Promise((res) => setTimeout(res, 1));
+    }
+  })();
+  for (let i = 0; i < 100; i++) {
+    await new Promise((res) => setTimeout(res, 5 + Math.random() * 20));
+    proxy.cut();
+    await waitFor((res) => {
+      if (c.state === ConnectionState.OPEN && c._ws) {
+        // Cut on the new connection only once it is up.
+        const h = c.onState((s) => s === ConnectionState.OPEN && (h.remove(), res()));
+        if (c.state === ConnectionState.OPEN) (h.remove(), res());
+      } else {
+        const h = c.onState((s) => s === ConnectionState.OPEN && (h.remove(), res()));
+      }
+    });
+  }
+  await sending;
+  await done.next(30_000);
+  assert.deepEqual(room, [...Array(ROOM).keys()], "room messages exactly once, in order");
+  assert.deepEqual(direct, [...Array(DIRECT).keys()], "direct messages exactly once, in order");
+  assert.equal(c.id, id);
+  assert.deepEqual(unrecovered, []);
+  await c.close();
+  await sender.close();
+  await proxy.close();
+});
+
 test("max attempts, growing backoff, and the queue bound", async () => {
   const h = await hub();
   const c = await Client.connect(h.url, {

@@ -59,6 +59,7 @@ export function startProxy(targetPort) {
   return new Promise((resolve) => {
     const sockets = new Set();
     let blocked = false;
+    let muted = false;
     const server = net.createServer((inbound) => {
       if (blocked) {
         inbound.destroy();
@@ -75,7 +76,10 @@ export function startProxy(targetPort) {
       inbound.on("error", drop).on("close", drop);
       outbound.on("error", drop).on("close", drop);
       inbound.pipe(outbound);
-      outbound.pipe(inbound);
+      // Server to client, unless muted (what the client would have read is lost).
+      outbound.on("data", (data) => {
+        if (!muted) inbound.write(data);
+      });
     });
     server.listen(0, "127.0.0.1", () => {
       const port = server.address().port;
@@ -88,6 +92,18 @@ export function startProxy(targetPort) {
         },
         unblock() {
           blocked = false;
+        },
+        /** Drops every connection now; new ones go through. */
+        cut() {
+          for (const s of sockets) s.destroy();
+          sockets.clear();
+        },
+        /** Stops forwarding what the server sends (until the next connection). */
+        mute() {
+          muted = true;
+        },
+        unmute() {
+          muted = false;
         },
         close() {
           this.block();
