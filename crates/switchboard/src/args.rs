@@ -206,6 +206,17 @@ pub(crate) struct ServeArgs {
     /// [default: 5s].
     #[arg(long, env = "SWITCHBOARD_REDIS_NODE_TTL", value_parser = settings::parse_duration)]
     pub(crate) redis_node_ttl: Option<Duration>,
+    /// Messages each room (and each client's own stream) keeps for clients that
+    /// reconnect; 0 turns history and resume of missed messages off [default: 1000].
+    #[arg(long, env = "SWITCHBOARD_HISTORY_SIZE")]
+    pub(crate) history_size: Option<usize>,
+    /// How long kept messages stay [default: 5m].
+    #[arg(long, env = "SWITCHBOARD_HISTORY_TTL", value_parser = settings::parse_duration)]
+    pub(crate) history_ttl: Option<Duration>,
+    /// How long a dropped client's session waits to be resumed; 0 turns resume off
+    /// [default: 2m].
+    #[arg(long, env = "SWITCHBOARD_SESSION_TTL", value_parser = settings::parse_duration)]
+    pub(crate) session_ttl: Option<Duration>,
     /// Also serve a raw echo endpoint at this path (conformance testing; no auth).
     #[arg(long, env = "SWITCHBOARD_ECHO_PATH")]
     pub(crate) echo_path: Option<String>,
@@ -236,6 +247,9 @@ impl ServeArgs {
             dialect: self.dialect,
             redis: self.redis.clone(),
             redis_node_ttl: self.redis_node_ttl,
+            history_size: self.history_size,
+            history_ttl: self.history_ttl,
+            session_ttl: self.session_ttl,
             ..FileSettings::default()
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Deserializer};
-use switchboard_server::ServerConfig;
+use switchboard_server::{HistoryPolicy, HistoryRule, ServerConfig};
 use switchboard_server::proto::Dialect;
 
 /// Every setting of `switchboard serve`, as the config file spells it.
@@ -55,6 +55,25 @@ pub struct FileSettings {
     pub redis: Option<String>,
     #[serde(default, deserialize_with = "duration")]
     pub redis_node_ttl: Option<Duration>,
+    pub history_size: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub history_ttl: Option<Duration>,
+    pub history_memory: Option<usize>,
+    pub history_rooms: Option<Vec<RoomHistory>>,
+    #[serde(default, deserialize_with = "duration")]
+    pub session_ttl: Option<Duration>,
+}
+
+/// A `[[history_rooms]]` table: the history of the rooms matching `pattern`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomHistory {
+    pub pattern: String,
+    pub size: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub ttl: Option<Duration>,
+    #[serde(default)]
+    pub latest_on_join: bool,
 }
 
 fn dialect<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Dialect>, D::Error> {
@@ -146,7 +165,12 @@ impl FileSettings {
             echo_path,
             dialect,
             redis,
-            redis_node_ttl
+            redis_node_ttl,
+            history_size,
+            history_ttl,
+            history_memory,
+            history_rooms,
+            session_ttl
         )
     }
 
@@ -205,6 +229,26 @@ impl FileSettings {
             echo_path: self.echo_path,
             default_dialect: self.dialect.unwrap_or(d.default_dialect),
             relay_unhandled: true,
+            history: HistoryPolicy {
+                size: self.history_size.unwrap_or(d.history.size),
+                ttl: self.history_ttl.unwrap_or(d.history.ttl),
+                latest_on_join: false,
+            },
+            history_rooms: self
+                .history_rooms
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| {
+                    let policy = HistoryPolicy {
+                        size: r.size.unwrap_or(if r.latest_on_join { 1 } else { d.history.size }),
+                        ttl: r.ttl.unwrap_or(d.history.ttl),
+                        latest_on_join: r.latest_on_join,
+                    };
+                    HistoryRule::new(r.pattern, policy)
+                })
+                .collect(),
+            history_memory: self.history_memory.unwrap_or(d.history_memory),
+            session_ttl: self.session_ttl.unwrap_or(d.session_ttl),
             ..d
         };
         check(&config)?;
@@ -303,6 +347,21 @@ mod tests {
                 .to_string()
                 .starts_with("heartbeat_timeout")
         );
+    }
+
+    #[test]
+    fn history_settings_and_room_rules() {
+        let text = "history_size = 50\nsession_ttl = \"30s\"\n\
+                    [[history_rooms]]\npattern = \"scores:*\"\nlatest_on_join = true\n\
+                    [[history_rooms]]\npattern = \"typing:*\"\nsize = 0\n";
+        let settings: FileSettings = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+        let c = settings.into_config().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.history.size, 50);
+        assert_eq!(c.session_ttl, Duration::from_secs(30));
+        let scores = c.history_of("scores:cup");
+        assert_eq!((scores.size, scores.latest_on_join), (1, true));
+        assert!(!c.history_of("typing:lobby").is_on());
+        assert_eq!(c.history_of("general").size, 50);
     }
 
     #[test]
