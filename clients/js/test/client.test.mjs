@@ -208,6 +208,8 @@ test("a server restart: reconnects, rejoins its rooms, sends what was queued, in
   c.onClose((i) => closes.push(i));
   const opens = recorder();
   c.onOpen((s) => opens.push(s));
+  const outcomes = recorder();
+  c.onResume((o) => outcomes.push(o));
   await c.join("lobby");
   const oldId = c.id;
 
@@ -230,6 +232,10 @@ test("a server restart: reconnects, rejoins its rooms, sends what was queued, in
   assert.equal(await states.until((s) => s === ConnectionState.OPEN), ConnectionState.OPEN);
   const session = await opens.next();
   assert.notEqual(session.client_id, oldId);
+  // The restarted hub kept nothing: told, not silent.
+  const outcome = await outcomes.next();
+  assert.equal(outcome.resumed, false);
+  assert.equal(outcome.reason, "session_expired");
   assert.equal(await pendingCall, 4);
   const members = await watcher.request("join_room", { room_id: "lobby" });
   assert.equal(members.members, 2, "the client is back in lobby");

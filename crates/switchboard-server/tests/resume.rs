@@ -562,3 +562,27 @@ async fn history_stays_within_its_memory_budget() {
     assert!(used >= budget / 2, "the budget is used, not wasted: {used}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_slow_consumer_cut_off_recovers_what_its_queue_dropped() {
+    let (s, mut disconnects) = server_with(ServerConfig {
+        outbound_queue: 16,
+        ..hub_config()
+    })
+    .await;
+    let (mut slow, rs) = connect(&s, &["feed"]).await;
+    // Queued faster than it reads (it does not read at all): cut off with 4007.
+    for i in 0..100 {
+        s.server.send_to_room("feed", "tick", &json!({"i": i})).unwrap();
+    }
+    assert_eq!(slow.closed().await.code, 4007);
+    gone(&mut disconnects, &rs.client_id).await;
+    let (mut back, connected) = resume(&s, rs.request(&[])).await;
+    let room = &connected["payload"]["resumed"]["rooms"]["feed"];
+    assert_eq!(room["recovered"], true, "{connected}");
+    assert_eq!(room["missed"], 100);
+    for i in 0..100 {
+        assert_eq!(back.recv().await["payload"]["i"], i);
+    }
+    s.stop().await;
+}

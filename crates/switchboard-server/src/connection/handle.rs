@@ -301,6 +301,14 @@ impl Conn {
         self.shared.outbox.push(frame, self.shared.id)
     }
 
+    /// Queues what a resume replays, outside the queue's bounds (they are the
+    /// history's frames, bounded by it).
+    pub(crate) fn push_replayed(&self, frames: Vec<Text>) {
+        self.shared
+            .outbox
+            .push_replayed(frames.into_iter().map(Frame::Text).collect());
+    }
+
     /// The connection's outbound queue and closing state.
     pub(crate) fn outbox(&self) -> &Outbox {
         &self.shared.outbox

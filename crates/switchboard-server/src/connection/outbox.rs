@@ -19,6 +19,11 @@ use crate::{ConnId, SendError, ServerConfig};
 struct OutboxState {
     frames: VecDeque<Frame>,
     bytes: usize,
+    /// Frames (and bytes) at the front that a resume replayed: not counted against
+    /// the bounds, so a client that was cut off for being slow can catch up (the
+    /// history holds them already; the queue shares their bytes).
+    replayed: usize,
+    replayed_bytes: usize,
     closing: Option<Closing>,
     /// The `error` frame written just before the close frame, after everything queued.
     final_error: Option<String>,
@@ -87,7 +92,8 @@ impl Outbox {
         // One frame is always accepted into an empty queue (up to `max_frame`), so a
         // large reply cannot count as a slow consumer.
         let full = !st.frames.is_empty()
-            && (st.frames.len() >= self.max_frames || st.bytes + len > self.max_bytes);
+            && (st.frames.len() >= self.max_frames + st.replayed
+                || st.bytes + len > self.max_bytes + st.replayed_bytes);
         if full {
             match self.policy {
                 SlowConsumerPolicy::DropNew => {
@@ -114,6 +120,26 @@ impl Outbox {
         drop(st);
         self.wake();
         Ok(())
+    }
+
+    /// Queues what a resume replays, whatever the bounds (see `replayed`).
+    pub(crate) fn push_replayed(&self, frames: Vec<Frame>) {
+        if frames.is_empty() {
+            return;
+        }
+        let mut st = lock(&self.state);
+        if st.finished || st.closing.is_some() {
+            return;
+        }
+        for frame in frames {
+            let len = frame.len();
+            st.bytes += len;
+            st.replayed += 1;
+            st.replayed_bytes += len;
+            st.frames.push_back(frame);
+        }
+        drop(st);
+        self.wake();
     }
 
     /// Wakes the connection's task, unless it is running (it then looks at the queue
@@ -213,6 +239,8 @@ impl Outbox {
         if !st.frames.is_empty() {
             std::mem::swap(&mut st.frames, batch);
             st.bytes = 0;
+            st.replayed = 0;
+            st.replayed_bytes = 0;
             return WriterStep::Write;
         }
         // Going idle: one queue buffer is enough, and after a burst none that is big.

@@ -192,9 +192,7 @@ impl Server {
                 .collect(),
         };
         let _ = conn.push(Frame::text(connected(&positions, Some(&outcome))));
-        for frame in replay {
-            let _ = conn.push(Frame::Text(frame));
-        }
+        conn.push_replayed(replay);
         drop(guards);
         drop(all);
         drop(state);
