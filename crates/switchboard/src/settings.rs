@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Deserializer};
-use switchboard_server::{HistoryPolicy, HistoryRule, ServerConfig};
 use switchboard_server::proto::Dialect;
+use switchboard_server::{HistoryPolicy, HistoryRule, ServerConfig};
 
 /// Every setting of `switchboard serve`, as the config file spells it.
 #[derive(Debug, Default, Deserialize)]
@@ -240,7 +240,9 @@ impl FileSettings {
                 .into_iter()
                 .map(|r| {
                     let policy = HistoryPolicy {
-                        size: r.size.unwrap_or(if r.latest_on_join { 1 } else { d.history.size }),
+                        size: r
+                            .size
+                            .unwrap_or(if r.latest_on_join { 1 } else { d.history.size }),
                         ttl: r.ttl.unwrap_or(d.history.ttl),
                         latest_on_join: r.latest_on_join,
                     };

@@ -38,8 +38,8 @@ pub(crate) struct SessionState {
     pub(crate) stream: Option<Stream>,
     /// The connection serving the session now.
     live: Option<Conn>,
-    /// Set while no connection serves it.
-    detached: Option<Detached>,
+    /// Set while no connection serves it (boxed: a live session keeps 8 bytes).
+    detached: Option<Box<Detached>>,
     /// Closed for good (by the client, or kicked): never resumed.
     ended: bool,
     replies: Option<Box<Replies>>,
@@ -181,11 +181,11 @@ impl Session {
             unregister();
             return false;
         }
-        state.detached = Some(Detached {
+        state.detached = Some(Box::new(Detached {
             at_ms: now_ms,
             identity: conn.identity().cloned(),
             rooms,
-        });
+        }));
         unregister();
         true
     }
@@ -233,7 +233,7 @@ impl SessionState {
 
     /// What was kept when the connection went, if it has gone.
     pub(crate) fn detached(&self) -> Option<&Detached> {
-        self.detached.as_ref()
+        self.detached.as_deref()
     }
 
     pub(crate) fn is_ended(&self) -> bool {
