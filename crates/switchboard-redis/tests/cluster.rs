@@ -229,3 +229,80 @@ async fn a_wrong_redis_address_fails_at_start() {
     );
     assert!(RedisBackplane::new("not a url").is_err());
 }
+
+/// Connects, returning the client and its `connected` payload.
+async fn connect(node: &TestServer) -> (RawClient, serde_json::Value) {
+    let mut c = RawClient::connect(&node.url()).await;
+    let connected = c.recv_type("connected").await;
+    c.id = connected["payload"]["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (c, connected["payload"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_its_own_node_and_is_told_on_another() {
+    let redis = RedisServer::start();
+    let prefix = "resume";
+    let a = node(&redis, prefix).await;
+    let b = node(&redis, prefix).await;
+    let (mut x, hello) = connect(&a).await;
+    x.send(json!({"type":"join_room","ref":"j","payload":{"room_id":"r"}}))
+        .await;
+    let ack = x.recv_type("ack").await;
+    let position = ack["payload"]["result"]["position"].clone();
+    let (mut watcher, _) = connect(&a).await;
+    join(&mut watcher, "r").await;
+    let (mut y, _) = connect(&b).await;
+    join(&mut y, "r").await;
+    // x's node knows of y (a cross-node presence notice) before x drops.
+    eventually("y counted in r", || {
+        let server = a.server.clone();
+        async move { server.cluster_room_members("r").await.len() == 3 }
+    })
+    .await;
+    x.drop_connection();
+    watcher.recv_type("user_left").await;
+
+    // Sent on node b while x is away; its own node stamps and keeps them.
+    for i in 0..5 {
+        y.send(json!({"type":"chat","room":"r","payload":{"i":i}}))
+            .await;
+    }
+    for i in 0..5 {
+        assert_eq!(watcher.recv_type("chat").await["payload"]["i"], i);
+    }
+
+    let request = |position: serde_json::Value| {
+        json!({"type":"resume","payload":{
+            "session_id": hello["session_id"], "token": hello["resume_token"],
+            "streams": {"session": hello["streams"]["session"], "all": hello["streams"]["all"],
+                        "rooms": {"r": position}}}})
+    };
+    // On another node: no such session there. A typed error and a fresh session.
+    let mut elsewhere = RawClient::connect(&format!("{}?resume=1", b.url())).await;
+    elsewhere.send(request(position.clone())).await;
+    let connected = elsewhere.recv_type("connected").await;
+    assert_eq!(connected["payload"]["resumed"]["resumed"], false);
+    assert_eq!(connected["payload"]["resumed"]["reason"], "session_expired");
+    assert_ne!(connected["payload"]["client_id"], hello["client_id"]);
+
+    // On its own node: everything it missed, from the other node included.
+    let mut back = RawClient::connect(&format!("{}?resume=1", a.url())).await;
+    back.send(request(position)).await;
+    let connected = back.recv_type("connected").await;
+    let resumed = &connected["payload"]["resumed"];
+    assert_eq!(connected["payload"]["client_id"], hello["client_id"]);
+    assert_eq!(resumed["rooms"]["r"]["recovered"], true, "{resumed}");
+    let mut chats = Vec::new();
+    while chats.len() < 5 {
+        let m = back.recv().await;
+        if m["type"] == "chat" {
+            chats.push(m["payload"]["i"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(chats, [0, 1, 2, 3, 4]);
+    a.stop().await;
+    b.stop().await;
+}

@@ -48,7 +48,10 @@ pub(crate) fn envelope(
     if let Some(r) = env.ref_id.as_deref() {
         // A message sent again after a reconnect (its answer had not arrived) gets
         // the first answer and is not handled twice.
-        match conn.session().begin_reply(r) {
+        match conn
+            .session()
+            .begin_reply(r, server.config().session_replies)
+        {
             Seen::New => {}
             Seen::Answered(answer) => {
                 let _ = conn.push(Frame::Text(answer));

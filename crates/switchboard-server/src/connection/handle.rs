@@ -212,10 +212,12 @@ impl Conn {
 
     fn send_in_session(&self, text: &str) -> Result<(), SendError> {
         match self.server() {
-            Some(server) => self
-                .shared
-                .session
-                .deliver(text, now_ms(), server.history_budget()),
+            Some(server) => self.shared.session.deliver(
+                text,
+                now_ms(),
+                server.history_budget(),
+                &server.config().history,
+            ),
             None => Err(SendError::Closed),
         }
     }

@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use subtle::ConstantTimeEq;
 
 use super::replies::{Replies, Seen};
-use super::stream::{Budget, Stream};
+use super::stream::{Budget, Stream, epoch_text};
+use crate::config::HistoryPolicy;
 use crate::locks::{lock, read, write};
 use crate::ws::{Frame, Text};
 use crate::{Conn, ConnId, Identity, SendError, ServerConfig};
+use switchboard_proto::Position;
 
 /// A session, shared by the connection serving it and (between connections) the
 /// node's detached sessions.
@@ -19,6 +21,9 @@ pub(crate) struct Session {
     id: String,
     token: u128,
     client: ConnId,
+    /// The epoch of its stream, drawn now (`connected` gives it) while the stream
+    /// itself is made at the first message; 0 when history is off.
+    epoch: u64,
     state: Mutex<SessionState>,
 }
 
@@ -34,8 +39,9 @@ impl std::fmt::Debug for Session {
 /// A session's changing part, under one lock: a direct message, a resume and a
 /// disconnect each see it whole.
 pub(crate) struct SessionState {
-    /// Direct messages, with offsets; `None` when history is off.
-    pub(crate) stream: Option<Stream>,
+    /// Direct messages, with offsets: made at the first one (an idle connection has
+    /// none), never when history is off.
+    stream: Option<Box<Stream>>,
     /// The connection serving the session now.
     live: Option<Conn>,
     /// Set while no connection serves it (boxed: a live session keeps 8 bytes).
@@ -43,7 +49,6 @@ pub(crate) struct SessionState {
     /// Closed for good (by the client, or kicked): never resumed.
     ended: bool,
     replies: Option<Box<Replies>>,
-    replies_capacity: usize,
 }
 
 /// What a session keeps of its connection once the connection is gone.
@@ -56,20 +61,22 @@ pub(crate) struct Detached {
 impl Session {
     pub(crate) fn new(client: ConnId, config: &ServerConfig, now_ms: u64) -> Session {
         let random = switchboard_proto::random_u64;
+        let _ = now_ms;
         Session {
             id: format!("{client}.{:016x}", random()),
             token: (u128::from(random()) << 64) | u128::from(random()),
             client,
+            epoch: if config.history.is_on() {
+                random() | 1
+            } else {
+                0
+            },
             state: Mutex::new(SessionState {
-                stream: config
-                    .history
-                    .is_on()
-                    .then(|| Stream::new(config.history, now_ms)),
+                stream: None,
                 live: None,
                 detached: None,
                 ended: false,
                 replies: None,
-                replies_capacity: config.session_replies,
             }),
         }
     }
@@ -101,6 +108,34 @@ impl Session {
         lock(&self.state)
     }
 
+    /// Where the session's stream is (`None` when history is off).
+    pub(crate) fn position(&self, state: &SessionState) -> Option<Position> {
+        if self.epoch == 0 {
+            return None;
+        }
+        Some(match &state.stream {
+            Some(stream) => stream.position(),
+            None => Position::new(epoch_text(self.epoch), 0),
+        })
+    }
+
+    /// The session's stream, made now if it has none yet (`None`: history is off).
+    pub(crate) fn stream<'a>(
+        &self,
+        state: &'a mut SessionState,
+        policy: &HistoryPolicy,
+        now_ms: u64,
+    ) -> Option<&'a mut Stream> {
+        if self.epoch == 0 {
+            return None;
+        }
+        let epoch = self.epoch;
+        let stream = state
+            .stream
+            .get_or_insert_with(|| Box::new(Stream::with_epoch(*policy, epoch, now_ms)));
+        Some(stream)
+    }
+
     /// A message for this client: stamped with the next offset of its stream, queued
     /// on its connection, and kept for a resume. With no connection it is only kept.
     pub(crate) fn deliver(
@@ -108,22 +143,25 @@ impl Session {
         text: &str,
         now_ms: u64,
         budget: &Budget,
+        policy: &HistoryPolicy,
     ) -> Result<(), SendError> {
-        let mut state = self.lock();
-        let state = &mut *state;
-        let Some(stream) = state.stream.as_mut() else {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let live = state.live.clone();
+        let ended = state.ended;
+        let Some(stream) = self.stream(state, policy, now_ms) else {
             let frame = Frame::text(text.to_owned());
-            return match &state.live {
+            return match &live {
                 Some(conn) => conn.push(frame),
                 None => Err(SendError::NotFound(self.client)),
             };
         };
-        if state.ended {
+        if ended {
             return Err(SendError::NotFound(self.client));
         }
         let offset = stream.next_offset();
         let frame = Text::from(switchboard_proto::stamp_offset(text, offset));
-        let pushed = match &state.live {
+        let pushed = match &live {
             Some(conn) => conn.push(Frame::Text(frame.clone())),
             None => Ok(()),
         };
@@ -134,9 +172,8 @@ impl Session {
     }
 
     /// Looks a client's `ref` up (see [`Replies`]).
-    pub(crate) fn begin_reply(&self, ref_id: &str) -> Seen {
+    pub(crate) fn begin_reply(&self, ref_id: &str, capacity: usize) -> Seen {
         let mut state = self.lock();
-        let capacity = state.replies_capacity;
         state
             .replies
             .get_or_insert_with(|| Box::new(Replies::new(capacity)))
@@ -210,11 +247,10 @@ impl Session {
 
 impl SessionState {
     /// The client is about to send these refs again (see [`Replies`]).
-    pub(crate) fn expect_resent(&mut self, refs: &[String]) {
+    pub(crate) fn expect_resent(&mut self, refs: &[String], capacity: usize) {
         if refs.is_empty() {
             return;
         }
-        let capacity = self.replies_capacity;
         self.replies
             .get_or_insert_with(|| Box::new(Replies::new(capacity)))
             .expect_resent(refs);
@@ -303,5 +339,16 @@ impl Sessions {
 
     pub(crate) fn len(&self) -> usize {
         read(&self.detached).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every connection has a session: an idle one keeps it small (its stream, its
+    /// answers and what a resume needs are made only when first used).
+    #[test]
+    fn an_idle_session_stays_small() {
+        assert!(std::mem::size_of::<super::SessionState>() <= 40);
+        assert!(std::mem::size_of::<super::Session>() <= 112);
     }
 }

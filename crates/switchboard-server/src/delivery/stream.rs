@@ -42,6 +42,11 @@ impl Budget {
     }
 }
 
+/// An epoch as it is written on the wire.
+pub(crate) fn epoch_text(epoch: u64) -> String {
+    format!("{epoch:016x}")
+}
+
 /// One kept message: its offset, when it was sent, its frame (shared with the
 /// recipients' queues) and who it was not for.
 #[derive(Debug)]
@@ -80,8 +85,14 @@ pub(crate) struct Stream {
 
 impl Stream {
     pub(crate) fn new(policy: HistoryPolicy, now_ms: u64) -> Stream {
+        Stream::with_epoch(policy, switchboard_proto::random_u64(), now_ms)
+    }
+
+    /// A stream whose epoch was drawn before it was made (a session's, given in
+    /// `connected` before its first message).
+    pub(crate) fn with_epoch(policy: HistoryPolicy, epoch: u64, now_ms: u64) -> Stream {
         Stream {
-            epoch: switchboard_proto::random_u64(),
+            epoch,
             top: 0,
             entries: VecDeque::new(),
             bytes: 0,
@@ -96,7 +107,7 @@ impl Stream {
 
     /// The epoch as it is written on the wire.
     pub(crate) fn epoch(&self) -> String {
-        format!("{:016x}", self.epoch)
+        epoch_text(self.epoch)
     }
 
     /// Where the stream is now: its epoch and the offset of its last message.

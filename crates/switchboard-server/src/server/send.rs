@@ -129,10 +129,12 @@ impl Server {
         budget: &Budget,
     ) -> Result<(), SendError> {
         if let Some(conn) = self.inner.registry.get(id) {
-            return conn.session().deliver(text, now, budget);
+            return conn
+                .session()
+                .deliver(text, now, budget, &self.inner.config.history);
         }
         match self.inner.sessions.get(id) {
-            Some(session) => session.deliver(text, now, budget),
+            Some(session) => session.deliver(text, now, budget, &self.inner.config.history),
             None => Err(SendError::NotFound(id)),
         }
     }

@@ -28,20 +28,21 @@ impl Server {
     /// Registers a new connection, and queues `connected` (when `connected` is given)
     /// before anything else can reach it, with the positions it starts at.
     pub(crate) fn register(&self, conn: &Conn, connected: Option<ConnectedFrame<'_>>) {
-        let mut session = conn.session().lock();
+        let session = conn.session();
+        let mut state = session.lock();
         let all = self.inner.streams.all().map(lock);
         self.inner.registry.insert(conn.clone());
-        session.attach(conn);
+        state.attach(conn);
         if let Some(connected) = connected {
             let positions = StreamPositions {
-                session: session.stream.as_ref().map(Stream::position),
+                session: session.position(&state),
                 all: all.as_ref().map(|s| s.position()),
                 rooms: Default::default(),
             };
             let _ = conn.push(Frame::text(connected(&positions, None)));
         }
         drop(all);
-        drop(session);
+        drop(state);
         self.inner
             .backplane
             .presence(&PresenceEvent::Connected(conn.id()));
@@ -125,7 +126,8 @@ impl Server {
         }
 
         let mut replay: Vec<Text> = Vec::new();
-        let session_recovery = state.stream.as_ref().map(|stream| {
+        let history = &self.inner.config.history;
+        let session_recovery = session.stream(&mut state, history, now).map(|stream| {
             recover(
                 stream,
                 request.streams.session.as_ref(),
@@ -171,7 +173,7 @@ impl Server {
         self.inner.registry.insert(conn.clone());
         self.inner.sessions.take(session);
         state.attach(conn);
-        state.expect_resent(&request.resend);
+        state.expect_resent(&request.resend, self.inner.config.session_replies);
         let max = config.max_rooms_per_connection;
         for room in &rooms {
             let registry = &self.inner.registry;
