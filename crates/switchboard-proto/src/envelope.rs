@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use crate::code::ErrorCode;
 // Re-exported where they were before the split.
 pub use crate::encode::{Parts, encode_parts, encode_payload_frame, stamp_offset};
-use crate::limits::{MAX_ID_LEN, MAX_TYPE_LEN, PROTOCOL_VERSION};
+use crate::limits::{MAX_ID_LEN, MAX_PAYLOAD_DEPTH, MAX_TYPE_LEN, PROTOCOL_VERSION};
 pub use crate::payload::{Payload, PayloadError};
 use crate::payload::{is_object, strip_position};
 
@@ -134,7 +134,12 @@ impl Envelope {
         let payload = match wire.payload {
             None => Payload::empty(),
             Some(raw) if raw.get() == "null" => Payload::empty(),
-            Some(raw) if is_object(raw.get()) => Payload(raw.to_owned()),
+            Some(raw) if is_object(raw.get()) => {
+                if nests_deeper_than(raw.get(), MAX_PAYLOAD_DEPTH) {
+                    return Err(with_ref(DecodeErrorKind::PayloadTooDeep));
+                }
+                Payload(raw.to_owned())
+            }
             Some(_) => return Err(with_ref(DecodeErrorKind::PayloadNotObject)),
         };
 
@@ -228,6 +233,41 @@ struct WireIn<'a> {
     offset: Option<&'a RawValue>,
 }
 
+/// True if valid JSON `text` nests objects and arrays deeper than `limit`. Counting the
+/// brackets first settles nearly every payload (fewer brackets than the limit cannot
+/// nest deeper), so only the rare bracket-heavy one is walked.
+pub(crate) fn nests_deeper_than(text: &str, limit: usize) -> bool {
+    let bytes = text.as_bytes();
+    let opening = bytes.iter().filter(|&&b| b == b'{' || b == b'[').count();
+    if opening <= limit {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// A JSON string's value. Strings without escapes (nearly all of them) are copied
 /// out of the text; the others are parsed.
 fn json_string(raw: &RawValue) -> Option<String> {
@@ -287,6 +327,7 @@ impl DecodeError {
         match self.kind {
             DecodeErrorKind::NotJson(_) => ErrorCode::InvalidJson,
             DecodeErrorKind::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            DecodeErrorKind::PayloadTooDeep => ErrorCode::InvalidPayload,
             _ => ErrorCode::InvalidEnvelope,
         }
     }
@@ -320,6 +361,9 @@ pub enum DecodeErrorKind {
     /// `payload` is present but not an object.
     #[error("`payload` must be a JSON object")]
     PayloadNotObject,
+    /// `payload` nests objects and arrays deeper than [`MAX_PAYLOAD_DEPTH`].
+    #[error("the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels")]
+    PayloadTooDeep,
     /// `v` names a version this side does not speak.
     #[error("unsupported protocol version {0} (this server speaks version {PROTOCOL_VERSION})")]
     UnsupportedVersion(u64),
@@ -441,6 +485,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(env, Envelope::new("t"));
+    }
+
+    #[test]
+    fn payloads_nested_past_the_limit_are_refused_with_their_ref() {
+        let nested = |depth: usize| {
+            let inner = format!("{}1{}", "[".repeat(depth - 1), "]".repeat(depth - 1));
+            format!(r#"{{"type":"x","ref":"d","payload":{{"a":{inner}}}}}"#)
+        };
+        // The payload object is level 1: 64 levels in all pass, 65 do not.
+        assert!(Envelope::decode(&nested(MAX_PAYLOAD_DEPTH)).is_ok());
+        let err = Envelope::decode(&nested(MAX_PAYLOAD_DEPTH + 1)).unwrap_err();
+        assert_eq!(err.kind, DecodeErrorKind::PayloadTooDeep);
+        assert_eq!(err.code(), ErrorCode::InvalidPayload);
+        assert_eq!(err.ref_id.as_deref(), Some("d"));
+        // 20,000 deep, 40 KB: refused, not relayed to break a client.
+        assert!(Envelope::decode(&nested(20_000)).is_err());
+        // Brackets in strings are text, not nesting; many side by side are not depth.
+        let texty = format!(
+            r#"{{"type":"x","payload":{{"s":"{}\"{}"}}}}"#,
+            "[".repeat(500),
+            "{".repeat(500)
+        );
+        assert!(Envelope::decode(&texty).is_ok());
+        let wide = format!(
+            r#"{{"type":"x","payload":{{"a":[{}]}}}}"#,
+            vec!["[]"; 1000].join(",")
+        );
+        assert!(Envelope::decode(&wide).is_ok());
     }
 
     #[test]

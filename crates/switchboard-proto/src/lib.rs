@@ -39,7 +39,9 @@ pub use envelope::{
     DecodeError, DecodeErrorKind, Envelope, Parts, Payload, PayloadError, encode_parts,
     encode_payload_frame, peek_ref, stamp_offset,
 };
-pub use limits::{DEFAULT_MAX_MESSAGE_SIZE, MAX_ID_LEN, MAX_TYPE_LEN, PROTOCOL_VERSION};
+pub use limits::{
+    DEFAULT_MAX_MESSAGE_SIZE, MAX_ID_LEN, MAX_PAYLOAD_DEPTH, MAX_TYPE_LEN, PROTOCOL_VERSION,
+};
 pub use random::random_u64;
 pub use reply::{Ack, AckStatus, ErrorBody, ack_error, ack_ok, error_frame, error_reply};
 pub use resume::{Position, Recovery, RecoveryGap, ResumeOutcome, ResumeRequest, StreamPositions};

@@ -6,6 +6,12 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The longest message `type`, in bytes.
 pub const MAX_TYPE_LEN: usize = 128;
 
+/// The deepest a payload may nest objects and arrays (the payload itself is level 1).
+/// Deeper ones are refused (`INVALID_PAYLOAD`) before any handler or relay sees them:
+/// a payload nested thousands deep breaks recursive JSON parsers, Python's among them,
+/// in every client it reaches.
+pub const MAX_PAYLOAD_DEPTH: usize = 64;
+
 /// The longest `ref`, `room`, `to` and `from`, in bytes.
 pub const MAX_ID_LEN: usize = 128;
 

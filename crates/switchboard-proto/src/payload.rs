@@ -45,8 +45,18 @@ impl Payload {
         Payload::from_raw(raw)
     }
 
-    /// Wraps JSON text already known to be valid, checking that it is an object.
+    /// Wraps JSON text already known to be valid, checking that it is an object nested
+    /// no deeper than [`MAX_PAYLOAD_DEPTH`](crate::MAX_PAYLOAD_DEPTH).
     pub fn from_raw(raw: Box<RawValue>) -> Result<Payload, PayloadError> {
+        if crate::envelope::nests_deeper_than(raw.get(), crate::MAX_PAYLOAD_DEPTH) {
+            return Err(PayloadError {
+                path: String::new(),
+                message: format!(
+                    "payload nests deeper than {} levels",
+                    crate::MAX_PAYLOAD_DEPTH
+                ),
+            });
+        }
         if is_object(raw.get()) {
             Ok(Payload(raw))
         } else {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
+use switchboard_server::proto::MAX_PAYLOAD_DEPTH;
 use switchboard_server::{Json, ServerConfig};
 use switchboard_test::{RawClient, TestServer, WireClient, wire_frame};
 
@@ -522,5 +523,40 @@ async fn upgrade_requests_with_a_wrong_version_or_a_bad_key_are_refused_as_the_r
     }
     let head = WireClient::http_head(s.addr, &request("13", "dGhlIHNhbXBsZSBub25jZQ==")).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_payload_nested_thousands_deep_is_refused_before_it_reaches_the_room() {
+    let s = TestServer::with_config(ServerConfig {
+        relay_unhandled: true,
+        ..TestServer::config()
+    })
+    .await;
+    let mut sender = s.raw().await;
+    let mut member = s.raw().await;
+    member
+        .roundtrip(json!({"type":"join_room","ref":"j","payload":{"room_id":"py"}}))
+        .await;
+    // 20,000 levels, 40 KB: under the size limit, and enough to crash Python's `json`.
+    let deep = format!("{}1{}", "[".repeat(20_000), "]".repeat(20_000));
+    sender
+        .send_text(&format!(
+            r#"{{"type":"chat","room":"py","ref":"deep","payload":{{"v":{deep}}}}}"#
+        ))
+        .await;
+    let ack = sender.recv().await;
+    assert_eq!(ack["payload"]["ref"], "deep");
+    assert_eq!(ack["payload"]["code"], "INVALID_PAYLOAD");
+    assert_eq!(
+        ack["payload"]["message"],
+        format!("the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels")
+    );
+    assert!(member.nothing_pending().await, "the room never sees it");
+    // Both connections carry on; a reasonable payload goes through.
+    sender
+        .send(json!({"type":"chat","room":"py","payload":{"a":{"b":[1,[2]]}}}))
+        .await;
+    assert_eq!(member.recv_type("chat").await["payload"]["a"]["b"][1][0], 2);
     s.stop().await;
 }
