@@ -89,6 +89,8 @@ export interface ResumeOutcome {
 
 export interface Session {
   client_id: string;
+  /** The authenticated user's id, or the client id. */
+  user_id?: string;
   session_id: string;
   server: string;
   identity?: { id: string; claims?: unknown };

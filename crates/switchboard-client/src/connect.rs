@@ -21,6 +21,10 @@ pub struct Session {
     /// This client's id, which others use to send it direct messages. A reconnect
     /// that resumes the session keeps it; one that cannot gets a new one.
     pub client_id: String,
+    /// The authenticated user's id, or the client id when it did not authenticate
+    /// (absent from older servers).
+    #[serde(default)]
+    pub user_id: Option<String>,
     /// This connection's session id.
     pub session_id: String,
     /// The server's name.

@@ -70,6 +70,8 @@ async fn connected_comes_first_with_ids_and_server_name() {
     assert_eq!(hello["payload"]["server"], "switchboard");
     assert_eq!(hello["payload"]["client_id"].as_str().unwrap().len(), 16);
     assert!(!hello["payload"]["session_id"].as_str().unwrap().is_empty());
+    // Not authenticated: the user id is the client id (the seed's `{user_id, session_id}`).
+    assert_eq!(hello["payload"]["user_id"], hello["payload"]["client_id"]);
     s.stop().await;
 }
 

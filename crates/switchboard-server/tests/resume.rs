@@ -310,6 +310,10 @@ async fn another_users_session_is_refused() {
     let connected = mallory.recv().await;
     assert_ne!(connected["payload"]["client_id"], ra.client_id);
     assert_eq!(connected["payload"]["identity"]["id"], "mallory");
+    assert_eq!(
+        connected["payload"]["user_id"], "mallory",
+        "the user id is the identity's"
+    );
     let error = mallory.recv().await;
     assert_eq!(error["payload"]["code"], "RESUME_FAILED");
     assert_eq!(

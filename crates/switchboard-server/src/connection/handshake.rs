@@ -203,16 +203,22 @@ pub(super) async fn open(
     })
 }
 
-/// `connected`: `{client_id, session_id, resume_token?, server, identity?, streams?,
-/// resumed?}`.
+/// `connected`: `{client_id, user_id, session_id, resume_token?, server, identity?,
+/// streams?, resumed?}`.
 fn connected_frame_for(
     conn: &Conn,
     server: &Server,
     positions: &StreamPositions,
     resumed: Option<&ResumeOutcome>,
 ) -> String {
+    // `user_id` as the message protocol pattern's `connected` has it: the user's id
+    // when it authenticated, else the client id.
+    let user_id = conn
+        .identity()
+        .map_or_else(|| conn.id().to_string(), |i| i.id.clone());
     let mut payload = json!({
         "client_id": conn.id(),
+        "user_id": user_id,
         "session_id": conn.session_id(),
         "server": server.name(),
     });
