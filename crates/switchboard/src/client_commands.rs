@@ -253,6 +253,37 @@ pub(crate) fn is_noise(env: &Envelope) -> bool {
             .is_some_and(|r| r.starts_with("rejoin:") || r == "auth" || r.starts_with('r'))
 }
 
+/// What a reconnect recovered, in a few words.
+fn describe_resume(outcome: &switchboard_client::ResumeOutcome) -> String {
+    if !outcome.resumed {
+        let why = outcome
+            .reason
+            .and_then(|r| serde_json::to_value(r).ok())
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into());
+        return format!("a new session: what was sent meanwhile is lost ({why})");
+    }
+    let streams = outcome
+        .session
+        .iter()
+        .chain(outcome.all.iter())
+        .chain(outcome.rooms.values());
+    let (mut missed, mut lost) = (0, 0);
+    for r in streams {
+        if r.recovered {
+            missed += r.missed;
+        } else {
+            lost += 1;
+        }
+    }
+    match lost {
+        0 => format!("session resumed, {missed} missed messages follow"),
+        n => format!(
+            "session resumed, {missed} missed messages follow; {n} streams could not be recovered"
+        ),
+    }
+}
+
 /// Prints reconnects and connection errors on stderr (and, interactively, the printer).
 pub(crate) fn report_connection_events(
     client: &Client,
@@ -282,7 +313,12 @@ pub(crate) fn report_connection_events(
     });
     let t = tx.clone();
     client.on_open(move |session| {
-        let msg = format!("* reconnected as {}", session.client_id);
+        let how = session
+            .resumed
+            .as_ref()
+            .map(|o| format!(" ({})", describe_resume(o)))
+            .unwrap_or_default();
+        let msg = format!("* reconnected as {}{how}", session.client_id);
         if to_stderr {
             eprintln!("{msg}");
         }
