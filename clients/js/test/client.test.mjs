@@ -11,6 +11,7 @@ import {
   QueueFullError,
   RemoteError,
   TimeoutError,
+  StreamPositions,
   backoffDelay,
   reconnectHint,
 } from "../switchboard.js";
@@ -473,4 +474,47 @@ test("pure helpers: close codes and backoff", () => {
   }
   assert.equal(backoffDelay({ ...r, jitter: 0 }, 10), 1000);
   assert.equal(backoffDelay({ ...r, jitter: 0 }, 1, "now"), 0);
+});
+
+test("stream positions: duplicates dropped per stream, resume keeps recovered positions", () => {
+  const s = new StreamPositions();
+  s.connected({
+    session_id: "s",
+    resume_token: "t",
+    streams: { session: { epoch: "e1", offset: 0 }, all: { epoch: "e2", offset: 5 } },
+  });
+  assert.equal(s.accept({ type: "dm", offset: 1 }), true);
+  assert.equal(s.accept({ type: "dm", offset: 1 }), false, "seen");
+  assert.equal(s.accept({ type: "news", to: "all", offset: 5 }), false, "before the start");
+  assert.equal(s.accept({ type: "news", to: "all", offset: 6 }), true);
+  assert.equal(s.accept({ type: "chat", room: "a", offset: 9 }), true);
+  assert.equal(s.accept({ type: "chat", room: "b", offset: 9 }), true, "another stream");
+  assert.equal(s.accept({ type: "pong" }), true, "no offset: no stream");
+  // The join's answer after a first message: the epoch is learnt, the offset kept.
+  s.joined("a", { epoch: "ea", offset: 8 });
+  let r = s.resumeRequest(["r1"]);
+  assert.deepEqual(r.streams.rooms.a, { epoch: "ea", offset: 9 });
+  assert.deepEqual(r.streams.session, { epoch: "e1", offset: 1 });
+  assert.deepEqual(r.resend, ["r1"]);
+  // A resume: recovered streams keep their position (the replay follows), others jump.
+  s.connected({
+    session_id: "s",
+    resume_token: "t2",
+    resumed: {
+      resumed: true,
+      session: { recovered: true, missed: 2, position: { epoch: "e1", offset: 3 } },
+      all: { recovered: false, reason: "history_gap", position: { epoch: "e2", offset: 50 } },
+      rooms: { a: { recovered: true, missed: 1, position: { epoch: "ea", offset: 10 } } },
+    },
+  });
+  assert.equal(s.accept({ type: "dm", offset: 2 }), true, "replayed");
+  assert.equal(s.accept({ type: "news", to: "all", offset: 50 }), false, "jumped");
+  r = s.resumeRequest([]);
+  assert.equal(r.token, "t2");
+  assert.ok(!("b" in r.streams.rooms), "not restored: forgotten");
+  // A fresh session starts over.
+  s.connected({ session_id: "s2", resume_token: "t3", resumed: { resumed: false, reason: "session_expired", rooms: {} } });
+  r = s.resumeRequest([]);
+  assert.equal(r.session_id, "s2");
+  assert.deepEqual(r.streams.rooms, {});
 });
