@@ -231,7 +231,10 @@ pub mod metafor {
         Leave(String),
         /// A message carrying `_room`: delivered to the room's other members.
         Room(Envelope),
-        /// Any other JSON: answered `{"echo": ...}`.
+        /// Any other JSON object: broadcast to everyone (`to: "all"`), as the
+        /// reference server's "route messages by room" does.
+        All(Envelope),
+        /// JSON that is not an object: answered `{"echo": ...}`.
         Echo(Value),
         /// Text that is not JSON: answered `"Echo: " + text`.
         Text(String),
@@ -269,6 +272,10 @@ pub mod metafor {
 
     /// Reads one Metafor text frame.
     ///
+    /// A message's `type` becomes the envelope's (`message` when it has none or one
+    /// that is not a usable string); an explicit `"type": "message"` also stays in the
+    /// payload, so that it reaches Metafor recipients as it was sent.
+    ///
     /// ```
     /// use switchboard_proto::dialect::metafor::{self, Incoming};
     /// assert_eq!(metafor::incoming(r#"{"type":"_join","room":"r1"}"#).unwrap(), Incoming::Join("r1".into()));
@@ -292,27 +299,41 @@ pub mod metafor {
             Some("_leave") => return room_name(&map, "room").map(Incoming::Leave),
             _ => {}
         }
-        if !map.contains_key("_room") {
-            return Ok(Incoming::Echo(Value::Object(map)));
-        }
-        let room = room_name(&map, "_room")?;
+        let room = match map.contains_key("_room") {
+            true => Some(room_name(&map, "_room")?),
+            false => None,
+        };
         map.remove("_room");
         let kind = match map.remove("type") {
+            Some(Value::String(t)) if t == DEFAULT_TYPE => {
+                map.insert("type".into(), Value::String(t.clone()));
+                t
+            }
             Some(Value::String(t)) if !t.is_empty() && t.len() <= MAX_TYPE_LEN => t,
             Some(other) => {
                 // Not a usable type: keep it in the payload as it was.
                 map.insert("type".into(), other);
-                "message".to_owned()
+                DEFAULT_TYPE.to_owned()
             }
-            None => "message".to_owned(),
+            None => DEFAULT_TYPE.to_owned(),
         };
         let payload =
             Payload::from_serialize(&map).map_err(|e| invalid("payload", &e.to_string()))?;
-        Ok(Incoming::Room(Envelope {
-            room: Some(room),
-            ..Envelope::with_payload(kind, payload)
-        }))
+        let env = Envelope::with_payload(kind, payload);
+        Ok(match room {
+            Some(room) => Incoming::Room(Envelope {
+                room: Some(room),
+                ..env
+            }),
+            None => Incoming::All(Envelope {
+                to: Some("all".to_owned()),
+                ..env
+            }),
+        })
     }
+
+    /// The type of a Metafor message that names none.
+    const DEFAULT_TYPE: &str = "message";
 
     /// A native frame as a Metafor client receives it; `None` for frames its reference
     /// server never sends (`connected`, `ack`, `pong`, `user_joined`, `user_left`).
@@ -335,16 +356,13 @@ pub mod metafor {
             _ => {}
         }
         let mut map: Map<String, Value> = env.payload.deserialize().unwrap_or_default();
-        match env.room {
-            Some(room) => {
-                if env.kind != "message" {
-                    map.insert("type".into(), Value::String(env.kind));
-                }
-                map.insert("_room".into(), Value::String(room));
-            }
-            None => {
-                map.insert("type".into(), Value::String(env.kind));
-            }
+        // The default type is left out, as a Metafor sender that named none sent it
+        // (one that named it has it in the payload still).
+        if env.kind != DEFAULT_TYPE {
+            map.insert("type".into(), Value::String(env.kind));
+        }
+        if let Some(room) = env.room {
+            map.insert("_room".into(), Value::String(room));
         }
         Some(Value::Object(map).to_string())
     }
@@ -454,10 +472,34 @@ mod tests {
             Incoming::Leave("r".into())
         );
         assert!(metafor::incoming(r#"{"type":"_join"}"#).is_err());
+        // Without `_room`: to everyone, and back out as it was sent.
+        let Incoming::All(env) = metafor::incoming(r#"{"type":"message","text":"Hello"}"#).unwrap()
+        else {
+            panic!("a broadcast")
+        };
         assert_eq!(
-            metafor::incoming(r#"{"type":"message","text":"Hello"}"#).unwrap(),
-            Incoming::Echo(json!({"type":"message","text":"Hello"}))
+            (env.kind.as_str(), env.to.as_deref()),
+            ("message", Some("all"))
         );
+        let out: Value = serde_json::from_str(&metafor::outgoing(&env.encode()).unwrap()).unwrap();
+        assert_eq!(out, json!({"type":"message","text":"Hello"}));
+        let Incoming::All(env) = metafor::incoming(r#"{"text":"no type"}"#).unwrap() else {
+            panic!("a broadcast")
+        };
+        let out: Value = serde_json::from_str(&metafor::outgoing(&env.encode()).unwrap()).unwrap();
+        assert_eq!(out, json!({"text":"no type"}));
+        assert_eq!(
+            metafor::incoming("[1,2]").unwrap(),
+            Incoming::Echo(json!([1, 2]))
+        );
+        // An explicit `message` type on a room message is kept, too.
+        let Incoming::Room(env) =
+            metafor::incoming(r#"{"_room":"r","type":"message","text":"x"}"#).unwrap()
+        else {
+            panic!("a room message")
+        };
+        let out: Value = serde_json::from_str(&metafor::outgoing(&env.encode()).unwrap()).unwrap();
+        assert_eq!(out, json!({"_room":"r","type":"message","text":"x"}));
         assert!(metafor::detect(r#"{"type":"_join","room":"r"}"#));
         assert!(metafor::detect(r#"{"_room":"r","text":"x"}"#));
         assert!(!metafor::detect(

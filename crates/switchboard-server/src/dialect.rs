@@ -100,7 +100,9 @@ impl DialectAdapter {
                 Err(e) => Read::Invalid(e),
                 Ok(metafor::Incoming::Join(room)) => Read::Envelope(state.command(true, room)),
                 Ok(metafor::Incoming::Leave(room)) => Read::Envelope(state.command(false, room)),
-                Ok(metafor::Incoming::Room(env)) => Read::Envelope(env),
+                Ok(metafor::Incoming::Room(env) | metafor::Incoming::All(env)) => {
+                    Read::Envelope(env)
+                }
                 Ok(metafor::Incoming::Echo(value)) => Read::Answer(metafor::echo(&value)),
                 Ok(metafor::Incoming::Text(t)) => Read::Answer(format!("Echo: {t}")),
             },

@@ -118,9 +118,25 @@ async fn metafor_frames_exactly_as_its_docs_show_them() {
     );
     assert_eq!(bob.json().await["text"], "hi from native");
 
-    // Other JSON is echoed; a plain string too; binary comes back as it went.
-    alice.send(r#"{"text": "Hello"}"#).await;
-    assert_eq!(alice.json().await, json!({"echo": {"text": "Hello"}}));
+    // A message without `_room` goes to everyone, the sender included, as its
+    // reference server's "route messages by room" does; its `type` is kept.
+    alice
+        .send(r#"{"type": "message", "text": "Hello all"}"#)
+        .await;
+    for who in [&mut alice, &mut bob] {
+        assert_eq!(
+            who.json().await,
+            json!({"type": "message", "text": "Hello all"})
+        );
+    }
+    let m = native.recv_type("message").await;
+    assert_eq!(
+        (m["to"].clone(), m["payload"]["text"].clone()),
+        (json!("all"), json!("Hello all"))
+    );
+    // JSON that is not an object is echoed; a plain string too; binary comes back as it went.
+    alice.send("[1, 2]").await;
+    assert_eq!(alice.json().await, json!({"echo": [1, 2]}));
     alice.send("Hello, World!").await;
     assert_eq!(alice.text().await, "Echo: Hello, World!");
     alice
