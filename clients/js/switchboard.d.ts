@@ -42,6 +42,12 @@ export interface ClientOptions {
   resume?: boolean;
   /** Send again the requests in flight at a drop (else ConnectionLostError). Default true. */
   retryInFlight?: boolean;
+  /** Metafor's name: a fixed delay between attempts, ms (no growth, no jitter). */
+  reconnectDelay?: number;
+  /** Metafor's name for `reconnect.maxAttempts`. */
+  maxReconnectAttempts?: number | null;
+  /** Metafor's name for `reconnect.enabled`. */
+  autoReconnect?: boolean;
   /** ms to wait for `connected`. Default 10000. */
   connectTimeout?: number;
   /** Default timeout of requests, ms. Default 10000. */
@@ -180,6 +186,10 @@ export declare class Client {
   readonly url: string;
   readonly state: ConnectionStateValue;
   readonly isConnected: boolean;
+  /** True while connecting or reconnecting. */
+  readonly isConnecting: boolean;
+  /** 0 connecting (or reconnecting), 1 open, 2 closing, 3 closed. */
+  readonly readyState: 0 | 1 | 2 | 3;
   readonly id: string | null;
   readonly session: Session | null;
   readonly closeInfo: CloseInfo | null;

@@ -238,10 +238,23 @@ export class Client {
   /** Creates a client without connecting; call `connect()`. */
   constructor(url, options = {}) {
     this.url = url;
+    // Metafor's names: a fixed `reconnectDelay` (ms; no growth, no jitter),
+    // `maxReconnectAttempts` and `autoReconnect`, over `reconnect`.
+    const seedNames = {};
+    if (options.reconnectDelay != null) {
+      Object.assign(seedNames, {
+        initialDelay: options.reconnectDelay,
+        maxDelay: options.reconnectDelay,
+        multiplier: 1,
+        jitter: 0,
+      });
+    }
+    if (options.maxReconnectAttempts !== undefined) seedNames.maxAttempts = options.maxReconnectAttempts;
+    if (options.autoReconnect !== undefined) seedNames.enabled = Boolean(options.autoReconnect);
     this.options = {
       ...DEFAULTS,
       ...options,
-      reconnect: { ...DEFAULTS.reconnect, ...(options.reconnect || {}) },
+      reconnect: { ...DEFAULTS.reconnect, ...(options.reconnect || {}), ...seedNames },
     };
     const WS = this.options.WebSocket || globalThis.WebSocket;
     if (!WS) {
@@ -297,6 +310,25 @@ export class Client {
   /** True while connected. */
   get isConnected() {
     return this._state === ConnectionState.OPEN;
+  }
+
+  /** True while connecting or reconnecting. */
+  get isConnecting() {
+    return this._state === ConnectionState.CONNECTING || this._state === ConnectionState.RECONNECTING;
+  }
+
+  /** The WebSocket `readyState` number: 0 connecting (or reconnecting), 1 open, 2 closing, 3 closed. */
+  get readyState() {
+    switch (this._state) {
+      case ConnectionState.OPEN:
+        return 1;
+      case ConnectionState.CLOSING:
+        return 2;
+      case ConnectionState.CLOSED:
+        return 3;
+      default:
+        return 0;
+    }
   }
 
   /** This client's id on the server (kept when a reconnect resumes the session). */

@@ -518,3 +518,27 @@ test("stream positions: duplicates dropped per stream, resume keeps recovered po
   assert.equal(r.session_id, "s2");
   assert.deepEqual(r.streams.rooms, {});
 });
+
+test("Metafor's names: readyState, isConnecting, a fixed reconnectDelay, maxReconnectAttempts", async () => {
+  const h = await hub();
+  const c = new Client(h.url, { reconnectDelay: 30, maxReconnectAttempts: 2 });
+  assert.deepEqual(
+    [c.options.reconnect.initialDelay, c.options.reconnect.maxDelay, c.options.reconnect.multiplier, c.options.reconnect.jitter],
+    [30, 30, 1, 0],
+  );
+  assert.equal(c.options.reconnect.maxAttempts, 2);
+  assert.equal(c.readyState, 3);
+  const connecting = c.connect();
+  assert.equal(c.readyState, 0);
+  assert.equal(c.isConnecting, true);
+  await connecting;
+  assert.equal(c.readyState, 1);
+  assert.equal(c.isConnecting, false);
+  const attempts = [];
+  c.onReconnectAttempt((a) => attempts.push(a.delay));
+  await h.stop();
+  await c.closed();
+  assert.deepEqual(attempts, [30, 30], "a fixed delay, two attempts");
+  assert.equal(c.readyState, 3);
+  assert.equal(new Client(h.url, { autoReconnect: false }).options.reconnect.enabled, false);
+});

@@ -62,6 +62,28 @@ impl ReconnectConfig {
         }
     }
 
+    /// Attempts at a fixed interval, with no growth and no jitter (Metafor's and
+    /// netconduit's `reconnect_delay`), unlimited unless `max_attempts` is set.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchboard_client::ReconnectConfig;
+    /// let r = ReconnectConfig::fixed(Duration::from_secs(2));
+    /// assert_eq!(r.delay(1), Duration::from_secs(2));
+    /// assert_eq!(r.delay(10), Duration::from_secs(2));
+    /// assert_eq!(r.jitter, 0.0);
+    /// ```
+    pub fn fixed(delay: Duration) -> ReconnectConfig {
+        ReconnectConfig {
+            enabled: true,
+            initial_delay: delay,
+            max_delay: delay,
+            multiplier: 1.0,
+            jitter: 0.0,
+            max_attempts: None,
+        }
+    }
+
     /// The delay before attempt `attempt` (from 1), before jitter.
     pub fn delay(&self, attempt: u32) -> Duration {
         let exp = i32::try_from(attempt.saturating_sub(1).min(64)).unwrap_or(64);

@@ -21,6 +21,27 @@ pub enum ConnectionState {
     Closed,
 }
 
+impl ConnectionState {
+    /// The WebSocket `readyState` number of this state (Metafor's `ready_state`, the
+    /// browser's `WebSocket.readyState`): 0 connecting (or reconnecting), 1 open,
+    /// 2 closing, 3 closed.
+    ///
+    /// ```
+    /// use switchboard_client::ConnectionState;
+    /// assert_eq!(ConnectionState::Open.ready_state(), 1);
+    /// assert_eq!(ConnectionState::Reconnecting.ready_state(), 0);
+    /// assert_eq!(ConnectionState::Closed.ready_state(), 3);
+    /// ```
+    pub fn ready_state(self) -> u8 {
+        match self {
+            ConnectionState::Connecting | ConnectionState::Reconnecting => 0,
+            ConnectionState::Open => 1,
+            ConnectionState::Closing => 2,
+            ConnectionState::Closed => 3,
+        }
+    }
+}
+
 /// How a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseInfo {

@@ -359,3 +359,37 @@ async fn an_ack_relayed_from_another_client_never_answers_a_request() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn close_with_sends_its_code_and_reason_and_ready_state_follows() {
+    let (tx, mut closes) = tokio::sync::mpsc::unbounded_channel();
+    let s = TestServer::with(move |b| {
+        b.config(TestServer::config()).on_disconnect(
+            move |_: switchboard_server::Conn, why: switchboard_server::DisconnectReason| {
+                let tx = tx.clone();
+                async move {
+                    tx.send((why.code, why.reason)).ok();
+                }
+            },
+        )
+    })
+    .await;
+    let client = Client::connect(&s.url()).await.unwrap();
+    assert_eq!(client.state().ready_state(), 1);
+    client.close_with(4000, "logging out").await;
+    assert_eq!(client.state().ready_state(), 3);
+    let (code, reason) = tokio::time::timeout(TIMEOUT, closes.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((code, reason.as_str()), (4000, "logging out"));
+    // A code a client may not send goes out as 1000.
+    let client = Client::connect(&s.url()).await.unwrap();
+    client.close_with(1006, "nope").await;
+    let (code, _) = tokio::time::timeout(TIMEOUT, closes.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, 1000);
+    s.stop().await;
+}

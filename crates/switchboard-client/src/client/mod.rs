@@ -149,11 +149,35 @@ impl Client {
     /// it has closed. Queued messages not yet sent are dropped; waiting requests fail
     /// with [`RequestError::Closed`](crate::RequestError::Closed).
     pub async fn close(&self) {
+        self.close_with(1000, "client closed").await;
+    }
+
+    /// Like [`close`](Client::close), with this close code and reason (Metafor's
+    /// `close(code, reason)`). A code outside what a client may send (1000, or 3000 to
+    /// 4999) is sent as 1000.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: switchboard_client::Client) {
+    /// client.close_with(4000, "logging out").await;
+    /// # }
+    /// ```
+    pub async fn close_with(&self, code: u16, reason: &str) {
+        let code = if code == 1000 || (3000..=4999).contains(&code) {
+            code
+        } else {
+            1000
+        };
+        // A close reason is at most 123 bytes (RFC 6455), cut at a character boundary.
+        let mut end = reason.len().min(switchboard_proto::code::MAX_CLOSE_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let reason = reason[..end].to_owned();
         let mut state = self.watch_state();
         {
             let mut ob = lock(&self.inner.outbox);
             if !ob.closed && ob.close_requested.is_none() {
-                ob.close_requested = Some((1000, "client closed".into()));
+                ob.close_requested = Some((code, reason));
             }
         }
         self.inner.wake.notify_one();
