@@ -158,6 +158,10 @@ pub(crate) struct ServeArgs {
     /// Largest incoming message in bytes [default: 65536].
     #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_SIZE")]
     pub(crate) max_message_size: Option<usize>,
+    /// The socket write buffer per connection, in bytes (netconduit's `buffer_size`);
+    /// larger costs memory on every idle connection [default: 4096].
+    #[arg(long, env = "SWITCHBOARD_BUFFER_SIZE")]
+    pub(crate) buffer_size: Option<usize>,
     /// Most rooms one connection may be in [default: 100].
     #[arg(long, env = "SWITCHBOARD_MAX_ROOMS")]
     pub(crate) max_rooms: Option<usize>,
@@ -232,6 +236,7 @@ impl ServeArgs {
             max_connections: self.max_connections,
             max_message_size: self.max_message_size,
             max_rooms_per_connection: self.max_rooms,
+            buffer_size: self.buffer_size,
             shutdown_grace: self.shutdown_grace,
             password: std::env::var("SWITCHBOARD_PASSWORD").ok(),
             password_file: self.password_file.clone(),

@@ -22,6 +22,7 @@ pub struct FileSettings {
     pub max_rooms_per_connection: Option<usize>,
     pub outbound_queue: Option<usize>,
     pub outbound_queue_bytes: Option<usize>,
+    pub buffer_size: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     pub shutdown_grace: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
@@ -142,6 +143,7 @@ impl FileSettings {
             max_rooms_per_connection,
             outbound_queue,
             outbound_queue_bytes,
+            buffer_size,
             shutdown_grace,
             close_timeout,
             password,
@@ -203,6 +205,7 @@ impl FileSettings {
                 .unwrap_or(d.max_rooms_per_connection),
             outbound_queue: self.outbound_queue.unwrap_or(d.outbound_queue),
             outbound_queue_bytes: self.outbound_queue_bytes.unwrap_or(d.outbound_queue_bytes),
+            buffer_size: self.buffer_size.unwrap_or(d.buffer_size),
             shutdown_grace: self.shutdown_grace.unwrap_or(d.shutdown_grace),
             close_timeout: self.close_timeout.unwrap_or(d.close_timeout),
             password,
@@ -267,6 +270,12 @@ fn check(c: &ServerConfig) -> anyhow::Result<()> {
         bail!(
             "max_message_size: {} bytes is too small to carry a message",
             c.max_message_size
+        );
+    }
+    if c.buffer_size < 256 {
+        bail!(
+            "buffer_size: {} bytes is too small for a socket buffer",
+            c.buffer_size
         );
     }
     if c.max_connections == 0 {
@@ -364,6 +373,21 @@ mod tests {
         assert_eq!((scores.size, scores.latest_on_join), (1, true));
         assert!(!c.history_of("typing:lobby").is_on());
         assert_eq!(c.history_of("general").size, 50);
+    }
+
+    #[test]
+    fn buffer_size_is_a_setting_and_a_tiny_one_is_refused() {
+        let c = toml::from_str::<FileSettings>("buffer_size = 65536")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_config()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.buffer_size, 65536);
+        let err = toml::from_str::<FileSettings>("buffer_size = 10")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("buffer_size"), "{err}");
     }
 
     #[test]
