@@ -395,18 +395,13 @@ test("chaos: 100 cuts at random moments under load lose and duplicate nothing", 
       if ((r + d) % 10 === 0) await new Promise((res) => setTimeout(res, 1));
     }
   })();
+  const states = recorder();
+  c.onState((s) => states.push(s));
   for (let i = 0; i < 100; i++) {
     await new Promise((res) => setTimeout(res, 5 + Math.random() * 20));
     proxy.cut();
-    await waitFor((res) => {
-      if (c.state === ConnectionState.OPEN && c._ws) {
-        // Cut on the new connection only once it is up.
-        const h = c.onState((s) => s === ConnectionState.OPEN && (h.remove(), res()));
-        if (c.state === ConnectionState.OPEN) (h.remove(), res());
-      } else {
-        const h = c.onState((s) => s === ConnectionState.OPEN && (h.remove(), res()));
-      }
-    });
+    // The next cut lands on the new connection, once it is up.
+    await states.until((s) => s === ConnectionState.OPEN);
   }
   await sending;
   await done.next(30_000);

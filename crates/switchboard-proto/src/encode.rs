@@ -77,8 +77,8 @@ pub fn encode_parts(parts: &Parts<'_>) -> String {
             len += r#","":"#.len() + name.len() + quoted_len(value);
         }
     }
-    let mut digits = itoa_buffer();
-    let offset = parts.offset.map(|n| format_u64(&mut digits, n));
+    let mut digits = itoa::Buffer::new();
+    let offset = parts.offset.map(|n| digits.format(n));
     if let Some(offset) = offset {
         len += r#","offset":"#.len() + offset.len();
     }
@@ -116,34 +116,14 @@ pub fn encode_parts(parts: &Parts<'_>) -> String {
 /// ```
 pub fn stamp_offset(frame: &str, offset: u64) -> String {
     let body = frame.strip_suffix('}').unwrap_or(frame);
-    let mut digits = itoa_buffer();
-    let offset = format_u64(&mut digits, offset);
+    let mut digits = itoa::Buffer::new();
+    let offset = digits.format(offset);
     let mut out = String::with_capacity(body.len() + r#","offset":}"#.len() + offset.len());
     out.push_str(body);
     out.push_str(r#","offset":"#);
     out.push_str(offset);
     out.push('}');
     out
-}
-
-/// Room for the decimal digits of any u64.
-fn itoa_buffer() -> [u8; 20] {
-    [0; 20]
-}
-
-/// `n` in decimal, written into the end of `buf`.
-fn format_u64(buf: &mut [u8; 20], mut n: u64) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 /// True if JSON needs `s` escaped: quotes, backslashes and control characters (what

@@ -85,7 +85,7 @@ impl Conn {
         server: &Server,
         dialect: Dialect,
     ) -> Conn {
-        let session = Arc::new(Session::new(id, server.config(), now_ms()));
+        let session = Arc::new(Session::new(id, server.config()));
         Conn::with_session(session, remote_addr, server, dialect)
     }
 

@@ -59,9 +59,8 @@ pub(crate) struct Detached {
 }
 
 impl Session {
-    pub(crate) fn new(client: ConnId, config: &ServerConfig, now_ms: u64) -> Session {
+    pub(crate) fn new(client: ConnId, config: &ServerConfig) -> Session {
         let random = switchboard_proto::random_u64;
-        let _ = now_ms;
         Session {
             id: format!("{client}.{:016x}", random()),
             token: (u128::from(random()) << 64) | u128::from(random()),
@@ -129,11 +128,18 @@ impl Session {
         if self.epoch == 0 {
             return None;
         }
+        Some(self.made(&mut state.stream, policy, now_ms))
+    }
+
+    /// The stream in `slot`, made with the session's epoch if it is not there yet.
+    fn made<'a>(
+        &self,
+        slot: &'a mut Option<Box<Stream>>,
+        policy: &HistoryPolicy,
+        now_ms: u64,
+    ) -> &'a mut Stream {
         let epoch = self.epoch;
-        let stream = state
-            .stream
-            .get_or_insert_with(|| Box::new(Stream::with_epoch(*policy, epoch, now_ms)));
-        Some(stream)
+        slot.get_or_insert_with(|| Box::new(Stream::with_epoch(*policy, epoch, now_ms)))
     }
 
     /// A message for this client: stamped with the next offset of its stream, queued
@@ -146,22 +152,26 @@ impl Session {
         policy: &HistoryPolicy,
     ) -> Result<(), SendError> {
         let mut guard = self.lock();
-        let state = &mut *guard;
-        let live = state.live.clone();
-        let ended = state.ended;
-        let Some(stream) = self.stream(state, policy, now_ms) else {
+        let SessionState {
+            stream,
+            live,
+            ended,
+            ..
+        } = &mut *guard;
+        if self.epoch == 0 {
             let frame = Frame::text(text.to_owned());
-            return match &live {
+            return match live {
                 Some(conn) => conn.push(frame),
                 None => Err(SendError::NotFound(self.client)),
             };
         };
-        if ended {
+        if *ended {
             return Err(SendError::NotFound(self.client));
         }
+        let stream = self.made(stream, policy, now_ms);
         let offset = stream.next_offset();
         let frame = Text::from(switchboard_proto::stamp_offset(text, offset));
-        let pushed = match &live {
+        let pushed = match live {
             Some(conn) => conn.push(Frame::Text(frame.clone())),
             None => Ok(()),
         };

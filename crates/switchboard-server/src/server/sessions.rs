@@ -225,7 +225,7 @@ impl Server {
         let session = conn.session();
         let keep = resumable && !self.inner.config.session_ttl.is_zero();
         let mut current = false;
-        let kept = session.detach(conn, rooms.clone(), keep, now_ms(), || {
+        session.detach(conn, rooms.clone(), keep, now_ms(), || {
             current = true;
             // Kept before the connection leaves the registry: a direct message finds
             // one or the other, never neither.
@@ -234,9 +234,6 @@ impl Server {
             }
             self.inner.registry.remove(conn);
         });
-        if !kept && keep && current {
-            tracing::debug!(conn = %conn.id(), "session ended");
-        }
         if current {
             for room in &rooms {
                 if self.inner.registry.leave(room, conn) {
