@@ -123,6 +123,11 @@ error_codes! {
     ResumeFailed = "RESUME_FAILED", close: None, reconnect: Backoff;
     /// The session was resumed on another connection; this one is closed.
     SessionTaken = "SESSION_TAKEN", close: Some(4009), reconnect: Never;
+    /// The node lost the order of a stream this connection follows (its link to the
+    /// cluster was away longer than the cluster keeps messages, or the cluster's
+    /// store was emptied): reconnect and resume at once; the stream answers
+    /// `recovered: false`, so the application reloads what it shows.
+    StreamReset = "STREAM_RESET", close: Some(4010), reconnect: Now;
     /// An unexpected server-side failure (a handler panicked, for instance).
     Internal = "INTERNAL", close: None, reconnect: Backoff;
 }

@@ -30,6 +30,7 @@
 //!   counts it), and when Redis returns it resubscribes and writes its membership again.
 
 mod config;
+mod log;
 mod membership;
 mod tasks;
 
@@ -39,13 +40,19 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use switchboard_server::handler::BoxFuture;
-use switchboard_server::{Backplane, BackplaneError, ConnId, Delivery, NodeHandle, PresenceEvent};
+use switchboard_server::proto::Position;
+use switchboard_server::{
+    Backplane, BackplaneError, ConnId, Delivery, NodeHandle, PresenceEvent, Target,
+};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::RedisConfig;
 use membership::{Header, Out, Shared, now_ms, random_node_id};
+
+/// How long `start` waits for the first pass over the cluster log.
+const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// The Redis backplane. Cheap to clone.
 #[derive(Clone)]
@@ -153,8 +160,14 @@ impl Backplane for RedisBackplane {
                 .map_err(|e| BackplaneError::with_source("cannot reach Redis", e))?;
             tracing::info!(node = %shared.node, "joined the cluster over Redis");
             shared.tasks.spawn(Arc::clone(shared).write_loop(rx));
-            shared.tasks.spawn(Arc::clone(shared).subscribe_loop());
+            let (caught_up, first_pass) = tokio::sync::oneshot::channel();
+            shared.tasks.spawn(Arc::clone(shared).read_loop(caught_up));
             shared.tasks.spawn(Arc::clone(shared).heartbeat_loop());
+            // The log's recent entries first: this node then knows the streams'
+            // history, and clients resuming here find what they missed.
+            if tokio::time::timeout(CATCH_UP, first_pass).await.is_err() {
+                tracing::warn!("reading the cluster log at start is slow; serving meanwhile");
+            }
             Ok(())
         })
     }
@@ -174,7 +187,28 @@ impl Backplane for RedisBackplane {
         bytes.extend_from_slice(&header);
         bytes.push(b'\n');
         bytes.extend_from_slice(delivery.frame.as_bytes());
-        self.enqueue(Out::Publish(bytes));
+        let stream = self.shared.stream_key(&delivery.target);
+        self.enqueue(Out::Publish {
+            data: bytes,
+            stream,
+        });
+    }
+
+    fn sequences(&self) -> bool {
+        true
+    }
+
+    fn stream_position(
+        &self,
+        stream: &Target,
+    ) -> BoxFuture<'_, Result<Option<Position>, BackplaneError>> {
+        let stream = stream.clone();
+        Box::pin(async move {
+            self.shared
+                .stream_position(&stream)
+                .await
+                .map_err(|e| BackplaneError::with_source("Redis read failed", e))
+        })
     }
 
     fn presence(&self, event: &PresenceEvent) {

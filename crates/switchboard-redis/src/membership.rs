@@ -17,7 +17,11 @@ use crate::RedisConfig;
 
 /// What the writer task sends to Redis.
 pub(crate) enum Out {
-    Publish(Vec<u8>),
+    /// A send for the log; `stream` is the meta key of the stream that numbers it.
+    Publish {
+        data: Vec<u8>,
+        stream: Option<String>,
+    },
     Presence(PresenceEvent),
 }
 
@@ -25,7 +29,7 @@ impl Out {
     /// What it counts against `queue_bytes`.
     pub(crate) fn bytes(&self) -> usize {
         match self {
-            Out::Publish(bytes) => bytes.len(),
+            Out::Publish { data, .. } => data.len(),
             Out::Presence(_) => 64,
         }
     }
@@ -53,7 +57,7 @@ pub(crate) struct Shared {
     pub(crate) out: mpsc::Sender<Out>,
     pub(crate) out_rx: Mutex<Option<mpsc::Receiver<Out>>>,
     pub(crate) healthy: AtomicBool,
-    /// The subscriber is subscribed (health needs it and a working connection).
+    /// The log's reader is connected (health needs it and a working connection).
     pub(crate) subscribed: AtomicBool,
     /// Bytes of sends queued or being written (bounded by `queue_bytes`).
     pub(crate) queued_bytes: AtomicUsize,
@@ -87,10 +91,6 @@ pub(crate) fn random_node_id() -> String {
 }
 
 impl Shared {
-    pub(crate) fn channel(&self) -> String {
-        format!("{}:deliver", self.config.prefix)
-    }
-
     pub(crate) fn nodes_key(&self) -> String {
         format!("{}:nodes", self.config.prefix)
     }

@@ -32,12 +32,14 @@ async fn node(redis: &RedisServer, prefix: &str) -> TestServer {
     common::node_over(backplane).await
 }
 
-async fn join(c: &mut RawClient, room: &str) {
+/// Joins `room`; returns the room's position the join gave.
+async fn join(c: &mut RawClient, room: &str) -> serde_json::Value {
     c.send(json!({"type":"join_room","ref":"j","payload":{"room_id": room}}))
         .await;
     // Others' `user_joined` may come first (from any node): wait for the ack.
     let r = c.recv_type("ack").await;
     assert_eq!(r["payload"]["status"], "ok", "{r}");
+    r["payload"]["result"]["position"].clone()
 }
 
 /// Waits (re-checking, bounded) until `check` holds: cluster state in Redis is written
@@ -145,66 +147,81 @@ async fn three_nodes_act_as_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restarted_mid_traffic() {
+async fn redis_restarted_empty_sends_every_client_to_resume_and_says_what_was_lost() {
     let mut redis = RedisServer::start();
     let prefix = "restart";
     let n0 = node(&redis, prefix).await;
     let n1 = node(&redis, prefix).await;
-    let mut a = n0.raw().await;
-    let mut a2 = n0.raw().await;
-    let mut b = n1.raw().await;
-    for x in [&mut a, &mut a2, &mut b] {
+    let (mut a, hello) = connect(&n0).await;
+    let (mut a2, _) = connect(&n0).await;
+    let (mut b, _) = connect(&n1).await;
+    let position = join(&mut a, "r").await;
+    for x in [&mut a2, &mut b] {
         join(x, "r").await;
     }
     a.send(json!({"type":"m","room":"r","payload":{"n":0}}))
         .await;
     assert_eq!(b.recv_type("m").await["payload"]["n"], 0);
-    assert_eq!(a2.recv_type("m").await["payload"]["n"], 0);
+    let first = a2.recv_type("m").await;
+    assert_eq!(first["payload"]["n"], 0);
     assert_eq!(n0.server.health()["backplane"]["healthy"], true);
 
     redis.kill();
-    // Degraded: reported, and each node keeps serving its own clients.
     let server = n0.server.clone();
     eventually("unhealthy in /health", || {
         let s = server.clone();
         async move { s.health()["backplane"]["healthy"] == false }
     })
     .await;
+    // Held for Redis (a room's order is the cluster's), not delivered out of order.
     a.send(json!({"type":"m","room":"r","payload":{"n":1}}))
         .await;
-    assert_eq!(
-        a2.recv_type("m").await["payload"]["n"],
-        1,
-        "local traffic goes on"
-    );
 
+    // Redis comes back empty: what its log held is gone, and the nodes cannot know
+    // what their clients missed. Every client is sent to resume, at once.
     redis.restart();
-    eventually("healthy again", || {
-        let s = server.clone();
-        async move { s.health()["backplane"]["healthy"] == true }
-    })
-    .await;
-    // Cross-node traffic resumes. (Messages sent while Redis was away are lost across
-    // nodes: at most once, as documented.) Send until one arrives; then counts and
-    // membership, rewritten after the outage, agree again.
-    let mut n = 2;
+    for x in [&mut a, &mut a2, &mut b] {
+        let closed = x.closed().await;
+        assert_eq!(closed.code, 4010, "{}", closed.reason);
+        assert!(
+            closed.reason.starts_with("STREAM_RESET"),
+            "{}",
+            closed.reason
+        );
+    }
+    // Resuming, the client hears that the room's history is not recoverable.
+    let mut back = RawClient::connect(&format!("{}?resume=1", n0.url())).await;
+    back.send(json!({"type":"resume","payload":{
+        "session_id": hello["session_id"], "token": hello["resume_token"],
+        "streams": {"session": hello["streams"]["session"], "all": hello["streams"]["all"],
+                    "rooms": {"r": {"epoch": position["epoch"], "offset": first["offset"]}}}}}))
+        .await;
+    let connected = back.recv_type("connected").await;
+    let resumed = &connected["payload"]["resumed"];
+    assert_eq!(resumed["resumed"], true, "{resumed}");
+    assert_eq!(resumed["rooms"]["r"]["recovered"], false, "{resumed}");
+    assert_eq!(
+        resumed["rooms"]["r"]["reason"], "epoch_changed",
+        "{resumed}"
+    );
+    assert_eq!(resumed["session"]["reason"], "epoch_changed", "{resumed}");
+
+    // Cross-node traffic goes on, and membership, rewritten, agrees again.
+    let (mut c, _) = connect(&n1).await;
+    join(&mut c, "r").await;
+    c.send(json!({"type":"m","room":"r","payload":{"n":2}}))
+        .await;
     loop {
-        a.send(json!({"type":"m","room":"r","payload":{"n": n}}))
-            .await;
-        a2.recv_type("m").await;
-        let got = tokio::time::timeout(Duration::from_millis(200), b.recv_type("m")).await;
-        if let Ok(m) = got {
-            assert!(m["payload"]["n"].as_i64().unwrap() >= 2);
+        let m = back.recv_type("m").await;
+        if m["payload"]["n"] == 2 {
             break;
         }
-        n += 1;
-        assert!(n < 100, "cross-node traffic did not resume");
     }
     let s1 = n1.server.clone();
     eventually("membership rewritten", || {
         let s = s1.clone();
         async move {
-            s.cluster_connection_count().await == 3 && s.cluster_room_members("r").await.len() == 3
+            s.cluster_connection_count().await == 2 && s.cluster_room_members("r").await.len() == 2
         }
     })
     .await;

@@ -39,6 +39,17 @@ pub struct Delivery {
     pub frame: String,
 }
 
+/// Where a message stands in its stream, as a backplane that numbers messages
+/// ([`Backplane::sequences`]) numbered it: the stream's epoch (16 hex digits) and the
+/// message's offset in it (+1 per message, from 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequence {
+    /// The stream's epoch: it changes when the backplane lost the stream's history.
+    pub epoch: String,
+    /// The message's offset.
+    pub offset: u64,
+}
+
 /// A change of presence other nodes may want to know about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -109,6 +120,28 @@ impl NodeHandle {
         }
     }
 
+    /// Delivers a message a numbering backplane ([`Backplane::sequences`]) numbered,
+    /// from any node, this one included, in the order of its stream: the next offset is
+    /// delivered, one already delivered is dropped, and a break in the order (another
+    /// epoch, a gap) starts the stream again and tells its members here to resume.
+    /// Returns how many connections it reached.
+    pub fn deliver_sequenced(&self, delivery: &Delivery, sequence: &Sequence) -> usize {
+        match self.server.upgrade() {
+            Some(server) => server.deliver_sequenced(delivery, sequence),
+            None => 0,
+        }
+    }
+
+    /// Tells the node that the backplane lost messages it cannot give back (its link
+    /// was away longer than the backplane keeps them, or its store was emptied): every
+    /// stream here forgets its order and its clients are told to resume, so they hear
+    /// `recovered: false` instead of missing messages silently.
+    pub fn lost_messages(&self) {
+        if let Some(server) = self.server.upgrade() {
+            server.forget_stream_order();
+        }
+    }
+
     /// The server's name.
     pub fn server_name(&self) -> Option<String> {
         self.server.upgrade().map(|s| s.name().to_owned())
@@ -150,8 +183,31 @@ pub trait Backplane: Send + Sync + 'static {
     /// Starts the backplane. Deliveries from other nodes go to `node`.
     fn start(&self, node: NodeHandle) -> BoxFuture<'_, Result<(), BackplaneError>>;
 
-    /// Sends a delivery to the other nodes (this node has already delivered it locally).
+    /// Sends a delivery to the other nodes (this node has already delivered it locally),
+    /// or, for a numbering backplane ([`sequences`](Backplane::sequences)) and a room or
+    /// broadcast target, to every node, this one included, through
+    /// [`NodeHandle::deliver_sequenced`].
     fn publish(&self, delivery: &Delivery);
+
+    /// Whether this backplane numbers room and broadcast messages itself: one order
+    /// and one offset per message for the whole cluster, so a client may resume on any
+    /// node, and a node that lost its link catches up. When true, the server does not
+    /// deliver room and broadcast messages locally first: every node, the sender's
+    /// included, delivers them in the backplane's order. Default false.
+    fn sequences(&self) -> bool {
+        false
+    }
+
+    /// Where a stream (a `Target::Room` or `Target::All`) stands in the cluster now
+    /// (its epoch and the offset of its last message), made if new, for a node that
+    /// must give a position before it has seen a message of it (a join). Only asked of
+    /// a backplane that [`sequences`](Backplane::sequences); `None` by default.
+    fn stream_position(
+        &self,
+        _stream: &Target,
+    ) -> BoxFuture<'_, Result<Option<switchboard_proto::Position>, BackplaneError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
 
     /// Tells the other nodes about presence changes.
     fn presence(&self, event: &PresenceEvent);

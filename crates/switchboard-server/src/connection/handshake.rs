@@ -128,6 +128,7 @@ pub(super) async fn open(
     let mut resume_ack = None;
     match (found, &resume) {
         (Some(Ok(session)), Some((Ok(request), ref_id))) => {
+            server.learn_positions(server.streams_of(&session)).await;
             conn = Conn::with_session(session, remote, &server, dialect);
             if let Some(identity) = identity {
                 conn.set_identity(identity);

@@ -181,6 +181,17 @@ impl Session {
         pushed
     }
 
+    /// Forgets the order of its stream (the backplane lost messages that may have been
+    /// for it): a new epoch and no history, so a resume from before hears
+    /// `recovered: false`.
+    pub(crate) fn forget_order(&self, budget: &Budget, policy: &HistoryPolicy, now_ms: u64) {
+        if self.epoch == 0 {
+            return;
+        }
+        let mut state = self.lock();
+        self.made(&mut state.stream, policy, now_ms).desync(budget);
+    }
+
     /// Looks a client's `ref` up (see [`Replies`]).
     pub(crate) fn begin_reply(&self, ref_id: &str, capacity: usize) -> Seen {
         let mut state = self.lock();
@@ -349,6 +360,11 @@ impl Sessions {
 
     pub(crate) fn len(&self) -> usize {
         read(&self.detached).len()
+    }
+
+    /// Every session waiting for a resume.
+    pub(crate) fn all(&self) -> Vec<Arc<Session>> {
+        read(&self.detached).values().cloned().collect()
     }
 }
 

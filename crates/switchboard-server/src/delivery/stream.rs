@@ -81,6 +81,27 @@ pub(crate) struct Stream {
     bytes: usize,
     policy: HistoryPolicy,
     last_active_ms: u64,
+    /// In a cluster whose backplane numbers messages: whether the epoch and offsets
+    /// are the cluster's (learnt from a numbered message or from the backplane), so
+    /// that members who were given positions must be told when the order breaks.
+    synced: bool,
+}
+
+/// What a message the backplane numbered is to a node's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accept {
+    /// The next one: deliver it.
+    Next,
+    /// Already delivered (a replay after a reconnect): drop it.
+    Duplicate,
+    /// Not what follows: another epoch (the cluster's store lost the stream), a gap
+    /// (messages this node will never see), or the first message of a stream this node
+    /// did not know. The stream starts again from it; `members_told` says whether
+    /// members were given positions in the old order (and must resume).
+    Reset {
+        /// The stream had the cluster's order before: its members' positions are void.
+        members_told: bool,
+    },
 }
 
 impl Stream {
@@ -98,7 +119,52 @@ impl Stream {
             bytes: 0,
             policy,
             last_active_ms: now_ms,
+            synced: false,
         }
+    }
+
+    /// Whether the stream follows the cluster's numbering (see [`Accept`]).
+    pub(crate) fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Where a message numbered `offset` in `epoch` by the backplane falls.
+    pub(crate) fn accept(&self, epoch: u64, offset: u64) -> Accept {
+        if self.synced && epoch == self.epoch {
+            if offset <= self.top {
+                return Accept::Duplicate;
+            }
+            if offset == self.top + 1 {
+                return Accept::Next;
+            }
+        }
+        Accept::Reset {
+            members_told: self.synced,
+        }
+    }
+
+    /// Starts again at the cluster's `epoch` and `top` (the offset of its last
+    /// message), forgetting the history kept in another order.
+    pub(crate) fn reset(&mut self, epoch: u64, top: u64, budget: &Budget) {
+        self.release(budget);
+        self.epoch = epoch;
+        self.top = top;
+        self.synced = true;
+    }
+
+    /// Forgets the cluster's order (the backplane lost messages it cannot give back):
+    /// a new local epoch, no history, so a resume from before says `epoch_changed`.
+    pub(crate) fn desync(&mut self, budget: &Budget) {
+        self.release(budget);
+        self.epoch = switchboard_proto::random_u64();
+        self.top = 0;
+        self.synced = false;
+    }
+
+    /// Takes the next offset of a message the backplane numbered [`Accept::Next`] (or
+    /// just [`reset`](Self::reset) before it).
+    pub(crate) fn advance_to(&mut self, offset: u64) {
+        self.top = offset;
     }
 
     pub(crate) fn policy(&self) -> &HistoryPolicy {
@@ -339,6 +405,40 @@ mod tests {
         s.drop_expired(200_000, &budget);
         assert_eq!(budget.used(), 0);
         assert!(s.latest(200_000).is_none());
+    }
+
+    #[test]
+    fn numbered_messages_are_delivered_once_in_order_and_a_break_resets() {
+        let budget = Budget::new(usize::MAX);
+        let mut s = Stream::new(policy(10), 0);
+        // Unknown to this node: the first numbered message starts the stream.
+        assert_eq!(
+            s.accept(7, 41),
+            Accept::Reset {
+                members_told: false
+            }
+        );
+        s.reset(7, 40, &budget);
+        s.advance_to(41);
+        s.keep(41, Text::from("a".to_owned()), &[], 1, &budget);
+        assert_eq!(s.accept(7, 41), Accept::Duplicate);
+        assert_eq!(s.accept(7, 42), Accept::Next);
+        // A gap, or another epoch: the members' positions are void.
+        assert_eq!(s.accept(7, 44), Accept::Reset { members_told: true });
+        assert_eq!(s.accept(8, 1), Accept::Reset { members_told: true });
+        s.reset(8, 0, &budget);
+        assert_eq!(budget.used(), 0, "the old order's history is gone");
+        let me = ConnId::from_u64(1);
+        let (r, _) = s.missed_since(&Position::new(epoch_text(7), 41), me, 1);
+        assert_eq!(r.reason, Some(RecoveryGap::EpochChanged));
+        s.desync(&budget);
+        assert!(!s.is_synced());
+        assert_eq!(
+            s.accept(8, 1),
+            Accept::Reset {
+                members_told: false
+            }
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub(crate) type SharedStream = Arc<Mutex<Stream>>;
 pub(crate) struct Streams {
     rooms: std::sync::RwLock<HashMap<Arc<str>, SharedStream>>,
     /// Broadcasts to everyone; `None` when history is off.
-    all: Option<Mutex<Stream>>,
+    all: Option<SharedStream>,
     budget: Budget,
     /// Whether any room may keep history (so rooms without it skip the lookup).
     any_room_history: bool,
@@ -27,7 +27,7 @@ impl Streams {
             all: config
                 .history
                 .is_on()
-                .then(|| Mutex::new(Stream::new(config.history, now_ms))),
+                .then(|| Arc::new(Mutex::new(Stream::new(config.history, now_ms)))),
             budget: Budget::new(config.history_memory),
             any_room_history: config.history.is_on()
                 || config.history_rooms.iter().any(|r| r.policy.is_on()),
@@ -38,8 +38,14 @@ impl Streams {
         &self.budget
     }
 
-    pub(crate) fn all(&self) -> Option<&Mutex<Stream>> {
+    pub(crate) fn all(&self) -> Option<&SharedStream> {
         self.all.as_ref()
+    }
+
+    /// Every stream: the broadcasts' and the rooms'.
+    pub(crate) fn every(&self) -> Vec<SharedStream> {
+        let rooms = read(&self.rooms);
+        self.all.iter().chain(rooms.values()).cloned().collect()
     }
 
     /// The stream of `room`, made when first needed; `None` when the room keeps no

@@ -305,6 +305,7 @@ impl ServerBuilder {
     pub fn build(self) -> Server {
         let (stopped, _) = watch::channel(false);
         let clustered = self.backplane.name() != LocalBackplane.name();
+        let sequenced = clustered && self.backplane.sequences();
         let auth = Auth::new(
             self.config.password.clone(),
             self.authenticator,
@@ -341,6 +342,7 @@ impl ServerBuilder {
                 hooks: self.hooks,
                 backplane: self.backplane,
                 clustered,
+                sequenced,
                 registry: Registry::default(),
                 ids: IdGen::new(),
                 tracker: TaskTracker::new(),

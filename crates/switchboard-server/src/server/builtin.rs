@@ -88,6 +88,9 @@ fn room_error(e: SendError) -> HandlerError {
 
 async fn join_room(server: Server, conn: Conn, env: Envelope) -> Result<Json<Value>, HandlerError> {
     let room = room_of(&env)?;
+    server
+        .learn_positions([crate::backplane::Target::Room(room.clone())])
+        .await;
     let joined = server.join_room(&conn, &room).map_err(room_error)?;
     let members = server.room_size(&room);
     let mut answer = json!({ "room_id": room, "members": members });

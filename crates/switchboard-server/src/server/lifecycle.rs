@@ -31,6 +31,7 @@ impl Server {
             .start(NodeHandle::new(self.downgrade()))
             .await
             .map_err(ServeError::Backplane)?;
+        self.learn_positions([crate::backplane::Target::All]).await;
         self.inner.running.store(true, Ordering::Release);
         self.start_heartbeats();
         self.start_housekeeping();

@@ -9,6 +9,7 @@
 mod builder;
 mod builtin;
 mod lifecycle;
+mod ordered;
 mod rooms;
 mod send;
 mod sessions;
@@ -69,6 +70,9 @@ pub(crate) struct ServerInner {
     hooks: Hooks,
     backplane: Arc<dyn Backplane>,
     clustered: bool,
+    /// The backplane numbers room and broadcast messages: they are delivered in its
+    /// order, on every node alike (`ordered.rs`).
+    sequenced: bool,
     registry: Registry,
     ids: IdGen,
     tracker: TaskTracker,

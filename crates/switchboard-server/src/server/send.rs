@@ -113,6 +113,20 @@ impl Server {
         now: u64,
     ) -> usize {
         let offset = stream.next_offset();
+        self.deliver_at(stream, offset, target, exclude, text, now)
+    }
+
+    /// Stamps the frame with `offset` (the stream's newest), queues it for the target
+    /// and keeps it in the stream's history.
+    pub(super) fn deliver_at(
+        &self,
+        stream: &mut Stream,
+        offset: u64,
+        target: &Target,
+        exclude: &[ConnId],
+        text: &str,
+        now: u64,
+    ) -> usize {
         let frame = Text::from(stamp_offset(text, offset));
         let n = self.deliver_frame(target, exclude, &Frame::Text(frame.clone()));
         stream.keep(offset, frame, exclude, now, self.inner.streams.budget());
@@ -139,7 +153,12 @@ impl Server {
         }
     }
 
-    fn deliver_frame(&self, target: &Target, exclude: &[ConnId], frame: &Frame) -> usize {
+    pub(super) fn deliver_frame(
+        &self,
+        target: &Target,
+        exclude: &[ConnId],
+        frame: &Frame,
+    ) -> usize {
         let big: Option<HashSet<ConnId>> =
             (exclude.len() > 8).then(|| exclude.iter().copied().collect());
         let excluded = |id: ConnId| match &big {
@@ -175,6 +194,16 @@ impl Server {
         exclude: Vec<ConnId>,
         text: String,
     ) -> usize {
+        if self.inner.sequenced && !matches!(target, Target::Conns(_)) {
+            // Every node, this one included, delivers it in the backplane's order.
+            let n = self.local_recipients(&target, &exclude);
+            self.inner.backplane.publish(&Delivery {
+                target,
+                exclude,
+                frame: text,
+            });
+            return n;
+        }
         let n = self.deliver_in_streams(&target, &exclude, &text);
         if self.inner.clustered {
             self.inner.backplane.publish(&Delivery {

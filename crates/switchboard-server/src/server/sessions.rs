@@ -9,7 +9,7 @@ use switchboard_proto::{
 };
 
 use super::Server;
-use crate::backplane::PresenceEvent;
+use crate::backplane::{PresenceEvent, Target};
 use crate::clock::now_ms;
 use crate::connection::Conn;
 use crate::delivery::{Session, Stream};
@@ -30,7 +30,7 @@ impl Server {
     pub(crate) fn register(&self, conn: &Conn, connected: Option<ConnectedFrame<'_>>) {
         let session = conn.session();
         let mut state = session.lock();
-        let all = self.inner.streams.all().map(lock);
+        let all = self.inner.streams.all().map(|s| lock(s));
         self.inner.registry.insert(conn.clone());
         state.attach(conn);
         if let Some(connected) = connected {
@@ -94,6 +94,23 @@ impl Server {
         Ok(session)
     }
 
+    /// The streams a resume of `session` restores (its rooms and the broadcasts'), for
+    /// [`learn_positions`](Self::learn_positions) before it.
+    pub(crate) fn streams_of(&self, session: &Session) -> Vec<Target> {
+        let state = session.lock();
+        let mut rooms: Vec<Target> = match (state.live(), state.detached()) {
+            (Some(live), _) => live.rooms().into_iter().map(Target::Room).collect(),
+            (None, Some(d)) => d
+                .rooms
+                .iter()
+                .map(|r| Target::Room(r.to_string()))
+                .collect(),
+            (None, None) => Vec::new(),
+        };
+        rooms.push(Target::All);
+        rooms
+    }
+
     /// Registers `conn`, which serves a session [`find_session`](Self::find_session)
     /// found, and restores it: identity, rooms, and per stream either every message
     /// the client missed (after the positions it gave) or `recovered: false`. Holds
@@ -136,7 +153,7 @@ impl Server {
                 &mut replay,
             )
         });
-        let all = self.inner.streams.all().map(lock);
+        let all = self.inner.streams.all().map(|s| lock(s));
         let all_recovery = all
             .as_ref()
             .map(|stream| recover(stream, request.streams.all.as_ref(), me, now, &mut replay));
