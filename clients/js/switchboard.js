@@ -26,9 +26,11 @@ export function reconnectHint(code) {
     case 4001: // AUTH_FAILED
     case 4003: // FORBIDDEN
     case 4004: // KICKED
+    case 4009: // SESSION_TAKEN
       return "never";
     case 4007: // SLOW_CONSUMER
     case 4008: // HEARTBEAT_TIMEOUT
+    case 4010: // STREAM_RESET
       return "now";
     default:
       return "backoff";

@@ -460,6 +460,8 @@ test("pure helpers: close codes and backoff", () => {
   assert.equal(reconnectHint(4001), "never");
   assert.equal(reconnectHint(4004), "never");
   assert.equal(reconnectHint(4008), "now");
+  assert.equal(reconnectHint(4009), "never");
+  assert.equal(reconnectHint(4010), "now");
   assert.equal(reconnectHint(1001), "backoff");
   assert.equal(reconnectHint(1006), "backoff");
   const r = { initialDelay: 100, maxDelay: 1000, multiplier: 2, jitter: 0.25 };

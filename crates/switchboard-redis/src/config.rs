@@ -29,6 +29,9 @@ pub struct RedisConfig {
     /// How long a room's (or the broadcasts') epoch and offset outlive its last message
     /// in Redis. A stream forgotten later starts a new epoch. Default 24 hours.
     pub stream_ttl: Duration,
+    /// Most direct messages Redis keeps per client for a resume on another node than
+    /// the client's own (for `log_window` at most). Default 1,000.
+    pub client_history: usize,
 }
 
 impl Default for RedisConfig {
@@ -42,6 +45,7 @@ impl Default for RedisConfig {
             log_window: Duration::from_secs(300),
             log_max_len: 1_000_000,
             stream_ttl: Duration::from_secs(24 * 3600),
+            client_history: 1_000,
         }
     }
 }

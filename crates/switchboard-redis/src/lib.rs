@@ -32,6 +32,7 @@
 mod config;
 mod log;
 mod membership;
+mod sessions;
 mod tasks;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -42,7 +43,8 @@ use redis::AsyncCommands;
 use switchboard_server::handler::BoxFuture;
 use switchboard_server::proto::Position;
 use switchboard_server::{
-    Backplane, BackplaneError, ConnId, Delivery, NodeHandle, PresenceEvent, Target,
+    Backplane, BackplaneError, ClaimedSession, ConnId, Delivery, NodeHandle, PresenceEvent,
+    SessionHistory, SessionRecord, Target,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -113,6 +115,26 @@ impl RedisBackplane {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
+    /// Queues one append to the cluster log: `node \n header \n frame`.
+    fn append(&self, target: &Target, exclude: &[ConnId], frame: &str) {
+        let header = Header {
+            target: target.clone(),
+            exclude: exclude.to_vec(),
+        };
+        let Ok(header) = serde_json::to_vec(&header) else {
+            return;
+        };
+        let node = self.shared.node.as_bytes();
+        let mut data = Vec::with_capacity(node.len() + header.len() + frame.len() + 2);
+        data.extend_from_slice(node);
+        data.push(b'\n');
+        data.extend_from_slice(&header);
+        data.push(b'\n');
+        data.extend_from_slice(frame.as_bytes());
+        let keys = self.shared.stream_keys(target);
+        self.enqueue(Out::Publish { data, keys });
+    }
+
     fn enqueue(&self, item: Out) {
         let shared = &self.shared;
         let bytes = item.bytes();
@@ -173,25 +195,19 @@ impl Backplane for RedisBackplane {
     }
 
     fn publish(&self, delivery: &Delivery) {
-        let header = Header {
-            target: delivery.target.clone(),
-            exclude: delivery.exclude.clone(),
-        };
-        let Ok(header) = serde_json::to_vec(&header) else {
-            return;
-        };
-        let node = self.shared.node.as_bytes();
-        let mut bytes = Vec::with_capacity(node.len() + header.len() + delivery.frame.len() + 2);
-        bytes.extend_from_slice(node);
-        bytes.push(b'\n');
-        bytes.extend_from_slice(&header);
-        bytes.push(b'\n');
-        bytes.extend_from_slice(delivery.frame.as_bytes());
-        let stream = self.shared.stream_key(&delivery.target);
-        self.enqueue(Out::Publish {
-            data: bytes,
-            stream,
-        });
+        if let Target::Conns(ids) = &delivery.target {
+            if ids.len() > 1 {
+                // One append per client: each is numbered in the client's own stream.
+                let mut seen = std::collections::HashSet::new();
+                for id in ids {
+                    if !delivery.exclude.contains(id) && seen.insert(*id) {
+                        self.append(&Target::Conns(vec![*id]), &[], &delivery.frame);
+                    }
+                }
+                return;
+            }
+        }
+        self.append(&delivery.target, &delivery.exclude, &delivery.frame);
     }
 
     fn sequences(&self) -> bool {
@@ -213,6 +229,44 @@ impl Backplane for RedisBackplane {
 
     fn presence(&self, event: &PresenceEvent) {
         self.enqueue(Out::Presence(event.clone()));
+    }
+
+    fn open_session(&self, record: &SessionRecord) -> BoxFuture<'_, Result<(), BackplaneError>> {
+        let record = record.clone();
+        Box::pin(async move {
+            self.shared
+                .open_session(&record)
+                .await
+                .map_err(|e| BackplaneError::with_source("Redis write failed", e))
+        })
+    }
+
+    fn claim_session(
+        &self,
+        client: ConnId,
+        session_id: &str,
+        token: &str,
+    ) -> BoxFuture<'_, Result<Option<ClaimedSession>, BackplaneError>> {
+        let (session_id, token) = (session_id.to_owned(), token.to_owned());
+        Box::pin(async move {
+            self.shared
+                .claim_session(client, &session_id, &token)
+                .await
+                .map_err(|e| BackplaneError::with_source("Redis read failed", e))
+        })
+    }
+
+    fn session_history(
+        &self,
+        client: ConnId,
+        since: u64,
+    ) -> BoxFuture<'_, Result<Option<SessionHistory>, BackplaneError>> {
+        Box::pin(async move {
+            self.shared
+                .session_history(client, since)
+                .await
+                .map_err(|e| BackplaneError::with_source("Redis read failed", e))
+        })
     }
 
     fn connection_count(&self) -> BoxFuture<'_, Result<Option<usize>, BackplaneError>> {

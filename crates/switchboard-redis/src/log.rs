@@ -18,16 +18,19 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use switchboard_server::proto::{Position, random_u64};
-use switchboard_server::{Delivery, Sequence, Target};
+use switchboard_server::{ConnId, Delivery, Sequence, Target};
 use tokio::sync::oneshot;
 
 use crate::membership::{Header, Shared};
 
 /// Appends one send to the log. KEYS: the log, this node's last appended number,
-/// and for a numbered send the stream's meta hash (`epoch`, `top`). ARGV: the append's
-/// number, the delivery, an epoch for a stream that has none, the log's window in ms,
-/// its most entries, the meta's time to live in ms. Returns 0 for a number appended
-/// already (a retry), 1 otherwise.
+/// and for a numbered send the stream's meta hash (`epoch`, `top`); for a direct one
+/// also the client's history and its session record. ARGV: the append's number, the
+/// delivery (`node \n header \n frame`), an epoch for a stream that has none, the
+/// log's window in ms, its most entries, the meta's time to live in ms, the most
+/// messages a client's history keeps. Returns 0 for a number appended already (a
+/// retry), 1 otherwise. A direct send to a client with no session record (sessions
+/// off, or gone) is not numbered.
 pub(crate) const APPEND: &str = r"
 local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tonumber(ARGV[1]) <= last then return 0 end
@@ -35,13 +38,24 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local minid = string.format('%.0f', now - tonumber(ARGV[4]))
-if KEYS[3] then
-  redis.call('HSETNX', KEYS[3], 'epoch', ARGV[3])
+local numbered = KEYS[3] ~= nil
+if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 0 then numbered = false end
+if numbered then
+  if redis.call('HSETNX', KEYS[3], 'epoch', ARGV[3]) == 1 and KEYS[4] then
+    redis.call('DEL', KEYS[4])
+  end
   local offset = redis.call('HINCRBY', KEYS[3], 'top', 1)
   local epoch = redis.call('HGET', KEYS[3], 'epoch')
   redis.call('PEXPIRE', KEYS[3], ARGV[6])
-  redis.call('XADD', KEYS[1], 'MINID', '~', minid, '*', 'd', ARGV[2], 'e', epoch,
-    'o', string.format('%d', offset))
+  local o = string.format('%d', offset)
+  redis.call('XADD', KEYS[1], 'MINID', '~', minid, '*', 'd', ARGV[2], 'e', epoch, 'o', o)
+  if KEYS[4] then
+    local first = string.find(ARGV[2], '\n', 1, true)
+    local second = string.find(ARGV[2], '\n', first + 1, true)
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], o .. '-1', 'd',
+      string.sub(ARGV[2], second + 1))
+    redis.call('PEXPIRE', KEYS[4], ARGV[4])
+  end
 else
   redis.call('XADD', KEYS[1], 'MINID', '~', minid, '*', 'd', ARGV[2])
 end
@@ -93,13 +107,22 @@ impl Shared {
         format!("{}:node:{}:appended", self.config.prefix, self.node)
     }
 
-    /// The meta hash of a numbered stream (a room's or the broadcasts'); `None` for a
-    /// direct send, which is not numbered.
-    pub(crate) fn stream_key(&self, target: &Target) -> Option<String> {
+    /// The keys that number a send (see [`APPEND`]): a room's or the broadcasts' meta
+    /// hash; for one client, its stream's meta, history and session record.
+    pub(crate) fn stream_keys(&self, target: &Target) -> Vec<String> {
+        let prefix = &self.config.prefix;
         match target {
-            Target::Room(room) => Some(format!("{}:stream:room:{room}", self.config.prefix)),
-            Target::All => Some(format!("{}:stream:all", self.config.prefix)),
-            _ => None,
+            Target::Room(room) => vec![format!("{prefix}:stream:room:{room}")],
+            Target::All => vec![format!("{prefix}:stream:all")],
+            Target::Conns(ids) if ids.len() == 1 => {
+                let client = ids[0];
+                vec![
+                    self.client_stream_key(client),
+                    self.client_history_key(client),
+                    self.session_key(client),
+                ]
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -110,22 +133,31 @@ impl Shared {
         sha: &str,
         number: u64,
         data: &[u8],
-        stream: Option<&str>,
+        keys: &[String],
     ) {
-        let cmd = pipe
-            .cmd("EVALSHA")
-            .arg(sha)
-            .arg(if stream.is_some() { 3 } else { 2 });
-        cmd.arg(self.log_key()).arg(self.appended_key());
-        if let Some(stream) = stream {
-            cmd.arg(stream);
-        }
+        let cmd = pipe.cmd("EVALSHA").arg(sha).arg(2 + keys.len());
+        cmd.arg(self.log_key()).arg(self.appended_key()).arg(keys);
         cmd.arg(number)
             .arg(data)
             .arg(new_epoch())
             .arg(millis(self.config.log_window))
             .arg(self.config.log_max_len)
             .arg(millis(self.config.stream_ttl))
+            .arg(self.config.client_history)
+            .ignore();
+    }
+
+    /// Adds to `pipe` a notice in the log that a session moved to this node.
+    pub(crate) fn moved_pipe(&self, pipe: &mut redis::Pipeline, client: ConnId, generation: u64) {
+        pipe.cmd("XADD")
+            .arg(self.log_key())
+            .arg("*")
+            .arg("n")
+            .arg(&self.node)
+            .arg("m")
+            .arg(client.to_string())
+            .arg("g")
+            .arg(generation)
             .ignore();
     }
 
@@ -134,7 +166,7 @@ impl Shared {
         &self,
         target: &Target,
     ) -> redis::RedisResult<Option<Position>> {
-        let Some(key) = self.stream_key(target) else {
+        let Some(key) = self.stream_keys(target).into_iter().next() else {
             return Ok(None);
         };
         let mut conn = self.reader().await.map_err(|e| {
@@ -217,7 +249,7 @@ impl Shared {
                 () = self.stop.cancelled() => return,
                 () = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 
@@ -282,10 +314,21 @@ impl Shared {
         };
         let bytes: Option<Vec<u8>> = entry.get("d");
         let Some(bytes) = bytes else {
+            // A session resumed on another node: ours goes.
+            let moved: Option<String> = entry.get("m");
+            let from: Option<String> = entry.get("n");
+            let generation: Option<u64> = entry.get("g");
+            if let (Some(client), Some(from), Some(generation)) = (moved, from, generation) {
+                if from != self.node {
+                    if let Ok(client) = client.parse() {
+                        node.session_moved(client, generation);
+                    }
+                }
+            }
             return;
         };
         let mut parts = bytes.splitn(3, |b| *b == b'\n');
-        let (Some(origin), Some(header), Some(frame)) = (parts.next(), parts.next(), parts.next())
+        let (Some(_origin), Some(header), Some(frame)) = (parts.next(), parts.next(), parts.next())
         else {
             return;
         };
@@ -303,12 +346,11 @@ impl Shared {
         };
         let epoch: Option<String> = entry.get("e");
         let offset: Option<u64> = entry.get("o");
+        // Every node, the sender's included, delivers what the log holds.
         match (epoch, offset) {
             (Some(epoch), Some(offset)) => {
                 node.deliver_sequenced(&delivery, &Sequence { epoch, offset });
             }
-            // A direct send: its node delivered it to its own clients already.
-            _ if origin == self.node.as_bytes() => {}
             _ => {
                 node.deliver(&delivery);
             }

@@ -17,10 +17,10 @@ use crate::RedisConfig;
 
 /// What the writer task sends to Redis.
 pub(crate) enum Out {
-    /// A send for the log; `stream` is the meta key of the stream that numbers it.
+    /// A send for the log; `keys` number it (see `log.rs`).
     Publish {
         data: Vec<u8>,
-        stream: Option<String>,
+        keys: Vec<String>,
     },
     Presence(PresenceEvent),
 }
@@ -150,7 +150,10 @@ impl Shared {
         let dead: Vec<String> = conn.zrangebyscore(self.nodes_key(), "-inf", before).await?;
         for node in dead {
             let rooms: Vec<String> = conn.smembers(self.rooms_key(&node)).await?;
+            let clients: Vec<String> = conn.smembers(self.conns_key(&node)).await?;
             let mut pipe = redis::pipe();
+            // Its clients' sessions wait for a resume elsewhere, as after a drop.
+            self.expire_sessions_pipe(&mut pipe, &node, &clients);
             for room in &rooms {
                 pipe.del(self.room_key(&node, room)).ignore();
             }
@@ -206,6 +209,7 @@ impl Shared {
             PresenceEvent::Joined(id, room) => {
                 pipe.sadd(self.rooms_key(me), room).ignore();
                 pipe.sadd(self.room_key(me, room), id.to_string()).ignore();
+                self.session_room_pipe(pipe, *id, room, true);
             }
             PresenceEvent::Left(id, room) => {
                 pipe.cmd("EVAL")
@@ -216,6 +220,14 @@ impl Shared {
                     .arg(id.to_string())
                     .arg(room)
                     .ignore();
+                self.session_room_pipe(pipe, *id, room, false);
+            }
+            PresenceEvent::SessionDetached { client, ttl, rooms } => {
+                self.session_detached_pipe(pipe, *client, *ttl, rooms);
+            }
+            PresenceEvent::SessionEnded(id) => self.session_ended_pipe(pipe, *id),
+            PresenceEvent::SessionMoved(id, generation) => {
+                self.moved_pipe(pipe, *id, *generation);
             }
             _ => {}
         }

@@ -94,8 +94,8 @@ impl Shared {
         }
         for (number, item) in batch {
             match item {
-                Out::Publish { data, stream } => {
-                    self.append_pipe(&mut pipe, sha, *number, data, stream.as_deref());
+                Out::Publish { data, keys } => {
+                    self.append_pipe(&mut pipe, sha, *number, data, keys);
                 }
                 Out::Presence(event) => self.presence_pipe(&mut pipe, event),
             }

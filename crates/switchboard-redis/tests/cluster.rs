@@ -259,67 +259,85 @@ async fn connect(node: &TestServer) -> (RawClient, serde_json::Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_resumes_on_its_own_node_and_is_told_on_another() {
+async fn a_client_resumes_on_another_node_with_everything_it_missed() {
     let redis = RedisServer::start();
     let prefix = "resume";
     let a = node(&redis, prefix).await;
     let b = node(&redis, prefix).await;
     let (mut x, hello) = connect(&a).await;
-    x.send(json!({"type":"join_room","ref":"j","payload":{"room_id":"r"}}))
-        .await;
-    let ack = x.recv_type("ack").await;
-    let position = ack["payload"]["result"]["position"].clone();
+    let position = join(&mut x, "r").await;
     let (mut watcher, _) = connect(&a).await;
     join(&mut watcher, "r").await;
     let (mut y, _) = connect(&b).await;
     join(&mut y, "r").await;
-    // x's node knows of y (a cross-node presence notice) before x drops.
-    eventually("y counted in r", || {
-        let server = a.server.clone();
-        async move { server.cluster_room_members("r").await.len() == 3 }
-    })
-    .await;
+    // One of each before the drop: x has seen them.
+    y.send(json!({"type":"chat","room":"r","payload":{"i":-1}}))
+        .await;
+    y.send(json!({"type":"dm","to":hello["client_id"],"payload":{"i":-1}}))
+        .await;
+    let seen_room = x.recv_type("chat").await;
+    let seen_direct = x.recv_type("dm").await;
+    watcher.recv_type("chat").await;
     x.drop_connection();
     watcher.recv_type("user_left").await;
 
-    // Sent on node b while x is away; its own node stamps and keeps them.
+    // Sent on node b while x is away: room messages, and direct ones to x's id.
     for i in 0..5 {
         y.send(json!({"type":"chat","room":"r","payload":{"i":i}}))
+            .await;
+        y.send(json!({"type":"dm","to":hello["client_id"],"payload":{"i":i}}))
             .await;
     }
     for i in 0..5 {
         assert_eq!(watcher.recv_type("chat").await["payload"]["i"], i);
     }
 
-    let request = |position: serde_json::Value| {
-        json!({"type":"resume","payload":{
-            "session_id": hello["session_id"], "token": hello["resume_token"],
-            "streams": {"session": hello["streams"]["session"], "all": hello["streams"]["all"],
-                        "rooms": {"r": position}}}})
-    };
-    // On another node: no such session there. A typed error and a fresh session.
-    let mut elsewhere = RawClient::connect(&format!("{}?resume=1", b.url())).await;
-    elsewhere.send(request(position.clone())).await;
-    let connected = elsewhere.recv_type("connected").await;
-    assert_eq!(connected["payload"]["resumed"]["resumed"], false);
-    assert_eq!(connected["payload"]["resumed"]["reason"], "session_expired");
-    assert_ne!(connected["payload"]["client_id"], hello["client_id"]);
+    // x comes back on the other node: same client id, same rooms, everything missed.
+    let resume = json!({"type":"resume","payload":{
+        "session_id": hello["session_id"], "token": hello["resume_token"],
+        "streams": {
+            "session": {"epoch": hello["streams"]["session"]["epoch"], "offset": seen_direct["offset"]},
+            "all": hello["streams"]["all"],
+            "rooms": {"r": {"epoch": position["epoch"], "offset": seen_room["offset"]}}}}});
+    let mut forged = RawClient::connect(&format!("{}?resume=1", b.url())).await;
+    let mut wrong = resume.clone();
+    wrong["payload"]["token"] = json!("00000000000000000000000000000000");
+    forged.send(wrong).await;
+    let refused = forged.recv_type("connected").await;
+    assert_eq!(refused["payload"]["resumed"]["resumed"], false);
+    assert_ne!(refused["payload"]["client_id"], hello["client_id"]);
 
-    // On its own node: everything it missed, from the other node included.
-    let mut back = RawClient::connect(&format!("{}?resume=1", a.url())).await;
-    back.send(request(position)).await;
+    let mut back = RawClient::connect(&format!("{}?resume=1", b.url())).await;
+    back.send(resume).await;
     let connected = back.recv_type("connected").await;
     let resumed = &connected["payload"]["resumed"];
     assert_eq!(connected["payload"]["client_id"], hello["client_id"]);
+    assert_eq!(resumed["resumed"], true, "{resumed}");
     assert_eq!(resumed["rooms"]["r"]["recovered"], true, "{resumed}");
-    let mut chats = Vec::new();
-    while chats.len() < 5 {
+    assert_eq!(resumed["rooms"]["r"]["missed"], 5, "{resumed}");
+    assert_eq!(resumed["session"]["recovered"], true, "{resumed}");
+    assert_eq!(resumed["session"]["missed"], 5, "{resumed}");
+    let (mut chats, mut dms) = (Vec::new(), Vec::new());
+    while chats.len() < 5 || dms.len() < 5 {
         let m = back.recv().await;
-        if m["type"] == "chat" {
-            chats.push(m["payload"]["i"].as_u64().unwrap());
+        match m["type"].as_str() {
+            Some("chat") => chats.push(m["payload"]["i"].as_i64().unwrap()),
+            Some("dm") => dms.push(m["payload"]["i"].as_i64().unwrap()),
+            _ => {}
         }
     }
     assert_eq!(chats, [0, 1, 2, 3, 4]);
+    assert_eq!(dms, [0, 1, 2, 3, 4]);
+    // It is in the room on its new node, and direct messages find it there.
+    y.send(json!({"type":"dm","to":hello["client_id"],"payload":{"i":5}}))
+        .await;
+    y.send(json!({"type":"chat","room":"r","payload":{"i":5}}))
+        .await;
+    assert_eq!(back.recv_type("dm").await["payload"]["i"], 5);
+    assert_eq!(back.recv_type("chat").await["payload"]["i"], 5);
+    assert!(
+        watcher.nothing_pending().await || watcher.recv_type("chat").await["payload"]["i"] == 5
+    );
     a.stop().await;
     b.stop().await;
 }

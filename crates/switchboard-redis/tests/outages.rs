@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard_redis::{RedisBackplane, RedisConfig};
-use switchboard_test::{RedisServer, TIMEOUT, TestServer};
+use switchboard_test::{Proxy, RedisServer, TIMEOUT, TestServer};
 
 fn backplane(redis: &RedisServer, prefix: &str, queue_bytes: usize) -> RedisBackplane {
     RedisBackplane::with_config(
@@ -107,4 +107,77 @@ async fn a_stalled_redis_costs_at_most_the_queue_bytes() {
     redis.resume();
     eventually("healthy again", || healthy(&n)).await;
     n.stop().await;
+}
+
+/// A node behind a proxy to Redis, so the test can cut its link.
+async fn node_behind(redis: &RedisServer, prefix: &str) -> (TestServer, Proxy) {
+    let link = Proxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+    let bp = RedisBackplane::with_config(
+        &format!("redis://{}", link.addr),
+        RedisConfig {
+            prefix: format!("{prefix}{}", std::process::id()),
+            heartbeat: Duration::from_millis(100),
+            node_ttl: Duration::from_secs(3),
+            ..RedisConfig::default()
+        },
+    )
+    .unwrap();
+    (common::node_over(bp).await, link)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_from_redis_for_a_second_and_a_half_catches_up_on_everything() {
+    let redis = RedisServer::start();
+    let (a, _link_a) = node_behind(&redis, "cut").await;
+    let (b, link_b) = node_behind(&redis, "cut").await;
+    let mut listener = b.raw().await;
+    let me = listener.id.clone();
+    listener
+        .send(json!({"type":"join_room","ref":"j","payload":{"room_id":"r"}}))
+        .await;
+    listener.recv_type("ack").await;
+    let mut sender = a.raw().await;
+    // 600 room and 100 direct messages over about 3 s; b's link is down for 1.5 s of it.
+    let sending = tokio::spawn(async move {
+        for i in 0..600 {
+            sender
+                .send(json!({"type":"m","room":"r","payload":{"i":i}}))
+                .await;
+            if i % 6 == 0 {
+                sender
+                    .send(json!({"type":"d","to":me,"payload":{"i":i / 6}}))
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        sender
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    link_b.block();
+    eventually("b sees Redis gone", || !healthy(&b)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    link_b.unblock();
+    sending.await.unwrap();
+    let (mut room, mut direct) = (Vec::new(), Vec::new());
+    while room.len() < 600 || direct.len() < 100 {
+        let m = listener.recv().await;
+        match m["type"].as_str() {
+            Some("m") => room.push(m["payload"]["i"].as_u64().unwrap()),
+            Some("d") => direct.push(m["payload"]["i"].as_u64().unwrap()),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        room,
+        (0..600).collect::<Vec<_>>(),
+        "room: none lost, none twice, in order"
+    );
+    assert_eq!(
+        direct,
+        (0..100).collect::<Vec<_>>(),
+        "direct: none lost, none twice, in order"
+    );
+    assert!(listener.nothing_pending().await, "nothing more");
+    a.stop().await;
+    b.stop().await;
 }

@@ -6,12 +6,13 @@
 //! Cluster backends (Redis, NATS) live in their own crates and implement this trait.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ConnId;
 use crate::handler::BoxFuture;
 use crate::server::WeakServer;
+use crate::{ConnId, Identity};
 
 /// Who a delivery is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,8 +51,44 @@ pub struct Sequence {
     pub offset: u64,
 }
 
-/// A change of presence other nodes may want to know about.
+/// What the cluster keeps of a session so that its client may resume on any node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The client id the session keeps.
+    pub client: ConnId,
+    /// The session id `connected` gave.
+    pub session_id: String,
+    /// The resume token `connected` gave (a secret: whoever has it may resume).
+    pub token: String,
+    /// The epoch of the session's stream (its direct messages); empty when history
+    /// is off.
+    pub epoch: String,
+    /// Who authenticated, if anyone did.
+    pub identity: Option<Identity>,
+    /// How long the session waits for a resume once its connection drops.
+    pub ttl: Duration,
+    /// +1 each time the session is resumed on another node: a notice that it moved
+    /// ([`PresenceEvent::SessionMoved`]) concerns only older copies.
+    pub generation: u64,
+}
+
+/// A session claimed in the cluster ([`Backplane::claim_session`]): its record and the
+/// rooms it is in.
+pub type ClaimedSession = (SessionRecord, Vec<String>);
+
+/// A client stream's messages as a backplane keeps them
+/// ([`Backplane::session_history`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionHistory {
+    /// Where the stream stands: its epoch and the offset of its last message.
+    pub position: switchboard_proto::Position,
+    /// The messages kept after the offset asked for, oldest first: each one's offset
+    /// and frame (without its offset).
+    pub messages: Vec<(u64, String)>,
+}
+
+/// A change of presence other nodes may want to know about.
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum PresenceEvent {
     /// A connection opened on this node.
@@ -62,6 +99,21 @@ pub enum PresenceEvent {
     Joined(ConnId, String),
     /// A connection left a room.
     Left(ConnId, String),
+    /// A session's connection dropped; the session waits `ttl` for a resume, in these
+    /// rooms.
+    SessionDetached {
+        /// The session's client id.
+        client: ConnId,
+        /// How long it waits.
+        ttl: Duration,
+        /// The rooms it was in (its connection has left them).
+        rooms: Vec<String>,
+    },
+    /// A session ended for good (the client said goodbye, or was kicked).
+    SessionEnded(ConnId),
+    /// A session was resumed here, in this generation: the other nodes let their
+    /// (older) copies go.
+    SessionMoved(ConnId, u64),
 }
 
 /// A backplane failure.
@@ -142,6 +194,15 @@ impl NodeHandle {
         }
     }
 
+    /// A session resumed on another node, in `generation`
+    /// ([`PresenceEvent::SessionMoved`]): this node lets an older copy go, and closes
+    /// a connection still serving it (`SESSION_TAKEN`).
+    pub fn session_moved(&self, client: ConnId, generation: u64) {
+        if let Some(server) = self.server.upgrade() {
+            server.let_session_go(client, generation);
+        }
+    }
+
     /// The server's name.
     pub fn server_name(&self) -> Option<String> {
         self.server.upgrade().map(|s| s.name().to_owned())
@@ -211,6 +272,38 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Tells the other nodes about presence changes.
     fn presence(&self, event: &PresenceEvent);
+
+    /// Keeps a new session of this node, so its client may resume on any node.
+    /// Awaited before the client hears its token. Does nothing by default.
+    fn open_session(&self, _record: &SessionRecord) -> BoxFuture<'_, Result<(), BackplaneError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Claims for this node the session the cluster keeps for `client`
+    /// ([`open_session`](Backplane::open_session)), if `session_id` and `token` are its own: its
+    /// generation goes up by one, atomically, so the notice that it moved reaches every
+    /// older copy and no newer one. Returns the record (with the new generation) and
+    /// the rooms it is in; `None` when there is no such session (or the token is
+    /// wrong), and by default (no cluster view).
+    fn claim_session(
+        &self,
+        _client: ConnId,
+        _session_id: &str,
+        _token: &str,
+    ) -> BoxFuture<'_, Result<Option<ClaimedSession>, BackplaneError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// The direct messages of a client's stream after `since`, numbered, as the
+    /// backplane keeps them, with where the stream stands: for a session resumed on
+    /// another node than its own. `None` by default.
+    fn session_history(
+        &self,
+        _client: ConnId,
+        _since: u64,
+    ) -> BoxFuture<'_, Result<Option<SessionHistory>, BackplaneError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
 
     /// Connections across the cluster; `None` when this backplane has no cluster view
     /// (the server then reports its own count).

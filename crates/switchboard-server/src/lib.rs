@@ -55,8 +55,8 @@ mod ws;
 
 pub use auth::{AuthRejected, Authenticator, Credentials, Identity};
 pub use backplane::{
-    Backplane, BackplaneError, Delivery, LocalBackplane, NodeHandle, PresenceEvent, Sequence,
-    Target,
+    Backplane, BackplaneError, ClaimedSession, Delivery, LocalBackplane, NodeHandle, PresenceEvent,
+    Sequence, SessionHistory, SessionRecord, Target,
 };
 pub use config::{HistoryPolicy, HistoryRule, ServerConfig, SlowConsumerPolicy};
 pub use connection::Conn;

@@ -25,6 +25,13 @@ struct ProxyState {
 impl Proxy {
     /// Listens on a free loopback port and forwards to `target`.
     pub async fn start(target: SocketAddr) -> Proxy {
+        Proxy::round_robin(vec![target]).await
+    }
+
+    /// Listens on a free loopback port and forwards each new connection to the next of
+    /// `targets` in turn: a load balancer without sticky sessions.
+    pub async fn round_robin(targets: Vec<SocketAddr>) -> Proxy {
+        assert!(!targets.is_empty(), "a proxy needs a target");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a free port");
@@ -41,8 +48,10 @@ impl Proxy {
                     drop(inbound);
                     continue;
                 }
-                st.accepted
+                let n = st
+                    .accepted
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let target = targets[n % targets.len()];
                 let mut cut = st.cut.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {

@@ -115,14 +115,19 @@ pub(super) async fn open(
         Some((identity, r)) => (Some(identity), r),
         None => (None, None),
     };
-    let found = resume.as_ref().map(|(request, _)| match request {
-        Ok(request) => server.find_session(request, identity.as_ref()),
-        Err(message) => Err((
+    let found = match resume.as_ref() {
+        Some((Ok(request), _)) => Some(
+            server
+                .find_session_anywhere(request, identity.as_ref())
+                .await,
+        ),
+        Some((Err(message), _)) => Some(Err((
             ErrorCode::ResumeFailed,
             *message,
             RecoveryGap::SessionExpired,
-        )),
-    });
+        ))),
+        None => None,
+    };
     let conn;
     let mut resume_error = None;
     let mut resume_ack = None;
@@ -159,6 +164,9 @@ pub(super) async fn open(
             let build = |p: &StreamPositions, _: Option<&ResumeOutcome>| {
                 connected_frame_for(&conn, &server, p, outcome.as_ref())
             };
+            if !echo {
+                server.open_in_cluster(&conn).await;
+            }
             server.register(&conn, (!echo).then_some(&build as ConnectedFrame<'_>));
             if let Some((code, message, reason)) = failed {
                 let ref_id = resume.as_ref().and_then(|(_, r)| r.clone());

@@ -16,8 +16,10 @@ pub(crate) mod replies;
 pub(crate) mod session;
 pub(crate) mod stream;
 pub(crate) mod streams;
+pub(crate) mod waiting;
 
 pub(crate) use replies::Seen;
-pub(crate) use session::{Session, Sessions};
+pub(crate) use session::Session;
 pub(crate) use stream::Stream;
 pub(crate) use streams::Streams;
+pub(crate) use waiting::Sessions;

@@ -2,18 +2,22 @@
 //! token, the stream of messages addressed to the client, the answers to its `ref`s,
 //! and (once its connection is gone) its identity and rooms.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use subtle::ConstantTimeEq;
 
 use super::replies::{Replies, Seen};
-use super::stream::{Budget, Stream, epoch_text};
+use super::stream::{Accept, Budget, Stream, epoch_text};
+use crate::backplane::{SessionHistory, SessionRecord};
 use crate::config::HistoryPolicy;
-use crate::locks::{lock, read, write};
+use crate::locks::lock;
 use crate::ws::{Frame, Text};
 use crate::{Conn, ConnId, Identity, SendError, ServerConfig};
-use switchboard_proto::Position;
+use switchboard_proto::{ErrorCode, Position};
+
+/// Why a client is sent to resume when its stream's order broke.
+pub(crate) const ORDER_LOST: &str = "this node lost the order of a stream you follow: resume";
 
 /// A session, shared by the connection serving it and (between connections) the
 /// node's detached sessions.
@@ -24,6 +28,9 @@ pub(crate) struct Session {
     /// The epoch of its stream, drawn now (`connected` gives it) while the stream
     /// itself is made at the first message; 0 when history is off.
     epoch: u64,
+    /// 1, +1 each time it is resumed away from the node that had it (see
+    /// [`SessionRecord::generation`]).
+    generation: AtomicU64,
     state: Mutex<SessionState>,
 }
 
@@ -48,6 +55,8 @@ pub(crate) struct SessionState {
     detached: Option<Box<Detached>>,
     /// Closed for good (by the client, or kicked): never resumed.
     ended: bool,
+    /// Resumed on another node: this node's copy is not the session any more.
+    moved: bool,
     replies: Option<Box<Replies>>,
 }
 
@@ -65,6 +74,7 @@ impl Session {
             id: format!("{client}.{:016x}", random()),
             token: (u128::from(random()) << 64) | u128::from(random()),
             client,
+            generation: AtomicU64::new(1),
             epoch: if config.history.is_on() {
                 random() | 1
             } else {
@@ -75,8 +85,84 @@ impl Session {
                 live: None,
                 detached: None,
                 ended: false,
+                moved: false,
                 replies: None,
             }),
+        }
+    }
+
+    /// A session another node kept ([`SessionRecord`]), rebuilt here for a resume:
+    /// waiting, with the identity and rooms it had. `None` when the record is not one
+    /// this server could have written.
+    pub(crate) fn restored(
+        record: &SessionRecord,
+        rooms: Vec<String>,
+        policy: &HistoryPolicy,
+        now_ms: u64,
+    ) -> Option<Session> {
+        let token = u128::from_str_radix(&record.token, 16).ok()?;
+        let epoch = if record.epoch.is_empty() {
+            0
+        } else {
+            u64::from_str_radix(&record.epoch, 16).ok()?
+        };
+        if Session::client_of(&record.session_id) != Some(record.client) {
+            return None;
+        }
+        Some(Session {
+            id: record.session_id.clone(),
+            token,
+            client: record.client,
+            epoch,
+            generation: AtomicU64::new(record.generation),
+            state: Mutex::new(SessionState {
+                // Its order is learnt here from the first numbered message or the
+                // history the backplane kept (`absorb`).
+                stream: (epoch != 0).then(|| Box::new(Stream::unsynced(*policy, epoch, now_ms))),
+                live: None,
+                detached: Some(Box::new(Detached {
+                    at_ms: now_ms,
+                    identity: record.identity.clone(),
+                    rooms: rooms.into_iter().map(Arc::from).collect(),
+                })),
+                ended: false,
+                moved: false,
+                replies: None,
+            }),
+        })
+    }
+
+    /// What the cluster keeps of this session.
+    pub(crate) fn record(
+        &self,
+        identity: Option<Identity>,
+        ttl: std::time::Duration,
+    ) -> SessionRecord {
+        SessionRecord {
+            client: self.client,
+            session_id: self.id.clone(),
+            token: self.token(),
+            epoch: if self.epoch == 0 {
+                String::new()
+            } else {
+                epoch_text(self.epoch)
+            },
+            identity,
+            ttl,
+            generation: self.generation(),
+        }
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The session was claimed in the cluster again (a resume), in `generation`, with
+    /// these rooms: a copy that waits here takes them.
+    pub(crate) fn claimed(&self, generation: u64, rooms: Vec<String>) {
+        self.generation.store(generation, Ordering::Release);
+        if let Some(detached) = self.lock().detached.as_mut() {
+            detached.rooms = rooms.into_iter().map(Arc::from).collect();
         }
     }
 
@@ -151,6 +237,32 @@ impl Session {
         budget: &Budget,
         policy: &HistoryPolicy,
     ) -> Result<(), SendError> {
+        self.deliver_in_order(None, text, now_ms, budget, policy)
+    }
+
+    /// A direct message a numbering backplane numbered `(epoch, offset)` (see
+    /// `server/ordered.rs`): the next offset is delivered and kept, one already
+    /// delivered is dropped, and a break in the order restarts the stream and sends
+    /// the client to resume.
+    pub(crate) fn deliver_numbered(
+        &self,
+        sequence: (u64, u64),
+        text: &str,
+        now_ms: u64,
+        budget: &Budget,
+        policy: &HistoryPolicy,
+    ) -> Result<(), SendError> {
+        self.deliver_in_order(Some(sequence), text, now_ms, budget, policy)
+    }
+
+    fn deliver_in_order(
+        &self,
+        sequence: Option<(u64, u64)>,
+        text: &str,
+        now_ms: u64,
+        budget: &Budget,
+        policy: &HistoryPolicy,
+    ) -> Result<(), SendError> {
         let mut guard = self.lock();
         let SessionState {
             stream,
@@ -164,21 +276,78 @@ impl Session {
                 Some(conn) => conn.push(frame),
                 None => Err(SendError::NotFound(self.client)),
             };
-        };
+        }
         if *ended {
             return Err(SendError::NotFound(self.client));
         }
         let stream = self.made(stream, policy, now_ms);
-        let offset = stream.next_offset();
+        let mut deliver = true;
+        let offset = match sequence {
+            None => stream.next_offset(),
+            Some((epoch, offset)) => {
+                match stream.accept(epoch, offset) {
+                    Accept::Duplicate => return Ok(()),
+                    Accept::Next => {}
+                    Accept::Reset { members_told } => {
+                        stream.reset(epoch, offset - 1, budget);
+                        if members_told {
+                            deliver = false;
+                            if let Some(conn) = live {
+                                conn.close(ErrorCode::StreamReset, ORDER_LOST);
+                            }
+                        }
+                    }
+                }
+                stream.advance_to(offset);
+                offset
+            }
+        };
         let frame = Text::from(switchboard_proto::stamp_offset(text, offset));
         let pushed = match live {
-            Some(conn) => conn.push(Frame::Text(frame.clone())),
-            None => Ok(()),
+            Some(conn) if deliver => conn.push(Frame::Text(frame.clone())),
+            _ => Ok(()),
         };
         // Kept even when the queue refused it: a slow consumer is disconnected, and
         // recovers it when it resumes.
         stream.keep(offset, frame, &[], now_ms, budget);
         pushed
+    }
+
+    /// Takes in what a backplane kept of this session's stream after `since` (a resume
+    /// away from its node); false when it is not all there (see [`Stream::absorb`]).
+    pub(crate) fn absorb(
+        &self,
+        history: SessionHistory,
+        since: u64,
+        now_ms: u64,
+        budget: &Budget,
+        policy: &HistoryPolicy,
+    ) -> bool {
+        let Ok(epoch) = u64::from_str_radix(&history.position.epoch, 16) else {
+            return false;
+        };
+        if self.epoch == 0 {
+            return true;
+        }
+        let kept = history
+            .messages
+            .into_iter()
+            .map(|(offset, text)| {
+                (
+                    offset,
+                    Text::from(switchboard_proto::stamp_offset(&text, offset)),
+                )
+            })
+            .collect();
+        let mut state = self.lock();
+        self.made(&mut state.stream, policy, now_ms).absorb(
+            epoch,
+            since,
+            history.position.offset,
+            kept,
+            now_ms,
+            budget,
+        )
     }
 
     /// Forgets the order of its stream (the backplane lost messages that may have been
@@ -258,6 +427,20 @@ impl Session {
                 .is_some_and(|d| now_ms.saturating_sub(d.at_ms) > ttl_ms)
     }
 
+    /// [`expired`](Self::expired), checked without waiting for the session's lock
+    /// (false when it is taken): for the sweep, which holds the waiting map's lock
+    /// and must never take a session's under it.
+    pub(crate) fn surely_expired(&self, now_ms: u64, ttl_ms: u64) -> bool {
+        self.state.try_lock().is_ok_and(|st| {
+            st.live.is_none()
+                && st
+                    .detached
+                    .as_ref()
+                    .is_some_and(|d| now_ms.saturating_sub(d.at_ms) > ttl_ms)
+                || st.ended
+        })
+    }
+
     /// Gives back what the session's history counts against the budget.
     pub(crate) fn release(&self, budget: &Budget) {
         if let Some(stream) = self.lock().stream.as_mut() {
@@ -296,75 +479,15 @@ impl SessionState {
     pub(crate) fn is_ended(&self) -> bool {
         self.ended
     }
-}
 
-/// The node's sessions that no connection serves now, by client id, until they are
-/// resumed or expire.
-#[derive(Default)]
-pub(crate) struct Sessions {
-    detached: RwLock<HashMap<ConnId, Arc<Session>>>,
-}
-
-impl Sessions {
-    pub(crate) fn keep(&self, session: Arc<Session>) {
-        write(&self.detached).insert(session.client(), session);
+    /// Whether the session was resumed on another node (its end here is not its end).
+    pub(crate) fn has_moved(&self) -> bool {
+        self.moved
     }
 
-    pub(crate) fn get(&self, client: ConnId) -> Option<Arc<Session>> {
-        read(&self.detached).get(&client).cloned()
-    }
-
-    /// Takes `session` out (it was resumed).
-    pub(crate) fn take(&self, session: &Arc<Session>) {
-        let mut map = write(&self.detached);
-        if map
-            .get(&session.client())
-            .is_some_and(|s| Arc::ptr_eq(s, session))
-        {
-            map.remove(&session.client());
-        }
-    }
-
-    /// Drops the sessions past `ttl_ms`; returns how many remain.
-    pub(crate) fn sweep(&self, now_ms: u64, ttl_ms: u64, budget: &Budget) -> usize {
-        let expired: Vec<Arc<Session>> = read(&self.detached)
-            .values()
-            .filter(|s| s.expired(now_ms, ttl_ms))
-            .cloned()
-            .collect();
-        let mut gone = Vec::new();
-        let mut map = write(&self.detached);
-        for s in expired {
-            // A session resumed since was taken out; one detached again since is
-            // not expired: `try_lock` only, never a session's lock under the map's.
-            let still = s.state.try_lock().is_ok_and(|st| {
-                st.live.is_none()
-                    && st
-                        .detached
-                        .as_ref()
-                        .is_some_and(|d| now_ms.saturating_sub(d.at_ms) > ttl_ms)
-                    || st.ended
-            });
-            if still && map.get(&s.client()).is_some_and(|k| Arc::ptr_eq(k, &s)) {
-                map.remove(&s.client());
-                gone.push(s);
-            }
-        }
-        let left = map.len();
-        drop(map);
-        for s in gone {
-            s.release(budget);
-        }
-        left
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        read(&self.detached).len()
-    }
-
-    /// Every session waiting for a resume.
-    pub(crate) fn all(&self) -> Vec<Arc<Session>> {
-        read(&self.detached).values().cloned().collect()
+    /// The session was resumed on another node.
+    pub(crate) fn set_moved(&mut self) {
+        self.moved = true;
     }
 }
 
@@ -375,6 +498,6 @@ mod tests {
     #[test]
     fn an_idle_session_stays_small() {
         assert!(std::mem::size_of::<super::SessionState>() <= 40);
-        assert!(std::mem::size_of::<super::Session>() <= 112);
+        assert!(std::mem::size_of::<super::Session>() <= 120);
     }
 }

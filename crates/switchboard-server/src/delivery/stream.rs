@@ -106,12 +106,20 @@ pub(crate) enum Accept {
 
 impl Stream {
     pub(crate) fn new(policy: HistoryPolicy, now_ms: u64) -> Stream {
-        Stream::with_epoch(policy, switchboard_proto::random_u64(), now_ms)
+        Stream::unsynced(policy, switchboard_proto::random_u64(), now_ms)
     }
 
     /// A stream whose epoch was drawn before it was made (a session's, given in
-    /// `connected` before its first message).
+    /// `connected` before its first message, so its order is known: synced).
     pub(crate) fn with_epoch(policy: HistoryPolicy, epoch: u64, now_ms: u64) -> Stream {
+        Stream {
+            synced: true,
+            ..Stream::unsynced(policy, epoch, now_ms)
+        }
+    }
+
+    /// A stream whose order is not known yet (see [`Accept`]).
+    pub(crate) fn unsynced(policy: HistoryPolicy, epoch: u64, now_ms: u64) -> Stream {
         Stream {
             epoch,
             top: 0,
@@ -159,6 +167,56 @@ impl Stream {
         self.epoch = switchboard_proto::random_u64();
         self.top = 0;
         self.synced = false;
+    }
+
+    /// Takes in the messages a backplane kept for this stream after `since` (a session
+    /// resumed away from its node), beside those that reached it meanwhile: one
+    /// history, in order. Returns false (and keeps nothing of them) when they are not
+    /// one unbroken run from `since + 1`, or are in another epoch than what reached it.
+    pub(crate) fn absorb(
+        &mut self,
+        epoch: u64,
+        since: u64,
+        top: u64,
+        kept: Vec<(u64, Text)>,
+        now_ms: u64,
+        budget: &Budget,
+    ) -> bool {
+        if self.synced && self.epoch != epoch && self.top > 0 {
+            return false;
+        }
+        let mut all: Vec<(u64, Text, Box<[ConnId]>)> = kept
+            .into_iter()
+            .map(|(o, t)| (o, t, Box::default()))
+            .collect();
+        if self.synced && self.epoch == epoch {
+            all.extend(
+                self.entries
+                    .drain(..)
+                    .map(|e| (e.offset, e.frame, e.exclude)),
+            );
+        }
+        // What reached it before `since` (a node reading behind) the client has.
+        all.retain(|(o, ..)| *o > since);
+        all.sort_by_key(|(o, ..)| *o);
+        all.dedup_by_key(|(o, ..)| *o);
+        let top = all.last().map_or(top, |(o, ..)| (*o).max(top));
+        let unbroken = all
+            .iter()
+            .zip(since + 1..)
+            .all(|((o, ..), expected)| *o == expected)
+            && since + all.len() as u64 == top;
+        self.release(budget);
+        self.epoch = epoch;
+        self.synced = true;
+        self.top = top;
+        if !unbroken {
+            return false;
+        }
+        for (offset, frame, exclude) in all {
+            self.keep(offset, frame, &exclude, now_ms, budget);
+        }
+        true
     }
 
     /// Takes the next offset of a message the backplane numbered [`Accept::Next`] (or
@@ -439,6 +497,38 @@ mod tests {
                 members_told: false
             }
         );
+    }
+
+    #[test]
+    fn absorbing_a_backplane_history_merges_what_arrived_meanwhile() {
+        let budget = Budget::new(usize::MAX);
+        let text = |s: &str| Text::from(s.to_owned());
+        let me = ConnId::from_u64(1);
+        // Arrived meanwhile, from a node reading behind: 3 (before `since`) and 6.
+        let mut s = Stream::unsynced(policy(10), 9, 0);
+        s.reset(9, 2, &budget);
+        s.advance_to(3);
+        s.keep(3, text("c"), &[], 1, &budget);
+        assert_eq!(s.accept(9, 6), Accept::Reset { members_told: true });
+        let mut s = Stream::unsynced(policy(10), 9, 0);
+        assert_eq!(
+            s.accept(9, 6),
+            Accept::Reset {
+                members_told: false
+            }
+        );
+        s.reset(9, 5, &budget);
+        s.advance_to(6);
+        s.keep(6, text("f"), &[], 1, &budget);
+        let kept = vec![(4, text("d")), (5, text("e")), (6, text("f"))];
+        assert!(s.absorb(9, 3, 6, kept, 1, &budget));
+        let (r, frames) = s.missed_since(&Position::new(epoch_text(9), 3), me, 1);
+        assert_eq!((r.recovered, texts(&frames)), (true, vec!["d", "e", "f"]));
+        // A hole is not papered over: all or nothing.
+        let mut s = Stream::unsynced(policy(10), 9, 0);
+        assert!(!s.absorb(9, 3, 6, vec![(4, text("d")), (6, text("f"))], 1, &budget));
+        let (r, _) = s.missed_since(&Position::new(epoch_text(9), 3), me, 1);
+        assert_eq!(r.reason, Some(RecoveryGap::HistoryGap));
     }
 
     #[test]

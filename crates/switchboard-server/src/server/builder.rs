@@ -343,6 +343,8 @@ impl ServerBuilder {
                 backplane: self.backplane,
                 clustered,
                 sequenced,
+                order_waiters: AtomicUsize::new(0),
+                order_advanced: tokio::sync::Notify::new(),
                 registry: Registry::default(),
                 ids: IdGen::new(),
                 tracker: TaskTracker::new(),

@@ -73,6 +73,10 @@ pub(crate) struct ServerInner {
     /// The backplane numbers room and broadcast messages: they are delivered in its
     /// order, on every node alike (`ordered.rs`).
     sequenced: bool,
+    /// Resumes waiting for this node to reach the positions their client saw on
+    /// another node, and the wake-up the backplane's messages give them.
+    order_waiters: AtomicUsize,
+    order_advanced: tokio::sync::Notify,
     registry: Registry,
     ids: IdGen,
     tracker: TaskTracker,

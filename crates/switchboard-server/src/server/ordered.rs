@@ -8,21 +8,25 @@
 //!
 //! [`Backplane::sequences`]: crate::Backplane::sequences
 
-use switchboard_proto::{ErrorCode, stamp_offset};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use switchboard_proto::{ErrorCode, Position, StreamPositions, stamp_offset};
 
 use super::Server;
 use crate::ConnId;
 use crate::backplane::{Delivery, Sequence, Target};
 use crate::clock::now_ms;
 use crate::connection::Conn;
-use crate::delivery::Stream;
+use crate::delivery::session::ORDER_LOST;
 use crate::delivery::stream::Accept;
 use crate::delivery::streams::SharedStream;
+use crate::delivery::{Session, Stream};
 use crate::locks::lock;
 use crate::ws::Frame;
 
-/// Why members are sent to resume when their stream's order broke.
-const ORDER_LOST: &str = "this node lost the order of a stream you follow: resume";
+/// How long a resume waits for this node to reach what its client saw elsewhere.
+const CATCH_UP: Duration = Duration::from_secs(5);
 
 impl Server {
     /// Delivers a message the backplane numbered (see the module's documentation).
@@ -35,12 +39,15 @@ impl Server {
                 return 0;
             }
         };
+        if self.inner.order_waiters.load(Ordering::Acquire) > 0 {
+            self.inner.order_advanced.notify_waiters();
+        }
         let (target, exclude, text) = (&delivery.target, &delivery.exclude, &delivery.frame);
         let now = now_ms();
+        if let Target::Conns(ids) = target {
+            return self.deliver_numbered_direct(ids, exclude, (epoch, sequence.offset), text, now);
+        }
         let Some(stream) = self.stream_of(target, now) else {
-            if let Target::Conns(_) = target {
-                return self.deliver_local(delivery);
-            }
             // The room keeps no history here: stamped, not kept.
             let frame = Frame::text(stamp_offset(text, sequence.offset));
             return self.deliver_frame(target, exclude, &frame);
@@ -64,6 +71,62 @@ impl Server {
         }
         stream.advance_to(offset);
         self.deliver_at(&mut stream, offset, target, exclude, text, now)
+    }
+
+    /// A numbered direct message, into each recipient's session here (live or waiting
+    /// for a resume).
+    fn deliver_numbered_direct(
+        &self,
+        ids: &[ConnId],
+        exclude: &[ConnId],
+        sequence: (u64, u64),
+        text: &str,
+        now: u64,
+    ) -> usize {
+        let budget = self.inner.streams.budget();
+        let policy = &self.inner.config.history;
+        let mut n = 0;
+        for &id in ids {
+            if exclude.contains(&id) {
+                continue;
+            }
+            let session = match self.inner.registry.get(id) {
+                Some(conn) => Some(conn.session().clone()),
+                None => self.inner.sessions.get(id),
+            };
+            if let Some(session) = session {
+                if session
+                    .deliver_numbered(sequence, text, now, budget, policy)
+                    .is_ok()
+                {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// A session was resumed on another node in `generation`: an older copy here
+    /// goes, and a connection still serving it is closed.
+    pub(crate) fn let_session_go(&self, client: ConnId, generation: u64) {
+        if let Some(conn) = self.inner.registry.get(client) {
+            if conn.session().generation() >= generation {
+                return; // a stale notice: the session came here since
+            }
+            conn.session().lock().set_moved();
+            conn.close(
+                ErrorCode::SessionTaken,
+                "the session was resumed on another node",
+            );
+        }
+        if let Some(session) = self.inner.sessions.get(client) {
+            if session.generation() >= generation {
+                return;
+            }
+            session.lock().set_moved();
+            self.inner.sessions.take(&session);
+            session.release(self.inner.streams.budget());
+        }
     }
 
     /// The backplane lost messages it cannot give back: every stream here forgets its
@@ -118,6 +181,54 @@ impl Server {
         }
     }
 
+    /// Waits (up to [`CATCH_UP`]) until this node has delivered what the client
+    /// resuming `session` saw, on another node perhaps: each node reads the backplane
+    /// at its own pace, and a resume must not find a node behind its client.
+    pub(crate) async fn catch_up_with(&self, session: &Session, seen: &StreamPositions) {
+        if !self.inner.sequenced {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        self.inner.order_waiters.fetch_add(1, Ordering::AcqRel);
+        loop {
+            let advanced = self.inner.order_advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            if self.has_reached(session, seen) {
+                break;
+            }
+            tokio::select! {
+                () = advanced => {}
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        self.inner.order_waiters.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether every stream here is at or past where the client saw it (in the same
+    /// epoch; another epoch is another matter, answered by the resume).
+    fn has_reached(&self, session: &Session, seen: &StreamPositions) -> bool {
+        let behind = |here: Option<Position>, seen: &Position| {
+            here.is_some_and(|h| h.epoch == seen.epoch && h.offset < seen.offset)
+        };
+        let now = now_ms();
+        let streams = seen
+            .rooms
+            .iter()
+            .map(|(room, p)| (Target::Room(room.clone()), p))
+            .chain(seen.all.iter().map(|p| (Target::All, p)));
+        for (target, p) in streams {
+            let here = self.stream_of(&target, now).map(|s| lock(&s).position());
+            if behind(here, p) {
+                return false;
+            }
+        }
+        match &seen.session {
+            Some(p) => !behind(session.position(&session.lock()), p),
+            None => true,
+        }
+    }
+
     /// How many of this node's connections a room or broadcast send is for (what a
     /// send returns when the backplane delivers it).
     pub(super) fn local_recipients(&self, target: &Target, exclude: &[ConnId]) -> usize {
@@ -144,7 +255,14 @@ impl Server {
         match target {
             Target::Room(room) => self.inner.registry.for_each_in_room(room, f),
             Target::All => self.inner.registry.for_each(f),
-            Target::Conns(_) => {}
+            Target::Conns(ids) => {
+                let mut f = f;
+                for id in ids {
+                    if let Some(conn) = self.inner.registry.get(*id) {
+                        f(&conn);
+                    }
+                }
+            }
         }
     }
 

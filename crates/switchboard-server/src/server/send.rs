@@ -194,7 +194,7 @@ impl Server {
         exclude: Vec<ConnId>,
         text: String,
     ) -> usize {
-        if self.inner.sequenced && !matches!(target, Target::Conns(_)) {
+        if self.inner.sequenced {
             // Every node, this one included, delivers it in the backplane's order.
             let n = self.local_recipients(&target, &exclude);
             self.inner.backplane.publish(&Delivery {
@@ -292,6 +292,10 @@ impl Server {
         let payload = encode_payload(payload)?;
         let target = Target::Conns(vec![id]);
         let text = frame_text(kind, &payload, &target, None);
+        if self.inner.sequenced {
+            self.send_delivery(target, Vec::new(), text);
+            return Ok(());
+        }
         let budget = self.inner.streams.budget();
         match self.deliver_direct(id, &text, now_ms(), budget) {
             Err(SendError::NotFound(_)) => {}

@@ -17,6 +17,9 @@ use crate::locks::lock;
 use crate::ws::{Frame, Text};
 use crate::{ConnId, Identity};
 
+/// How long a new connection waits for the backplane to keep its session.
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Builds the `connected` frame from the positions the client starts at and, for a
 /// resume, its outcome.
 pub(crate) type ConnectedFrame<'a> = &'a dyn Fn(&StreamPositions, Option<&ResumeOutcome>) -> String;
@@ -46,6 +49,85 @@ impl Server {
         self.inner
             .backplane
             .presence(&PresenceEvent::Connected(conn.id()));
+    }
+
+    /// In a cluster, the backplane keeps a new session too, so its client may resume
+    /// on any node: written before `connected` gives the client its token, so no
+    /// resume can come before it. A backplane away only costs the resume elsewhere.
+    pub(crate) async fn open_in_cluster(&self, conn: &Conn) {
+        let ttl = self.inner.config.session_ttl;
+        if !self.inner.sequenced || ttl.is_zero() {
+            return;
+        }
+        let record = conn.session().record(conn.identity().cloned(), ttl);
+        let opened = self.inner.backplane.open_session(&record);
+        match tokio::time::timeout(OPEN_TIMEOUT, opened).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot keep a session in the cluster"),
+            Err(_) => tracing::debug!("keeping a session in the cluster timed out"),
+        }
+    }
+
+    /// The session a `resume` names. On one node, [`find_session`](Self::find_session).
+    /// In a cluster, the session is claimed in the backplane first (the record there is
+    /// the truth: its rooms, and a new generation), then taken from this node if a copy
+    /// waits here, or rebuilt from the record with the direct messages the backplane
+    /// kept for it since the client's position. With the backplane away, only a copy
+    /// here can be resumed.
+    pub(crate) async fn find_session_anywhere(
+        &self,
+        request: &ResumeRequest,
+        identity: Option<&Identity>,
+    ) -> Result<Arc<Session>, NoSession> {
+        if !self.inner.sequenced || self.inner.config.session_ttl.is_zero() {
+            return self.find_session(request, identity);
+        }
+        let Some(client) = Session::client_of(&request.session_id) else {
+            return self.find_session(request, identity);
+        };
+        let backplane = &self.inner.backplane;
+        let claimed = backplane
+            .claim_session(client, &request.session_id, &request.token)
+            .await;
+        let (record, rooms) = match claimed {
+            Ok(Some(found)) => found,
+            Ok(None) => return self.find_session(request, identity),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot claim a session in the cluster");
+                return self.find_session(request, identity);
+            }
+        };
+        if let Ok(here) = self.find_session(request, identity) {
+            here.claimed(record.generation, rooms);
+            self.catch_up_with(&here, &request.streams).await;
+            return Ok(here);
+        }
+        if let (Some(owner), Some(me)) = (&record.identity, identity) {
+            if owner.id != me.id {
+                let other = "that session belongs to another user";
+                return Err((ErrorCode::ResumeFailed, other, RecoveryGap::SessionExpired));
+            }
+        }
+        let now = now_ms();
+        let history = &self.inner.config.history;
+        let Some(session) = Session::restored(&record, rooms, history, now) else {
+            return self.find_session(request, identity);
+        };
+        let session = Arc::new(session);
+        // Kept here first: numbered direct messages for it now reach it here too.
+        self.inner.sessions.keep(session.clone());
+        if let Some(since) = request.streams.session.as_ref() {
+            let budget = self.inner.streams.budget();
+            match backplane.session_history(client, since.offset).await {
+                Ok(Some(kept)) if kept.position.epoch == since.epoch => {
+                    session.absorb(kept, since.offset, now, budget, history);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot read a session's history"),
+            }
+        }
+        self.catch_up_with(&session, &request.streams).await;
+        Ok(session)
     }
 
     /// The session a `resume` names, if this client may have it back: it exists here,
@@ -217,6 +299,11 @@ impl Server {
         drop(state);
 
         self.inner.backplane.presence(&PresenceEvent::Connected(me));
+        if self.inner.sequenced && !config.session_ttl.is_zero() {
+            self.inner
+                .backplane
+                .presence(&PresenceEvent::SessionMoved(me, session.generation()));
+        }
         match old {
             // The old connection's memberships were handed over: nothing changed for
             // the rooms' other members.
@@ -257,9 +344,19 @@ impl Server {
                     self.announce_leave(conn, room);
                 }
             }
-            self.inner
-                .backplane
-                .presence(&PresenceEvent::Disconnected(conn.id()));
+            let backplane = &self.inner.backplane;
+            backplane.presence(&PresenceEvent::Disconnected(conn.id()));
+            if self.inner.clustered {
+                if keep {
+                    backplane.presence(&PresenceEvent::SessionDetached {
+                        client: conn.id(),
+                        ttl: self.inner.config.session_ttl,
+                        rooms: rooms.iter().map(|r| r.to_string()).collect(),
+                    });
+                } else if !session.lock().has_moved() {
+                    backplane.presence(&PresenceEvent::SessionEnded(conn.id()));
+                }
+            }
         }
         self.release_admission();
     }

@@ -1,0 +1,303 @@
+//! Sessions in Redis, so a client may resume on any node: each session's record (id,
+//! token, its stream's epoch, identity, how long it waits), the rooms it is in, and
+//! the direct messages numbered for it (`log.rs` appends them). A record lives while
+//! its connection does, then `ttl` once it drops, and goes when the session ends.
+
+use switchboard_server::proto::Position;
+use switchboard_server::{ConnId, SessionHistory, SessionRecord};
+
+use crate::membership::Shared;
+
+/// Keeps a new session. KEYS: the record, its stream's meta. ARGV: session id, token,
+/// epoch, identity, ttl in ms, node, the record's life while connected in ms.
+const OPEN: &str = r"
+redis.call('HSET', KEYS[1], 'sid', ARGV[1], 'token', ARGV[2], 'epoch', ARGV[3],
+  'identity', ARGV[4], 'ttl', ARGV[5], 'node', ARGV[6], 'gen', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+if ARGV[3] ~= '' then
+  redis.call('HSETNX', KEYS[2], 'epoch', ARGV[3])
+  redis.call('HSETNX', KEYS[2], 'top', 0)
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+end
+";
+
+/// Claims a session for a node: if the session id and token are the record's, its
+/// generation goes up by one, the node is written, and it lives as connected again.
+/// KEYS: the record, its rooms. ARGV: session id, token, node, life while connected in
+/// ms. Returns `[generation, epoch, identity, ttl, rooms...]` or nil.
+const CLAIM: &str = r"
+local sid, token = unpack(redis.call('HMGET', KEYS[1], 'sid', 'token'))
+if sid ~= ARGV[1] or token ~= ARGV[2] then return nil end
+local generation = redis.call('HINCRBY', KEYS[1], 'gen', 1)
+redis.call('HSET', KEYS[1], 'node', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local f = redis.call('HMGET', KEYS[1], 'epoch', 'identity', 'ttl')
+local reply = {tostring(generation), f[1] or '', f[2] or '', f[3] or '0'}
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do table.insert(reply, room) end
+return reply
+";
+
+/// Changes a session's record only from the node that has it (a node that lost it
+/// to a resume elsewhere may still report its old connection's end). KEYS: the
+/// record, its rooms. ARGV: node, what (`join`, `leave`, `detach`, `end`), then the
+/// room (join, leave), or the ttl in ms and the rooms (detach).
+const CHANGE: &str = r"
+if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return 0 end
+local what = ARGV[2]
+if what == 'join' then
+  redis.call('SADD', KEYS[2], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
+elseif what == 'leave' then
+  redis.call('SREM', KEYS[2], ARGV[3])
+elseif what == 'detach' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('DEL', KEYS[2])
+  if #ARGV > 3 then
+    redis.call('SADD', KEYS[2], unpack(ARGV, 4))
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  end
+else
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+end
+return 1
+";
+
+/// A dead node's session: waits its own `ttl` from now, as if it had dropped.
+const EXPIRE_AS_DROPPED: &str = r"
+if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return 0 end
+local ttl = redis.call('HGET', KEYS[1], 'ttl')
+if ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+return 1
+";
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Shared {
+    pub(crate) fn session_key(&self, client: ConnId) -> String {
+        format!("{}:session:{client}", self.config.prefix)
+    }
+
+    fn session_rooms_key(&self, client: ConnId) -> String {
+        format!("{}:session:{client}:rooms", self.config.prefix)
+    }
+
+    pub(crate) fn client_stream_key(&self, client: ConnId) -> String {
+        format!("{}:stream:client:{client}", self.config.prefix)
+    }
+
+    pub(crate) fn client_history_key(&self, client: ConnId) -> String {
+        format!("{}:history:client:{client}", self.config.prefix)
+    }
+
+    /// Keeps a new session (see [`OPEN`]).
+    pub(crate) async fn open_session(&self, record: &SessionRecord) -> redis::RedisResult<()> {
+        let identity = record
+            .identity
+            .as_ref()
+            .and_then(|i| serde_json::to_string(i).ok())
+            .unwrap_or_default();
+        let script = redis::Script::new(OPEN);
+        let mut open = script.prepare_invoke();
+        open.key(self.session_key(record.client))
+            .key(self.client_stream_key(record.client))
+            .arg(&record.session_id)
+            .arg(&record.token)
+            .arg(&record.epoch)
+            .arg(identity)
+            .arg(millis(record.ttl))
+            .arg(&self.node)
+            .arg(millis(self.config.stream_ttl));
+        let mut attempt = 0;
+        loop {
+            let mut conn = self.reader_or_err().await?;
+            match open.invoke_async(&mut conn).await {
+                Err(e) if again(&e, &mut attempt).await => {}
+                done => return done,
+            }
+        }
+    }
+
+    /// A change to a session's record from this node (see [`CHANGE`]).
+    fn change_pipe<'p>(
+        &self,
+        pipe: &'p mut redis::Pipeline,
+        client: ConnId,
+        what: &str,
+    ) -> &'p mut redis::Pipeline {
+        pipe.cmd("EVAL")
+            .arg(CHANGE)
+            .arg(4)
+            .arg(self.session_key(client))
+            .arg(self.session_rooms_key(client))
+            .arg(self.client_stream_key(client))
+            .arg(self.client_history_key(client))
+            .arg(&self.node)
+            .arg(what)
+    }
+
+    /// The room a session's connection joined or left.
+    pub(crate) fn session_room_pipe(
+        &self,
+        pipe: &mut redis::Pipeline,
+        client: ConnId,
+        room: &str,
+        joined: bool,
+    ) {
+        let what = if joined { "join" } else { "leave" };
+        self.change_pipe(pipe, client, what).arg(room).ignore();
+    }
+
+    /// A session's connection dropped: the record waits `ttl` for a resume, with the
+    /// rooms it was in (its connection's leaving them took them out).
+    pub(crate) fn session_detached_pipe(
+        &self,
+        pipe: &mut redis::Pipeline,
+        client: ConnId,
+        ttl: std::time::Duration,
+        rooms: &[String],
+    ) {
+        self.change_pipe(pipe, client, "detach")
+            .arg(millis(ttl).max(1))
+            .arg(rooms)
+            .ignore();
+    }
+
+    /// A session ended for good: nothing of it stays.
+    pub(crate) fn session_ended_pipe(&self, pipe: &mut redis::Pipeline, client: ConnId) {
+        self.change_pipe(pipe, client, "end").ignore();
+    }
+
+    /// The sessions of a dead node's connections wait their `ttl` from now.
+    pub(crate) fn expire_sessions_pipe(
+        &self,
+        pipe: &mut redis::Pipeline,
+        node: &str,
+        clients: &[String],
+    ) {
+        for client in clients {
+            let Ok(client) = client.parse::<ConnId>() else {
+                continue;
+            };
+            pipe.cmd("EVAL")
+                .arg(EXPIRE_AS_DROPPED)
+                .arg(2)
+                .arg(self.session_key(client))
+                .arg(self.session_rooms_key(client))
+                .arg(node)
+                .ignore();
+        }
+    }
+
+    /// Claims a session for this node (see [`CLAIM`]): its record and rooms.
+    pub(crate) async fn claim_session(
+        &self,
+        client: ConnId,
+        session_id: &str,
+        token: &str,
+    ) -> redis::RedisResult<Option<(SessionRecord, Vec<String>)>> {
+        let script = redis::Script::new(CLAIM);
+        let mut claim = script.prepare_invoke();
+        claim
+            .key(self.session_key(client))
+            .key(self.session_rooms_key(client))
+            .arg(session_id)
+            .arg(token)
+            .arg(&self.node)
+            .arg(millis(self.config.stream_ttl));
+        let mut attempt = 0;
+        let reply: Option<Vec<String>> = loop {
+            let mut conn = self.reader_or_err().await?;
+            match claim.invoke_async(&mut conn).await {
+                Err(e) if again(&e, &mut attempt).await => {}
+                done => break done?,
+            }
+        };
+        let Some(mut reply) = reply.filter(|r| r.len() >= 4) else {
+            return Ok(None);
+        };
+        let mut rooms = reply.split_off(4);
+        rooms.sort();
+        let identity = Some(&reply[2])
+            .filter(|s| !s.is_empty())
+            .and_then(|s| serde_json::from_str(s).ok());
+        Ok(Some((
+            SessionRecord {
+                client,
+                session_id: session_id.to_owned(),
+                token: token.to_owned(),
+                epoch: reply[1].clone(),
+                identity,
+                ttl: std::time::Duration::from_millis(reply[3].parse().unwrap_or(0)),
+                generation: reply[0].parse().unwrap_or(1),
+            },
+            rooms,
+        )))
+    }
+
+    /// Where a client's stream stands and the direct messages kept after `since`.
+    pub(crate) async fn session_history(
+        &self,
+        client: ConnId,
+        since: u64,
+    ) -> redis::RedisResult<Option<SessionHistory>> {
+        let start = format!("{}-0", since.saturating_add(1));
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(self.client_stream_key(client))
+            .arg("epoch")
+            .arg("top")
+            .xrange(self.client_history_key(client), start, "+");
+        let ((epoch, top), kept): (
+            (Option<String>, Option<u64>),
+            redis::streams::StreamRangeReply,
+        ) = {
+            let mut attempt = 0;
+            loop {
+                let mut conn = self.reader_or_err().await?;
+                match pipe.query_async(&mut conn).await {
+                    Err(e) if again(&e, &mut attempt).await => {}
+                    done => break done?,
+                }
+            }
+        };
+        let Some(epoch) = epoch else {
+            return Ok(None);
+        };
+        let messages = kept
+            .ids
+            .iter()
+            .filter_map(|entry| {
+                let offset = entry.id.split_once('-')?.0.parse().ok()?;
+                let frame: String = entry.get("d")?;
+                Some((offset, frame))
+            })
+            .collect();
+        Ok(Some(SessionHistory {
+            position: Position::new(epoch, top.unwrap_or(0)),
+            messages,
+        }))
+    }
+
+    pub(crate) async fn reader_or_err(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
+        self.reader().await.map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Io, "no connection", e.to_string()))
+        })
+    }
+}
+
+/// Whether to try a command again (up to three times in all): after a cut link, the
+/// first command on the reconnecting connection fails. Waits a little first.
+pub(crate) async fn again(e: &redis::RedisError, attempt: &mut u32) -> bool {
+    *attempt += 1;
+    if *attempt >= 3 || !(e.is_io_error() || e.is_connection_dropped()) {
+        return false;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20 << (2 * *attempt))).await;
+    true
+}
