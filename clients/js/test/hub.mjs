@@ -57,6 +57,7 @@ import net from "node:net";
  */
 export function startProxy(targetPort) {
   return new Promise((resolve) => {
+    let target = targetPort;
     const sockets = new Set();
     let blocked = false;
     let muted = false;
@@ -65,7 +66,7 @@ export function startProxy(targetPort) {
         inbound.destroy();
         return;
       }
-      const outbound = net.connect(targetPort, "127.0.0.1");
+      const outbound = net.connect(target, "127.0.0.1");
       sockets.add(inbound).add(outbound);
       const drop = () => {
         inbound.destroy();
@@ -85,6 +86,10 @@ export function startProxy(targetPort) {
       const port = server.address().port;
       resolve({
         url: `ws://127.0.0.1:${port}/ws`,
+        /** New connections go to `port` from now on (a load balancer's failover). */
+        retarget(port) {
+          target = port;
+        },
         block() {
           blocked = true;
           for (const s of sockets) s.destroy();

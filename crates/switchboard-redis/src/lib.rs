@@ -18,16 +18,22 @@
 //! How it works (the full story is `docs/cluster.md`):
 //!
 //! - **Traffic.** Every send that leaves a node is encoded once by that node and
-//!   published once, on one channel (`{prefix}:deliver`), whatever the number of nodes;
-//!   each other node delivers it to its own connections. A node ignores its own
-//!   publications. Delivery across nodes is at most once: Redis pub/sub does not store.
+//!   appended once to one Redis Stream, the cluster log (`{prefix}:log`), by a script
+//!   that also numbers it in its stream (a room's, the broadcasts', or the addressed
+//!   client's). Every node, the sender's included, reads the log in order from its own
+//!   cursor and delivers each entry to its own connections, with the same offsets.
+//! - **Nothing lost.** A node whose link to Redis drops reads on from where it stopped
+//!   when it returns; a batch the writer could not write is written again, never twice.
+//!   Sessions live in Redis, so a client resumes on any node with every message it
+//!   missed. When the log lost entries (Redis restarted empty, a node away longer than
+//!   `log_window`), the node's clients are told to resume and hear `recovered: false`.
 //! - **Membership.** Each node keeps its connections and rooms in Redis sets under its
 //!   own keys, and a heartbeat in `{prefix}:nodes`. Counts and room members are read
 //!   from the live nodes only; nodes silent for `node_ttl` are reaped.
-//! - **Outages.** Publishing and presence never block a sender: they go through a
-//!   bounded queue to a writer task. When Redis goes away, the node keeps serving its
-//!   own clients, reports itself unhealthy (`/health`), drops cross-node traffic (and
-//!   counts it), and when Redis returns it resubscribes and writes its membership again.
+//! - **Outages.** Sends and presence never block a sender: they go through a bounded
+//!   queue (in bytes) to a writer task. While Redis is away, a node keeps its clients,
+//!   reports itself unhealthy (`/health`), and holds sends in the queue; past its bound
+//!   they are dropped and counted.
 
 mod config;
 mod log;

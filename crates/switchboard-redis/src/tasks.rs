@@ -16,7 +16,8 @@ impl Shared {
     /// The writer: batches queued sends (appended to the cluster log) and presence
     /// changes into one pipeline per round trip. A batch that fails is kept and tried
     /// again, in order, until Redis takes it (each append is numbered, so a retry never
-    /// appends twice); meanwhile new sends wait in the queue, within its bounds.
+    /// appends twice); meanwhile new sends wait in the queue, within its bounds. When
+    /// the node stops, what is queued is written once more before the writer ends.
     pub(crate) async fn write_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Out>) {
         let append = redis::Script::new(APPEND);
         let mut conn: Option<redis::aio::ConnectionManager> = None;
@@ -25,10 +26,21 @@ impl Shared {
         let mut batch: Vec<(u64, Out)> = Vec::with_capacity(256);
         let mut number: u64 = 0;
         let mut backoff = Duration::from_millis(50);
+        let mut stopping = false;
         loop {
             if batch.is_empty() {
+                if stopping {
+                    return;
+                }
                 tokio::select! {
-                    () = self.stop.cancelled() => return,
+                    () = self.stop.cancelled() => {
+                        // The last sends of a node shutting down still go out.
+                        stopping = true;
+                        rx.close();
+                        while let Ok(item) = rx.try_recv() {
+                            incoming.push(item);
+                        }
+                    }
                     () = self.resync_now.notified() => {}
                     n = rx.recv_many(&mut incoming, 1024) => {
                         if n == 0 {
@@ -63,6 +75,10 @@ impl Shared {
                     self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                     batch.clear();
                     backoff = Duration::from_millis(50);
+                }
+                Err(e) if stopping => {
+                    tracing::warn!(error = %e, lost = batch.len(), "Redis write failed while stopping");
+                    return;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "Redis write failed; retrying the batch");

@@ -43,6 +43,13 @@ pub struct Delivery {
 /// Where a message stands in its stream, as a backplane that numbers messages
 /// ([`Backplane::sequences`]) numbered it: the stream's epoch (16 hex digits) and the
 /// message's offset in it (+1 per message, from 1).
+///
+/// ```
+/// use switchboard_server::Sequence;
+/// // The 42nd message of a stream in epoch 9f2c...
+/// let s = Sequence { epoch: "9f2c0000deadbeef".into(), offset: 42 };
+/// assert_eq!(s.offset, 42);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sequence {
     /// The stream's epoch: it changes when the backplane lost the stream's history.
@@ -52,6 +59,21 @@ pub struct Sequence {
 }
 
 /// What the cluster keeps of a session so that its client may resume on any node.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchboard_server::{ConnId, SessionRecord};
+/// let record = SessionRecord {
+///     client: ConnId::from_u64(7),
+///     session_id: "0000000000000007.5eed".into(),
+///     token: "secret".into(),
+///     epoch: String::new(), // history off
+///     identity: None,
+///     ttl: Duration::from_secs(120),
+///     generation: 1,
+/// };
+/// assert_eq!(record.client.to_string(), "0000000000000007");
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
     /// The client id the session keeps.

@@ -210,6 +210,10 @@ pub(crate) struct ServeArgs {
     /// [default: 5s].
     #[arg(long, env = "SWITCHBOARD_REDIS_NODE_TTL", value_parser = settings::parse_duration)]
     pub(crate) redis_node_ttl: Option<Duration>,
+    /// With --redis: how long the cluster log keeps messages, so a node cut from Redis
+    /// for less loses nothing [default: 5m].
+    #[arg(long, env = "SWITCHBOARD_REDIS_LOG_WINDOW", value_parser = settings::parse_duration)]
+    pub(crate) redis_log_window: Option<Duration>,
     /// Messages each room (and each client's own stream) keeps for clients that
     /// reconnect; 0 turns history and resume of missed messages off [default: 1000].
     #[arg(long, env = "SWITCHBOARD_HISTORY_SIZE")]
@@ -252,6 +256,7 @@ impl ServeArgs {
             dialect: self.dialect,
             redis: self.redis.clone(),
             redis_node_ttl: self.redis_node_ttl,
+            redis_log_window: self.redis_log_window,
             history_size: self.history_size,
             history_ttl: self.history_ttl,
             session_ttl: self.session_ttl,

@@ -111,10 +111,14 @@ fn presence(server: &Server, id: ConnId, online: bool, name: Option<String>) {
     let _ = server.send_to_room_except(PRESENCE_ROOM, "presence", &payload, &[id]);
 }
 
-pub(crate) fn hub(
-    config: ServerConfig,
-    redis: Option<(&str, Option<Duration>)>,
-) -> anyhow::Result<Server> {
+/// The hub's link to a Redis cluster: where, and the settings the hub exposes.
+pub(crate) struct RedisLink<'a> {
+    pub(crate) url: &'a str,
+    pub(crate) node_ttl: Option<Duration>,
+    pub(crate) log_window: Option<Duration>,
+}
+
+pub(crate) fn hub(config: ServerConfig, redis: Option<RedisLink<'_>>) -> anyhow::Result<Server> {
     let pages = axum::Router::new()
         .route("/", get(|| async { Html(INDEX) }))
         .route(
@@ -136,14 +140,17 @@ pub(crate) fn hub(
             }),
         );
     let mut builder = Server::builder();
-    if let Some((url, ttl)) = redis {
+    if let Some(link) = redis {
         let mut redis_config = switchboard_redis::RedisConfig::default();
-        if let Some(ttl) = ttl {
+        if let Some(ttl) = link.node_ttl {
             redis_config.node_ttl = ttl;
             redis_config.heartbeat = (ttl / 5).max(Duration::from_millis(50));
         }
+        if let Some(window) = link.log_window {
+            redis_config.log_window = window;
+        }
         builder = builder.backplane(
-            switchboard_redis::RedisBackplane::with_config(url, redis_config)
+            switchboard_redis::RedisBackplane::with_config(link.url, redis_config)
                 .map_err(|e| anyhow::anyhow!("redis: {e}"))?,
         );
     }

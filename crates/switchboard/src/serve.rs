@@ -5,7 +5,7 @@
 use anyhow::Context;
 
 use crate::args::ServeArgs;
-use crate::hub::hub;
+use crate::hub::{RedisLink, hub};
 use crate::settings::FileSettings;
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -16,10 +16,15 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let settings = file.merge(args.settings());
     let redis = settings.redis.clone();
-    let redis_ttl = settings.redis_node_ttl;
+    let (node_ttl, log_window) = (settings.redis_node_ttl, settings.redis_log_window);
     let config = settings.into_config()?;
     let authenticated = config.password.is_some();
-    let server = hub(config, redis.as_deref().map(|url| (url, redis_ttl)))?;
+    let link = redis.as_deref().map(|url| RedisLink {
+        url,
+        node_ttl,
+        log_window,
+    });
+    let server = hub(config, link)?;
     let listening = server.bind().await.context("cannot start")?;
     let local = listening.local_addr();
     let (ws, http) = if listening.is_tls() {

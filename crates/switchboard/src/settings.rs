@@ -56,6 +56,8 @@ pub struct FileSettings {
     pub redis: Option<String>,
     #[serde(default, deserialize_with = "duration")]
     pub redis_node_ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub redis_log_window: Option<Duration>,
     pub history_size: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     pub history_ttl: Option<Duration>,
@@ -168,6 +170,7 @@ impl FileSettings {
             dialect,
             redis,
             redis_node_ttl,
+            redis_log_window,
             history_size,
             history_ttl,
             history_memory,
