@@ -339,7 +339,8 @@ impl Backplane for RedisBackplane {
                     tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<()>(&mut conn))
                         .await;
             }
-            shared.set_healthy(false);
+            // Stopped, not unavailable: no warning.
+            shared.healthy.store(false, Ordering::Release);
         })
     }
 }

@@ -113,4 +113,22 @@ impl Registry {
     pub(crate) fn room_size(&self, room: &str) -> usize {
         read(&self.rooms).get(room).map_or(0, HashMap::len)
     }
+
+    /// The members of `room` here, less those of `exclude` (in time linear in
+    /// `exclude`, not in the room).
+    pub(crate) fn room_size_except(&self, room: &str, exclude: &[ConnId]) -> usize {
+        let rooms = read(&self.rooms);
+        let Some(members) = rooms.get(room) else {
+            return 0;
+        };
+        let out = exclude.iter().filter(|id| members.contains_key(id)).count();
+        members.len().saturating_sub(out)
+    }
+
+    /// The connections here, less those of `exclude`.
+    pub(crate) fn len_except(&self, exclude: &[ConnId]) -> usize {
+        let conns = read(&self.conns);
+        let out = exclude.iter().filter(|id| conns.contains_key(id)).count();
+        conns.len().saturating_sub(out)
+    }
 }

@@ -232,13 +232,15 @@ impl Server {
     /// How many of this node's connections a room or broadcast send is for (what a
     /// send returns when the backplane delivers it).
     pub(super) fn local_recipients(&self, target: &Target, exclude: &[ConnId]) -> usize {
-        let mut n = 0;
-        self.for_each_follower(target, |c| {
-            if !exclude.contains(&c.id()) {
-                n += 1;
-            }
-        });
-        n
+        let registry = &self.inner.registry;
+        match target {
+            Target::Room(room) => registry.room_size_except(room, exclude),
+            Target::All => registry.len_except(exclude),
+            Target::Conns(ids) => ids
+                .iter()
+                .filter(|id| !exclude.contains(id) && registry.get(**id).is_some())
+                .count(),
+        }
     }
 
     /// The stream of a room or of the broadcasts (`None`: no history, or a direct
@@ -255,14 +257,7 @@ impl Server {
         match target {
             Target::Room(room) => self.inner.registry.for_each_in_room(room, f),
             Target::All => self.inner.registry.for_each(f),
-            Target::Conns(ids) => {
-                let mut f = f;
-                for id in ids {
-                    if let Some(conn) = self.inner.registry.get(*id) {
-                        f(&conn);
-                    }
-                }
-            }
+            Target::Conns(_) => {}
         }
     }
 

@@ -55,8 +55,14 @@ impl Server {
     /// on any node: written before `connected` gives the client its token, so no
     /// resume can come before it. A backplane away only costs the resume elsewhere.
     pub(crate) async fn open_in_cluster(&self, conn: &Conn) {
+        if !self.inner.sequenced {
+            return;
+        }
+        // The broadcasts' position `connected` gives is the cluster's (it may have
+        // been forgotten when the backplane lost messages).
+        self.learn_positions([Target::All]).await;
         let ttl = self.inner.config.session_ttl;
-        if !self.inner.sequenced || ttl.is_zero() {
+        if ttl.is_zero() {
             return;
         }
         let record = conn.session().record(conn.identity().cloned(), ttl);
