@@ -128,6 +128,9 @@ error_codes! {
     /// store was emptied): reconnect and resume at once; the stream answers
     /// `recovered: false`, so the application reloads what it shows.
     StreamReset = "STREAM_RESET", close: Some(4010), reconnect: Now;
+    /// The connection's token expired (its `exp`): get a new token, then reconnect
+    /// with it.
+    TokenExpired = "TOKEN_EXPIRED", close: Some(4011), reconnect: Backoff;
     /// An unexpected server-side failure (a handler panicked, for instance).
     Internal = "INTERNAL", close: None, reconnect: Backoff;
 }

@@ -98,6 +98,19 @@ impl Credentials {
         }
     }
 
+    /// Credentials that are only a token (`?token=` on the WebSocket URL).
+    pub(crate) fn from_token(token: String, remote_addr: Option<SocketAddr>) -> Credentials {
+        let payload = Payload::from_serialize(&serde_json::json!({ "token": token }))
+            .unwrap_or_else(|_| Payload::empty());
+        Credentials {
+            payload,
+            remote_addr,
+            password: None,
+            token: Some(token),
+            username: None,
+        }
+    }
+
     /// `payload.password`, if it is a string.
     pub fn password(&self) -> Option<&str> {
         self.password.as_deref()
@@ -287,7 +300,7 @@ impl Auth {
 /// Counts failed attempts per IP address in a sliding window; an address over the limit
 /// is refused until its window ends. Bounded: old entries are swept, and when the table
 /// is full the oldest window is forgotten first.
-struct Throttle {
+pub(crate) struct Throttle {
     max_failures: u32,
     window: Duration,
     table: Mutex<HashMap<IpAddr, (u32, Instant)>>,
@@ -296,7 +309,7 @@ struct Throttle {
 const THROTTLE_TABLE_MAX: usize = 65_536;
 
 impl Throttle {
-    fn new(max_failures: u32, window: Duration) -> Throttle {
+    pub(crate) fn new(max_failures: u32, window: Duration) -> Throttle {
         Throttle {
             max_failures,
             window,
@@ -305,7 +318,7 @@ impl Throttle {
     }
 
     /// How long until this address may try again, if it is blocked now.
-    fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+    pub(crate) fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         if self.max_failures == 0 {
             return None;
         }
@@ -315,7 +328,7 @@ impl Throttle {
         (*count >= self.max_failures && elapsed < self.window).then(|| self.window - elapsed)
     }
 
-    fn failed(&self, ip: IpAddr, now: Instant) {
+    pub(crate) fn failed(&self, ip: IpAddr, now: Instant) {
         if self.max_failures == 0 {
             return;
         }

@@ -150,6 +150,9 @@ pub struct ServerConfig {
     /// use the client's address, not the proxy's. Empty (the default): the headers are
     /// ignored, since any client could send them.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The key of the server API over HTTP (`/api`, for backends: publish, broadcast,
+    /// send, disconnect, members, counts). `None` (the default): no API is served.
+    pub api_key: Option<String>,
     /// The history every stream keeps (rooms, broadcasts, each session's direct
     /// messages) unless a rule in [`history_rooms`](Self::history_rooms) says otherwise:
     /// enough for a client to resume after a two-minute outage without configuration.
@@ -322,6 +325,7 @@ impl Default for ServerConfig {
             max_pending_auth: 1024,
             max_pending_auth_per_address: 64,
             trusted_proxies: Vec::new(),
+            api_key: None,
             history: HistoryPolicy::default(),
             history_rooms: Vec::new(),
             history_memory: 64 * 1024 * 1024,

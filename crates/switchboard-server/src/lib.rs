@@ -44,7 +44,9 @@ pub mod handler;
 mod handler_table;
 mod http;
 mod id;
+mod jwt;
 mod locks;
+mod policy;
 mod rate_limit;
 mod registry;
 pub mod rpc;
@@ -65,6 +67,8 @@ pub use extract::{Binary, FromMessage, Json, MessageContext, State};
 pub use handler::{Handler, IntoReply};
 pub use http::{Listening, TlsConfig, shutdown_signal};
 pub use id::{ConnId, ParseConnIdError};
+pub use jwt::{JwtAuthenticator, JwtKeyError};
+pub use policy::{Action, ClaimsPolicy, OpenPolicy, Policy, RulesPolicy};
 pub use rpc::{IntoRpcResult, MethodInfo, RpcHandler, RpcMethod};
 pub use server::{DisconnectReason, Filter, Server, ServerBuilder};
 

@@ -4,6 +4,7 @@
 //! Every wait is bounded by [`TIMEOUT`] so a broken test fails instead of hanging, and
 //! nothing sleeps to synchronise: tests wait for the frame or event they expect.
 
+mod http;
 mod hub;
 mod proxy;
 mod raw_client;
@@ -13,6 +14,7 @@ mod wire_client;
 
 use std::time::Duration;
 
+pub use http::{HttpResponse, http};
 pub use hub::{Hub, TempFile, run};
 pub use proxy::Proxy;
 pub use raw_client::{Closed, RawClient};

@@ -225,6 +225,28 @@ pub(crate) struct ServeArgs {
     /// [default: 2m].
     #[arg(long, env = "SWITCHBOARD_SESSION_TTL", value_parser = settings::parse_duration)]
     pub(crate) session_ttl: Option<Duration>,
+    /// Verify clients' JWTs (RS256 or ES256) with this PEM public key file; HS256 takes
+    /// its secret from SWITCHBOARD_JWT_SECRET or `jwt_secret_file` (docs/auth.md).
+    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
+    pub(crate) jwt_public_key: Option<PathBuf>,
+    /// With a JWT key: only tokens with this `iss`.
+    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER")]
+    pub(crate) jwt_issuer: Option<String>,
+    /// With a JWT key: only tokens with this `aud`.
+    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE")]
+    pub(crate) jwt_audience: Option<String>,
+    /// Rooms anyone may join and publish to (names, or patterns like `lobby:*`).
+    #[arg(long, env = "SWITCHBOARD_PUBLIC_ROOMS", value_delimiter = ',')]
+    pub(crate) public_rooms: Option<Vec<String>>,
+    /// Rooms that need the token's `rooms` / `publish` claim [default with a JWT key: *].
+    #[arg(long, env = "SWITCHBOARD_PRIVATE_ROOMS", value_delimiter = ',')]
+    pub(crate) private_rooms: Option<Vec<String>>,
+    /// Whether clients may publish to rooms (false: only the server API does) [default: true].
+    #[arg(long, env = "SWITCHBOARD_CLIENTS_PUBLISH")]
+    pub(crate) clients_publish: Option<bool>,
+    /// Whether clients may message each other (and everyone) directly [default: true].
+    #[arg(long, env = "SWITCHBOARD_CLIENTS_MESSAGE_DIRECTLY")]
+    pub(crate) clients_message_directly: Option<bool>,
     /// Also serve a raw echo endpoint at this path (conformance testing; no auth).
     #[arg(long, env = "SWITCHBOARD_ECHO_PATH")]
     pub(crate) echo_path: Option<String>,
@@ -243,6 +265,15 @@ impl ServeArgs {
             buffer_size: self.buffer_size,
             shutdown_grace: self.shutdown_grace,
             password: std::env::var("SWITCHBOARD_PASSWORD").ok(),
+            jwt_secret: std::env::var("SWITCHBOARD_JWT_SECRET").ok(),
+            api_key: std::env::var("SWITCHBOARD_API_KEY").ok(),
+            jwt_public_key: self.jwt_public_key.clone(),
+            jwt_issuer: self.jwt_issuer.clone(),
+            jwt_audience: self.jwt_audience.clone(),
+            public_rooms: self.public_rooms.clone(),
+            private_rooms: self.private_rooms.clone(),
+            clients_publish: self.clients_publish,
+            clients_message_directly: self.clients_message_directly,
             password_file: self.password_file.clone(),
             auth_timeout: self.auth_timeout,
             heartbeat_interval: self.heartbeat_interval,

@@ -118,7 +118,11 @@ pub(crate) struct RedisLink<'a> {
     pub(crate) log_window: Option<Duration>,
 }
 
-pub(crate) fn hub(config: ServerConfig, redis: Option<RedisLink<'_>>) -> anyhow::Result<Server> {
+pub(crate) fn hub(
+    config: ServerConfig,
+    redis: Option<RedisLink<'_>>,
+    access: crate::access::Access,
+) -> anyhow::Result<Server> {
     let pages = axum::Router::new()
         .route("/", get(|| async { Html(INDEX) }))
         .route(
@@ -140,6 +144,12 @@ pub(crate) fn hub(config: ServerConfig, redis: Option<RedisLink<'_>>) -> anyhow:
             }),
         );
     let mut builder = Server::builder();
+    if let Some(jwt) = access.jwt {
+        builder = builder.authenticator(jwt);
+    }
+    if let Some(policy) = access.policy {
+        builder = builder.policy(policy);
+    }
     if let Some(link) = redis {
         let mut redis_config = switchboard_redis::RedisConfig::default();
         if let Some(ttl) = link.node_ttl {

@@ -1,6 +1,7 @@
 //! `switchboard`: a ready real-time hub on the switchboard server library, and its
 //! command-line clients (`connect`, `send`, `call`, `listen`).
 
+mod access;
 mod args;
 mod client_commands;
 mod hub;

@@ -4,6 +4,7 @@
 
 use anyhow::Context;
 
+use crate::access::Access;
 use crate::args::ServeArgs;
 use crate::hub::{RedisLink, hub};
 use crate::settings::FileSettings;
@@ -17,14 +18,25 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = file.merge(args.settings());
     let redis = settings.redis.clone();
     let (node_ttl, log_window) = (settings.redis_node_ttl, settings.redis_log_window);
-    let config = settings.into_config()?;
-    let authenticated = config.password.is_some();
+    let access = Access::from_settings(&settings)?;
+    let mut config = settings.into_config()?;
+    config.api_key = access.api_key.clone();
+    let required = match (&config.password, &access.jwt) {
+        (Some(_), _) => ", password required",
+        (None, Some(_)) => ", JWT required",
+        (None, None) => "",
+    };
+    let api = if access.api_key.is_some() {
+        ", server API at /api"
+    } else {
+        ""
+    };
     let link = redis.as_deref().map(|url| RedisLink {
         url,
         node_ttl,
         log_window,
     });
-    let server = hub(config, link)?;
+    let server = hub(config, link, access)?;
     let listening = server.bind().await.context("cannot start")?;
     let local = listening.local_addr();
     let (ws, http) = if listening.is_tls() {
@@ -34,13 +46,8 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     // On stdout, for people and for scripts that started us on port 0.
     println!(
-        "switchboard listening on {ws}://{local}{} (page: {http}://{local}/){}",
+        "switchboard listening on {ws}://{local}{} (page: {http}://{local}/){required}{api}",
         server.config().path,
-        if authenticated {
-            ", password required"
-        } else {
-            ""
-        }
     );
     listening.run().await.context("server failed")?;
     Ok(())

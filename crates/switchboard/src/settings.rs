@@ -65,6 +65,17 @@ pub struct FileSettings {
     pub history_rooms: Option<Vec<RoomHistory>>,
     #[serde(default, deserialize_with = "duration")]
     pub session_ttl: Option<Duration>,
+    pub jwt_secret: Option<String>,
+    pub jwt_secret_file: Option<PathBuf>,
+    pub jwt_public_key: Option<PathBuf>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub public_rooms: Option<Vec<String>>,
+    pub private_rooms: Option<Vec<String>>,
+    pub clients_publish: Option<bool>,
+    pub clients_message_directly: Option<bool>,
+    pub api_key: Option<String>,
+    pub api_key_file: Option<PathBuf>,
 }
 
 /// A `[[history_rooms]]` table: the history of the rooms matching `pattern`.
@@ -175,7 +186,18 @@ impl FileSettings {
             history_ttl,
             history_memory,
             history_rooms,
-            session_ttl
+            session_ttl,
+            jwt_secret,
+            jwt_secret_file,
+            jwt_public_key,
+            jwt_issuer,
+            jwt_audience,
+            public_rooms,
+            private_rooms,
+            clients_publish,
+            clients_message_directly,
+            api_key,
+            api_key_file
         )
     }
 

@@ -33,9 +33,13 @@ pub(super) async fn open(
     mode: Mode,
 ) -> Option<ConnectionTask> {
     let config = server.config();
-    let (dialect, echo, resume) = match mode {
-        Mode::Messages { dialect, resume } => (dialect, false, resume),
-        Mode::Echo => (Default::default(), true, false),
+    let (dialect, echo, resume, upgraded_as) = match mode {
+        Mode::Messages {
+            dialect,
+            resume,
+            identity,
+        } => (dialect, false, resume, identity),
+        Mode::Echo => (Default::default(), true, false, None),
     };
     let id = server.next_conn_id();
     let mut opening = Opening {
@@ -51,7 +55,9 @@ pub(super) async fn open(
     // overall and per address, and counts against `max_connections` only once it has
     // authenticated: unauthenticated connections cannot hold every place.
     let must_authenticate = !echo && config.auth_required && server.auth().is_configured();
-    let authenticated = if must_authenticate {
+    let authenticated = if let Some(identity) = upgraded_as {
+        Some((*identity, None))
+    } else if must_authenticate {
         let waiting = match server.auth_slots().take(remote.map(|r| r.ip())) {
             Ok(slot) => slot,
             Err(why) => {

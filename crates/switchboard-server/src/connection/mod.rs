@@ -30,12 +30,17 @@ use crate::Server;
 use crate::ws::WebSocket;
 
 /// What a connection does with the messages it reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Mode {
     /// switchboard's protocol (in this dialect): envelopes, handlers, rooms; `resume`:
     /// the client asked to resume a session (`?resume=1`), so its first message after
     /// `auth` is a `resume`.
-    Messages { dialect: Dialect, resume: bool },
+    Messages {
+        dialect: Dialect,
+        resume: bool,
+        /// Who the client proved to be at the upgrade (`?token=`), if it did.
+        identity: Option<Box<crate::Identity>>,
+    },
     /// Every data frame is sent back as it came (conformance suites, benchmarks).
     Echo,
 }

@@ -8,11 +8,21 @@ use super::Conn;
 use super::dispatch::send_error;
 use crate::backplane::Target;
 use crate::server::validate_room;
-use crate::{ConnId, Server};
+use crate::{Action, ConnId, Server};
 
 /// The hub's relay: a message no handler takes, sent on to the room or client it names.
 pub(crate) fn relay(server: &Server, conn: &Conn, env: &Envelope) {
     let from = conn.id();
+    let action = match (env.to.as_deref(), env.room.as_deref()) {
+        (Some("all" | "others"), None) => Some(Action::Direct("all")),
+        (Some(to), None) => Some(Action::Direct(to)),
+        (None, Some(room)) => Some(Action::Publish(room)),
+        _ => None,
+    };
+    if let Some(Err(refused)) = action.map(|a| server.permit(conn, a)) {
+        send_error(conn, env.ref_id.as_deref(), refused.body());
+        return;
+    }
     let outcome: Result<usize, ErrorBody> = match (env.to.as_deref(), env.room.as_deref()) {
         (Some(_), Some(_)) => Err(ErrorBody::new(
             ErrorCode::InvalidEnvelope,

@@ -3,6 +3,7 @@
 //! does.
 
 mod accept;
+mod api;
 mod forwarded;
 mod serve;
 mod tls;
@@ -25,6 +26,9 @@ pub(crate) fn router(server: Server) -> axum::Router {
     let mut app = server.http_routes().route(&path, ws_route(server.clone()));
     if let Some(echo) = &server.config().echo_path {
         app = app.route(echo, echo_route(server.clone()));
+    }
+    if let Some(key) = &server.config().api_key {
+        app = app.nest("/api", api::routes(server.clone(), key.clone()));
     }
     app.route("/health", get(health).with_state(server.clone()))
         .route("/rpc", get(methods).with_state(server))

@@ -12,9 +12,10 @@ use axum::routing::{MethodRouter, get};
 use switchboard_proto::Dialect;
 
 use super::forwarded::client_addr;
-use crate::Server;
+use crate::auth::{Credentials, Outcome};
 use crate::connection::Mode;
 use crate::ws::{self, WebSocket};
+use crate::{Identity, Server};
 
 pub(crate) fn ws_route(server: Server) -> MethodRouter {
     get(upgrade).with_state(server)
@@ -25,22 +26,67 @@ pub(crate) fn echo_route(server: Server) -> MethodRouter {
 }
 
 async fn upgrade(AxumState(server): AxumState<Server>, req: Request) -> Response {
-    let query = |name: &str| {
-        req.uri().query().and_then(|q| {
-            q.split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_owned())
-        })
+    let (asked, resume, token) = {
+        let query = |name: &str| {
+            req.uri().query().and_then(|q| {
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_owned())
+            })
+        };
+        // `?resume=1`: the client's first message (after `auth`) is a `resume`.
+        let resume = query("resume").is_some_and(|v| v != "0" && v != "false");
+        (query("dialect"), resume, query("token"))
     };
-    let asked = query("dialect");
-    // `?resume=1`: the client's first message (after `auth`) is a `resume`.
-    let resume = query("resume").is_some_and(|v| v != "0" && v != "false");
     let (dialect, subprotocol) = match choose_dialect(&server, asked.as_deref(), req.headers()) {
         Ok(chosen) => chosen,
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
-    accept(server, req, Mode::Messages { dialect, resume }, subprotocol)
+    // `?token=`: checked here, so a refused client costs no WebSocket.
+    let identity = match token {
+        Some(token) if server.auth().is_configured() => {
+            let remote = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| client_addr(c.0, req.headers(), &server.config().trusted_proxies));
+            match check_token(&server, remote, token).await {
+                Ok(identity) => Some(Box::new(identity)),
+                Err(refusal) => return refusal,
+            }
+        }
+        _ => None,
+    };
+    let mode = Mode::Messages {
+        dialect,
+        resume,
+        identity,
+    };
+    accept(server, req, mode, subprotocol)
+}
+
+/// The identity a `?token=` proves, or the HTTP refusal (401, or 429 when the address
+/// failed too often lately).
+async fn check_token(
+    server: &Server,
+    remote: Option<SocketAddr>,
+    token: String,
+) -> Result<Identity, Response> {
+    let credentials = Credentials::from_token(token, remote);
+    let checked = server.auth().check(credentials, String::new());
+    match tokio::time::timeout(server.config().auth_timeout, checked).await {
+        Ok(Outcome::Accepted(identity)) => Ok(identity),
+        Ok(Outcome::Rejected(message)) => {
+            tracing::info!(remote = ?remote, "authentication failed at the upgrade");
+            Err((StatusCode::UNAUTHORIZED, format!("AUTH_FAILED: {message}")).into_response())
+        }
+        Ok(Outcome::Throttled(wait)) => Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("RATE_LIMITED: {}", crate::auth::throttled_message(wait)),
+        )
+            .into_response()),
+        Err(_) => Err((StatusCode::UNAUTHORIZED, "AUTH_TIMEOUT").into_response()),
+    }
 }
 
 /// The dialect a client asked for: `?dialect=` first, then a `switchboard.<dialect>`

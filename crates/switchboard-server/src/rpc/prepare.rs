@@ -57,6 +57,7 @@ fn find(methods: &Methods, name: &str, cx: &MessageContext) -> Result<Arc<Compil
             format!("`{}` needs an authenticated client", m.name),
         ));
     }
+    cx.server().permit(&cx.conn, crate::Action::Call(&m.name))?;
     (m.precheck)(cx)?;
     Ok(compiled)
 }

@@ -73,6 +73,7 @@ pub struct ServerBuilder {
     hooks: Hooks,
     backplane: Arc<dyn Backplane>,
     authenticator: Option<Arc<dyn Authenticator>>,
+    policy: Arc<dyn crate::Policy>,
     methods: crate::rpc::Methods,
 }
 
@@ -103,6 +104,7 @@ impl ServerBuilder {
             hooks: Hooks::default(),
             backplane: Arc::new(LocalBackplane),
             authenticator: None,
+            policy: Arc::new(crate::OpenPolicy),
             methods: crate::rpc::Methods::default(),
         };
         builtin::register(builder)
@@ -266,6 +268,22 @@ impl ServerBuilder {
         self
     }
 
+    /// Sets what clients may do ([`Policy`](crate::Policy)): joins, publishing to rooms,
+    /// direct messages and RPC calls are checked against it, and a refusal is a
+    /// `FORBIDDEN` error. Default: [`OpenPolicy`](crate::OpenPolicy), everything.
+    ///
+    /// ```
+    /// use switchboard_server::{ClaimsPolicy, JwtAuthenticator, Server};
+    /// let server = Server::builder()
+    ///     .authenticator(JwtAuthenticator::hs256(b"a secret of at least 32 bytes, really"))
+    ///     .policy(ClaimsPolicy)
+    ///     .build();
+    /// ```
+    pub fn policy(mut self, policy: impl crate::Policy) -> ServerBuilder {
+        self.policy = Arc::new(policy);
+        self
+    }
+
     /// Adds an RPC method: `handler` takes the parameters (any `Deserialize + JsonSchema`
     /// type, validated against its schema before the call) and any extractors, and
     /// returns the result (or `Result<T, E>`). See [`rpc`](crate::rpc).
@@ -341,6 +359,7 @@ impl ServerBuilder {
                 state: self.state,
                 hooks: self.hooks,
                 backplane: self.backplane,
+                policy: self.policy,
                 clustered,
                 sequenced,
                 order_waiters: AtomicUsize::new(0),

@@ -88,6 +88,7 @@ fn room_error(e: SendError) -> HandlerError {
 
 async fn join_room(server: Server, conn: Conn, env: Envelope) -> Result<Json<Value>, HandlerError> {
     let room = room_of(&env)?;
+    server.permit(&conn, crate::Action::Join(&room))?;
     server
         .learn_positions([crate::backplane::Target::Room(room.clone())])
         .await;

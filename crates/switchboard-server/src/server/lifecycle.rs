@@ -64,9 +64,17 @@ impl Server {
                 }
                 let Some(server) = weak.upgrade() else { return };
                 let now = now_ms();
+                let wall = crate::jwt::unix_seconds();
                 server.inner.registry.for_each(|c| {
                     let idle = c.idle_ms(now);
-                    if idle >= dead_after {
+                    let expired = c
+                        .identity()
+                        .and_then(crate::jwt::expires_at)
+                        .is_some_and(|exp| exp < wall);
+                    if expired {
+                        tracing::info!(conn = %c.id(), "token expired");
+                        c.close(ErrorCode::TokenExpired, "get a new token, then reconnect");
+                    } else if idle >= dead_after {
                         tracing::info!(conn = %c.id(), idle_ms = idle, "heartbeat timeout");
                         let message = format!("nothing heard for {idle} ms");
                         c.outbox().begin_close(Closing::abort_with_code(

@@ -69,6 +69,8 @@ pub(crate) struct ServerInner {
     state: StateMap,
     hooks: Hooks,
     backplane: Arc<dyn Backplane>,
+    /// What clients may do.
+    policy: Arc<dyn crate::Policy>,
     clustered: bool,
     /// The backplane numbers room and broadcast messages: they are delivered in its
     /// order, on every node alike (`ordered.rs`).
@@ -285,6 +287,23 @@ impl Server {
 
     pub(crate) fn next_conn_id(&self) -> ConnId {
         self.inner.ids.next()
+    }
+
+    /// Whether `conn` may do `action` ([`Policy`](crate::Policy)); the refusal says what
+    /// was refused.
+    pub(crate) fn permit(
+        &self,
+        conn: &crate::Conn,
+        action: crate::Action<'_>,
+    ) -> Result<(), crate::HandlerError> {
+        if self.inner.policy.allows(conn.identity(), action) {
+            Ok(())
+        } else {
+            Err(crate::HandlerError::code_of(
+                switchboard_proto::ErrorCode::Forbidden,
+                action.describe(),
+            ))
+        }
     }
 
     pub(crate) fn auth(&self) -> &Auth {

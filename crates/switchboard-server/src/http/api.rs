@@ -1,0 +1,264 @@
+//! The server API over HTTP, for backends in any language: publish to a room, broadcast,
+//! send to a client, disconnect a client, a room's members, counts. Served under
+//! `/api` when [`ServerConfig::api_key`](crate::ServerConfig::api_key) is set, and only
+//! to requests that carry it (`Authorization: Bearer <key>`, compared in constant
+//! time; failures are throttled per address). JSON in and out; errors are
+//! `{"error": {"code", "message"}}` with switchboard's codes. `GET /api/openapi.json`
+//! describes it all.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use switchboard_proto::ErrorCode;
+
+use crate::auth::{Throttle, password_matches};
+use crate::{ConnId, Server};
+
+/// The OpenAPI document, served at `/api/openapi.json`.
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// The routes, for [`router`](super::router) to nest under `/api`.
+pub(crate) fn routes(server: Server, key: String) -> axum::Router {
+    let gate = Gate {
+        key,
+        throttle: std::sync::Arc::new(Throttle::new(10, Duration::from_secs(60))),
+    };
+    let limit = server.config().max_message_size;
+    axum::Router::new()
+        .route("/publish", post(publish))
+        .route("/broadcast", post(broadcast))
+        .route("/send", post(send))
+        .route("/disconnect", post(disconnect))
+        .route("/rooms/{room}/members", get(members))
+        .route("/info", get(info))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(gate, require_key))
+        .route("/openapi.json", get(openapi))
+        .with_state(server)
+}
+
+#[derive(Clone)]
+struct Gate {
+    key: String,
+    throttle: std::sync::Arc<Throttle>,
+}
+
+/// Lets through only requests with the API key; an address that keeps failing is
+/// throttled (429) before its key is even compared.
+async fn require_key(State(gate): State<Gate>, req: Request, next: Next) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let now = std::time::Instant::now();
+    if let Some(wait) = ip.and_then(|ip| gate.throttle.blocked(ip, now)) {
+        let message = crate::auth::throttled_message(wait);
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            &message,
+        );
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "));
+    match presented {
+        Some(key) if password_matches(key, &gate.key) => next.run(req).await,
+        _ => {
+            if let Some(ip) = ip {
+                gate.throttle.failed(ip, now);
+            }
+            error(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::AuthFailed,
+                "a valid API key is required: Authorization: Bearer <key>",
+            )
+        }
+    }
+}
+
+fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    let body = json!({"error": {"code": code.as_str(), "message": message}});
+    (status, Json(body)).into_response()
+}
+
+/// A body that is not the JSON an endpoint wants.
+fn bad_body(rejection: &JsonRejection) -> Response {
+    let status = match rejection {
+        JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ErrorCode::MessageTooLarge
+    } else {
+        ErrorCode::InvalidPayload
+    };
+    error(status, code, &rejection.body_text())
+}
+
+fn sent(result: Result<usize, crate::SendError>) -> Response {
+    match result {
+        Ok(n) => Json(json!({"delivered": n})).into_response(),
+        Err(e) => send_error(&e),
+    }
+}
+
+fn send_error(e: &crate::SendError) -> Response {
+    use crate::SendError as E;
+    let (status, code) = match e {
+        E::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::ClientNotFound),
+        E::InvalidRoom(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom),
+        E::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::MessageTooLarge),
+        E::Encode(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Internal),
+    };
+    error(status, code, &e.to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Publish {
+    room: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default = "empty")]
+    payload: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Broadcast {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default = "empty")]
+    payload: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Send {
+    client: ConnId,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default = "empty")]
+    payload: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Disconnect {
+    client: ConnId,
+    reason: Option<String>,
+}
+
+fn empty() -> Value {
+    json!({})
+}
+
+/// The refusal of a message type the API may not send: empty, too long, or one of the
+/// protocol's own.
+fn type_refused(kind: &str) -> Option<Response> {
+    let reserved = switchboard_proto::types::is_server_only(kind);
+    (kind.is_empty() || kind.len() > switchboard_proto::MAX_ID_LEN || reserved).then(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidEnvelope,
+            "`type` must be a non-empty name that is not one of the protocol's own",
+        )
+    })
+}
+
+async fn publish(
+    State(server): State<Server>,
+    body: Result<Json<Publish>, JsonRejection>,
+) -> Response {
+    let Json(p) = match body {
+        Ok(p) => p,
+        Err(e) => return bad_body(&e),
+    };
+    if let Some(refused) = type_refused(&p.kind) {
+        return refused;
+    }
+    sent(server.send_to_room(&p.room, &p.kind, &p.payload))
+}
+
+async fn broadcast(
+    State(server): State<Server>,
+    body: Result<Json<Broadcast>, JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_body(&e),
+    };
+    if let Some(refused) = type_refused(&b.kind) {
+        return refused;
+    }
+    sent(server.broadcast(&b.kind, &b.payload))
+}
+
+async fn send(State(server): State<Server>, body: Result<Json<Send>, JsonRejection>) -> Response {
+    let Json(s) = match body {
+        Ok(s) => s,
+        Err(e) => return bad_body(&e),
+    };
+    if let Some(refused) = type_refused(&s.kind) {
+        return refused;
+    }
+    sent(server.send_to(s.client, &s.kind, &s.payload).map(|()| 1))
+}
+
+async fn disconnect(
+    State(server): State<Server>,
+    body: Result<Json<Disconnect>, JsonRejection>,
+) -> Response {
+    let Json(d) = match body {
+        Ok(d) => d,
+        Err(e) => return bad_body(&e),
+    };
+    let reason = d.reason.as_deref().unwrap_or("disconnected by the server");
+    match server.connection(d.client) {
+        Some(conn) => {
+            conn.close(ErrorCode::Kicked, reason);
+            Json(json!({"disconnected": true})).into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::ClientNotFound,
+            &format!("no client {} is connected to this node", d.client),
+        ),
+    }
+}
+
+async fn members(State(server): State<Server>, Path(room): Path<String>) -> Response {
+    let members = server.cluster_room_members(&room).await;
+    Json(json!({"room": room, "members": members, "count": members.len()})).into_response()
+}
+
+async fn info(State(server): State<Server>) -> Response {
+    let connections = server.cluster_connection_count().await;
+    Json(json!({
+        "name": server.name(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "connections": connections,
+        "connections_here": server.connection_count(),
+        "rooms_here": server.rooms().len(),
+        "uptime_s": server.uptime().as_secs(),
+    }))
+    .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
