@@ -180,42 +180,60 @@ fn type_refused(kind: &str) -> Option<Response> {
     })
 }
 
-async fn publish(
-    State(server): State<Server>,
-    body: Result<Json<Publish>, JsonRejection>,
-) -> Response {
-    let Json(p) = match body {
-        Ok(p) => p,
-        Err(e) => return bad_body(&e),
-    };
-    if let Some(refused) = type_refused(&p.kind) {
-        return refused;
+/// A message the API sends: its `type`, for [`Checked`].
+trait Message {
+    fn kind(&self) -> &str;
+}
+
+impl Message for Publish {
+    fn kind(&self) -> &str {
+        &self.kind
     }
+}
+
+impl Message for Broadcast {
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+}
+
+impl Message for Send {
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+}
+
+/// A JSON body of the shape `T`, with a `type` the API may send; otherwise the typed
+/// refusal.
+struct Checked<T>(T);
+
+impl<S, T> axum::extract::FromRequest<S> for Checked<T>
+where
+    S: std::marker::Send + Sync,
+    T: serde::de::DeserializeOwned + Message,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let Json(body) = Json::<T>::from_request(req, state)
+            .await
+            .map_err(|e| bad_body(&e))?;
+        match type_refused(body.kind()) {
+            Some(refused) => Err(refused),
+            None => Ok(Checked(body)),
+        }
+    }
+}
+
+async fn publish(State(server): State<Server>, Checked(p): Checked<Publish>) -> Response {
     sent(server.send_to_room(&p.room, &p.kind, &p.payload))
 }
 
-async fn broadcast(
-    State(server): State<Server>,
-    body: Result<Json<Broadcast>, JsonRejection>,
-) -> Response {
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(e) => return bad_body(&e),
-    };
-    if let Some(refused) = type_refused(&b.kind) {
-        return refused;
-    }
+async fn broadcast(State(server): State<Server>, Checked(b): Checked<Broadcast>) -> Response {
     sent(server.broadcast(&b.kind, &b.payload))
 }
 
-async fn send(State(server): State<Server>, body: Result<Json<Send>, JsonRejection>) -> Response {
-    let Json(s) = match body {
-        Ok(s) => s,
-        Err(e) => return bad_body(&e),
-    };
-    if let Some(refused) = type_refused(&s.kind) {
-        return refused;
-    }
+async fn send(State(server): State<Server>, Checked(s): Checked<Send>) -> Response {
     sent(server.send_to(s.client, &s.kind, &s.payload).map(|()| 1))
 }
 
