@@ -37,6 +37,14 @@ export declare function backoffDelay(
 export interface ClientOptions {
   /** The `auth` payload sent on every connection: `{password}` or `{token}`. */
   auth?: Record<string, unknown>;
+  /**
+   * Fetches a token from your backend: called before every connection (so a reconnect
+   * never presents an expired token) and again `refreshBefore` ms before the current
+   * token's `exp`, sent on the open connection (docs/auth.md).
+   */
+  getToken?: () => string | Promise<string>;
+  /** With `getToken`: how long before `exp` to refresh, in ms (default 30,000; at most half the token's life). */
+  refreshBefore?: number;
   reconnect?: ReconnectOptions;
   /** Resume the session after a reconnect (same id and rooms, missed messages). Default true. */
   resume?: boolean;
@@ -126,7 +134,8 @@ export interface CloseInfo {
 export type ClientErrorEvent =
   | { kind: "connection"; attempt: number; code?: string; message: string }
   | { kind: "gave_up"; attempts: number; message: string }
-  | { kind: "message"; code: string; message: string; details?: unknown };
+  | { kind: "message"; code: string; message: string; details?: unknown }
+  | { kind: "token"; code: "TOKEN"; message: string };
 
 export interface Handle {
   /** Removes the handler; false if it was already gone. */
@@ -224,3 +233,6 @@ export declare class Client {
 }
 
 export default Client;
+
+/** A JWT's `exp` (seconds since the epoch), or null. */
+export declare function tokenExpiry(token: string): number | null;

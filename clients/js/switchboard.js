@@ -109,6 +109,8 @@ const DEFAULTS = {
   // ConnectionLostError.
   retryInFlight: true,
   connectTimeout: 10_000,
+  // With `getToken`: how long before a token's `exp` a fresh one is fetched and sent.
+  refreshBefore: 30_000,
   requestTimeout: 10_000,
   offlineQueue: 1024,
   offlineQueueBytes: 1024 * 1024,
@@ -121,6 +123,18 @@ const DEFAULTS = {
     maxAttempts: null,
   },
 };
+
+/** A JWT's `exp` (seconds since the epoch), or null when it has none or is not a JWT. */
+export function tokenExpiry(token) {
+  try {
+    const part = token.split(".")[1];
+    const json = atob(part.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((part.length + 3) % 4));
+    const exp = JSON.parse(json).exp;
+    return typeof exp === "number" ? exp : null;
+  } catch (_) {
+    return null;
+  }
+}
 
 /** `bytes` random bytes as hex (Web Crypto: browsers and Node 20+). */
 function randomHex(bytes) {
@@ -370,7 +384,27 @@ export class Client {
 
   // One connection attempt (resuming when `resume` is a `resume` payload): resolves with
   // the session, or rejects with a ConnectError.
+  // Asks `getToken` for a token first, when the client has one: before every
+  // connection, so a reconnect never presents an expired token.
   _open(resume) {
+    if (!this.options.getToken) {
+      this._auth = this.options.auth;
+      return this._connectSocket(resume);
+    }
+    return Promise.resolve()
+      .then(() => this.options.getToken())
+      .then(
+        (token) => {
+          this._auth = { ...(this.options.auth || {}), token };
+          return this._connectSocket(resume);
+        },
+        (e) => {
+          throw new ConnectError(`getToken failed: ${e && e.message ? e.message : e}`, "TOKEN");
+        },
+      );
+  }
+
+  _connectSocket(resume) {
     return new Promise((resolve, reject) => {
       let ws;
       const url = resume ? `${this.url}${this.url.includes("?") ? "&" : "?"}resume=1` : this.url;
@@ -396,8 +430,8 @@ export class Client {
         reject(err);
       };
       ws.onopen = () => {
-        if (this.options.auth) {
-          ws.send(JSON.stringify({ type: "auth", ref: "auth", payload: this.options.auth }));
+        if (this._auth) {
+          ws.send(JSON.stringify({ type: "auth", ref: "auth", payload: this._auth }));
         }
         if (resume) ws.send(JSON.stringify({ type: "resume", payload: resume }));
       };
@@ -460,6 +494,7 @@ export class Client {
       for (const [, p] of this._inFlight()) this._ws.send(p.data);
     }
     this._setState(ConnectionState.OPEN);
+    this._scheduleRefresh();
     this._flush();
     if (reconnected && session.resumed) this._emit("resume", session.resumed);
     if (reconnected) this._emit("open", session);
@@ -487,9 +522,34 @@ export class Client {
     }
   }
 
+  // With `getToken`: a fresh token, sent on the open connection, before the current
+  // one expires (`refreshBefore` ms ahead, at most half its life).
+  _scheduleRefresh() {
+    clearTimeout(this._refreshTimer);
+    const exp = this._auth && typeof this._auth.token === "string" ? tokenExpiry(this._auth.token) : null;
+    if (!this.options.getToken || exp === null) return;
+    const left = exp * 1000 - Date.now();
+    const ahead = Math.min(this.options.refreshBefore, left / 2);
+    this._refreshTimer = setTimeout(() => this._refresh(), Math.max(0, left - ahead));
+  }
+
+  _refresh() {
+    Promise.resolve()
+      .then(() => this.options.getToken())
+      .then((token) => {
+        if (this._state !== ConnectionState.OPEN || !this._ws) return;
+        this._auth = { ...(this.options.auth || {}), token };
+        this._refreshes = (this._refreshes || 0) + 1;
+        this._ws.send(JSON.stringify({ type: "auth", ref: `refresh:${this._refreshes}`, payload: this._auth }));
+        this._scheduleRefresh();
+      })
+      .catch((e) => this._emit("error", { kind: "token", code: "TOKEN", message: `getToken failed: ${e && e.message ? e.message : e}` }));
+  }
+
   _dropped(ws, code, reason) {
     if (ws !== this._ws) return;
     this._ws = null;
+    clearTimeout(this._refreshTimer);
     const info = { code: code || 1006, reason: reason || "", reconnect: reconnectHint(code || 1006) };
     this._closeInfo = info;
     // Requests already sent go again after the reconnect; without `retryInFlight` they
@@ -547,6 +607,7 @@ export class Client {
   }
 
   _finish() {
+    clearTimeout(this._refreshTimer);
     this._queue = [];
     this._queueBytes = 0;
     for (const [, p] of this._pending) {
@@ -613,7 +674,7 @@ export class Client {
         clearTimeout(p.timer);
         if (env.payload.status === "ok") p.resolve(env.payload.result === undefined ? null : env.payload.result);
         else p.reject(new RemoteError(env.payload.code, env.payload.message, env.payload.details));
-      } else if (typeof ref === "string" && (ref.startsWith("rejoin:") || ref === "auth") && env.payload.status === "error") {
+      } else if (typeof ref === "string" && (ref.startsWith("rejoin:") || ref.startsWith("refresh:") || ref === "auth") && env.payload.status === "error") {
         this._emit("error", { kind: "message", code: env.payload.code, message: env.payload.message, details: env.payload.details });
       }
     } else if (env.type === "error") {

@@ -39,3 +39,51 @@ test("a backend signs a token and publishes; the client hears it, and only joins
     await hub.stop();
   }
 });
+
+test("refresh under load: tokens that expire every 3 s are refreshed on the open connections; no reconnect, nothing lost", async () => {
+  const hub = await startHub({
+    env: { SWITCHBOARD_JWT_SECRET: SECRET, SWITCHBOARD_API_KEY: KEY },
+    args: ["--heartbeat-interval", "250ms", "--rate-limit", "0"],
+  });
+  const N = 100;
+  const MESSAGES = 200;
+  try {
+    let fetched = 0;
+    const getToken = () => {
+      fetched++;
+      return tokenFor(SECRET, "viewer", { rooms: ["feed"], seconds: 3 });
+    };
+    const clients = [];
+    const got = [];
+    let reconnects = 0;
+    let done;
+    const all = new Promise((r) => (done = r));
+    let complete = 0;
+    for (let i = 0; i < N; i++) {
+      const c = await Client.connect(hub.url, { getToken, refreshBefore: 1500 });
+      await c.join("feed");
+      const mine = [];
+      got.push(mine);
+      c.on("tick", (m) => {
+        mine.push(m.payload.i);
+        if (mine.length === MESSAGES && ++complete === N) done();
+      });
+      c.onReconnectAttempt(() => reconnects++);
+      clients.push(c);
+    }
+    // About 6 s of ticks: every token is refreshed at least twice meanwhile.
+    for (let i = 0; i < MESSAGES; i++) {
+      const r = await api(hub.http, KEY, "/publish", { room: "feed", type: "tick", payload: { i } });
+      assert.equal(r.status, 200);
+      await new Promise((r) => setTimeout(r, 30));
+    }
+    await all;
+    const expected = Array.from({ length: MESSAGES }, (_, i) => i);
+    for (const mine of got) assert.deepEqual(mine, expected);
+    assert.equal(reconnects, 0, "no client reconnected");
+    assert.ok(fetched >= N * 3, `tokens fetched: ${fetched}`);
+    for (const c of clients) await c.close();
+  } finally {
+    await hub.stop();
+  }
+});

@@ -197,7 +197,7 @@ impl FromMessage for Binary {
 /// ```
 impl FromMessage for Identity {
     fn from_message(cx: &MessageContext) -> Result<Self, HandlerError> {
-        cx.conn.identity().cloned().ok_or_else(|| {
+        cx.conn.identity().as_deref().cloned().ok_or_else(|| {
             HandlerError::code_of(
                 ErrorCode::AuthRequired,
                 format!("`{}` needs an authenticated client", cx.envelope.kind),
@@ -208,7 +208,7 @@ impl FromMessage for Identity {
 
 impl FromMessage for Option<Identity> {
     fn from_message(cx: &MessageContext) -> Result<Self, HandlerError> {
-        Ok(cx.conn.identity().cloned())
+        Ok(cx.conn.identity().as_deref().cloned())
     }
 }
 

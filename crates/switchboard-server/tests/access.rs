@@ -291,3 +291,44 @@ async fn the_api_disconnects_a_client() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_fresh_token_on_the_open_connection_swaps_permissions_and_outlives_the_old_one() {
+    let s = server().await;
+    let t = now();
+    let mut a = connect(&s, &alice(t + 1)).await;
+    join(&mut a, "chat:lobby").await;
+    join(&mut a, "news").await;
+    // Another user's token: refused; the connection stays as it was.
+    let bob = token(json!({"sub": "bob", "exp": t + 60, "rooms": ["*"]}));
+    let refused = a
+        .roundtrip(json!({"type":"auth","ref":"r1","payload":{"token": bob}}))
+        .await;
+    assert_eq!(refused["payload"]["code"], "AUTH_FAILED", "{refused}");
+    // Alice's fresh token, without `news`: she leaves it, and stays connected past
+    // the first token's expiry.
+    let fresh =
+        token(json!({"sub": "alice", "exp": t + 60, "rooms": ["chat:*"], "publish": ["chat:*"]}));
+    let swapped = a
+        .roundtrip(json!({"type":"auth","ref":"r2","payload":{"token": fresh}}))
+        .await;
+    assert_eq!(swapped["payload"]["status"], "ok", "{swapped}");
+    assert_eq!(swapped["payload"]["result"]["left"], json!(["news"]));
+    assert_eq!(
+        swapped["payload"]["result"]["identity"]["claims"]["exp"],
+        t + 60
+    );
+    while now() <= t + 2 {
+        // Time passing is what is tested: the first token's `exp`, then a heartbeat tick.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        a.roundtrip(json!({"type":"ping"})).await["type"],
+        "pong",
+        "still connected"
+    );
+    let r = join(&mut a, "news").await;
+    assert_eq!(r["payload"]["code"], "FORBIDDEN", "{r}");
+    s.stop().await;
+}

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -35,8 +35,8 @@ struct ConnShared {
     server: WeakServer,
     outbox: Outbox,
     rooms: Mutex<RoomSet>,
-    /// Who the client authenticated as; set once.
-    identity: OnceLock<Arc<Identity>>,
+    /// Who the client authenticated as; replaced when it refreshes its token.
+    identity: arc_swap::ArcSwapOption<Identity>,
     /// When the client last sent anything ([`now_ms`]), for heartbeats.
     last_seen: AtomicU64,
     /// The wire format this client speaks (an index into [`Dialect::ALL`]).
@@ -105,7 +105,7 @@ impl Conn {
                 server: server.downgrade(),
                 outbox: Outbox::new(config),
                 rooms: Mutex::new(RoomSet::default()),
-                identity: OnceLock::new(),
+                identity: arc_swap::ArcSwapOption::empty(),
                 last_seen: AtomicU64::new(now_ms()),
                 dialect: AtomicU8::new(dialect_index(dialect)),
             }),
@@ -149,7 +149,7 @@ impl Conn {
 
     /// True once the client has authenticated (with the password or the authenticator).
     pub fn is_authenticated(&self) -> bool {
-        self.shared.identity.get().is_some()
+        self.shared.identity.load().is_some()
     }
 
     /// Who the client authenticated as, if it has.
@@ -161,13 +161,29 @@ impl Conn {
     /// }
     /// # }
     /// ```
-    pub fn identity(&self) -> Option<&Identity> {
-        self.shared.identity.get().map(|i| &**i)
+    pub fn identity(&self) -> Option<Arc<Identity>> {
+        self.shared.identity.load_full()
+    }
+
+    /// Calls `f` with the identity, without taking a reference count (the hot path's
+    /// permission checks).
+    pub(crate) fn with_identity<T>(&self, f: impl FnOnce(Option<&Identity>) -> T) -> T {
+        f(self.shared.identity.load().as_deref())
     }
 
     /// Records the identity; false if the connection already had one.
     pub(crate) fn set_identity(&self, identity: Identity) -> bool {
-        self.shared.identity.set(Arc::new(identity)).is_ok()
+        let new = Some(Arc::new(identity));
+        let before = self
+            .shared
+            .identity
+            .compare_and_swap(&None::<Arc<Identity>>, new);
+        before.is_none()
+    }
+
+    /// Replaces the identity (a refreshed token).
+    pub(crate) fn replace_identity(&self, identity: Identity) {
+        self.shared.identity.store(Some(Arc::new(identity)));
     }
 
     /// Notes that the client sent something (heartbeats).

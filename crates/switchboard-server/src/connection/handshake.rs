@@ -241,7 +241,7 @@ fn connected_frame_for(
         payload["resume_token"] = json!(conn.session().token());
     }
     if let Some(identity) = conn.identity() {
-        payload["identity"] = json!(identity);
+        payload["identity"] = json!(&*identity);
     }
     if positions.session.is_some() || positions.all.is_some() || !positions.rooms.is_empty() {
         payload["streams"] = json!(positions);
@@ -257,7 +257,7 @@ fn connected_frame_for(
 
 /// The result of a successful `auth`: `{client_id, identity}`.
 pub(crate) fn auth_result(conn: &Conn) -> serde_json::Value {
-    json!({ "client_id": conn.id(), "identity": conn.identity() })
+    json!({ "client_id": conn.id(), "identity": conn.identity().as_deref() })
 }
 
 /// A `resume` as read: the request or why it is not one, and its `ref`.

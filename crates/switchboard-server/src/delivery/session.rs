@@ -410,7 +410,7 @@ impl Session {
         }
         state.detached = Some(Box::new(Detached {
             at_ms: now_ms,
-            identity: conn.identity().cloned(),
+            identity: conn.identity().as_deref().cloned(),
             rooms,
         }));
         unregister();

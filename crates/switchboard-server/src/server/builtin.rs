@@ -24,14 +24,22 @@ pub(crate) fn register(builder: ServerBuilder) -> ServerBuilder {
         .on(types::UNSUBSCRIBE, leave_room)
 }
 
-/// `auth` after the connection is up: a late login when authentication is optional, a
-/// no-op when the client is already authenticated or the server checks nothing.
+/// `auth` after the connection is up: a late login when authentication is optional; a
+/// token refresh when the client is authenticated and sends a token (the same user's:
+/// its identity and permissions are swapped, and it leaves the rooms the new token no
+/// longer allows); a no-op otherwise, or when the server checks nothing.
 async fn auth(server: Server, conn: Conn, env: Envelope) -> Result<Json<Value>, HandlerError> {
     let auth = server.auth();
-    if conn.is_authenticated() || !auth.is_configured() {
+    if !auth.is_configured() {
         return Ok(Json(auth_result(&conn)));
     }
     let credentials = Credentials::new(env.payload, conn.remote_addr());
+    if conn.is_authenticated() {
+        if credentials.token().is_none() {
+            return Ok(Json(auth_result(&conn)));
+        }
+        return refresh(&server, &conn, credentials).await;
+    }
     match auth.check(credentials, conn.id().to_string()).await {
         Outcome::Accepted(identity) => {
             conn.set_identity(identity);
@@ -39,6 +47,40 @@ async fn auth(server: Server, conn: Conn, env: Envelope) -> Result<Json<Value>, 
         }
         // Optional authentication: a wrong guess is an error, not a disconnect; the
         // per-address throttle still counts it.
+        Outcome::Rejected(message) => Err(HandlerError::code_of(ErrorCode::AuthFailed, message)),
+        Outcome::Throttled(wait) => Err(HandlerError::code_of(
+            ErrorCode::RateLimited,
+            crate::auth::throttled_message(wait),
+        )),
+    }
+}
+
+/// A fresh token on an open connection.
+async fn refresh(
+    server: &Server,
+    conn: &Conn,
+    credentials: Credentials,
+) -> Result<Json<Value>, HandlerError> {
+    match server
+        .auth()
+        .check(credentials, conn.id().to_string())
+        .await
+    {
+        Outcome::Accepted(identity) => {
+            let same = conn.with_identity(|who| who.is_some_and(|w| w.id == identity.id));
+            if !same {
+                return Err(HandlerError::code_of(
+                    ErrorCode::AuthFailed,
+                    "a refreshed token must be for the same user",
+                ));
+            }
+            conn.replace_identity(identity);
+            let left = server.leave_rooms_not_allowed(conn);
+            let mut result = auth_result(conn);
+            result["left"] = json!(left);
+            Ok(Json(result))
+        }
+        // The connection goes on with its current token, until it expires.
         Outcome::Rejected(message) => Err(HandlerError::code_of(ErrorCode::AuthFailed, message)),
         Outcome::Throttled(wait) => Err(HandlerError::code_of(
             ErrorCode::RateLimited,

@@ -67,10 +67,10 @@ impl Server {
                 let wall = crate::jwt::unix_seconds();
                 server.inner.registry.for_each(|c| {
                     let idle = c.idle_ms(now);
-                    let expired = c
-                        .identity()
-                        .and_then(crate::jwt::expires_at)
-                        .is_some_and(|exp| exp < wall);
+                    let expired = c.with_identity(|who| {
+                        who.and_then(crate::jwt::expires_at)
+                            .is_some_and(|exp| exp < wall)
+                    });
                     if expired {
                         tracing::info!(conn = %c.id(), "token expired");
                         c.close(ErrorCode::TokenExpired, "get a new token, then reconnect");

@@ -296,7 +296,7 @@ impl Server {
         conn: &crate::Conn,
         action: crate::Action<'_>,
     ) -> Result<(), crate::HandlerError> {
-        if self.inner.policy.allows(conn.identity(), action) {
+        if conn.with_identity(|who| self.inner.policy.allows(who, action)) {
             Ok(())
         } else {
             Err(crate::HandlerError::code_of(

@@ -99,6 +99,18 @@ impl Server {
         true
     }
 
+    /// Takes `conn` out of the rooms its identity no longer allows (after a token
+    /// refresh); returns them.
+    pub(crate) fn leave_rooms_not_allowed(&self, conn: &Conn) -> Vec<String> {
+        let mut left = Vec::new();
+        for room in conn.rooms() {
+            if self.permit(conn, crate::Action::Join(&room)).is_err() && self.leave(conn, &room) {
+                left.push(room);
+            }
+        }
+        left
+    }
+
     /// Tells the backplane and the room's remaining members that `conn` left.
     pub(super) fn announce_leave(&self, conn: &Conn, room: &str) {
         if let Some(stream) = self.inner.streams.existing_room(room) {

@@ -65,7 +65,9 @@ impl Server {
         if ttl.is_zero() {
             return;
         }
-        let record = conn.session().record(conn.identity().cloned(), ttl);
+        let record = conn
+            .session()
+            .record(conn.identity().as_deref().cloned(), ttl);
         let opened = self.inner.backplane.open_session(&record);
         match tokio::time::timeout(OPEN_TIMEOUT, opened).await {
             Ok(Ok(())) => {}
@@ -216,7 +218,11 @@ impl Server {
         let session = conn.session();
         let mut state = session.lock();
         let (old, rooms, identity) = match (state.live(), state.detached()) {
-            (Some(live), _) => (Some(live.clone()), live.rooms(), live.identity().cloned()),
+            (Some(live), _) => (
+                Some(live.clone()),
+                live.rooms(),
+                live.identity().as_deref().cloned(),
+            ),
             (None, Some(d)) => (
                 None,
                 d.rooms.iter().map(|r| r.to_string()).collect(),
