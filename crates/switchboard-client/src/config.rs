@@ -148,6 +148,11 @@ pub struct ClientConfig {
     /// [`RequestError::ConnectionLost`](crate::RequestError::ConnectionLost), as the
     /// server may or may not have handled it. Default true.
     pub retry_in_flight: bool,
+    /// Where tokens come from ([`get_token`](Self::get_token)). Default none.
+    pub token_source: Option<crate::TokenSource>,
+    /// With a token source: how long before a token's `exp` a fresh one is fetched and
+    /// sent on the open connection (at most half the token's life). Default 30 s.
+    pub refresh_before: Duration,
 }
 
 impl Default for ClientConfig {
@@ -165,6 +170,8 @@ impl Default for ClientConfig {
             reconnect: ReconnectConfig::default(),
             resume: true,
             retry_in_flight: true,
+            token_source: None,
+            refresh_before: Duration::from_secs(30),
         }
     }
 }
@@ -178,6 +185,29 @@ impl ClientConfig {
     /// ```
     pub fn password(mut self, password: impl Into<String>) -> ClientConfig {
         self.auth = Some(json!({ "password": password.into() }));
+        self
+    }
+
+    /// Gets tokens from your backend: `fetch` is called before every connection (so a
+    /// reconnect never presents an expired token) and again before the current token's
+    /// `exp`, whose result is sent on the open connection (docs/auth.md).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use switchboard_client::{Client, ClientConfig};
+    /// let config = ClientConfig::default().get_token(|| async {
+    ///     // Ask your backend; here, a fixed one.
+    ///     Ok::<_, String>("eyJ...".to_owned())
+    /// });
+    /// let client = Client::connect_with("ws://127.0.0.1:8080/ws", config).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn get_token<F, Fut>(mut self, fetch: F) -> ClientConfig
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<String, String>> + Send + 'static,
+    {
+        self.token_source = Some(crate::TokenSource::new(fetch));
         self
     }
 

@@ -49,7 +49,9 @@ pub(crate) fn check_url(url: &str) -> Result<(), ConnectError> {
 }
 
 /// A connection just opened: the socket, `connected`, and its streams part.
-pub(crate) type Opened = (Ws, Session, ConnectedStreams);
+/// A connection open: the socket, what `connected` said, the positions it gave, and
+/// the token it authenticated with (from the token source).
+pub(crate) type Opened = (Ws, Session, ConnectedStreams, Option<String>);
 
 /// Opens a connection and waits for `connected` (sending `auth` first when configured,
 /// then `resume` when there is a session to resume).
@@ -59,6 +61,15 @@ pub(crate) async fn open(
     resume: Option<&ResumeRequest>,
 ) -> Result<Opened, ConnectError> {
     check_url(url)?;
+    // A token from the source, fresh for this connection.
+    let token = match &config.token_source {
+        Some(source) => Some(source.fetch().await.map_err(ConnectError::Token)?),
+        None => None,
+    };
+    let auth = match &token {
+        Some(token) => Some(crate::token::auth_with(config.auth.as_ref(), token)),
+        None => config.auth.clone(),
+    };
     let url = match resume {
         Some(_) if url.contains('?') => format!("{url}&resume=1"),
         Some(_) => format!("{url}?resume=1"),
@@ -75,7 +86,7 @@ pub(crate) async fn open(
         .await
         .map_err(|_| ConnectError::Timeout)?
         .map_err(ConnectError::Unreachable)?;
-    if let Some(auth) = &config.auth {
+    if let Some(auth) = &auth {
         let payload = Payload::from_serialize(auth)
             .map_err(|e| ConnectError::InvalidUrl(format!("bad auth payload: {e}")))?;
         let frame = Envelope {
@@ -157,5 +168,5 @@ pub(crate) async fn open(
     })
     .await
     .map_err(|_| ConnectError::Timeout)??;
-    Ok((ws, session, streams))
+    Ok((ws, session, streams, token))
 }

@@ -74,7 +74,10 @@ async fn reconnect_loop(inner: &Arc<Inner>, hint: Reconnect) -> Option<Ws> {
             None
         };
         match connect::open(&inner.url, &inner.config, resume.as_ref()).await {
-            Ok((mut ws, session, positions)) => {
+            Ok((mut ws, session, positions, token)) => {
+                if token.is_some() {
+                    *lock(&inner.token) = token;
+                }
                 lock(&inner.streams).connected(&positions);
                 let resumed = session.resumed.as_ref().is_some_and(|o| o.resumed);
                 // Rooms first (unless the resumed session has them), then what was in

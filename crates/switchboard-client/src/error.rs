@@ -28,6 +28,10 @@ pub enum ConnectError {
     /// The server did not confirm the connection in time.
     #[error("timed out waiting for the server")]
     Timeout,
+    /// The token source ([`ClientConfig::get_token`](crate::ClientConfig::get_token))
+    /// gave no token.
+    #[error("could not get a token: {0}")]
+    Token(String),
 }
 
 impl ConnectError {

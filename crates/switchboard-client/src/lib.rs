@@ -38,6 +38,7 @@ mod locks;
 mod state;
 mod status;
 mod streams;
+mod token;
 
 pub use client::{Client, Messages};
 pub use config::{ClientConfig, ReconnectConfig};
@@ -48,3 +49,4 @@ pub use status::{CloseInfo, ConnectionState};
 pub use switchboard_proto::{
     Envelope, ErrorCode, Position, Reconnect, Recovery, RecoveryGap, ResumeOutcome,
 };
+pub use token::{TokenSource, token_expiry};

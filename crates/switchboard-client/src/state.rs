@@ -67,6 +67,8 @@ pub(crate) struct Inner {
     pub(crate) next_id: AtomicU64,
     /// 64 random bits, the start of every request's `ref`.
     pub(crate) ref_prefix: u64,
+    /// The token the client authenticated with last (from its token source).
+    pub(crate) token: Mutex<Option<String>>,
 }
 
 impl Inner {

@@ -332,3 +332,54 @@ async fn a_fresh_token_on_the_open_connection_swaps_permissions_and_outlives_the
     assert_eq!(r["payload"]["code"], "FORBIDDEN", "{r}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_rust_client_fetches_tokens_and_refreshes_them_before_they_expire() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use switchboard_client::{Client, ClientConfig, ConnectionState};
+
+    let s = server().await;
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let f = fetched.clone();
+    let config = ClientConfig::default()
+        .get_token(move || {
+            f.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Ok(token(
+                    json!({"sub": "alice", "exp": now() + 3, "rooms": ["chat:*"], "publish": ["chat:*"]}),
+                ))
+            }
+        });
+    let config = ClientConfig {
+        refresh_before: Duration::from_millis(1500),
+        ..config
+    };
+    let client = Client::connect_with(&s.url(), config).await.unwrap();
+    assert_eq!(client.session().user_id.as_deref(), Some("alice"));
+    client.join("chat:lobby").await.unwrap();
+    let mut state = client.watch_state();
+    // Past two lifetimes of a token: it was refreshed on the open connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(7);
+    while fetched.load(Ordering::SeqCst) < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tokens fetched: {}",
+            fetched.load(Ordering::SeqCst)
+        );
+        assert_eq!(
+            *state.borrow_and_update(),
+            ConnectionState::Open,
+            "never reconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(*state.borrow(), ConnectionState::Open);
+    assert!(!state.has_changed().unwrap(), "the state never changed");
+    // The server sees the latest token's expiry.
+    let conn = s.server.connection(client.id().parse().unwrap()).unwrap();
+    let exp = conn.identity().unwrap().claims["exp"].as_u64().unwrap();
+    assert!(exp > now(), "a live token");
+    client.close().await;
+    s.stop().await;
+}

@@ -72,7 +72,11 @@ impl Client {
 
     /// Connects with these settings.
     pub async fn connect_with(url: &str, config: ClientConfig) -> Result<Client, ConnectError> {
-        let (ws, session, positions) = connect::open(url, &config, None).await?;
+        let (ws, session, positions, token) = connect::open(url, &config, None).await?;
+        let refresh = config
+            .token_source
+            .clone()
+            .map(|source| (source, config.refresh_before));
         let mut streams = Streams::default();
         streams.connected(&positions);
         let (state, _) = watch::channel(ConnectionState::Open);
@@ -94,7 +98,15 @@ impl Client {
             streams: Mutex::new(streams),
             next_id: AtomicU64::new(1),
             ref_prefix: switchboard_proto::random_u64(),
+            token: Mutex::new(token),
         });
+        if let Some((source, before)) = refresh {
+            tokio::spawn(crate::token::refresh_loop(
+                Arc::downgrade(&inner),
+                source,
+                before,
+            ));
+        }
         tokio::spawn(crate::driver::run(Arc::clone(&inner), ws));
         Ok(Client { inner })
     }
