@@ -18,7 +18,7 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use switchboard_server::proto::{Position, random_u64};
-use switchboard_server::{ConnId, Delivery, Sequence, Target};
+use switchboard_server::{ConnId, Delivery, Disconnect, Sequence, Target};
 use tokio::sync::oneshot;
 
 use crate::membership::{Header, Shared};
@@ -158,6 +158,25 @@ impl Shared {
             .arg(client.to_string())
             .arg("g")
             .arg(generation)
+            .ignore();
+    }
+
+    /// Adds to `pipe` a notice in the log that every node disconnects these.
+    pub(crate) fn disconnect_pipe(&self, pipe: &mut redis::Pipeline, what: &Disconnect) {
+        let (who, reason) = match what {
+            Disconnect::User(user, reason) => (format!("user:{user}"), reason),
+            Disconnect::Client(id, reason) => (format!("client:{id}"), reason),
+            _ => return,
+        };
+        pipe.cmd("XADD")
+            .arg(self.log_key())
+            .arg("*")
+            .arg("n")
+            .arg(&self.node)
+            .arg("k")
+            .arg(who)
+            .arg("r")
+            .arg(reason)
             .ignore();
     }
 
@@ -314,6 +333,26 @@ impl Shared {
         };
         let bytes: Option<Vec<u8>> = entry.get("d");
         let Some(bytes) = bytes else {
+            let from: Option<String> = entry.get("n");
+            if from.as_deref() == Some(self.node.as_str()) {
+                return; // our own notice: done here already
+            }
+            // Disconnect these (another node's `disconnect_user` / `disconnect_client`).
+            let kick: Option<String> = entry.get("k");
+            if let Some(kick) = kick {
+                let reason: String = entry.get("r").unwrap_or_default();
+                let what = match kick.split_once(':') {
+                    Some(("user", user)) => Some(Disconnect::User(user.to_owned(), reason)),
+                    Some(("client", id)) => {
+                        id.parse().ok().map(|id| Disconnect::Client(id, reason))
+                    }
+                    _ => None,
+                };
+                if let Some(what) = what {
+                    node.disconnect(&what);
+                }
+                return;
+            }
             // A session resumed on another node: ours goes.
             let moved: Option<String> = entry.get("m");
             let from: Option<String> = entry.get("n");

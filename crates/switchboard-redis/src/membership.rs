@@ -229,6 +229,7 @@ impl Shared {
             PresenceEvent::SessionMoved(id, generation) => {
                 self.moved_pipe(pipe, *id, *generation);
             }
+            PresenceEvent::Disconnect(what) => self.disconnect_pipe(pipe, what),
             _ => {}
         }
     }

@@ -341,3 +341,74 @@ async fn a_client_resumes_on_another_node_with_everything_it_missed() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A node whose clients authenticate as the user their token names.
+async fn node_with_users(redis: &RedisServer, prefix: &str) -> TestServer {
+    let backplane = RedisBackplane::with_config(
+        &redis.url(),
+        RedisConfig {
+            prefix: prefix.to_owned(),
+            ..config()
+        },
+    )
+    .unwrap();
+    TestServer::start(
+        Server::builder()
+            .config(switchboard_server::ServerConfig {
+                relay_unhandled: true,
+                ..TestServer::config()
+            })
+            .authenticator(|c: switchboard_server::Credentials| async move {
+                let user = c.token().unwrap_or_default().to_owned();
+                Ok::<_, switchboard_server::AuthRejected>(switchboard_server::Identity::new(user))
+            })
+            .backplane(backplane),
+    )
+    .await
+}
+
+async fn login(node: &TestServer, user: &str) -> RawClient {
+    let mut c = RawClient::connect(&node.url()).await;
+    c.send(json!({"type":"auth","payload":{"token": user}}))
+        .await;
+    let hello = c.recv_type("connected").await;
+    c.id = hello["payload"]["client_id"].as_str().unwrap().to_owned();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_on_two_nodes_is_reached_and_disconnected_on_both() {
+    let redis = RedisServer::start();
+    let prefix = "users";
+    let a = node_with_users(&redis, prefix).await;
+    let b = node_with_users(&redis, prefix).await;
+    let mut on_a = login(&a, "alice").await;
+    let mut on_b = login(&b, "alice").await;
+    let mut carol = login(&b, "carol").await;
+
+    // From node a's library, to alice's connections on both nodes.
+    a.server
+        .send_to_user("alice", "note", &json!({"n": 1}))
+        .unwrap();
+    for c in [&mut on_a, &mut on_b] {
+        assert_eq!(c.recv_type("note").await["payload"]["n"], 1);
+    }
+    // A client on node b addresses her too.
+    carol
+        .send(json!({"type":"hi","to":"user:alice","payload":{}}))
+        .await;
+    for c in [&mut on_a, &mut on_b] {
+        assert_eq!(c.recv_type("hi").await["from"], carol.id.as_str());
+    }
+    // Disconnected everywhere from node b.
+    assert_eq!(b.server.disconnect_user("alice", "banned"), 1);
+    for c in [&mut on_a, &mut on_b] {
+        let closed = c.closed().await;
+        assert_eq!(closed.code, 4004, "{}", closed.reason);
+    }
+    // And a client by id, from the node it is not on.
+    assert!(!a.server.disconnect_client(carol.id.parse().unwrap(), "bye"));
+    assert_eq!(carol.closed().await.code, 4004);
+    a.stop().await;
+    b.stop().await;
+}

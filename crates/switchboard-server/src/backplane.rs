@@ -25,6 +25,8 @@ pub enum Target {
     Conns(Vec<ConnId>),
     /// The members of a room.
     Room(String),
+    /// Every connection of an authenticated user (by identity id), on every node.
+    User(String),
 }
 
 /// One send, as it crosses nodes: the target, who to leave out, and the frame already
@@ -136,6 +138,18 @@ pub enum PresenceEvent {
     /// A session was resumed here, in this generation: the other nodes let their
     /// (older) copies go.
     SessionMoved(ConnId, u64),
+    /// Disconnect these, on every node ([`Server::disconnect_user`](crate::Server::disconnect_user)).
+    Disconnect(Disconnect),
+}
+
+/// Who a cluster-wide disconnect is for, and why ([`PresenceEvent::Disconnect`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Disconnect {
+    /// Every connection of this user.
+    User(String, String),
+    /// This client.
+    Client(ConnId, String),
 }
 
 /// A backplane failure.
@@ -222,6 +236,15 @@ impl NodeHandle {
     pub fn session_moved(&self, client: ConnId, generation: u64) {
         if let Some(server) = self.server.upgrade() {
             server.let_session_go(client, generation);
+        }
+    }
+
+    /// Disconnects what another node asked for ([`PresenceEvent::Disconnect`]) from
+    /// this node's connections; returns how many.
+    pub fn disconnect(&self, what: &Disconnect) -> usize {
+        match self.server.upgrade() {
+            Some(server) => server.disconnect_here(what),
+            None => 0,
         }
     }
 

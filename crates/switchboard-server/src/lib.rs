@@ -57,8 +57,8 @@ mod ws;
 
 pub use auth::{AuthRejected, Authenticator, Credentials, Identity};
 pub use backplane::{
-    Backplane, BackplaneError, ClaimedSession, Delivery, LocalBackplane, NodeHandle, PresenceEvent,
-    Sequence, SessionHistory, SessionRecord, Target,
+    Backplane, BackplaneError, ClaimedSession, Delivery, Disconnect, LocalBackplane, NodeHandle,
+    PresenceEvent, Sequence, SessionHistory, SessionRecord, Target,
 };
 pub use config::{HistoryPolicy, HistoryRule, ServerConfig, SlowConsumerPolicy};
 pub use connection::Conn;

@@ -1,4 +1,5 @@
-//! Connections by id, and rooms to their members.
+//! Connections by id, rooms to their members, and users (authenticated identities)
+//! to their connections.
 //!
 //! Both maps sit behind short std locks that are never held across an `.await`:
 //! lookups clone the `Conn` handles they need and release the lock before sending.
@@ -13,11 +14,48 @@ use crate::{Conn, ConnId};
 pub(crate) struct Registry {
     conns: RwLock<HashMap<ConnId, Conn>>,
     rooms: RwLock<HashMap<Arc<str>, HashMap<ConnId, Conn>>>,
+    /// The connections of each authenticated user.
+    users: RwLock<HashMap<Arc<str>, Vec<ConnId>>>,
 }
 
 impl Registry {
     pub(crate) fn insert(&self, conn: Conn) {
+        self.index_user(&conn);
         write(&self.conns).insert(conn.id(), conn);
+    }
+
+    /// Counts `conn` among its user's connections (once it has an identity).
+    pub(crate) fn index_user(&self, conn: &Conn) {
+        conn.with_identity(|who| {
+            if let Some(who) = who {
+                let mut users = write(&self.users);
+                let ids = users.entry(Arc::from(who.id.as_str())).or_default();
+                if !ids.contains(&conn.id()) {
+                    ids.push(conn.id());
+                }
+            }
+        });
+    }
+
+    fn unindex_user(&self, conn: &Conn) {
+        conn.with_identity(|who| {
+            if let Some(who) = who {
+                let mut users = write(&self.users);
+                if let Some(ids) = users.get_mut(who.id.as_str()) {
+                    ids.retain(|id| *id != conn.id());
+                    if ids.is_empty() {
+                        users.remove(who.id.as_str());
+                    }
+                }
+            }
+        });
+    }
+
+    /// The connections of `user` here.
+    pub(crate) fn user_conns(&self, user: &str) -> Vec<Conn> {
+        let ids = read(&self.users).get(user).cloned().unwrap_or_default();
+        let conns = read(&self.conns);
+        ids.iter().filter_map(|id| conns.get(id).cloned()).collect()
     }
 
     /// Takes `conn` out, unless a resumed connection with its id has replaced it;
@@ -26,6 +64,8 @@ impl Registry {
         let mut conns = write(&self.conns);
         if conns.get(&conn.id()) == Some(conn) {
             conns.remove(&conn.id());
+            drop(conns);
+            self.unindex_user(conn);
             return true;
         }
         false

@@ -281,7 +281,7 @@ async fn the_api_disconnects_a_client() {
         Some(&json!({"client": a.id, "reason": "account closed"}).to_string()),
     )
     .await;
-    assert_eq!(r.json()["disconnected"], true, "{r:?}");
+    assert_eq!(r.json()["disconnected_here"], 1, "{r:?}");
     let closed = a.closed().await;
     assert_eq!(closed.code, 4004);
     assert!(
@@ -381,5 +381,65 @@ async fn the_rust_client_fetches_tokens_and_refreshes_them_before_they_expire() 
     let exp = conn.identity().unwrap().claims["exp"].as_u64().unwrap();
     assert!(exp > now(), "a live token");
     client.close().await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_is_an_address_for_sends_relays_and_disconnects() {
+    let s = server().await;
+    let t = now();
+    let mut phone = connect(&s, &alice(t + 60)).await;
+    let mut laptop = connect(&s, &alice(t + 60)).await;
+    let bob = token(json!({"sub": "bob", "exp": t + 60}));
+    let mut b = connect(&s, &bob).await;
+    let key = format!("Bearer {API_KEY}");
+    let auth = [("Authorization", key.as_str())];
+
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/send",
+        &auth,
+        Some(r#"{"user":"alice","type":"note","payload":{"n":1}}"#),
+    )
+    .await;
+    assert_eq!(r.json()["delivered"], 2, "{r:?}");
+    for c in [&mut phone, &mut laptop] {
+        assert_eq!(c.recv_type("note").await["payload"]["n"], 1);
+    }
+    // A client addresses a user too.
+    b.send(json!({"type":"hi","to":"user:alice","payload":{}}))
+        .await;
+    for c in [&mut phone, &mut laptop] {
+        let m = c.recv_type("hi").await;
+        assert_eq!(m["from"], b.id.as_str());
+    }
+    assert!(b.nothing_pending().await, "bob is not alice");
+    // Neither or both of client and user: a typed refusal.
+    let r = http(s.addr, "POST", "/api/send", &auth, Some(r#"{"type":"x"}"#)).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (400, json!("INVALID_PAYLOAD"))
+    );
+
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/disconnect",
+        &auth,
+        Some(r#"{"user":"alice","reason":"signed out everywhere"}"#),
+    )
+    .await;
+    assert_eq!(r.json()["disconnected_here"], 2, "{r:?}");
+    for c in [&mut phone, &mut laptop] {
+        let closed = c.closed().await;
+        assert_eq!(closed.code, 4004);
+        assert!(closed.reason.contains("signed out everywhere"));
+    }
+    assert_eq!(
+        b.roundtrip(json!({"type":"ping"})).await["type"],
+        "pong",
+        "bob stays"
+    );
     s.stop().await;
 }

@@ -10,6 +10,9 @@ use crate::backplane::Target;
 use crate::server::validate_room;
 use crate::{Action, ConnId, Server};
 
+/// How `to` names a user: `user:<id>`.
+const USER: &str = "user:";
+
 /// The hub's relay: a message no handler takes, sent on to the room or client it names.
 pub(crate) fn relay(server: &Server, conn: &Conn, env: &Envelope) {
     let from = conn.id();
@@ -32,6 +35,13 @@ pub(crate) fn relay(server: &Server, conn: &Conn, env: &Envelope) {
         (Some("others"), None) => {
             Ok(server.relay(Target::All, vec![from], &env.kind, &env.payload, from))
         }
+        (Some(to), None) if to.starts_with(USER) => Ok(server.relay(
+            Target::User(to[USER.len()..].to_owned()),
+            vec![],
+            &env.kind,
+            &env.payload,
+            from,
+        )),
         (Some(to), None) => match to.parse::<ConnId>() {
             Ok(id) if server.may_reach(id) => Ok(server.relay(
                 Target::Conns(vec![id]),

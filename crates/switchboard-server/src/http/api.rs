@@ -149,7 +149,8 @@ struct Broadcast {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Send {
-    client: ConnId,
+    client: Option<ConnId>,
+    user: Option<String>,
     #[serde(rename = "type")]
     kind: String,
     #[serde(default = "empty")]
@@ -159,8 +160,27 @@ struct Send {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Disconnect {
-    client: ConnId,
+    client: Option<ConnId>,
+    user: Option<String>,
     reason: Option<String>,
+}
+
+/// `client` or `user`, exactly one.
+fn one_of(client: Option<ConnId>, user: Option<String>) -> Result<Recipient, Box<Response>> {
+    match (client, user) {
+        (Some(id), None) => Ok(Recipient::Client(id)),
+        (None, Some(user)) if !user.is_empty() => Ok(Recipient::User(user)),
+        _ => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidPayload,
+            "name a `client` or a `user`, one of them",
+        ))),
+    }
+}
+
+enum Recipient {
+    Client(ConnId),
+    User(String),
 }
 
 fn empty() -> Value {
@@ -234,7 +254,11 @@ async fn broadcast(State(server): State<Server>, Checked(b): Checked<Broadcast>)
 }
 
 async fn send(State(server): State<Server>, Checked(s): Checked<Send>) -> Response {
-    sent(server.send_to(s.client, &s.kind, &s.payload).map(|()| 1))
+    match one_of(s.client, s.user) {
+        Ok(Recipient::Client(id)) => sent(server.send_to(id, &s.kind, &s.payload).map(|()| 1)),
+        Ok(Recipient::User(user)) => sent(server.send_to_user(&user, &s.kind, &s.payload)),
+        Err(refused) => *refused,
+    }
 }
 
 async fn disconnect(
@@ -246,16 +270,21 @@ async fn disconnect(
         Err(e) => return bad_body(&e),
     };
     let reason = d.reason.as_deref().unwrap_or("disconnected by the server");
-    match server.connection(d.client) {
-        Some(conn) => {
-            conn.close(ErrorCode::Kicked, reason);
-            Json(json!({"disconnected": true})).into_response()
+    match one_of(d.client, d.user) {
+        Ok(Recipient::User(user)) => {
+            let here = server.disconnect_user(&user, reason);
+            Json(json!({"disconnected_here": here})).into_response()
         }
-        None => error(
+        Ok(Recipient::Client(id)) if server.may_reach(id) => {
+            let here = server.disconnect_client(id, reason);
+            Json(json!({"disconnected_here": usize::from(here)})).into_response()
+        }
+        Ok(Recipient::Client(id)) => error(
             StatusCode::NOT_FOUND,
             ErrorCode::ClientNotFound,
-            &format!("no client {} is connected to this node", d.client),
+            &format!("no client {id} is connected"),
         ),
+        Err(refused) => *refused,
     }
 }
 

@@ -43,6 +43,7 @@ async fn auth(server: Server, conn: Conn, env: Envelope) -> Result<Json<Value>, 
     match auth.check(credentials, conn.id().to_string()).await {
         Outcome::Accepted(identity) => {
             conn.set_identity(identity);
+            server.index_user(&conn);
             Ok(Json(auth_result(&conn)))
         }
         // Optional authentication: a wrong guess is an error, not a disconnect; the

@@ -240,6 +240,11 @@ impl Server {
                 .iter()
                 .filter(|id| !exclude.contains(id) && registry.get(**id).is_some())
                 .count(),
+            Target::User(user) => registry
+                .user_conns(user)
+                .iter()
+                .filter(|c| !exclude.contains(&c.id()))
+                .count(),
         }
     }
 
@@ -249,7 +254,7 @@ impl Server {
         match target {
             Target::Room(room) => self.inner.streams.room(room, &self.inner.config, now),
             Target::All => self.inner.streams.all().cloned(),
-            Target::Conns(_) => None,
+            Target::Conns(_) | Target::User(_) => None,
         }
     }
 
@@ -257,7 +262,7 @@ impl Server {
         match target {
             Target::Room(room) => self.inner.registry.for_each_in_room(room, f),
             Target::All => self.inner.registry.for_each(f),
-            Target::Conns(_) => {}
+            Target::Conns(_) | Target::User(_) => {}
         }
     }
 

@@ -6,7 +6,7 @@ use switchboard_proto::{MAX_ID_LEN, Payload, types};
 
 use super::Server;
 use super::send::frame_text;
-use crate::backplane::{PresenceEvent, Target};
+use crate::backplane::{Disconnect, PresenceEvent, Target};
 use crate::clock::now_ms;
 use crate::connection::Conn;
 use crate::locks::lock;
@@ -97,6 +97,55 @@ impl Server {
         }
         self.announce_leave(conn, room);
         true
+    }
+
+    /// Disconnects every connection of `user`, on every node (`KICKED`: they do not
+    /// reconnect). Returns how many on this node.
+    ///
+    /// ```no_run
+    /// # fn demo(server: switchboard_server::Server) {
+    /// server.disconnect_user("mallory", "account suspended");
+    /// # }
+    /// ```
+    pub fn disconnect_user(&self, user: &str, reason: &str) -> usize {
+        let what = Disconnect::User(user.to_owned(), reason.to_owned());
+        self.disconnect_everywhere(&what)
+    }
+
+    /// Disconnects a client, on whichever node it is (`KICKED`). Returns whether it was
+    /// on this node.
+    pub fn disconnect_client(&self, id: ConnId, reason: &str) -> bool {
+        let what = Disconnect::Client(id, reason.to_owned());
+        self.disconnect_everywhere(&what) > 0
+    }
+
+    fn disconnect_everywhere(&self, what: &Disconnect) -> usize {
+        let here = self.disconnect_here(what);
+        if self.inner.clustered {
+            self.inner
+                .backplane
+                .presence(&PresenceEvent::Disconnect(what.clone()));
+        }
+        here
+    }
+
+    /// Disconnects what `what` names among this node's connections.
+    pub(crate) fn disconnect_here(&self, what: &Disconnect) -> usize {
+        let (conns, reason) = match what {
+            Disconnect::User(user, reason) => (self.inner.registry.user_conns(user), reason),
+            Disconnect::Client(id, reason) => {
+                (self.inner.registry.get(*id).into_iter().collect(), reason)
+            }
+        };
+        for conn in &conns {
+            conn.close(switchboard_proto::ErrorCode::Kicked, reason);
+        }
+        conns.len()
+    }
+
+    /// Counts `conn` among its user's connections (it authenticated after it connected).
+    pub(crate) fn index_user(&self, conn: &Conn) {
+        self.inner.registry.index_user(conn);
     }
 
     /// Takes `conn` out of the rooms its identity no longer allows (after a token

@@ -98,6 +98,8 @@ impl Server {
                 }
                 return n;
             }
+            // A user's connections: in no stream (at most once), see `send_to_user`.
+            Target::User(_) => {}
         }
         self.deliver_frame(target, exclude, &Frame::text(text.to_owned()))
     }
@@ -182,6 +184,11 @@ impl Server {
                     }
                 }
             }
+            Target::User(user) => {
+                for c in self.inner.registry.user_conns(user) {
+                    push(&c);
+                }
+            }
         }
         n
     }
@@ -232,7 +239,7 @@ pub(super) fn frame_text(
     let (room, to) = match target {
         Target::Room(room) => (Some(room.as_str()), None),
         Target::All => (None, Some(ALL)),
-        Target::Conns(_) => (None, None),
+        Target::Conns(_) | Target::User(_) => (None, None),
     };
     encode_parts(&Parts {
         kind,
@@ -310,6 +317,28 @@ impl Server {
             return Ok(());
         }
         Err(SendError::NotFound(id))
+    }
+
+    /// Sends to every connection of `user` (an authenticated identity's id), on every
+    /// node. Returns how many on this node it was queued for. A user's messages belong
+    /// to no stream: they are not kept for a client that is away (at most once);
+    /// address a client ([`send_to`](Self::send_to)) for exactly once.
+    ///
+    /// ```no_run
+    /// # fn demo(server: switchboard_server::Server) {
+    /// server.send_to_user("alice", "notification", &serde_json::json!({"text": "hi"})).ok();
+    /// # }
+    /// ```
+    pub fn send_to_user<T: Serialize + ?Sized>(
+        &self,
+        user: &str,
+        kind: &str,
+        payload: &T,
+    ) -> Result<usize, SendError> {
+        let payload = encode_payload(payload)?;
+        let target = Target::User(user.to_owned());
+        let text = frame_text(kind, &payload, &target, None);
+        Ok(self.send_delivery(target, Vec::new(), text))
     }
 
     /// Sends to every member of `room`. Returns how many on this node it was queued for.
