@@ -50,7 +50,7 @@ use switchboard_server::handler::BoxFuture;
 use switchboard_server::proto::Position;
 use switchboard_server::{
     Backplane, BackplaneError, ClaimedSession, ConnId, Delivery, NodeHandle, PresenceEvent,
-    SessionHistory, SessionRecord, Target,
+    SessionHistory, SessionRecord, Target, UserTag,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -258,6 +258,20 @@ impl Backplane for RedisBackplane {
             self.shared
                 .claim_session(client, &session_id, &token)
                 .await
+                .map_err(|e| BackplaneError::with_source("Redis read failed", e))
+        })
+    }
+
+    fn identities(
+        &self,
+        clients: &[ConnId],
+    ) -> BoxFuture<'_, Result<Option<Vec<Option<UserTag>>>, BackplaneError>> {
+        let clients = clients.to_vec();
+        Box::pin(async move {
+            self.shared
+                .identities(&clients)
+                .await
+                .map(Some)
                 .map_err(|e| BackplaneError::with_source("Redis read failed", e))
         })
     }

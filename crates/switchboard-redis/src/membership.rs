@@ -154,6 +154,9 @@ impl Shared {
             let mut pipe = redis::pipe();
             // Its clients' sessions wait for a resume elsewhere, as after a drop.
             self.expire_sessions_pipe(&mut pipe, &node, &clients);
+            for client in clients.iter().filter_map(|c| c.parse().ok()) {
+                self.forget_identity_pipe(&mut pipe, client, &node);
+            }
             for room in &rooms {
                 pipe.del(self.room_key(&node, room)).ignore();
             }
@@ -205,6 +208,7 @@ impl Shared {
             }
             PresenceEvent::Disconnected(id) => {
                 pipe.srem(self.conns_key(me), id.to_string()).ignore();
+                self.forget_identity_pipe(pipe, *id, me);
             }
             PresenceEvent::Joined(id, room) => {
                 pipe.sadd(self.rooms_key(me), room).ignore();
@@ -230,6 +234,9 @@ impl Shared {
                 self.moved_pipe(pipe, *id, *generation);
             }
             PresenceEvent::Disconnect(what) => self.disconnect_pipe(pipe, what),
+            PresenceEvent::Identified(id, user, info) => {
+                self.identity_pipe(pipe, *id, user, info);
+            }
             _ => {}
         }
     }

@@ -63,6 +63,13 @@ end
 return 1
 ";
 
+/// Forgets a client's identity if the node that wrote it is this one. KEYS: the hash.
+/// ARGV: the client, the node's mark (`"n":"<node>"`).
+const FORGET_IDENTITY: &str = r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and string.find(v, ARGV[2], 1, true) then redis.call('HDEL', KEYS[1], ARGV[1]) end
+";
+
 /// A dead node's session: waits its own `ttl` from now, as if it had dropped.
 const EXPIRE_AS_DROPPED: &str = r"
 if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return 0 end
@@ -166,6 +173,69 @@ impl Shared {
             .arg(millis(ttl).max(1))
             .arg(rooms)
             .ignore();
+    }
+
+    fn identities_key(&self) -> String {
+        format!("{}:identities", self.config.prefix)
+    }
+
+    /// Who a client of this node is (its user and the token's `info`).
+    pub(crate) fn identity_pipe(
+        &self,
+        pipe: &mut redis::Pipeline,
+        client: ConnId,
+        user: &str,
+        info: &serde_json::Value,
+    ) {
+        let value = serde_json::json!({"u": user, "i": info, "n": self.node}).to_string();
+        pipe.hset(self.identities_key(), client.to_string(), value)
+            .ignore();
+    }
+
+    /// Forgets who a client of `node` was (unless another node has it now).
+    pub(crate) fn forget_identity_pipe(
+        &self,
+        pipe: &mut redis::Pipeline,
+        client: ConnId,
+        node: &str,
+    ) {
+        pipe.cmd("EVAL")
+            .arg(FORGET_IDENTITY)
+            .arg(1)
+            .arg(self.identities_key())
+            .arg(client.to_string())
+            .arg(format!("\"n\":\"{node}\""))
+            .ignore();
+    }
+
+    /// The user and `info` of each of these clients, in order.
+    pub(crate) async fn identities(
+        &self,
+        clients: &[ConnId],
+    ) -> redis::RedisResult<Vec<Option<(String, serde_json::Value)>>> {
+        if clients.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.identities_key());
+        for c in clients {
+            cmd.arg(c.to_string());
+        }
+        let mut attempt = 0;
+        let values: Vec<Option<String>> = loop {
+            let mut conn = self.reader_or_err().await?;
+            match cmd.query_async(&mut conn).await {
+                Err(e) if again(&e, &mut attempt).await => {}
+                done => break done?,
+            }
+        };
+        Ok(values
+            .into_iter()
+            .map(|v| {
+                let v: serde_json::Value = serde_json::from_str(&v?).ok()?;
+                Some((v["u"].as_str()?.to_owned(), v["i"].clone()))
+            })
+            .collect())
     }
 
     /// A session ended for good: nothing of it stays.

@@ -400,6 +400,23 @@ async fn a_user_on_two_nodes_is_reached_and_disconnected_on_both() {
     for c in [&mut on_a, &mut on_b] {
         assert_eq!(c.recv_type("hi").await["from"], carol.id.as_str());
     }
+    // Presence by user, across nodes: both of alice's connections, from either node.
+    for c in [&mut on_a, &mut on_b, &mut carol] {
+        join(c, "r").await;
+    }
+    let server = a.server.clone();
+    eventually("alice's two connections in r", || {
+        let s = server.clone();
+        async move {
+            let p = s.room_presence("r").await;
+            p.users
+                .iter()
+                .map(|u| (u.user.as_str(), u.connections))
+                .collect::<Vec<_>>()
+                == [("alice", 2), ("carol", 1)]
+        }
+    })
+    .await;
     // Disconnected everywhere from node b.
     assert_eq!(b.server.disconnect_user("alice", "banned"), 1);
     for c in [&mut on_a, &mut on_b] {

@@ -96,6 +96,9 @@ pub struct SessionRecord {
     pub generation: u64,
 }
 
+/// Who a client authenticated as, for presence: the user's id and its token's `info`.
+pub type UserTag = (String, serde_json::Value);
+
 /// A session claimed in the cluster ([`Backplane::claim_session`]): its record and the
 /// rooms it is in.
 pub type ClaimedSession = (SessionRecord, Vec<String>);
@@ -140,6 +143,9 @@ pub enum PresenceEvent {
     SessionMoved(ConnId, u64),
     /// Disconnect these, on every node ([`Server::disconnect_user`](crate::Server::disconnect_user)).
     Disconnect(Disconnect),
+    /// A connection authenticated (or refreshed its token) as this user, with the
+    /// token's `info`, for presence by user on other nodes.
+    Identified(ConnId, String, serde_json::Value),
 }
 
 /// Who a cluster-wide disconnect is for, and why ([`PresenceEvent::Disconnect`]).
@@ -336,6 +342,16 @@ pub trait Backplane: Send + Sync + 'static {
         _session_id: &str,
         _token: &str,
     ) -> BoxFuture<'_, Result<Option<ClaimedSession>, BackplaneError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// The user (and `info`) each of these clients authenticated as, in order (`None`
+    /// for one that did not, or is unknown), for presence by user across the cluster.
+    /// `None` by default (no cluster view).
+    fn identities(
+        &self,
+        _clients: &[ConnId],
+    ) -> BoxFuture<'_, Result<Option<Vec<Option<UserTag>>>, BackplaneError>> {
         Box::pin(std::future::ready(Ok(None)))
     }
 

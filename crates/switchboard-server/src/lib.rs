@@ -58,7 +58,7 @@ mod ws;
 pub use auth::{AuthRejected, Authenticator, Credentials, Identity};
 pub use backplane::{
     Backplane, BackplaneError, ClaimedSession, Delivery, Disconnect, LocalBackplane, NodeHandle,
-    PresenceEvent, Sequence, SessionHistory, SessionRecord, Target,
+    PresenceEvent, Sequence, SessionHistory, SessionRecord, Target, UserTag,
 };
 pub use config::{HistoryPolicy, HistoryRule, ServerConfig, SlowConsumerPolicy};
 pub use connection::Conn;
@@ -70,7 +70,9 @@ pub use id::{ConnId, ParseConnIdError};
 pub use jwt::{JwtAuthenticator, JwtKeyError};
 pub use policy::{Action, ClaimsPolicy, OpenPolicy, Policy, RulesPolicy};
 pub use rpc::{IntoRpcResult, MethodInfo, RpcHandler, RpcMethod};
-pub use server::{DisconnectReason, Filter, Server, ServerBuilder};
+pub use server::{
+    DisconnectReason, Filter, MAX_MEMBERS, RoomPresence, Server, ServerBuilder, UserPresence,
+};
 
 pub use switchboard_proto as proto;
 pub use switchboard_proto::{Envelope, ErrorCode, Payload};

@@ -443,3 +443,37 @@ async fn a_user_is_an_address_for_sends_relays_and_disconnects() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn room_presence_is_by_user_with_the_tokens_info() {
+    let s = server().await;
+    let t = now();
+    let alice_token = token(
+        json!({"sub": "alice", "exp": t + 60, "rooms": ["chat:*"], "info": {"name": "Alice"}}),
+    );
+    let carol_token = token(json!({"sub": "carol", "exp": t + 60, "rooms": ["chat:*"]}));
+    let mut phone = connect(&s, &alice_token).await;
+    let mut laptop = connect(&s, &alice_token).await;
+    let mut carol = connect(&s, &carol_token).await;
+    for c in [&mut phone, &mut laptop, &mut carol] {
+        join(c, "chat:lobby").await;
+    }
+    let key = format!("Bearer {API_KEY}");
+    let r = http(
+        s.addr,
+        "GET",
+        "/api/rooms/chat:lobby/presence",
+        &[("Authorization", key.as_str())],
+        None,
+    )
+    .await;
+    assert_eq!(
+        r.json(),
+        json!({"room": "chat:lobby", "anonymous": 0, "truncated": false, "users": [
+            {"user": "alice", "info": {"name": "Alice"}, "connections": 2},
+            {"user": "carol", "info": null, "connections": 1},
+        ]}),
+        "{r:?}"
+    );
+    s.stop().await;
+}

@@ -40,6 +40,7 @@ pub(crate) fn routes(server: Server, key: String) -> axum::Router {
         .route("/send", post(send))
         .route("/disconnect", post(disconnect))
         .route("/rooms/{room}/members", get(members))
+        .route("/rooms/{room}/presence", get(presence))
         .route("/info", get(info))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(gate, require_key))
@@ -291,6 +292,10 @@ async fn disconnect(
 async fn members(State(server): State<Server>, Path(room): Path<String>) -> Response {
     let members = server.cluster_room_members(&room).await;
     Json(json!({"room": room, "members": members, "count": members.len()})).into_response()
+}
+
+async fn presence(State(server): State<Server>, Path(room): Path<String>) -> Response {
+    Json(server.room_presence(&room).await).into_response()
 }
 
 async fn info(State(server): State<Server>) -> Response {

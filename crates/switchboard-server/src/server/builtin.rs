@@ -44,6 +44,7 @@ async fn auth(server: Server, conn: Conn, env: Envelope) -> Result<Json<Value>, 
         Outcome::Accepted(identity) => {
             conn.set_identity(identity);
             server.index_user(&conn);
+            server.announce_identity(&conn);
             Ok(Json(auth_result(&conn)))
         }
         // Optional authentication: a wrong guess is an error, not a disconnect; the
@@ -76,6 +77,7 @@ async fn refresh(
                 ));
             }
             conn.replace_identity(identity);
+            server.announce_identity(conn);
             let left = server.leave_rooms_not_allowed(conn);
             let mut result = auth_result(conn);
             result["left"] = json!(left);

@@ -49,6 +49,7 @@ impl Server {
         self.inner
             .backplane
             .presence(&PresenceEvent::Connected(conn.id()));
+        self.announce_identity(conn);
     }
 
     /// In a cluster, the backplane keeps a new session too, so its client may resume
@@ -311,6 +312,7 @@ impl Server {
         drop(state);
 
         self.inner.backplane.presence(&PresenceEvent::Connected(me));
+        self.announce_identity(conn);
         if self.inner.sequenced && !config.session_ttl.is_zero() {
             self.inner
                 .backplane
