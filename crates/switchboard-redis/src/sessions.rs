@@ -23,8 +23,8 @@ end
 
 /// Claims a session for a node: if the session id and token are the record's, its
 /// generation goes up by one, the node is written, and it lives as connected again.
-/// KEYS: the record, its rooms. ARGV: session id, token, node, life while connected in
-/// ms. Returns `[generation, epoch, identity, ttl, rooms...]` or nil.
+/// KEYS: the record, its rooms, its stream's meta. ARGV: session id, token, node, life
+/// while connected in ms. Returns `[generation, epoch, identity, ttl, rooms...]` or nil.
 const CLAIM: &str = r"
 local sid, token = unpack(redis.call('HMGET', KEYS[1], 'sid', 'token'))
 if sid ~= ARGV[1] or token ~= ARGV[2] then return nil end
@@ -32,6 +32,7 @@ local generation = redis.call('HINCRBY', KEYS[1], 'gen', 1)
 redis.call('HSET', KEYS[1], 'node', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
 local f = redis.call('HMGET', KEYS[1], 'epoch', 'identity', 'ttl')
 local reply = {tostring(generation), f[1] or '', f[2] or '', f[3] or '0'}
 for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do table.insert(reply, room) end
@@ -51,7 +52,10 @@ if what == 'join' then
 elseif what == 'leave' then
   redis.call('SREM', KEYS[2], ARGV[3])
 elseif what == 'detach' then
+  -- The record and the client's stream live as long as the wait for a resume (the
+  -- stream's history, `log_window` at most, also goes by then).
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
   redis.call('DEL', KEYS[2])
   if #ARGV > 3 then
     redis.call('SADD', KEYS[2], unpack(ARGV, 4))
@@ -70,13 +74,15 @@ local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v and string.find(v, ARGV[2], 1, true) then redis.call('HDEL', KEYS[1], ARGV[1]) end
 ";
 
-/// A dead node's session: waits its own `ttl` from now, as if it had dropped.
+/// A dead node's session: waits its own `ttl` from now, as if it had dropped. KEYS: the
+/// record, its rooms, its stream's meta. ARGV: the dead node.
 const EXPIRE_AS_DROPPED: &str = r"
 if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return 0 end
 local ttl = redis.call('HGET', KEYS[1], 'ttl')
 if ttl then
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
 end
 return 1
 ";
@@ -256,9 +262,10 @@ impl Shared {
             };
             pipe.cmd("EVAL")
                 .arg(EXPIRE_AS_DROPPED)
-                .arg(2)
+                .arg(3)
                 .arg(self.session_key(client))
                 .arg(self.session_rooms_key(client))
+                .arg(self.client_stream_key(client))
                 .arg(node)
                 .ignore();
         }
@@ -276,6 +283,7 @@ impl Shared {
         claim
             .key(self.session_key(client))
             .key(self.session_rooms_key(client))
+            .key(self.client_stream_key(client))
             .arg(session_id)
             .arg(token)
             .arg(&self.node)

@@ -181,3 +181,82 @@ async fn a_node_cut_from_redis_for_a_second_and_a_half_catches_up_on_everything(
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_keys_live_while_it_may_be_resumed_and_no_longer() {
+    let redis = RedisServer::start();
+    let bp = backplane(&redis, "keys", 64 << 20);
+    let prefix = format!("keys{}", std::process::id());
+    let n = common::node_over(bp).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut r = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl_ms = |key: String| {
+        let mut r = r.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(key)
+                .query_async::<i64>(&mut r)
+                .await
+                .unwrap()
+        }
+    };
+    let keys = |id: &str| {
+        [
+            format!("{prefix}:session:{id}"),
+            format!("{prefix}:stream:client:{id}"),
+        ]
+    };
+
+    // Dropped: kept for a resume, for `session_ttl` (2 minutes), not a day.
+    let dropped = n.raw().await;
+    let id = dropped.id.clone();
+    for key in keys(&id) {
+        assert!(
+            ttl_ms(key.clone()).await > 120_000,
+            "{key} lives while connected"
+        );
+    }
+    dropped.drop_connection();
+    for key in keys(&id) {
+        until(
+            &format!("{key} waits 2 minutes at most"),
+            || ttl_ms(key.clone()),
+            |t| (0..=120_000).contains(&t),
+        )
+        .await;
+    }
+    // Said goodbye: nothing stays.
+    let gone = n.raw().await;
+    let id = gone.id.clone();
+    gone.close().await;
+    for key in keys(&id) {
+        until(
+            &format!("{key} deleted"),
+            || ttl_ms(key.clone()),
+            |t| t == -2,
+        )
+        .await;
+    }
+    let _ = &mut r;
+    n.stop().await;
+}
+
+/// Waits (re-reading, bounded) until what `read` gives satisfies `done`.
+async fn until<F, Fut>(what: &str, read: F, done: impl Fn(i64) -> bool)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = i64>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let value = read().await;
+        if done(value) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out: {what} (last {value})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
