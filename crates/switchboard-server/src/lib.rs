@@ -71,7 +71,8 @@ pub use jwt::{JwtAuthenticator, JwtKeyError};
 pub use policy::{Action, ClaimsPolicy, OpenPolicy, Policy, RulesPolicy};
 pub use rpc::{IntoRpcResult, MethodInfo, RpcHandler, RpcMethod};
 pub use server::{
-    DisconnectReason, Filter, MAX_MEMBERS, RoomPresence, Server, ServerBuilder, UserPresence,
+    DisconnectReason, Filter, MAX_MEMBERS, RoomHistory, RoomPresence, Server, ServerBuilder,
+    UserPresence,
 };
 
 pub use switchboard_proto as proto;

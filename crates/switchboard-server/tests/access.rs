@@ -211,6 +211,30 @@ async fn the_server_api_publishes_sends_disconnects_and_refuses_without_its_key(
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(a.recv_type("dm").await["payload"]["x"], true);
 
+    // The room's history, as its members received it.
+    let r = http(s.addr, "GET", "/api/rooms/chat:lobby/history", &auth, None).await;
+    let h = r.json();
+    let messages = h["messages"].as_array().unwrap();
+    let last = messages.last().unwrap();
+    assert_eq!(
+        (last["type"].clone(), last["payload"].clone()),
+        (json!("news"), json!({"n": 1})),
+        "{h}"
+    );
+    assert_eq!(last["offset"], h["position"]["offset"], "{h}");
+    let since = h["position"]["offset"].as_u64().unwrap();
+    let r = http(
+        s.addr,
+        "GET",
+        &format!("/api/rooms/chat:lobby/history?since={since}"),
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(r.json()["messages"], json!([]), "{r:?}");
+    let r = http(s.addr, "GET", "/api/rooms/nowhere/history", &auth, None).await;
+    assert_eq!(r.status, 404, "{r:?}");
+
     let r = http(s.addr, "GET", "/api/rooms/chat:lobby/members", &auth, None).await;
     assert_eq!(r.json()["members"], json!([a.id]), "{r:?}");
     let r = http(s.addr, "GET", "/api/info", &auth, None).await;

@@ -322,6 +322,18 @@ impl Stream {
             .map(|e| e.frame.clone())
     }
 
+    /// The last `limit` kept messages (not expired) after offset `since`, oldest first.
+    pub(crate) fn recent(&self, since: u64, limit: usize, now_ms: u64) -> Vec<Text> {
+        let ttl = u64::try_from(self.policy.ttl.as_millis()).unwrap_or(u64::MAX);
+        let kept: Vec<&Entry> = self
+            .entries
+            .iter()
+            .filter(|e| e.offset > since && now_ms.saturating_sub(e.at_ms) <= ttl)
+            .collect();
+        let skip = kept.len().saturating_sub(limit);
+        kept[skip..].iter().map(|e| e.frame.clone()).collect()
+    }
+
     /// What a client at `since` missed, all or nothing: every kept message after it
     /// (those not addressed away from `who`), or why they cannot all be given.
     pub(crate) fn missed_since(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -41,6 +41,7 @@ pub(crate) fn routes(server: Server, key: String) -> axum::Router {
         .route("/disconnect", post(disconnect))
         .route("/rooms/{room}/members", get(members))
         .route("/rooms/{room}/presence", get(presence))
+        .route("/rooms/{room}/history", get(history))
         .route("/info", get(info))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(gate, require_key))
@@ -296,6 +297,31 @@ async fn members(State(server): State<Server>, Path(room): Path<String>) -> Resp
 
 async fn presence(State(server): State<Server>, Path(room): Path<String>) -> Response {
     Json(server.room_presence(&room).await).into_response()
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// The most messages one history request returns.
+const HISTORY_LIMIT: usize = 1000;
+
+async fn history(
+    State(server): State<Server>,
+    Path(room): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(100).min(HISTORY_LIMIT);
+    match server.room_history(&room, q.since.unwrap_or(0), limit) {
+        Some(h) => Json(h).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::InvalidRoom,
+            &format!("room {room:?} keeps no history here (no message yet, or history is off)"),
+        ),
+    }
 }
 
 async fn info(State(server): State<Server>) -> Response {

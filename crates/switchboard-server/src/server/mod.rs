@@ -30,7 +30,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 pub(crate) use builder::Hooks;
 pub use builder::ServerBuilder;
 use builder::StateMap;
-pub use presence::{MAX_MEMBERS, RoomPresence, UserPresence};
+pub use presence::{MAX_MEMBERS, RoomHistory, RoomPresence, UserPresence};
 pub(crate) use rooms::validate_room;
 pub use send::Filter;
 pub(crate) use sessions::ConnectedFrame;

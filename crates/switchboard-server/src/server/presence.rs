@@ -40,6 +40,17 @@ pub struct RoomPresence {
     pub truncated: bool,
 }
 
+/// A room's recent messages ([`Server::room_history`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoomHistory {
+    /// The room.
+    pub room: String,
+    /// Where the room's stream stands: its epoch and the offset of its last message.
+    pub position: switchboard_proto::Position,
+    /// The messages, as delivered (envelopes with their `offset`), oldest first.
+    pub messages: Vec<Value>,
+}
+
 /// The user and `info` of a connection's identity.
 fn tag(conn: &Conn) -> Option<(String, Value)> {
     conn.with_identity(|who| {
@@ -113,6 +124,33 @@ impl Server {
             anonymous,
             truncated,
         }
+    }
+
+    /// A room's recent messages, as its members received them (each with its
+    /// `offset`), oldest first: at most `limit` of those after offset `since`, and
+    /// where the room's stream stands. `None` when the room keeps no history here.
+    /// In a cluster every node keeps every room's history, so any node answers.
+    ///
+    /// ```no_run
+    /// # fn demo(server: switchboard_server::Server) {
+    /// if let Some(h) = server.room_history("chat:lobby", 0, 50) {
+    ///     println!("{} messages up to offset {}", h.messages.len(), h.position.offset);
+    /// }
+    /// # }
+    /// ```
+    pub fn room_history(&self, room: &str, since: u64, limit: usize) -> Option<RoomHistory> {
+        let stream = self.inner.streams.existing_room(room)?;
+        let stream = crate::locks::lock(&stream);
+        let messages = stream
+            .recent(since, limit, crate::clock::now_ms())
+            .iter()
+            .filter_map(|t| serde_json::from_str(t.as_str()).ok())
+            .collect();
+        Some(RoomHistory {
+            room: room.to_owned(),
+            position: stream.position(),
+            messages,
+        })
     }
 
     /// Tells the backplane who `conn` is (for presence by user on other nodes).
