@@ -394,3 +394,35 @@ async fn clients_comes_in_pages_that_always_fit_in_a_frame() {
         .unwrap_err();
     assert_eq!(err.code(), Some("INVALID_PARAMS"));
 }
+
+#[tokio::test]
+async fn the_message_protocol_patterns_chat_and_typing_name_their_room_in_the_payload() {
+    let hub = start(&[]);
+    let mut a = hub.raw().await;
+    let mut b = hub.raw().await;
+    for c in [&mut a, &mut b] {
+        let r = c
+            .roundtrip(json!({"type":"join_room","ref":"j","payload":{"room_id":"general"}}))
+            .await;
+        assert_eq!(r["payload"]["status"], "ok", "{r}");
+    }
+    a.recv_type("user_joined").await;
+    // Seed 001's client messages, as its tables give them.
+    a.send(json!({"type":"chat","ref":"c1","payload":{"content":"Hello","room_id":"general"}}))
+        .await;
+    let sent = a.recv_type("ack").await;
+    assert_eq!(sent["payload"]["status"], "ok", "{sent}");
+    let m = b.recv_type("chat").await;
+    assert_eq!(
+        m["payload"],
+        json!({"content":"Hello","room_id":"general","from": a.id}),
+        "the seed's `chat`: {{from, content, room_id}}"
+    );
+    assert_eq!(m["room"], "general");
+    a.send(json!({"type":"typing","payload":{"room_id":"general","is_typing":true}}))
+        .await;
+    let t = b.recv_type("typing").await;
+    assert_eq!(t["payload"]["is_typing"], true);
+    assert_eq!(t["payload"]["from"], a.id.as_str());
+    assert!(a.nothing_pending().await, "not echoed to the sender");
+}

@@ -65,7 +65,12 @@ pub(crate) fn envelope(
     }
     match server.handlers_of(&env.kind) {
         Some(routes) => run_chain(routes, MessageContext::new(server, conn, env, None), None),
-        None if server.config().relay_unhandled && (env.room.is_some() || env.to.is_some()) => {
+        None if server.config().relay_unhandled
+            && (env.room.is_some()
+                || env.to.is_some()
+                // The message protocol pattern's `chat` / `typing`: the room in the payload.
+                || env.payload.get().contains("\"room_id\"")) =>
+        {
             relay(server, conn, &env);
             None
         }

@@ -10,11 +10,35 @@ use crate::backplane::Target;
 use crate::server::validate_room;
 use crate::{Action, ConnId, Server};
 
+/// The room a message names in its payload (`{"room_id": "general", ...}`, as the
+/// message protocol pattern's `chat` and `typing` do), and the payload its members
+/// get: the same, with `from` (the sender's id) as that pattern's `chat` has it.
+fn room_in_payload(env: &Envelope, from: ConnId) -> Option<(String, switchboard_proto::Payload)> {
+    let mut fields: serde_json::Map<String, serde_json::Value> = env.payload.deserialize().ok()?;
+    let room = fields.get("room_id")?.as_str()?.to_owned();
+    fields
+        .entry("from")
+        .or_insert_with(|| serde_json::Value::String(from.to_string()));
+    let payload = switchboard_proto::Payload::from_serialize(&fields).ok()?;
+    Some((room, payload))
+}
+
 /// How `to` names a user: `user:<id>`.
 const USER: &str = "user:";
 
 /// The hub's relay: a message no handler takes, sent on to the room or client it names.
 pub(crate) fn relay(server: &Server, conn: &Conn, env: &Envelope) {
+    if env.room.is_none() && env.to.is_none() {
+        if let Some((room, payload)) = room_in_payload(env, conn.id()) {
+            // The message protocol pattern's form: the room in the payload.
+            let routed = Envelope {
+                room: Some(room),
+                payload,
+                ..env.clone()
+            };
+            return relay(server, conn, &routed);
+        }
+    }
     let from = conn.id();
     let action = match (env.to.as_deref(), env.room.as_deref()) {
         (Some("all" | "others"), None) => Some(Action::Direct("all")),
