@@ -336,7 +336,8 @@ pub mod metafor {
     const DEFAULT_TYPE: &str = "message";
 
     /// A native frame as a Metafor client receives it; `None` for frames its reference
-    /// server never sends (`connected`, `ack`, `pong`, `user_joined`, `user_left`).
+    /// server never sends (`connected`, `ack`, `pong`, `user_joined`, `user_left`,
+    /// `room_update`).
     ///
     /// A room message becomes its payload's fields plus `_room` (and `type`, unless it is
     /// the default `message`), as the reference server forwards it; anything else becomes
@@ -350,7 +351,12 @@ pub mod metafor {
     pub fn outgoing(native: &str) -> Option<String> {
         let env = Envelope::decode(native).ok()?;
         match env.kind.as_str() {
-            types::CONNECTED | types::ACK | types::PONG | types::USER_JOINED | types::USER_LEFT => {
+            types::CONNECTED
+            | types::ACK
+            | types::PONG
+            | types::USER_JOINED
+            | types::USER_LEFT
+            | types::ROOM_UPDATE => {
                 return None;
             }
             _ => {}
@@ -511,5 +517,6 @@ mod tests {
             r#"{"type":"chat","payload":{"_room":"x"}}"#
         ));
         assert!(metafor::outgoing(r#"{"type":"user_joined","room":"r","payload":{}}"#).is_none());
+        assert!(metafor::outgoing(r#"{"type":"room_update","room":"r","payload":{}}"#).is_none());
     }
 }

@@ -26,6 +26,9 @@ pub const CONNECTED: &str = "connected";
 pub const USER_JOINED: &str = "user_joined";
 /// Sent to a room's members when a client leaves it: `{user_id, room_id}`.
 pub const USER_LEFT: &str = "user_left";
+/// Sent to a room's other members after a join or a leave, where the server is set
+/// to: `{room_id, users}` (how many members it has now).
+pub const ROOM_UPDATE: &str = "room_update";
 /// Client to server, the first message of a reconnect that asked for it (`?resume=1`):
 /// restore a session and replay what it missed.
 pub const RESUME: &str = "resume";
@@ -36,7 +39,15 @@ pub const RESPONSE_SUFFIX: &str = "_response";
 
 /// Types only the server sends. A client sending one gets `INVALID_ENVELOPE`, so no
 /// client can forge an acknowledgement or an error for another.
-pub const SERVER_ONLY: &[&str] = &[ERROR, ACK, PONG, CONNECTED, USER_JOINED, USER_LEFT];
+pub const SERVER_ONLY: &[&str] = &[
+    ERROR,
+    ACK,
+    PONG,
+    CONNECTED,
+    USER_JOINED,
+    USER_LEFT,
+    ROOM_UPDATE,
+];
 
 /// True if clients may not send messages of this type.
 ///

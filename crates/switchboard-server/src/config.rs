@@ -69,6 +69,11 @@ pub struct ServerConfig {
     pub max_rooms_per_connection: usize,
     /// Send `user_joined` / `user_left` to a room's members. Default true.
     pub room_notifications: bool,
+    /// After each `user_joined` / `user_left`, also send the room's other members
+    /// `room_update {room_id, users}` with how many members it has now, across the
+    /// cluster (the message protocol pattern's message; the joiner learns the count
+    /// from its join's answer). Default false; the hub's true.
+    pub room_updates: bool,
     /// Relay messages of types no handler takes to the room (`room`) or client (`to`)
     /// they name, instead of answering `UNKNOWN_TYPE`. The hub turns this on. Default false.
     pub relay_unhandled: bool,
@@ -303,6 +308,7 @@ impl Default for ServerConfig {
             close_timeout: Duration::from_secs(2),
             max_rooms_per_connection: 100,
             room_notifications: true,
+            room_updates: false,
             relay_unhandled: false,
             password: None,
             auth_required: true,

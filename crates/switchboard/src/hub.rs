@@ -165,7 +165,11 @@ pub(crate) fn hub(
         );
     }
     Ok(builder
-        .config(config)
+        // The message protocol pattern's `room_update` after joins and leaves.
+        .config(ServerConfig {
+            room_updates: true,
+            ..config
+        })
         .routes(pages)
         .state(Names::default())
         // Who comes and goes, for the members of `_presence` (the demo page joins it).

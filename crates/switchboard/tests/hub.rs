@@ -30,6 +30,7 @@ async fn the_hub_relays_rooms_and_direct_messages() {
         assert_eq!(r["payload"]["status"], "ok");
     }
     a.recv_type("user_joined").await;
+    assert_eq!(a.recv_type("room_update").await["payload"]["users"], 2);
 
     a.send(json!({"type":"chat","room":"general","payload":{"content":"hi room"}}))
         .await;
@@ -406,7 +407,11 @@ async fn the_message_protocol_patterns_chat_and_typing_name_their_room_in_the_pa
             .await;
         assert_eq!(r["payload"]["status"], "ok", "{r}");
     }
-    a.recv_type("user_joined").await;
+    let joined = a.recv_type("user_joined").await;
+    assert_eq!(joined["payload"]["user_id"], b.id.as_str());
+    // Then, to the others in the room, how many are in it now.
+    let update = a.recv_type("room_update").await;
+    assert_eq!(update["payload"], json!({"room_id": "general", "users": 2}));
     // Seed 001's client messages, as its tables give them.
     a.send(json!({"type":"chat","ref":"c1","payload":{"content":"Hello","room_id":"general"}}))
         .await;

@@ -182,5 +182,32 @@ impl Server {
             let text = frame_text(kind, &payload, &target, None);
             self.send_delivery(target, vec![user], text);
         }
+        if self.inner.config.room_updates {
+            self.update_room(room, user);
+        }
+    }
+
+    /// `room_update {room_id, users}` to the room's members but `user` (who joined or
+    /// left): how many it has now (in a cluster, counted across nodes first).
+    fn update_room(&self, room: &str, user: ConnId) {
+        if !self.inner.clustered {
+            let users = self.inner.registry.room_size(room);
+            self.send_room_update(room, users, user);
+            return;
+        }
+        let (server, room) = (self.clone(), room.to_owned());
+        tokio::spawn(async move {
+            let users = server.cluster_room_members(&room).await.len();
+            server.send_room_update(&room, users, user);
+        });
+    }
+
+    fn send_room_update(&self, room: &str, users: usize, except: ConnId) {
+        let payload = json!({ "room_id": room, "users": users });
+        if let Ok(payload) = Payload::from_serialize(&payload) {
+            let target = Target::Room(room.to_owned());
+            let text = frame_text(types::ROOM_UPDATE, &payload, &target, None);
+            self.send_delivery(target, vec![except], text);
+        }
     }
 }
