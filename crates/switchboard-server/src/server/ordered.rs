@@ -90,11 +90,7 @@ impl Server {
             if exclude.contains(&id) {
                 continue;
             }
-            let session = match self.inner.registry.get(id) {
-                Some(conn) => Some(conn.session().clone()),
-                None => self.inner.sessions.get(id),
-            };
-            if let Some(session) = session {
+            if let Some(session) = self.session_of(id) {
                 if session
                     .deliver_numbered(sequence, text, now, budget, policy)
                     .is_ok()
@@ -141,10 +137,14 @@ impl Server {
         for session in self.inner.sessions.all() {
             session.forget_order(budget, history, now);
         }
-        self.inner.registry.for_each(|c| {
+        // Taken out of the registry's lock first: a session's lock is never taken under
+        // it (registering takes them the other way round).
+        let mut conns = Vec::new();
+        self.inner.registry.for_each(|c| conns.push(c.clone()));
+        for c in conns {
             c.session().forget_order(budget, history, now);
             c.close(ErrorCode::StreamReset, ORDER_LOST);
-        });
+        }
         tracing::warn!("the backplane lost messages: every client here resumes");
     }
 

@@ -144,14 +144,20 @@ impl Server {
         now: u64,
         budget: &Budget,
     ) -> Result<(), SendError> {
-        if let Some(conn) = self.inner.registry.get(id) {
-            return conn
-                .session()
-                .deliver(text, now, budget, &self.inner.config.history);
-        }
-        match self.inner.sessions.get(id) {
+        match self.session_of(id) {
             Some(session) => session.deliver(text, now, budget, &self.inner.config.history),
             None => Err(SendError::NotFound(id)),
+        }
+    }
+
+    /// The session of client `id` here: its connection's, or one waiting for a resume.
+    pub(super) fn session_of(
+        &self,
+        id: ConnId,
+    ) -> Option<std::sync::Arc<crate::delivery::Session>> {
+        match self.inner.registry.get(id) {
+            Some(conn) => Some(conn.session().clone()),
+            None => self.inner.sessions.get(id),
         }
     }
 

@@ -157,10 +157,7 @@ impl Server {
             return Err((ErrorCode::ResumeFailed, off, RecoveryGap::SessionExpired));
         }
         let client = Session::client_of(&request.session_id).ok_or(expired)?;
-        let session = match self.inner.registry.get(client) {
-            Some(conn) => conn.session().clone(),
-            None => self.inner.sessions.get(client).ok_or(expired)?,
-        };
+        let session = self.session_of(client).ok_or(expired)?;
         // The id is not secret; the token is, and is compared in constant time.
         let token_ok = session.token_matches(&request.token);
         if session.id() != request.session_id || !token_ok {
