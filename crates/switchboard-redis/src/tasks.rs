@@ -76,6 +76,16 @@ impl Shared {
                     batch.clear();
                     backoff = Duration::from_millis(50);
                 }
+                Err(e) if !worth_retrying(&e) => {
+                    // Redis refused a command for good (a key of the wrong type, a
+                    // script error): retrying would stall every send behind it. The
+                    // rest of the pipeline ran; what failed is dropped, and counted.
+                    let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(error = %e, dropped = n, "Redis refused a write; dropped");
+                    let bytes: usize = batch.iter().map(|(_, o)| o.bytes()).sum();
+                    self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                    batch.clear();
+                }
                 Err(e) if stopping => {
                     tracing::warn!(error = %e, lost = batch.len(), "Redis write failed while stopping");
                     return;
@@ -160,5 +170,23 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+/// Whether a failed write may succeed if written again: the link failed, or Redis was
+/// busy, loading, or had lost the script; not when it refused a command itself (the
+/// errors of a pipeline are each a server's answer).
+fn worth_retrying(e: &redis::RedisError) -> bool {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+        return true;
+    }
+    match e.clone().into_server_errors() {
+        Some(errors) => errors.iter().all(|(_, error)| {
+            matches!(
+                error.code(),
+                "NOSCRIPT" | "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY"
+            )
+        }),
+        None => true,
     }
 }

@@ -260,3 +260,40 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_redis_refuses_for_good_is_dropped_and_counted_not_retried_forever() {
+    let redis = RedisServer::start();
+    let bp = backplane(&redis, "refused", 64 << 20);
+    let appended = format!(
+        "refused{}:node:{}:appended",
+        std::process::id(),
+        bp.node_id()
+    );
+    let n = common::node_over(bp.clone()).await;
+    let mut c = n.raw().await;
+    c.send(json!({"type":"join_room","ref":"j","payload":{"room_id":"r"}}))
+        .await;
+    c.recv_type("ack").await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut r = client.get_multiplexed_async_connection().await.unwrap();
+    // Someone overwrites the node's append counter: every append's script now fails.
+    let _: () = redis::cmd("SET")
+        .arg(&appended)
+        .arg("oops")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let before = bp.dropped();
+    n.server.send_to_room("r", "lost", &json!({})).unwrap();
+    eventually("the refused send counted", || bp.dropped() > before).await;
+    // Repaired: the next send goes through (the writer did not stall on the first).
+    let _: () = redis::cmd("DEL")
+        .arg(&appended)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    n.server.send_to_room("r", "after", &json!({})).unwrap();
+    assert_eq!(c.recv_type("after").await["type"], "after");
+    n.stop().await;
+}
