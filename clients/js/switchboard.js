@@ -366,8 +366,17 @@ export class Client {
    * Connects and resolves with the session once the server has confirmed (`connected`).
    * Rejects with a `ConnectError` when the server is unreachable, too slow, or refuses
    * (`code` is the server's, e.g. `AUTH_FAILED`). The first connection is not retried.
+   * `onOpen` handlers run for this connection too, before any of its messages.
+   *
+   * A closed client may connect again (Metafor's manual reconnection): it starts afresh,
+   * with a new session and no rooms. On an open client this resolves with its session.
    */
   connect() {
+    if (this._state === ConnectionState.OPEN) return Promise.resolve(this._session);
+    if (this._state === ConnectionState.CLOSED && this._everOpen) {
+      this._rooms.clear();
+      this._streams = new StreamPositions();
+    }
     this._userClosed = false;
     this._setState(ConnectionState.CONNECTING);
     return this._open(null).then(
@@ -497,7 +506,7 @@ export class Client {
     this._scheduleRefresh();
     this._flush();
     if (reconnected && session.resumed) this._emit("resume", session.resumed);
-    if (reconnected) this._emit("open", session);
+    this._emit("open", session);
   }
 
   // The requests written to the socket that dropped and not answered, oldest first.
@@ -870,7 +879,7 @@ export class Client {
     return this._add("binary", fn);
   }
 
-  /** Calls `fn(session)` each time the connection opens again after a drop. */
+  /** Calls `fn(session)` each time a connection opens: the first (`connect()`) and every reconnect. */
   onOpen(fn) {
     return this._add("open", fn);
   }

@@ -3,8 +3,9 @@
 Run by scripts/test inside a virtual environment:
     SWITCHBOARD_BIN=target/debug/switchboard python tests/python/test_datadivr.py
 
-It starts a hub with `--dialect datadivr` on a free port, so datadivr clients connect to
-the usual ws://host:port/ws unchanged, and checks: the built-in sum_event, messages to
+It starts a hub with no flags (`switchboard serve`) on a free port; datadivr clients
+connect to the URL datadivr's docs use, ws://host:port/ws, unchanged, and are recognised
+by their first frame (their CLI_HELLO) before the hub sends anything. It checks: the built-in sum_event, messages to
 "all" (sender included), to "others" (the default) and to one client id, who receives
 what, and a native switchboard client in the same conversation.
 """
@@ -46,7 +47,7 @@ class RecordingClient(WebSocketClient):
 def start_hub():
     binary = os.environ.get("SWITCHBOARD_BIN", "target/debug/switchboard")
     proc = subprocess.Popen(
-        [binary, "serve", "--port", "0", "--dialect", "datadivr"],
+        [binary, "serve", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -131,8 +132,9 @@ async def scenario(url):
     got = await a.until(lambda m: m.event_name == "dm")
     assert got[-1].from_id == ids["c"], got[-1]
 
-    # A native switchboard client in the same conversation.
-    async with websockets.connect(url + "?dialect=native") as native:
+    # A native switchboard client in the same conversation, at the same URL: it sends
+    # nothing first, so it gets `connected` once the hub has waited for a first frame.
+    async with websockets.connect(url) as native:
         hello = json.loads(await asyncio.wait_for(native.recv(), TIMEOUT))
         assert hello["type"] == "connected"
         native_id = hello["payload"]["client_id"]

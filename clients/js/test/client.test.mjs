@@ -539,3 +539,22 @@ test("Metafor's names: readyState, isConnecting, a fixed reconnectDelay, maxReco
   assert.equal(c.readyState, 3);
   assert.equal(new Client(h.url, { autoReconnect: false }).options.reconnect.enabled, false);
 });
+
+test("Metafor's lifecycle: onOpen on the first connect, and a closed client connects again afresh", async () => {
+  const h = await hub();
+  const c = new Client(h.url, { reconnect: quick });
+  const opens = recorder();
+  c.onOpen((s) => opens.push(s.client_id));
+  const first = await c.connect();
+  assert.equal(await opens.next(), first.client_id, "onOpen fires for the first connection");
+  assert.equal(await c.connect(), first, "connecting an open client changes nothing");
+  await c.join("lobby");
+  await c.close();
+  const second = await c.connect();
+  assert.notEqual(second.client_id, first.client_id);
+  assert.equal(await opens.next(), second.client_id);
+  assert.deepEqual(c.rooms(), [], "a client connected again starts without rooms");
+  assert.equal(await c.call("sum", { numbers: [1, 2] }), 3);
+  assert.equal(opens.items.length, 0);
+  await c.close();
+});

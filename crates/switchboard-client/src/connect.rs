@@ -16,7 +16,7 @@ pub(crate) type Ws =
 pub(crate) const AUTH_REF: &str = "auth";
 
 /// What the server said when the connection opened (`connected`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 pub struct Session {
     /// This client's id, which others use to send it direct messages. A reconnect
     /// that resumes the session keeps it; one that cannot gets a new one.

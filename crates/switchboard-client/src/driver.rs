@@ -255,7 +255,7 @@ fn finish(inner: &Inner) {
     set_state(inner, ConnectionState::Closed);
 }
 
-fn set_state(inner: &Inner, state: ConnectionState) {
+pub(crate) fn set_state(inner: &Inner, state: ConnectionState) {
     if *inner.state.borrow() == state {
         return;
     }

@@ -69,6 +69,10 @@ pub(crate) struct Inner {
     pub(crate) ref_prefix: u64,
     /// The token the client authenticated with last (from its token source).
     pub(crate) token: Mutex<Option<String>>,
+    /// Held while [`Client::open`](crate::Client::open) connects: one open at a time.
+    pub(crate) opening: tokio::sync::Mutex<()>,
+    /// How many times the client has opened; a token refresh loop ends when it changes.
+    pub(crate) opened: AtomicU64,
 }
 
 impl Inner {

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -80,6 +81,7 @@ pub(crate) fn auth_with(base: Option<&serde_json::Value>, token: &str) -> serde_
 /// Refreshes the client's token before it expires, for as long as the client lives.
 pub(crate) async fn refresh_loop(
     inner: Weak<Inner>,
+    generation: u64,
     source: TokenSource,
     refresh_before: Duration,
 ) {
@@ -103,7 +105,7 @@ pub(crate) async fn refresh_loop(
             }
         };
         let Some(inner) = inner.upgrade() else { return };
-        if lock(&inner.outbox).closed {
+        if lock(&inner.outbox).closed || inner.opened.load(Ordering::Relaxed) != generation {
             return;
         }
         let auth = auth_with(inner.config.auth.as_ref(), &token);

@@ -393,3 +393,53 @@ async fn close_with_sends_its_code_and_reason_and_ready_state_follows() {
     assert_eq!(code, 1000);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn on_open_sees_the_first_connection_and_a_closed_client_opens_again() {
+    let s = server(Arc::new(Notify::new())).await;
+    let client = Client::new(&s.url(), ClientConfig::default());
+    assert_eq!(client.state(), ConnectionState::Closed);
+    assert_eq!(
+        client.send("x", &json!({})).await,
+        Err(SendError::NotConnected)
+    );
+    let opens = Arc::new(Mutex::new(Vec::new()));
+    let o2 = opens.clone();
+    client.on_open(move |session| o2.lock().unwrap().push(session.client_id.clone()));
+    let first = client.open().await.unwrap();
+    assert!(client.is_connected());
+    assert_eq!(opens.lock().unwrap().clone(), vec![first.client_id.clone()]);
+    // Opening an open client changes nothing.
+    assert_eq!(client.open().await.unwrap(), first);
+    assert_eq!(opens.lock().unwrap().len(), 1);
+    client.join("lobby").await.unwrap();
+
+    // Metafor's manual reconnection: close, then connect again.
+    client.close().await;
+    let second = client.open().await.unwrap();
+    assert_ne!(second.client_id, first.client_id);
+    assert_eq!(
+        opens.lock().unwrap().clone(),
+        vec![first.client_id, second.client_id]
+    );
+    assert!(
+        client.rooms().is_empty(),
+        "a client opened again starts afresh"
+    );
+    let sum: f64 = client
+        .request("add", &json!({"a": 2, "b": 3}), TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(sum, 5.0);
+    client.close().await;
+
+    // A refused open leaves it closed, ready to try again.
+    let url = s.url();
+    s.stop().await;
+    let again = Client::new(&url, ClientConfig::default());
+    assert!(matches!(
+        again.open().await,
+        Err(ConnectError::Unreachable(_))
+    ));
+    assert_eq!(again.state(), ConnectionState::Closed);
+}

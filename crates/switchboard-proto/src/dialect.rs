@@ -161,6 +161,28 @@ pub mod datadivr {
         })
     }
 
+    /// True if a first frame on a native connection is unmistakably datadivr's: an
+    /// object with an `event_name` and no `type` (every native message has a `type`).
+    ///
+    /// ```
+    /// use switchboard_proto::dialect::datadivr;
+    /// assert!(datadivr::detect(r#"{"event_name":"CLI_HELLO","payload":{"handlers":[]},"to":"others"}"#));
+    /// assert!(!datadivr::detect(r#"{"type":"chat","payload":{"event_name":"x"}}"#));
+    /// assert!(!datadivr::detect(r#"{"type":"chat","event_name":"x"}"#));
+    /// ```
+    pub fn detect(text: &str) -> bool {
+        // Cheap check first: a native frame rarely mentions `event_name` at all.
+        if !text.contains("\"event_name\"") {
+            return false;
+        }
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => {
+                matches!(map.get("event_name"), Some(Value::String(_))) && !map.contains_key("type")
+            }
+            _ => false,
+        }
+    }
+
     /// A native frame as datadivr receives it, for the client `recipient`; `None` for
     /// frames datadivr has no use for (`connected`, `ack`, `pong`).
     ///

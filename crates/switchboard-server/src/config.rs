@@ -119,8 +119,15 @@ pub struct ServerConfig {
     /// The wire format of clients that do not choose one (`?dialect=` or a
     /// `switchboard.<dialect>` subprotocol): native, or datadivr / Metafor so that those
     /// clients work unchanged at the default path. Default native. (Metafor clients are
-    /// also recognised by their first frame.)
+    /// and datadivr clients are also recognised by their first frame.)
     pub default_dialect: switchboard_proto::Dialect,
+    /// How long a connection from Python's `websockets` library (datadivr's client, by
+    /// its `User-Agent`) that chose no dialect may take to send its first frame before
+    /// the server sends `connected`. datadivr's client speaks first (its `CLI_HELLO`)
+    /// and fails on a native `connected`; waiting for that frame lets it be recognised
+    /// before anything is sent. Other clients are not affected; a Python client that
+    /// waits for `connected` gets it after this long. Zero turns it off. Default 250 ms.
+    pub first_frame_wait: Duration,
     /// The `Origin`s browsers may connect from, e.g. `https://app.example.com`. Empty
     /// allows any. A browser page from another origin gets HTTP 403; clients that send no
     /// `Origin` (programs, not browsers) are not affected. Default empty.
@@ -321,6 +328,7 @@ impl Default for ServerConfig {
             rate_burst: 2_000,
             max_calls_in_flight: 64,
             default_dialect: switchboard_proto::Dialect::Native,
+            first_frame_wait: Duration::from_millis(250),
             allowed_origins: Vec::new(),
             tls_cert: None,
             tls_key: None,

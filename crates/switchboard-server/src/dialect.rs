@@ -84,13 +84,13 @@ impl DialectAdapter {
         }
     }
 
-    /// Reads one text frame. On a native connection, a first frame that is
-    /// unmistakably Metafor's switches the adapter to Metafor.
-    pub(crate) fn read_text(&mut self, text: &str) -> Read {
+    /// Reads one text frame of the client `client`. On a native connection, a first
+    /// frame that is unmistakably Metafor's or datadivr's switches the adapter to that
+    /// dialect.
+    pub(crate) fn read_text(&mut self, text: &str, client: ConnId) -> Read {
         if let DialectAdapter::Native { undecided } = self {
-            let first = std::mem::take(undecided);
-            if first && metafor::detect(text) {
-                *self = DialectAdapter::Metafor(Box::default());
+            if std::mem::take(undecided) {
+                self.recognise(text, client);
             }
         }
         match self {
@@ -106,6 +106,16 @@ impl DialectAdapter {
                 Ok(metafor::Incoming::Echo(value)) => Read::Answer(metafor::echo(&value)),
                 Ok(metafor::Incoming::Text(t)) => Read::Answer(format!("Echo: {t}")),
             },
+        }
+    }
+
+    /// Switches a native adapter to the dialect this first frame is unmistakably in,
+    /// if it is in one.
+    pub(crate) fn recognise(&mut self, first: &str, client: ConnId) {
+        if metafor::detect(first) {
+            *self = DialectAdapter::Metafor(Box::default());
+        } else if datadivr::detect(first) {
+            *self = DialectAdapter::Datadivr { client };
         }
     }
 
@@ -209,7 +219,7 @@ mod tests {
     #[test]
     fn a_metafor_join_is_a_native_join_answered_in_metafor_s_words() {
         let mut a = DialectAdapter::new(Dialect::Native, id());
-        let Read::Envelope(env) = a.read_text(r#"{"type":"_join","room":"r1"}"#) else {
+        let Read::Envelope(env) = a.read_text(r#"{"type":"_join","room":"r1"}"#, id()) else {
             panic!("a join")
         };
         assert_eq!(
@@ -236,14 +246,36 @@ mod tests {
     fn only_the_first_frame_can_switch_to_metafor() {
         let mut a = DialectAdapter::new(Dialect::Native, id());
         assert!(matches!(
-            a.read_text(r#"{"type":"ping"}"#),
+            a.read_text(r#"{"type":"ping"}"#, id()),
             Read::Envelope(_)
         ));
         assert!(matches!(
-            a.read_text(r#"{"_room":"r","text":"x"}"#),
+            a.read_text(r#"{"_room":"r","text":"x"}"#, id()),
             Read::Invalid(_)
         ));
         assert_eq!(a.dialect(), Dialect::Native);
+    }
+
+    #[test]
+    fn a_datadivr_first_frame_switches_to_datadivr() {
+        let mut a = DialectAdapter::new(Dialect::Native, id());
+        let hello = r#"{"event_name":"CLI_HELLO","payload":{"handlers":[]},"to":"others"}"#;
+        let Read::Envelope(env) = a.read_text(hello, id()) else {
+            panic!("datadivr's hello, read")
+        };
+        assert_eq!(a.dialect(), Dialect::Datadivr);
+        assert_eq!(
+            (env.kind.as_str(), env.to.as_deref()),
+            ("CLI_HELLO", Some("others"))
+        );
+        // Only the first frame decides.
+        let mut b = DialectAdapter::new(Dialect::Native, id());
+        assert!(matches!(
+            b.read_text(r#"{"type":"ping"}"#, id()),
+            Read::Envelope(_)
+        ));
+        assert!(matches!(b.read_text(hello, id()), Read::Invalid(_)));
+        assert_eq!(b.dialect(), Dialect::Native);
     }
 
     #[test]

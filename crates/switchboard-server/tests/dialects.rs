@@ -354,3 +354,51 @@ async fn a_datadivr_frame_with_a_room_reaches_that_room_alone() {
     );
     s.stop().await;
 }
+
+/// datadivr's client at the plain URL: it speaks first (its `CLI_HELLO`) and fails on
+/// anything without `event_name`, so the server hears it out before sending anything.
+#[tokio::test]
+async fn a_datadivr_client_at_the_plain_url_is_recognised_before_anything_is_sent() {
+    let s = hub().await;
+    let python = [("User-Agent", "Python/3.11 websockets/12.0")];
+    let mut dd = RawClient::connect_with_headers(&s.url(), &python).await;
+    let mut other = RawClient::connect_with_headers(&s.url(), &python).await;
+    for c in [&mut dd, &mut other] {
+        c.send_text(r#"{"event_name":"CLI_HELLO","payload":{"handlers":[]},"to":"others","from_id":"server","message":null}"#)
+            .await;
+    }
+    dd.send_text(r#"{"event_name":"sum_event","payload":{"numbers":[391,29]},"to":"others","from_id":"x","message":null}"#)
+        .await;
+    // The other client's hello may come first; never a native `connected`.
+    let mut seen = Vec::new();
+    loop {
+        let m = dd.recv().await;
+        assert!(m.get("event_name").is_some(), "a datadivr frame: {m}");
+        seen.push(m["event_name"].as_str().unwrap().to_owned());
+        if m["event_name"] == "sum_handler_result" {
+            assert_eq!(m["payload"], 420.0);
+            break;
+        }
+    }
+    assert!(
+        seen.iter()
+            .all(|e| e == "CLI_HELLO" || e == "sum_handler_result"),
+        "{seen:?}"
+    );
+
+    // A Python client that waits for `connected` gets it once the wait is over; the
+    // native protocol then works as always.
+    let mut waiting = RawClient::connect_with_headers(&s.url(), &python).await;
+    let connected = waiting.recv().await;
+    assert_eq!(connected["type"], "connected");
+    waiting.send(json!({"type": "ping"})).await;
+    assert_eq!(waiting.recv().await["type"], "pong");
+
+    // A Python client speaking native first is answered natively: `connected`, then
+    // its message.
+    let mut native_first = RawClient::connect_with_headers(&s.url(), &python).await;
+    native_first.send(json!({"type": "ping"})).await;
+    assert_eq!(native_first.recv().await["type"], "connected");
+    assert_eq!(native_first.recv().await["type"], "pong");
+    s.stop().await;
+}

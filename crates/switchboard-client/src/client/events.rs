@@ -79,8 +79,11 @@ impl Client {
         self.handle(id)
     }
 
-    /// Calls `handler` each time a connection opens again after a drop (with the new
-    /// session; the first connection is already open when `connect` returns).
+    /// Calls `handler` each time a connection opens, with its session: the first one
+    /// when the client was made with [`Client::new`] and opened with
+    /// [`open`](Client::open) after registering, and every reconnect. (A client from
+    /// [`Client::connect`] is already open when you get it, so its handlers see the
+    /// reconnects only.)
     pub fn on_open(&self, handler: impl Fn(&Session) + Send + Sync + 'static) -> HandlerId {
         let id = self.inner.next_id();
         lock(&self.inner.handlers)

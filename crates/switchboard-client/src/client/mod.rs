@@ -6,7 +6,7 @@ mod send;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use switchboard_proto::Reconnect;
@@ -15,7 +15,7 @@ use tokio::sync::{Notify, watch};
 pub use events::Messages;
 
 use crate::connect::{self, Session};
-use crate::handlers::{HandlerId, Handlers};
+use crate::handlers::{HandlerId, Handlers, call_all, snapshot};
 use crate::locks::lock;
 use crate::state::{Inner, Outbox};
 use crate::streams::Streams;
@@ -71,20 +71,37 @@ impl Client {
     }
 
     /// Connects with these settings.
+    ///
+    /// Handlers registered on the returned client see the connections after this one;
+    /// to see the first too (an `on_open` that marks the client connected, as Metafor's
+    /// guide does), build the client with [`Client::new`], register, then
+    /// [`open`](Client::open).
     pub async fn connect_with(url: &str, config: ClientConfig) -> Result<Client, ConnectError> {
-        let (ws, session, positions, token) = connect::open(url, &config, None).await?;
-        let refresh = config
-            .token_source
-            .clone()
-            .map(|source| (source, config.refresh_before));
-        let mut streams = Streams::default();
-        streams.connected(&positions);
-        let (state, _) = watch::channel(ConnectionState::Open);
+        let client = Client::new(url, config);
+        client.open().await?;
+        Ok(client)
+    }
+
+    /// A client that is not connected yet (state [`Closed`](ConnectionState::Closed)):
+    /// register its handlers, then call [`open`](Client::open). Sending before it is
+    /// open fails with [`SendError::NotConnected`](crate::SendError::NotConnected).
+    ///
+    /// ```no_run
+    /// use switchboard_client::{Client, ClientConfig};
+    ///
+    /// # async fn demo() -> Result<(), switchboard_client::ConnectError> {
+    /// let client = Client::new("ws://127.0.0.1:8080/ws", ClientConfig::default());
+    /// client.on_open(|session| println!("connected as {}", session.client_id));
+    /// client.open().await?; // the handler runs for this first connection too
+    /// # Ok(()) }
+    /// ```
+    pub fn new(url: &str, config: ClientConfig) -> Client {
+        let (state, _) = watch::channel(ConnectionState::Closed);
         let inner = Arc::new(Inner {
             url: url.to_owned(),
             config,
             outbox: Mutex::new(Outbox {
-                online: true,
+                closed: true,
                 ..Outbox::default()
             }),
             wake: Notify::new(),
@@ -94,21 +111,79 @@ impl Client {
             rooms: Mutex::new(BTreeSet::new()),
             state,
             close_info: Mutex::new(None),
-            session: Mutex::new(session),
-            streams: Mutex::new(streams),
+            session: Mutex::new(Session::default()),
+            streams: Mutex::new(Streams::default()),
             next_id: AtomicU64::new(1),
             ref_prefix: switchboard_proto::random_u64(),
-            token: Mutex::new(token),
+            token: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
+            opened: AtomicU64::new(0),
         });
-        if let Some((source, before)) = refresh {
+        Client { inner }
+    }
+
+    /// Opens the connection and waits for the server's `connected`: the first time for
+    /// a client made with [`Client::new`], or again after it closed (by
+    /// [`close`](Client::close), by the server with no reconnect, or after giving up),
+    /// as Metafor's manual reconnection calls `connect()` again. A client that opens
+    /// again starts afresh: a new session, no rooms, nothing queued. `on_open`
+    /// handlers run before any message of the connection is handled.
+    ///
+    /// On a client that is already open this returns its session; one that is
+    /// connecting or reconnecting is waited for first. This attempt is not retried: an
+    /// unreachable server or a refusal is a [`ConnectError`] at once.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: switchboard_client::Client) -> Result<(), switchboard_client::ConnectError> {
+    /// client.close().await;
+    /// let session = client.open().await?; // connected again, with a new client id
+    /// # let _ = session; Ok(()) }
+    /// ```
+    pub async fn open(&self) -> Result<Session, ConnectError> {
+        let _one_at_a_time = self.inner.opening.lock().await;
+        let mut state = self.watch_state();
+        // The client holds the sender, so waiting cannot fail.
+        let now = state
+            .wait_for(|s| matches!(s, ConnectionState::Open | ConnectionState::Closed))
+            .await
+            .map(|s| *s)
+            .unwrap_or(ConnectionState::Closed);
+        if now == ConnectionState::Open {
+            return Ok(self.session());
+        }
+        crate::driver::set_state(&self.inner, ConnectionState::Connecting);
+        let (ws, session, positions, token) =
+            match connect::open(&self.inner.url, &self.inner.config, None).await {
+                Ok(opened) => opened,
+                Err(e) => {
+                    crate::driver::set_state(&self.inner, ConnectionState::Closed);
+                    return Err(e);
+                }
+            };
+        let inner = &self.inner;
+        let generation = inner.opened.fetch_add(1, Ordering::Relaxed) + 1;
+        *lock(&inner.token) = token;
+        *lock(&inner.session) = session.clone();
+        *lock(&inner.streams) = Streams::default();
+        lock(&inner.streams).connected(&positions);
+        lock(&inner.rooms).clear();
+        *lock(&inner.outbox) = Outbox {
+            online: true,
+            ..Outbox::default()
+        };
+        if let Some(source) = inner.config.token_source.clone() {
             tokio::spawn(crate::token::refresh_loop(
-                Arc::downgrade(&inner),
+                Arc::downgrade(inner),
+                generation,
                 source,
-                before,
+                inner.config.refresh_before,
             ));
         }
-        tokio::spawn(crate::driver::run(Arc::clone(&inner), ws));
-        Ok(Client { inner })
+        crate::driver::set_state(inner, ConnectionState::Open);
+        let open_fns = snapshot(&lock(&inner.handlers).open);
+        call_all(&open_fns, |f| f(&session));
+        tokio::spawn(crate::driver::run(Arc::clone(inner), ws));
+        Ok(session)
     }
 
     /// This client's id on the server (`client_id`). A reconnect gets a new one.

@@ -33,13 +33,14 @@ pub(super) async fn open(
     mode: Mode,
 ) -> Option<ConnectionTask> {
     let config = server.config();
-    let (dialect, echo, resume, upgraded_as) = match mode {
+    let (mut dialect, echo, resume, upgraded_as, listen_first) = match mode {
         Mode::Messages {
             dialect,
             resume,
             identity,
-        } => (dialect, false, resume, identity),
-        Mode::Echo => (Default::default(), true, false, None),
+            listen_first,
+        } => (dialect, false, resume, identity, listen_first),
+        Mode::Echo => (Default::default(), true, false, None, false),
     };
     let id = server.next_conn_id();
     let mut opening = Opening {
@@ -95,6 +96,26 @@ pub(super) async fn open(
         let message = "server at its connection limit";
         opening.refuse(ref_id, ErrorCode::ServerFull, message).await;
         return None;
+    }
+
+    // A client that may speak first in another dialect (datadivr's) is heard before
+    // anything is sent to it: its first frame may decide what it is sent.
+    let mut first = None;
+    if listen_first && !resume && authenticated.is_none() {
+        match opening.first_frame().await {
+            FirstFrame::Gone => {
+                server.release_admission();
+                return None;
+            }
+            FirstFrame::Silent => {}
+            FirstFrame::Frame(frame) => {
+                if let Incoming::Text(text) = &frame {
+                    opening.adapter.recognise(text.as_str(), id);
+                    dialect = opening.adapter.dialect();
+                }
+                first = Some(Box::new(frame));
+            }
+        }
     }
 
     // A resume is read before the connection is made: it decides the client id.
@@ -209,6 +230,7 @@ pub(super) async fn open(
         adapter,
         echo,
         calls: None,
+        first,
         rest: hooks,
         reading: Reading::Open,
         read_blocked: false,
@@ -260,6 +282,17 @@ pub(crate) fn auth_result(conn: &Conn) -> serde_json::Value {
     json!({ "client_id": conn.id(), "identity": conn.identity().as_deref() })
 }
 
+/// What a client that may speak first did within
+/// [`first_frame_wait`](crate::ServerConfig::first_frame_wait).
+enum FirstFrame {
+    /// Sent this frame (handled once the connection is open).
+    Frame(Incoming),
+    /// Nothing yet: it waits for `connected`.
+    Silent,
+    /// Went away.
+    Gone,
+}
+
 /// A `resume` as read: the request or why it is not one, and its `ref`.
 type ResumeRead = (Result<ResumeRequest, &'static str>, Option<String>);
 
@@ -283,6 +316,29 @@ impl Opening<'_> {
         let closing = Closing::with_code(code, message);
         let limit = self.server.config().close_timeout;
         close_socket(&mut self.ws, &closing, error, limit).await;
+    }
+
+    /// The client's first data frame, if it sends one within
+    /// [`first_frame_wait`](crate::ServerConfig::first_frame_wait). Pings count against
+    /// the rate as always.
+    async fn first_frame(&mut self) -> FirstFrame {
+        let wait = self.server.config().first_frame_wait;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return FirstFrame::Silent,
+                next = self.ws.next() => next,
+            };
+            match next {
+                None | Some(Err(_)) | Some(Ok(Incoming::Close(_))) => return FirstFrame::Gone,
+                Some(Ok(Incoming::Control)) => {
+                    if self.limiter.admit() == Admit::Close {
+                        return FirstFrame::Gone;
+                    }
+                }
+                Some(Ok(frame)) => return FirstFrame::Frame(frame),
+            }
+        }
     }
 
     /// Reads the `resume` the client announced (`?resume=1`), within the auth timeout.

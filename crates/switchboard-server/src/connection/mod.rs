@@ -40,6 +40,11 @@ pub(crate) enum Mode {
         resume: bool,
         /// Who the client proved to be at the upgrade (`?token=`), if it did.
         identity: Option<Box<crate::Identity>>,
+        /// The client may speak first in a dialect it did not name (datadivr's client
+        /// does): read its first frame, for up to
+        /// [`first_frame_wait`](crate::ServerConfig::first_frame_wait), before sending
+        /// anything.
+        listen_first: bool,
     },
     /// Every data frame is sent back as it came (conformance suites, benchmarks).
     Echo,

@@ -35,6 +35,9 @@ pub(crate) struct ConnectionTask {
     /// Every data frame goes back as it came (the echo endpoint).
     pub(super) echo: bool,
     pub(super) calls: Option<Calls>,
+    /// A frame read before the connection opened (a client that spoke first), handled
+    /// before anything else is read.
+    pub(super) first: Option<Box<Incoming>>,
     /// Work that holds up reading: the connect hooks, a handler that had to wait, the
     /// calls still running when reading ended.
     pub(super) rest: Option<Rest>,
@@ -125,6 +128,13 @@ impl ConnectionTask {
             if self.conn.is_closing() {
                 self.stop_reading(None);
                 progress = true;
+                continue;
+            }
+            if let Some(first) = self.first.take() {
+                progress = true;
+                if let Some(end) = self.received(Some(Ok(*first))) {
+                    self.stop_reading(end);
+                }
                 continue;
             }
             if self.read_blocked {
@@ -221,7 +231,7 @@ impl ConnectionTask {
             }
             Incoming::Text(text) => {
                 let was = self.adapter.dialect();
-                let read = self.adapter.read_text(text.as_str());
+                let read = self.adapter.read_text(text.as_str(), conn.id());
                 if self.adapter.dialect() != was {
                     tracing::debug!(conn = %conn.id(), dialect = %self.adapter.dialect().as_str(), "dialect recognised");
                     conn.set_dialect(self.adapter.dialect());

@@ -57,10 +57,16 @@ async fn upgrade(AxumState(server): AxumState<Server>, req: Request) -> Response
         }
         _ => None,
     };
+    let listen_first = asked.is_none()
+        && subprotocol.is_none()
+        && dialect == Dialect::Native
+        && !server.config().first_frame_wait.is_zero()
+        && speaks_first(req.headers());
     let mode = Mode::Messages {
         dialect,
         resume,
         identity,
+        listen_first,
     };
     accept(server, req, mode, subprotocol)
 }
@@ -87,6 +93,16 @@ async fn check_token(
             .into_response()),
         Err(_) => Err((StatusCode::UNAUTHORIZED, "AUTH_TIMEOUT").into_response()),
     }
+}
+
+/// True for a client that may speak first in a dialect it did not name: Python's
+/// `websockets` library (`User-Agent: Python/3.x websockets/N`), which datadivr's
+/// client uses.
+fn speaks_first(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|ua| ua.to_str().ok())
+        .is_some_and(|ua| ua.contains("websockets/"))
 }
 
 /// The dialect a client asked for: `?dialect=` first, then a `switchboard.<dialect>`
