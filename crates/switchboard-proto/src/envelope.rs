@@ -32,7 +32,10 @@ pub struct Envelope {
     pub payload: Payload,
     /// The client's correlation id (`ref` on the wire); a message with one gets an `ack`.
     pub ref_id: Option<String>,
-    /// The protocol version; 1 is the only one so far.
+    /// The message's version (`v` on the wire; 1 when absent). switchboard's own
+    /// protocol is version 1; a server may accept others for its application's
+    /// messages (`ServerConfig::versions` in switchboard-server), which its handlers
+    /// read here.
     pub v: u32,
     /// The room the message is for (client to server) or came through (server to client).
     pub room: Option<String>,
@@ -120,7 +123,10 @@ impl Envelope {
             Some(raw) if raw.get() == "null" => PROTOCOL_VERSION,
             Some(raw) => match serde_json::from_str::<u64>(raw.get()) {
                 Ok(v) if v == u64::from(PROTOCOL_VERSION) => PROTOCOL_VERSION,
-                Ok(v) if v > 0 => return Err(with_ref(DecodeErrorKind::UnsupportedVersion(v))),
+                // Which versions are spoken is the server's to say (an application may
+                // handle version 2 itself); none is beyond u32.
+                Ok(v) if v > 0 => u32::try_from(v)
+                    .map_err(|_| with_ref(DecodeErrorKind::UnsupportedVersion(v)))?,
                 // 0 is not a version: the same error as any other non-positive value.
                 _ => {
                     return Err(with_ref(DecodeErrorKind::InvalidField {
@@ -171,8 +177,16 @@ impl Envelope {
 
     /// Encodes the message as the JSON text of one frame. `v` is written only when it
     /// is not the default.
+    ///
+    /// ```
+    /// use switchboard_proto::Envelope;
+    /// let mut env = Envelope::new("chat");
+    /// assert_eq!(env.encode(), r#"{"type":"chat","payload":{}}"#);
+    /// env.v = 2;
+    /// assert_eq!(env.encode(), r#"{"type":"chat","payload":{},"v":2}"#);
+    /// ```
     pub fn encode(&self) -> String {
-        encode_parts(&Parts {
+        let frame = encode_parts(&Parts {
             kind: &self.kind,
             payload: self.payload.as_raw(),
             ref_id: self.ref_id.as_deref(),
@@ -180,7 +194,12 @@ impl Envelope {
             to: self.to.as_deref(),
             from: self.from.as_deref(),
             offset: self.offset,
-        })
+        });
+        if self.v == PROTOCOL_VERSION {
+            return frame;
+        }
+        let body = frame.strip_suffix('}').unwrap_or(&frame);
+        format!("{body},\"v\":{}}}", self.v)
     }
 
     /// Deserializes the payload into `T`. See [`Payload::deserialize`].
@@ -429,9 +448,10 @@ mod tests {
             kind_of(r#"{"type":"chat","payload":[1]}"#),
             DecodeErrorKind::PayloadNotObject
         );
+        assert_eq!(Envelope::decode(r#"{"type":"chat","v":2}"#).unwrap().v, 2);
         assert_eq!(
-            kind_of(r#"{"type":"chat","v":2}"#),
-            DecodeErrorKind::UnsupportedVersion(2)
+            kind_of(r#"{"type":"chat","v":4294967296}"#),
+            DecodeErrorKind::UnsupportedVersion(4_294_967_296)
         );
         assert!(matches!(
             kind_of(r#"{"type":"chat","v":0}"#),
@@ -469,7 +489,7 @@ mod tests {
         let e = Envelope::decode(r#"{"ref":"r1","type":"chat","payload":3}"#).unwrap_err();
         assert_eq!(e.ref_id.as_deref(), Some("r1"));
         assert_eq!(e.code(), ErrorCode::InvalidEnvelope);
-        let e = Envelope::decode(r#"{"ref":"r2","type":"chat","v":9}"#).unwrap_err();
+        let e = Envelope::decode(r#"{"ref":"r2","type":"chat","v":99999999999}"#).unwrap_err();
         assert_eq!(e.ref_id.as_deref(), Some("r2"));
         assert_eq!(e.code(), ErrorCode::UnsupportedVersion);
         assert_eq!(

@@ -121,6 +121,12 @@ pub struct ServerConfig {
     /// clients work unchanged at the default path. Default native. (Metafor clients are
     /// and datadivr clients are also recognised by their first frame.)
     pub default_dialect: switchboard_proto::Dialect,
+    /// The message versions (`v`) this server accepts besides 1 (the protocol's own,
+    /// always accepted). An application that reads a version 2 of its messages itself,
+    /// as the message protocol pattern's `dispatch_v2` does, lists it here and reads
+    /// `v` in its handlers ([`Version`](crate::Version)); a message of any other version
+    /// is answered `UNSUPPORTED_VERSION`. Default `[1]`.
+    pub versions: Vec<u32>,
     /// How long a connection from Python's `websockets` library (datadivr's client, by
     /// its `User-Agent`) that chose no dialect may take to send its first frame before
     /// the server sends `connected`. datadivr's client speaks first (its `CLI_HELLO`)
@@ -329,6 +335,7 @@ impl Default for ServerConfig {
             max_calls_in_flight: 64,
             default_dialect: switchboard_proto::Dialect::Native,
             first_frame_wait: Duration::from_millis(250),
+            versions: vec![switchboard_proto::PROTOCOL_VERSION],
             allowed_origins: Vec::new(),
             tls_cert: None,
             tls_key: None,

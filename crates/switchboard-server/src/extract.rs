@@ -97,6 +97,27 @@ impl FromMessage for Payload {
     }
 }
 
+/// The message's version (`v`, 1 when absent), for a handler that reads more than one
+/// version of its messages (listed in [`ServerConfig::versions`](crate::ServerConfig::versions)).
+///
+/// ```
+/// use switchboard_server::{Json, Version};
+///
+/// async fn chat(Version(v): Version, Json(p): Json<serde_json::Value>) -> Json<String> {
+///     // Version 2 of `chat` calls it `text`; version 1 `content`.
+///     let field = if v >= 2 { "text" } else { "content" };
+///     Json(p[field].as_str().unwrap_or_default().to_owned())
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version(pub u32);
+
+impl FromMessage for Version {
+    fn from_message(cx: &MessageContext) -> Result<Self, HandlerError> {
+        Ok(Version(cx.envelope.v))
+    }
+}
+
 /// The payload, deserialized into `T`.
 ///
 /// When the payload does not fit `T`, the client gets `INVALID_PAYLOAD` naming the field

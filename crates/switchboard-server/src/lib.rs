@@ -63,7 +63,7 @@ pub use backplane::{
 pub use config::{HistoryPolicy, HistoryRule, ServerConfig, SlowConsumerPolicy};
 pub use connection::Conn;
 pub use error::{HandlerError, SendError, ServeError};
-pub use extract::{Binary, FromMessage, Json, MessageContext, State};
+pub use extract::{Binary, FromMessage, Json, MessageContext, State, Version};
 pub use handler::{Handler, IntoReply};
 pub use http::{Listening, TlsConfig, shutdown_signal};
 pub use id::{ConnId, ParseConnIdError};

@@ -336,3 +336,51 @@ async fn frames_sent_right_behind_the_upgrade_request_are_handled() {
     }
     s.stop().await;
 }
+
+/// The message protocol pattern's `dispatch_v2`: an application that declares version 2
+/// reads `v` in its handler; versions nobody speaks stay `UNSUPPORTED_VERSION`.
+#[tokio::test]
+async fn an_application_declares_the_versions_it_reads() {
+    use switchboard_server::Version;
+    let s = TestServer::with(|b| {
+        b.config(ServerConfig {
+            versions: vec![2],
+            ..TestServer::config()
+        })
+        .on(
+            "chat",
+            |Version(v): Version, Json(p): Json<Value>| async move {
+                // Version 2 calls the text `text`; version 1 `content`.
+                let text = if v == 2 { &p["text"] } else { &p["content"] };
+                Json(json!({ "v": v, "text": text }))
+            },
+        )
+    })
+    .await;
+    let mut c = s.raw().await;
+    c.send(json!({"type": "chat", "ref": "a", "payload": {"content": "one"}}))
+        .await;
+    assert_eq!(
+        c.recv().await["payload"]["result"],
+        json!({"v": 1, "text": "one"})
+    );
+    c.send(json!({"type": "chat", "ref": "b", "v": 2, "payload": {"text": "two"}}))
+        .await;
+    assert_eq!(
+        c.recv().await["payload"]["result"],
+        json!({"v": 2, "text": "two"})
+    );
+    c.send(json!({"type": "chat", "ref": "c", "v": 3, "payload": {}}))
+        .await;
+    let refused = c.recv().await;
+    assert_eq!(refused["payload"]["code"], "UNSUPPORTED_VERSION");
+    assert_eq!(
+        refused["payload"]["message"],
+        "unsupported protocol version 3 (this server speaks versions 1, 2)"
+    );
+    // The connection stays.
+    c.send(json!({"type": "chat", "ref": "d", "payload": {"content": "still"}}))
+        .await;
+    assert_eq!(c.recv().await["payload"]["result"]["text"], "still");
+    s.stop().await;
+}

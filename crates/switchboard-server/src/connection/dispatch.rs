@@ -8,8 +8,8 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use serde_json::json;
 use switchboard_proto::{
-    DecodeError, Envelope, ErrorBody, ErrorCode, RawValue, ack_ok, encode_payload_frame,
-    error_reply, types,
+    DecodeError, Envelope, ErrorBody, ErrorCode, PROTOCOL_VERSION, RawValue, ack_ok,
+    encode_payload_frame, error_reply, types,
 };
 
 use super::Conn;
@@ -42,6 +42,16 @@ pub(crate) fn envelope(
             conn,
             env.ref_id.as_deref(),
             &ErrorBody::new(ErrorCode::InvalidEnvelope, msg),
+        );
+        return None;
+    }
+    // Version 1 is always spoken; others when the application says so.
+    if env.v != PROTOCOL_VERSION && !server.config().versions.contains(&env.v) {
+        let msg = unsupported(env.v, &server.config().versions);
+        send_error(
+            conn,
+            env.ref_id.as_deref(),
+            &ErrorBody::new(ErrorCode::UnsupportedVersion, msg),
         );
         return None;
     }
@@ -84,6 +94,23 @@ pub(crate) fn envelope(
             None
         }
     }
+}
+
+/// `unsupported protocol version 3 (this server speaks version 1)`.
+fn unsupported(v: u32, versions: &[u32]) -> String {
+    let mut spoken = vec![PROTOCOL_VERSION];
+    spoken.extend(versions.iter().filter(|&&x| x != PROTOCOL_VERSION));
+    spoken.sort_unstable();
+    let list: Vec<String> = spoken.iter().map(u32::to_string).collect();
+    let noun = if list.len() == 1 {
+        "version"
+    } else {
+        "versions"
+    };
+    format!(
+        "unsupported protocol version {v} (this server speaks {noun} {})",
+        list.join(", ")
+    )
 }
 
 pub(crate) fn binary(server: &Server, conn: &Conn, data: Bytes) -> Option<Rest> {
