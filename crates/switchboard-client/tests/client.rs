@@ -443,3 +443,47 @@ async fn on_open_sees_the_first_connection_and_a_closed_client_opens_again() {
     ));
     assert_eq!(again.state(), ConnectionState::Closed);
 }
+
+#[tokio::test]
+async fn async_handlers_await_without_stalling_the_connection_and_run_in_order() {
+    let s = server(Arc::new(Notify::new())).await;
+    let alice = Client::connect(&s.url()).await.unwrap();
+    let bob = Client::connect(&s.url()).await.unwrap();
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let asker = alice.clone();
+    // Each call awaits a request of its own: its answer arrives on the same connection,
+    // so a handler that held up reading would never see it.
+    let handler = alice.on_async("tick", move |msg| {
+        let (client, done_tx) = (asker.clone(), done_tx.clone());
+        async move {
+            let i = msg.payload.to_value()["i"].as_f64().unwrap();
+            let sum: f64 = client
+                .request("add", &json!({"a": i, "b": 1000}), TIMEOUT)
+                .await
+                .unwrap();
+            done_tx.send(sum - 1000.0).unwrap();
+        }
+    });
+    for i in 0..20 {
+        bob.send_direct(&alice.id(), "tick", &json!({ "i": i }))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        let next = tokio::time::timeout(TIMEOUT, done.recv()).await.unwrap();
+        seen.push(next.unwrap() as u32);
+    }
+    assert_eq!(seen, (0..20).collect::<Vec<_>>(), "one at a time, in order");
+
+    // Removed: its task ends, and a later tick calls nothing.
+    assert!(alice.off(&handler));
+    let mut all = alice.messages(8);
+    bob.send_direct(&alice.id(), "tick", &json!({ "i": 99 }))
+        .await
+        .unwrap();
+    all.next_of("tick").await.unwrap();
+    let after = tokio::time::timeout(TIMEOUT, done.recv()).await.unwrap();
+    assert_eq!(after, None, "no call after removal");
+    s.stop().await;
+}

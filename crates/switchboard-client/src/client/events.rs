@@ -11,6 +11,9 @@ use crate::handlers::{HandlerId, ReconnectAttempt, RoomHandler};
 use crate::locks::lock;
 use crate::{ClientError, CloseInfo, ConnectionState, Session};
 
+/// How many messages wait for an async handler that is behind.
+const ASYNC_HANDLER_QUEUE: usize = 1024;
+
 impl Client {
     /// Calls `handler` for every message of type `kind`.
     pub fn on(&self, kind: &str, handler: impl Fn(&Envelope) + Send + Sync + 'static) -> HandlerId {
@@ -21,6 +24,52 @@ impl Client {
             .or_default()
             .push((id, Arc::new(handler)));
         self.handle(id)
+    }
+
+    /// Runs the async `handler` for every message of type `kind` (netconduit's
+    /// `@client.on("chat") async def ...`): for a handler that must await (a database
+    /// write, a request of its own).
+    ///
+    /// One handler's calls run **one at a time, in the order the messages arrived**, on a
+    /// task of their own, so the connection keeps reading while a handler waits. Up to
+    /// 1,024 messages wait for a handler that is behind; past that the newest are
+    /// dropped (and logged): the connection is never slowed by a slow handler. For
+    /// handlers that should run side by side, spawn inside the handler. Removing the
+    /// handler ([`off`](Client::off)) lets the messages already waiting finish.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (it spawns the handler's task).
+    ///
+    /// ```no_run
+    /// # fn demo(client: switchboard_client::Client) {
+    /// let replies = client.clone();
+    /// client.on_async("chat", move |msg| {
+    ///     let client = replies.clone();
+    ///     async move {
+    ///         // Awaiting here holds up the next `chat`, not the connection.
+    ///         let _ = client.send("seen", &serde_json::json!({"ref": msg.ref_id})).await;
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn on_async<F, Fut>(&self, kind: &str, handler: F) -> HandlerId
+    where
+        F: Fn(Envelope) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::channel::<Envelope>(ASYNC_HANDLER_QUEUE);
+        tokio::spawn(async move {
+            while let Some(env) = rx.recv().await {
+                handler(env).await;
+            }
+        });
+        let kind_name = kind.to_owned();
+        self.on(kind, move |env| {
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(env.clone()) {
+                tracing::warn!(kind = %kind_name, "an async handler is {ASYNC_HANDLER_QUEUE} messages behind: message dropped");
+            }
+        })
     }
 
     /// Calls `handler` for every message, whatever its type (acks included).
