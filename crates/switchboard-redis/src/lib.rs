@@ -103,6 +103,8 @@ impl RedisBackplane {
                 resync: AtomicBool::new(false),
                 resync_now: Notify::new(),
                 dropped: AtomicU64::new(0),
+                published: AtomicU64::new(0),
+                received: AtomicU64::new(0),
                 node_handle: OnceLock::new(),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -323,6 +325,17 @@ impl Backplane for RedisBackplane {
             members.sort();
             Ok(Some(members))
         })
+    }
+
+    fn stats(&self) -> switchboard_server::BackplaneStats {
+        let shared = &self.shared;
+        let queued = shared.out.max_capacity() - shared.out.capacity();
+        switchboard_server::BackplaneStats::new(
+            shared.published.load(Ordering::Relaxed),
+            shared.received.load(Ordering::Relaxed),
+            shared.dropped.load(Ordering::Relaxed),
+            queued as u64,
+        )
     }
 
     fn is_healthy(&self) -> bool {

@@ -386,6 +386,7 @@ impl Shared {
         let epoch: Option<String> = entry.get("e");
         let offset: Option<u64> = entry.get("o");
         // Every node, the sender's included, delivers what the log holds.
+        self.received.fetch_add(1, Ordering::Relaxed);
         match (epoch, offset) {
             (Some(epoch), Some(offset)) => {
                 node.deliver_sequenced(&delivery, &Sequence { epoch, offset });

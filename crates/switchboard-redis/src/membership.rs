@@ -65,6 +65,10 @@ pub(crate) struct Shared {
     pub(crate) resync: AtomicBool,
     pub(crate) resync_now: Notify,
     pub(crate) dropped: AtomicU64,
+    /// Sends and presence changes written to Redis.
+    pub(crate) published: AtomicU64,
+    /// Messages read from the cluster log and delivered here.
+    pub(crate) received: AtomicU64,
     pub(crate) node_handle: OnceLock<NodeHandle>,
     pub(crate) stop: CancellationToken,
     pub(crate) tasks: TaskTracker,

@@ -73,6 +73,8 @@ impl Shared {
                 Ok(()) => {
                     let bytes: usize = batch.iter().map(|(_, o)| o.bytes()).sum();
                     self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                    self.published
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     batch.clear();
                     backoff = Duration::from_millis(50);
                 }

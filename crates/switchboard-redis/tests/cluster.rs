@@ -133,6 +133,19 @@ async fn three_nodes_act_as_one() {
     );
     assert!(b.nothing_pending().await);
 
+    // The metrics say what crossed the backplane: node 0 wrote its chat, its direct
+    // message and presence changes; it read every message of the log.
+    let text = nodes[0].server.render_metrics().unwrap();
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(sample("switchboard_backplane_published") >= 2.0, "{text}");
+    assert!(sample("switchboard_backplane_received") >= 4.0, "{text}");
+    assert_eq!(sample("switchboard_backplane_healthy"), 1.0);
+    assert_eq!(sample("switchboard_backplane_dropped"), 0.0);
+
     // A node that shuts down leaves the counts at once.
     let [n0, n1, n2] = nodes;
     n2.stop().await;

@@ -381,6 +381,12 @@ pub trait Backplane: Send + Sync + 'static {
         true
     }
 
+    /// What the backplane has carried since the node started, for the metrics
+    /// (`switchboard_backplane_*`). All zero by default.
+    fn stats(&self) -> BackplaneStats {
+        BackplaneStats::default()
+    }
+
     /// Stops the backplane; called once, last, during shutdown.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
@@ -388,6 +394,37 @@ pub trait Backplane: Send + Sync + 'static {
 /// The single-node backplane: nothing leaves the process. The default.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LocalBackplane;
+
+/// What a backplane has carried since its node started ([`Backplane::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackplaneStats {
+    /// Messages this node handed to the backplane.
+    pub published: u64,
+    /// Messages this node read from the backplane.
+    pub received: u64,
+    /// Messages the backplane refused for good or dropped.
+    pub dropped: u64,
+    /// Messages waiting to be written (the node's lag behind the backplane).
+    pub queued: u64,
+}
+
+impl BackplaneStats {
+    /// Stats with these counts.
+    ///
+    /// ```
+    /// let s = switchboard_server::BackplaneStats::new(10, 9, 0, 1);
+    /// assert_eq!((s.published, s.queued), (10, 1));
+    /// ```
+    pub fn new(published: u64, received: u64, dropped: u64, queued: u64) -> BackplaneStats {
+        BackplaneStats {
+            published,
+            received,
+            dropped,
+            queued,
+        }
+    }
+}
 
 impl Backplane for LocalBackplane {
     fn name(&self) -> &'static str {

@@ -121,6 +121,10 @@ pub struct ServerConfig {
     /// clients work unchanged at the default path. Default native. (Metafor clients are
     /// and datadivr clients are also recognised by their first frame.)
     pub default_dialect: switchboard_proto::Dialect,
+    /// Count what the node does for Prometheus, served at `GET /metrics`
+    /// ([`Server::render_metrics`](crate::Server::render_metrics) to serve it
+    /// elsewhere). Costs no lock and no allocation per message. Default on.
+    pub metrics: bool,
     /// The message versions (`v`) this server accepts besides 1 (the protocol's own,
     /// always accepted). An application that reads a version 2 of its messages itself,
     /// as the message protocol pattern's `dispatch_v2` does, lists it here and reads
@@ -336,6 +340,7 @@ impl Default for ServerConfig {
             default_dialect: switchboard_proto::Dialect::Native,
             first_frame_wait: Duration::from_millis(250),
             versions: vec![switchboard_proto::PROTOCOL_VERSION],
+            metrics: true,
             allowed_origins: Vec::new(),
             tls_cert: None,
             tls_key: None,

@@ -31,6 +31,8 @@ pub struct MessageContext {
     pub(crate) conn: Conn,
     pub(crate) envelope: Envelope,
     pub(crate) binary: Option<Bytes>,
+    /// When handling began, for the duration metrics (when counted).
+    pub(crate) started: Option<std::time::Instant>,
 }
 
 impl MessageContext {
@@ -41,10 +43,18 @@ impl MessageContext {
         binary: Option<Bytes>,
     ) -> MessageContext {
         MessageContext {
+            started: server.metrics().map(|_| std::time::Instant::now()),
             server: server.clone(),
             conn: conn.clone(),
             envelope,
             binary,
+        }
+    }
+
+    /// Records how long the message's handlers took (`ok`: without an error).
+    pub(crate) fn handled(&self, ok: bool) {
+        if let (Some(metrics), Some(started)) = (self.server.metrics(), self.started) {
+            metrics.handled(&self.envelope.kind, started, ok);
         }
     }
 

@@ -46,6 +46,7 @@ mod http;
 mod id;
 mod jwt;
 mod locks;
+mod metrics;
 mod policy;
 mod rate_limit;
 mod registry;
@@ -57,8 +58,9 @@ mod ws;
 
 pub use auth::{AuthRejected, Authenticator, Credentials, Identity};
 pub use backplane::{
-    Backplane, BackplaneError, ClaimedSession, Delivery, Disconnect, LocalBackplane, NodeHandle,
-    PresenceEvent, Sequence, SessionHistory, SessionRecord, Target, UserTag,
+    Backplane, BackplaneError, BackplaneStats, ClaimedSession, Delivery, Disconnect,
+    LocalBackplane, NodeHandle, PresenceEvent, Sequence, SessionHistory, SessionRecord, Target,
+    UserTag,
 };
 pub use config::{HistoryPolicy, HistoryRule, ServerConfig, SlowConsumerPolicy};
 pub use connection::Conn;
@@ -75,5 +77,7 @@ pub use server::{
     UserPresence,
 };
 
+/// The Prometheus client the metrics are kept with ([`Server::metrics_registry`]).
+pub use prometheus;
 pub use switchboard_proto as proto;
 pub use switchboard_proto::{Envelope, ErrorCode, Payload};

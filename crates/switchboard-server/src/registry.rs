@@ -135,6 +135,19 @@ impl Registry {
         removed
     }
 
+    /// How many rooms have members here.
+    pub(crate) fn room_count(&self) -> usize {
+        read(&self.rooms).len()
+    }
+
+    /// The frames waiting in every connection's outbound queue.
+    pub(crate) fn queued_frames(&self) -> usize {
+        read(&self.conns)
+            .values()
+            .map(|c| c.outbox().queued())
+            .sum()
+    }
+
     pub(crate) fn room_names(&self) -> Vec<String> {
         let mut v: Vec<String> = read(&self.rooms).keys().map(|k| k.to_string()).collect();
         v.sort();

@@ -265,6 +265,9 @@ pub(crate) struct ServeArgs {
     /// Whether clients may message each other (and everyone) directly [default: true].
     #[arg(long, env = "SWITCHBOARD_CLIENTS_MESSAGE_DIRECTLY")]
     pub(crate) clients_message_directly: Option<bool>,
+    /// Serve Prometheus metrics at /metrics [default: true].
+    #[arg(long, env = "SWITCHBOARD_METRICS")]
+    pub(crate) metrics: Option<bool>,
     /// Also serve a raw echo endpoint at this path (conformance testing; no auth).
     #[arg(long, env = "SWITCHBOARD_ECHO_PATH")]
     pub(crate) echo_path: Option<String>,
@@ -292,6 +295,7 @@ impl ServeArgs {
             private_rooms: self.private_rooms.clone(),
             clients_publish: self.clients_publish,
             clients_message_directly: self.clients_message_directly,
+            metrics: self.metrics,
             password_file: self.password_file.clone(),
             auth_timeout: self.auth_timeout,
             heartbeat_interval: self.heartbeat_interval,

@@ -76,6 +76,7 @@ pub struct FileSettings {
     pub clients_message_directly: Option<bool>,
     pub api_key: Option<String>,
     pub api_key_file: Option<PathBuf>,
+    pub metrics: Option<bool>,
 }
 
 /// A `[[history_rooms]]` table: the history of the rooms matching `pattern`.
@@ -197,7 +198,8 @@ impl FileSettings {
             clients_publish,
             clients_message_directly,
             api_key,
-            api_key_file
+            api_key_file,
+            metrics
         )
     }
 
@@ -257,6 +259,7 @@ impl FileSettings {
             echo_path: self.echo_path,
             default_dialect: self.dialect.unwrap_or(d.default_dialect),
             relay_unhandled: true,
+            metrics: self.metrics.unwrap_or(d.metrics),
             history: HistoryPolicy {
                 size: self.history_size.unwrap_or(d.history.size),
                 ttl: self.history_ttl.unwrap_or(d.history.ttl),

@@ -83,6 +83,14 @@ async fn the_hub_serves_its_page_and_health() {
     assert_eq!(v["status"], "ok");
     assert_eq!(v["name"], "test-hub");
     assert_eq!(v["connections"], 1);
+    // Prometheus metrics.
+    let metrics = hub.get("/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("\nswitchboard_connections 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("switchboard_connections_accepted_total 1"));
 }
 
 #[tokio::test]

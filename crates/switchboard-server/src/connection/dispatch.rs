@@ -192,10 +192,12 @@ fn settle(
             true
         }
         Ok(Err(error)) => {
+            cx.handled(false);
             send_error(conn, ref_id, error.body());
             false
         }
         Err(panic) => {
+            cx.handled(false);
             let what = panic_text(&*panic);
             tracing::error!(conn = %conn.id(), kind = %cx.envelope.kind, panic = %what, "handler panicked");
             send_error(
@@ -210,6 +212,7 @@ fn settle(
 
 /// The chain's answer: the ack of the message's `ref`, or the reply as `<type>_response`.
 fn answer(cx: &MessageContext, reply: Option<Box<RawValue>>) {
+    cx.handled(true);
     let frame = match (cx.envelope.ref_id.as_deref(), reply) {
         (Some(r), value) => ack_ok(r, value.as_deref()),
         (None, Some(value)) => {

@@ -316,7 +316,25 @@ impl Conn {
 
     /// Queues a frame, applying the slow-consumer policy when the queue is full.
     pub(crate) fn push(&self, frame: Frame) -> Result<(), SendError> {
-        self.shared.outbox.push(frame, self.shared.id)
+        let pushed = self.shared.outbox.push(frame, self.shared.id);
+        if let Err(SendError::Full) = pushed {
+            self.count_full();
+        }
+        pushed
+    }
+
+    /// Counts a frame the full queue refused: a slow consumer cut off, or a drop.
+    #[cold]
+    fn count_full(&self) {
+        if let Some(server) = self.server() {
+            if let Some(metrics) = server.metrics() {
+                if self.is_closing() {
+                    metrics.slow_consumer();
+                } else {
+                    metrics.dropped();
+                }
+            }
+        }
     }
 
     /// Queues what a resume replays, outside the queue's bounds (they are the

@@ -170,6 +170,13 @@ pub(super) async fn open(
             };
             let outcome = server.register_resumed(&conn, request, &build);
             tracing::debug!(conn = %conn.id(), recovered = outcome.fully_recovered(), "session resumed");
+            if let Some(metrics) = server.metrics() {
+                metrics.resumed(if outcome.fully_recovered() {
+                    "recovered"
+                } else {
+                    "partial"
+                });
+            }
             resume_ack = ref_id.clone().map(|r| (r, outcome));
         }
         (found, resume) => {
@@ -196,6 +203,9 @@ pub(super) async fn open(
             }
             server.register(&conn, (!echo).then_some(&build as ConnectedFrame<'_>));
             if let Some((code, message, reason)) = failed {
+                if let Some(metrics) = server.metrics() {
+                    metrics.resumed("failed");
+                }
                 let ref_id = resume.as_ref().and_then(|(_, r)| r.clone());
                 let body = ErrorBody::new(code, message).with_details(json!({ "reason": reason }));
                 resume_error = Some(error_reply(ref_id.as_deref(), &body));
@@ -203,6 +213,9 @@ pub(super) async fn open(
         }
     }
     tracing::debug!(conn = %conn.id(), ?remote, "connected");
+    if let (Some(metrics), false) = (server.metrics(), echo) {
+        metrics.connection_opened();
+    }
     if server.is_shutting_down() {
         // Shutdown swept the registry before we were in it.
         conn.close(ErrorCode::ShuttingDown, "server shutting down");
@@ -455,6 +468,9 @@ impl Opening<'_> {
                         }
                         Ok(Outcome::Rejected(message)) => {
                             tracing::info!(remote = ?self.remote, "authentication failed");
+                            if let Some(metrics) = server.metrics() {
+                                metrics.auth_failed();
+                            }
                             (ErrorCode::AuthFailed, message)
                         }
                         Ok(Outcome::Throttled(wait)) => {

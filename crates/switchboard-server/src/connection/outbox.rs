@@ -122,6 +122,11 @@ impl Outbox {
         Ok(())
     }
 
+    /// How many frames wait to be written.
+    pub(crate) fn queued(&self) -> usize {
+        lock(&self.state).frames.len()
+    }
+
     /// Queues what a resume replays, whatever the bounds (see `replayed`).
     pub(crate) fn push_replayed(&self, frames: Vec<Frame>) {
         if frames.is_empty() {

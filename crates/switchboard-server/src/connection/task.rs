@@ -17,6 +17,7 @@ use super::dispatch::{self, Rest};
 use super::outbox::WriterStep;
 use super::{Closing, Conn, closing};
 use crate::dialect::{DialectAdapter, Read, ReadBinary};
+use crate::metrics::{Class, FrameClass, frame_class};
 use crate::rate_limit::{Admit, RateLimiter};
 use crate::rpc::Calls;
 use crate::ws::{Frame, Incoming, ReadError, Text, WebSocket, WriteError};
@@ -50,6 +51,30 @@ pub(crate) struct ConnectionTask {
     pub(super) unflushed: bool,
     /// The writer is done, gracefully; the reader has yet to finish.
     pub(super) finished: Option<Closing>,
+}
+
+/// What one write turn wrote, for the metrics (counted locally, added once per turn).
+#[derive(Default)]
+struct SentCount {
+    application: u64,
+    system: u64,
+    bytes: u64,
+}
+
+impl SentCount {
+    fn add(&mut self, frame: &Frame) {
+        let (class, len) = match frame {
+            Frame::Text(t) => (frame_class(t.as_str()), t.len()),
+            Frame::Verbatim(t) => (FrameClass::Application, t.len()),
+            Frame::Binary(b) => (FrameClass::Application, b.len()),
+            Frame::Ping => return,
+        };
+        match class {
+            FrameClass::Application => self.application += 1,
+            FrameClass::System => self.system += 1,
+        }
+        self.bytes += len as u64;
+    }
 }
 
 /// Where reading is.
@@ -196,6 +221,9 @@ impl ConnectionTask {
         match self.limiter.admit() {
             Admit::Yes => {}
             Admit::No { first } => {
+                if let Some(metrics) = self.server.metrics() {
+                    metrics.rate_limited();
+                }
                 let text = match &message {
                     Incoming::Text(t) => Some(t.as_str()),
                     _ => None,
@@ -236,6 +264,13 @@ impl ConnectionTask {
                     tracing::debug!(conn = %conn.id(), dialect = %self.adapter.dialect().as_str(), "dialect recognised");
                     conn.set_dialect(self.adapter.dialect());
                 }
+                if let Some(metrics) = server.metrics() {
+                    let class = match &read {
+                        Read::Envelope(env) => Class::of(&env.kind),
+                        _ => Class::Application,
+                    };
+                    metrics.received(class, text.len());
+                }
                 match read {
                     Read::Envelope(env) => dispatch::envelope(server, conn, env, &mut self.calls),
                     Read::Invalid(e) => {
@@ -248,13 +283,18 @@ impl ConnectionTask {
                     }
                 }
             }
-            Incoming::Binary(data) => match self.adapter.read_binary(data) {
-                ReadBinary::Dispatch(data) => dispatch::binary(server, conn, data),
-                ReadBinary::Echo(data) => {
-                    let _ = conn.push(Frame::Binary(data));
-                    None
+            Incoming::Binary(data) => {
+                if let Some(metrics) = server.metrics() {
+                    metrics.received(Class::Application, data.len());
                 }
-            },
+                match self.adapter.read_binary(data) {
+                    ReadBinary::Dispatch(data) => dispatch::binary(server, conn, data),
+                    ReadBinary::Echo(data) => {
+                        let _ = conn.push(Frame::Binary(data));
+                        None
+                    }
+                }
+            }
             Incoming::Close(_) | Incoming::Control => None,
         }
     }
@@ -329,11 +369,29 @@ impl ConnectionTask {
     /// Feeds the batch's frames (each through the dialect adapter) and flushes; what the
     /// socket cannot take yet stays in the batch (the socket wakes the task when it can).
     fn write_batch(&mut self, cx: &mut Context<'_>) -> Result<(), WriteError> {
+        let mut counted = SentCount::default();
+        let result = self.write_frames(cx, &mut counted);
+        if let Some(metrics) = self.server.metrics() {
+            metrics.sent(counted.application, counted.system, counted.bytes);
+        }
+        result
+    }
+
+    /// [`write_batch`](Self::write_batch)'s loop, counting what it writes.
+    fn write_frames(
+        &mut self,
+        cx: &mut Context<'_>,
+        counted: &mut SentCount,
+    ) -> Result<(), WriteError> {
         while !self.batch.is_empty() {
             if self.ws.poll_ready(cx)?.is_pending() {
                 return Ok(());
             }
-            if let Some(frame) = self.batch.pop_front().and_then(|f| self.adapter.write(f)) {
+            let Some(native) = self.batch.pop_front() else {
+                break;
+            };
+            counted.add(&native);
+            if let Some(frame) = self.adapter.write(native) {
                 self.ws.start_send(frame)?;
                 self.unflushed = true;
             }
@@ -374,6 +432,9 @@ impl ConnectionTask {
         }
 
         server.remove_connection(&conn, closing.resumable());
+        if let Some(metrics) = server.metrics() {
+            metrics.connection_closed(closing.code);
+        }
         let reason = DisconnectReason {
             code: closing.code,
             reason: closing.reason.clone(),

@@ -1,4 +1,4 @@
-//! HTTP serving: the accept loop (plain and TLS), the routes (`/ws`, `/health`, `/rpc`,
+//! HTTP serving: the accept loop (plain and TLS), the routes (`/ws`, `/health`, `/rpc`, `/metrics`,
 //! the application's own), the WebSocket upgrade, and the binding that `Server::run`
 //! does.
 
@@ -20,7 +20,7 @@ pub(crate) use upgrade::{echo_route, ws_route};
 use crate::Server;
 
 /// The axum router: the WebSocket endpoint, the echo endpoint when configured,
-/// `/health`, `/rpc` and the application's routes.
+/// `/health`, `/rpc`, `/metrics` and the application's routes.
 pub(crate) fn router(server: Server) -> axum::Router {
     let path = server.config().path.clone();
     let mut app = server.http_routes().route(&path, ws_route(server.clone()));
@@ -30,8 +30,24 @@ pub(crate) fn router(server: Server) -> axum::Router {
     if let Some(key) = &server.config().api_key {
         app = app.nest("/api", api::routes(server.clone(), key.clone()));
     }
+    if server.config().metrics {
+        app = app.route("/metrics", get(metrics).with_state(server.clone()));
+    }
     app.route("/health", get(health).with_state(server.clone()))
         .route("/rpc", get(methods).with_state(server))
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+async fn metrics(AxumState(server): AxumState<Server>) -> Response {
+    let text = server.render_metrics().unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn health(AxumState(server): AxumState<Server>) -> Response {

@@ -84,6 +84,9 @@ async fn check_token(
         Ok(Outcome::Accepted(identity)) => Ok(identity),
         Ok(Outcome::Rejected(message)) => {
             tracing::info!(remote = ?remote, "authentication failed at the upgrade");
+            if let Some(metrics) = server.metrics() {
+                metrics.auth_failed();
+            }
             Err((StatusCode::UNAUTHORIZED, format!("AUTH_FAILED: {message}")).into_response())
         }
         Ok(Outcome::Throttled(wait)) => Err((

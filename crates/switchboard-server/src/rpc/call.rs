@@ -110,24 +110,46 @@ fn begin_call(
 ) {
     let (server, conn) = (cx.server.clone(), cx.conn.clone());
     let method = prepared.method();
-    let started = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.run(cx)));
-    let mut fut = match started {
+    let call = Call {
+        conn,
+        ref_id,
+        started: cx.started,
+    };
+    let running = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.run(cx)));
+    let mut fut = match running {
         Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
-        Err(panic) => return rpc_reply(&conn, ref_id.as_deref(), method.name(), Err(panic)),
+        Err(panic) => return call.reply(&server, method.name(), Err(panic)),
     };
     if let Some(outcome) = (&mut fut).now_or_never() {
         drop(permit);
-        return rpc_reply(&conn, ref_id.as_deref(), method.name(), outcome);
+        return call.reply(&server, method.name(), outcome);
     }
-    server.spawn_tracked(async move {
+    server.clone().spawn_tracked(async move {
         let outcome = tokio::select! {
             biased;
             () = cancel.cancelled() => return,
             r = fut => r,
         };
-        rpc_reply(&conn, ref_id.as_deref(), method.name(), outcome);
+        call.reply(&server, method.name(), outcome);
         drop(permit);
     });
+}
+
+/// Who a running call answers, and when it began.
+struct Call {
+    conn: Conn,
+    ref_id: Option<String>,
+    started: Option<std::time::Instant>,
+}
+
+impl Call {
+    /// Answers the call and records its duration.
+    fn reply(&self, server: &Server, method: &str, outcome: CallOutcome) {
+        if let (Some(metrics), Some(started)) = (server.metrics(), self.started) {
+            metrics.called(method, started, matches!(outcome, Ok(Ok(_))));
+        }
+        rpc_reply(&self.conn, self.ref_id.as_deref(), method, outcome);
+    }
 }
 
 type CallOutcome =

@@ -371,6 +371,11 @@ pub(crate) struct Methods {
 }
 
 impl Methods {
+    /// Every method's name.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
     pub(crate) fn add(&mut self, method: RpcMethod) {
         assert!(
             !method.name.is_empty() && method.name.len() <= MAX_TYPE_LEN,

@@ -347,8 +347,16 @@ impl ServerBuilder {
             self.config.max_pending_auth,
             self.config.max_pending_auth_per_address,
         );
+        let metrics = self.config.metrics.then(|| {
+            let mut types = self.handlers.types();
+            if !self.handlers.binary.is_empty() {
+                types.push("binary".to_owned());
+            }
+            crate::metrics::Metrics::new(&types, &methods.names())
+        });
         Server {
             inner: Arc::new(ServerInner {
+                metrics,
                 streams: Streams::new(&self.config, now_ms()),
                 sessions: Sessions::default(),
                 http_routes: self.routes,

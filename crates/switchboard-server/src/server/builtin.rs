@@ -49,7 +49,12 @@ async fn auth(server: Server, conn: Conn, env: Envelope) -> Result<Json<Value>, 
         }
         // Optional authentication: a wrong guess is an error, not a disconnect; the
         // per-address throttle still counts it.
-        Outcome::Rejected(message) => Err(HandlerError::code_of(ErrorCode::AuthFailed, message)),
+        Outcome::Rejected(message) => {
+            if let Some(metrics) = server.metrics() {
+                metrics.auth_failed();
+            }
+            Err(HandlerError::code_of(ErrorCode::AuthFailed, message))
+        }
         Outcome::Throttled(wait) => Err(HandlerError::code_of(
             ErrorCode::RateLimited,
             crate::auth::throttled_message(wait),
@@ -84,7 +89,12 @@ async fn refresh(
             Ok(Json(result))
         }
         // The connection goes on with its current token, until it expires.
-        Outcome::Rejected(message) => Err(HandlerError::code_of(ErrorCode::AuthFailed, message)),
+        Outcome::Rejected(message) => {
+            if let Some(metrics) = server.metrics() {
+                metrics.auth_failed();
+            }
+            Err(HandlerError::code_of(ErrorCode::AuthFailed, message))
+        }
         Outcome::Throttled(wait) => Err(HandlerError::code_of(
             ErrorCode::RateLimited,
             crate::auth::throttled_message(wait),

@@ -61,6 +61,8 @@ pub struct DisconnectReason {
 /// What a [`Server`] handle points to. Its fields are private to this module
 /// and its children; the rest of the crate goes through `Server`'s methods.
 pub(crate) struct ServerInner {
+    /// What the node counts (`None` with `ServerConfig::metrics` off).
+    metrics: Option<crate::metrics::Metrics>,
     /// HTTP routes served beside the WebSocket endpoint.
     http_routes: axum::Router,
     methods: crate::rpc::Methods,
@@ -256,6 +258,57 @@ impl Server {
                 "healthy": self.inner.backplane.is_healthy(),
             },
         })
+    }
+
+    /// The node's metrics, when counted.
+    pub(crate) fn metrics(&self) -> Option<&crate::metrics::Metrics> {
+        self.inner.metrics.as_ref()
+    }
+
+    /// The node's metrics in Prometheus' text format (what `GET /metrics` serves), or
+    /// `None` with [`ServerConfig::metrics`](crate::ServerConfig::metrics) off. For
+    /// serving them on a router of your own:
+    ///
+    /// ```no_run
+    /// use axum::routing::get;
+    /// use switchboard_server::Server;
+    ///
+    /// let server = Server::builder().build();
+    /// let metrics = server.clone();
+    /// let admin: axum::Router = axum::Router::new()
+    ///     .route("/internal/metrics", get(move || async move {
+    ///         metrics.render_metrics().unwrap_or_default()
+    ///     }));
+    /// ```
+    pub fn render_metrics(&self) -> Option<String> {
+        let metrics = self.metrics()?;
+        let registry = &self.inner.registry;
+        Some(metrics.render(&crate::metrics::NodeState {
+            connections: self.connection_count(),
+            rooms: registry.room_count(),
+            queued: registry.queued_frames(),
+            history_bytes: self.inner.streams.budget().used(),
+            detached: self.inner.sessions.len(),
+            backplane_healthy: self.inner.backplane.is_healthy(),
+            backplane: self.inner.backplane.stats(),
+        }))
+    }
+
+    /// The Prometheus registry the node's metrics are in, for registering the
+    /// application's own beside them (served by the same `GET /metrics`); `None` with
+    /// [`ServerConfig::metrics`](crate::ServerConfig::metrics) off.
+    ///
+    /// ```
+    /// use switchboard_server::{Server, prometheus};
+    ///
+    /// let server = Server::builder().build();
+    /// let orders = prometheus::IntCounter::new("shop_orders_total", "Orders placed.").unwrap();
+    /// server.metrics_registry().unwrap().register(Box::new(orders.clone())).unwrap();
+    /// orders.inc();
+    /// assert!(server.render_metrics().unwrap().contains("shop_orders_total 1"));
+    /// ```
+    pub fn metrics_registry(&self) -> Option<&prometheus::Registry> {
+        self.metrics().map(crate::metrics::Metrics::registry)
     }
 
     /// How many members `room` has on this node.
