@@ -135,6 +135,17 @@ impl Registry {
         removed
     }
 
+    /// Every room here with its member count, largest first (at most `limit`).
+    pub(crate) fn room_sizes(&self, limit: usize) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = read(&self.rooms)
+            .iter()
+            .map(|(name, members)| (name.to_string(), members.len()))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(limit);
+        v
+    }
+
     /// How many rooms have members here.
     pub(crate) fn room_count(&self) -> usize {
         read(&self.rooms).len()

@@ -1,6 +1,6 @@
 //! The hub application: the server library with the hub's own handlers (presence,
 //! datadivr's `sum_event`, binary echo), RPC methods (`echo`, `sum`, `clients`,
-//! `set_name`, `status`), the demo page and the JS client it serves.
+//! `set_name`, `status`), the demo page, the admin page and the JS client it serves.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,9 @@ use switchboard_server::{Binary, Conn, ConnId, Json, RpcMethod, Server, ServerCo
 
 /// The demo page at `/`.
 const INDEX: &str = include_str!("../assets/index.html");
+/// The admin page at `/admin`: live counts, rooms, clients, kick and publish, all
+/// through the server API (so behind its key; the page itself holds no data).
+const ADMIN: &str = include_str!("../assets/admin.html");
 /// The browser and Node client, served at `/client.js` (and its types at `/client.d.ts`):
 /// `assets/` links to `clients/js`, and packaging copies the files into the crate.
 const CLIENT_JS: &str = include_str!("../assets/switchboard.js");
@@ -125,6 +128,7 @@ pub(crate) fn hub(
 ) -> anyhow::Result<Server> {
     let pages = axum::Router::new()
         .route("/", get(|| async { Html(INDEX) }))
+        .route("/admin", get(|| async { Html(ADMIN) }))
         .route(
             "/client.js",
             get(|| async {

@@ -43,6 +43,8 @@ pub(crate) fn routes(server: Server, key: String) -> axum::Router {
         .route("/rooms/{room}/presence", get(presence))
         .route("/rooms/{room}/history", get(history))
         .route("/info", get(info))
+        .route("/stats", get(super::stats::stats))
+        .route("/clients", get(super::stats::clients))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(gate, require_key))
         .route("/openapi.json", get(openapi))

@@ -6,6 +6,7 @@ mod accept;
 mod api;
 mod forwarded;
 mod serve;
+mod stats;
 mod tls;
 mod upgrade;
 

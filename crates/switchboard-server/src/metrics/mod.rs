@@ -97,6 +97,20 @@ struct Gauges {
     backplane_queued: IntGauge,
 }
 
+/// The node's running totals, for the admin page (`GET /api/stats`).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(crate) struct Totals {
+    pub(crate) messages_in: u64,
+    pub(crate) messages_out: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) slow_consumers: u64,
+    pub(crate) dropped: u64,
+    pub(crate) rate_limited: u64,
+    pub(crate) auth_failures: u64,
+    pub(crate) accepted: u64,
+}
+
 /// What a scrape reads from the node.
 pub(crate) struct NodeState {
     pub(crate) connections: usize,
@@ -284,6 +298,21 @@ impl Metrics {
                 ),
             },
             registry: r,
+        }
+    }
+
+    /// The running totals.
+    pub(crate) fn totals(&self) -> Totals {
+        Totals {
+            messages_in: self.received.iter().map(IntCounter::get).sum(),
+            messages_out: self.sent.iter().map(IntCounter::get).sum(),
+            bytes_in: self.received_bytes.get(),
+            bytes_out: self.sent_bytes.get(),
+            slow_consumers: self.slow_consumers.get(),
+            dropped: self.dropped.get(),
+            rate_limited: self.rate_limited.get(),
+            auth_failures: self.auth_failures.get(),
+            accepted: self.accepted.get(),
         }
     }
 

@@ -260,6 +260,22 @@ impl Server {
         })
     }
 
+    /// Every room here with its member count, largest first (at most `limit`).
+    pub(crate) fn room_sizes(&self, limit: usize) -> Vec<(String, usize)> {
+        self.inner.registry.room_sizes(limit)
+    }
+
+    /// How many rooms have members here.
+    pub(crate) fn room_count(&self) -> usize {
+        self.inner.registry.room_count()
+    }
+
+    /// The backplane: its name, whether it is up, what it carried.
+    pub(crate) fn backplane_state(&self) -> (&'static str, bool, crate::BackplaneStats) {
+        let b = &self.inner.backplane;
+        (b.name(), b.is_healthy(), b.stats())
+    }
+
     /// The node's metrics, when counted.
     pub(crate) fn metrics(&self) -> Option<&crate::metrics::Metrics> {
         self.inner.metrics.as_ref()
