@@ -204,6 +204,7 @@ async fn rejoin(inner: &Inner, ws: &mut Ws) -> Result<(), tokio_tungstenite::tun
             room: None,
             to: None,
             from: None,
+            trace: None,
             offset: None,
         });
         ws.feed(Message::text(text)).await?;

@@ -24,6 +24,9 @@ pub struct Parts<'a> {
     /// The sender's client id, if relayed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<&'a str>,
+    /// The W3C `traceparent` the message carries, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<&'a str>,
     /// The message's position in its stream (a room, the broadcasts, or the
     /// recipient's session), when the server keeps history for it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -40,6 +43,7 @@ impl<'a> Parts<'a> {
             room: None,
             to: None,
             from: None,
+            trace: None,
             offset: None,
         }
     }
@@ -60,7 +64,7 @@ pub fn encode_payload_frame(kind: &str, payload: &RawValue) -> String {
 /// Encodes one frame from its parts.
 ///
 /// Written by hand, field by field in the order `type`, `payload`, `ref`, `room`, `to`,
-/// `from`, `offset`, into a string of exactly the right size (every message goes through here,
+/// `from`, `trace`, `offset`, into a string of exactly the right size (every message goes through here,
 /// and an exact size lets the socket layer take the buffer without copying). The text
 /// is the same as serde_json writes for [`Parts`].
 pub fn encode_parts(parts: &Parts<'_>) -> String {
@@ -69,6 +73,7 @@ pub fn encode_parts(parts: &Parts<'_>) -> String {
         ("room", parts.room),
         ("to", parts.to),
         ("from", parts.from),
+        ("trace", parts.trace),
     ];
     let mut len =
         r#"{"type":,"payload":}"#.len() + quoted_len(parts.kind) + parts.payload.get().len();
@@ -195,6 +200,10 @@ mod tests {
                 room,
                 to,
                 from,
+                // A trace on every other case.
+                trace: offset
+                    .is_some()
+                    .then_some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
                 offset,
             };
             let ours = encode_parts(&parts);

@@ -48,6 +48,10 @@ pub struct Envelope {
     /// broadcasts, or the recipient's session), for resuming without loss or
     /// duplicates. Ignored when a client sends it.
     pub offset: Option<u64>,
+    /// A W3C `traceparent` (`00-<trace id>-<span id>-<flags>`) that ties the message to
+    /// a distributed trace: the server's handler span for it carries it, and a relayed
+    /// message keeps it. One that is not a valid `traceparent` is ignored.
+    pub trace: Option<String>,
 }
 
 impl Envelope {
@@ -62,6 +66,7 @@ impl Envelope {
             to: None,
             from: None,
             offset: None,
+            trace: None,
         }
     }
 
@@ -162,6 +167,10 @@ impl Envelope {
                 })
             })?),
         };
+        // A `traceparent` that is not one is ignored, as W3C Trace Context says.
+        let trace = optional_string(wire.trace, "trace")
+            .map_err(|e| with_ref(e.kind))?
+            .filter(|t| is_traceparent(t));
 
         Ok(Envelope {
             kind,
@@ -172,6 +181,7 @@ impl Envelope {
             to,
             from,
             offset,
+            trace,
         })
     }
 
@@ -193,6 +203,7 @@ impl Envelope {
             room: self.room.as_deref(),
             to: self.to.as_deref(),
             from: self.from.as_deref(),
+            trace: self.trace.as_deref(),
             offset: self.offset,
         });
         if self.v == PROTOCOL_VERSION {
@@ -250,6 +261,37 @@ struct WireIn<'a> {
     from: Option<&'a RawValue>,
     #[serde(borrow, default)]
     offset: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    trace: Option<&'a RawValue>,
+}
+
+/// True for a W3C `traceparent`: `00-` 32 hex digits `-` 16 hex digits `-` 2 hex digits,
+/// lowercase, with neither id all zeros (version `ff` is invalid).
+///
+/// ```
+/// use switchboard_proto::envelope::is_traceparent;
+/// assert!(is_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+/// assert!(!is_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
+/// assert!(!is_traceparent("not a trace"));
+/// ```
+pub fn is_traceparent(t: &str) -> bool {
+    let b = t.as_bytes();
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    let zeros = |s: &[u8]| s.iter().all(|&c| c == b'0');
+    b.len() == 55
+        && b[2] == b'-'
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(&b[..2])
+        && &b[..2] != b"ff"
+        && hex(&b[3..35])
+        && !zeros(&b[3..35])
+        && hex(&b[36..52])
+        && !zeros(&b[36..52])
+        && hex(&b[53..])
 }
 
 /// True if valid JSON `text` nests objects and arrays deeper than `limit`. Counting the

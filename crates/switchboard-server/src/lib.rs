@@ -53,6 +53,7 @@ mod registry;
 pub mod rpc;
 mod server;
 mod slots;
+mod telemetry;
 mod timed_io;
 mod ws;
 

@@ -384,3 +384,38 @@ async fn an_application_declares_the_versions_it_reads() {
     assert_eq!(c.recv().await["payload"]["result"]["text"], "still");
     s.stop().await;
 }
+
+/// A message's W3C `trace` travels with it when relayed; one that is not a
+/// `traceparent` is dropped, not an error.
+#[tokio::test]
+async fn a_relayed_message_keeps_its_trace() {
+    let s = TestServer::with_config(ServerConfig {
+        relay_unhandled: true,
+        ..TestServer::config()
+    })
+    .await;
+    let mut a = s.raw().await;
+    let mut b = s.raw().await;
+    for c in [&mut a, &mut b] {
+        c.send(json!({"type": "join_room", "ref": "j", "payload": {"room_id": "r"}}))
+            .await;
+        c.recv_type("ack").await;
+    }
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    a.send(json!({"type": "chat", "room": "r", "trace": trace, "payload": {}}))
+        .await;
+    assert_eq!(b.recv_type("chat").await["trace"], trace);
+    a.send(json!({"type": "chat", "room": "r", "trace": "junk", "payload": {"n": 2}}))
+        .await;
+    let m = b.recv_type("chat").await;
+    assert_eq!(m["payload"]["n"], 2);
+    assert!(m.get("trace").is_none(), "{m}");
+    // Not a string: the envelope is wrong.
+    a.send(json!({"type": "chat", "room": "r", "trace": 7}))
+        .await;
+    assert_eq!(
+        a.recv_type("error").await["payload"]["code"],
+        "INVALID_ENVELOPE"
+    );
+    s.stop().await;
+}

@@ -6,13 +6,13 @@ mod args;
 mod client_commands;
 mod hub;
 mod interactive;
+mod logs;
 mod serve;
 mod settings;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use args::{Cli, Command};
 
@@ -24,18 +24,7 @@ async fn main() -> ExitCode {
         Command::Serve(_) => "info",
         _ => "warn",
     };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        args::LogFormat::Json => logs.json().init(),
-        // Colours for people at a terminal, never escape codes in a file.
-        args::LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
+    let _telemetry = logs::init(cli.log_format, default_level);
     match cli.command {
         Command::Serve(args) => match serve::serve(*args).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -87,6 +87,7 @@ impl Client {
             room,
             to,
             from: None,
+            trace: None,
             offset: None,
         });
         self.enqueue(Message::text(text), ref_id.map(str::to_owned))
@@ -187,6 +188,7 @@ impl Client {
             room,
             to,
             from: None,
+            trace: None,
             offset: None,
         }));
         let (tx, rx) = oneshot::channel();

@@ -11,6 +11,7 @@ use switchboard_proto::{
     DecodeError, Envelope, ErrorBody, ErrorCode, PROTOCOL_VERSION, RawValue, ack_ok,
     encode_payload_frame, error_reply, types,
 };
+use tracing::Instrument;
 
 use super::Conn;
 use super::relay::relay;
@@ -28,14 +29,31 @@ use crate::ws::Frame;
 /// connection's messages are handled in order.
 pub(crate) type Rest = BoxFuture<'static, ()>;
 
-/// Dispatches a native envelope: RPC, the handlers of its type, the hub's relay, or
-/// `UNKNOWN_TYPE`.
+/// Dispatches a native envelope in a span of its own (`message`: its type, `ref` and
+/// `trace`, a child of the connection's span): RPC, the handlers of its type, the
+/// hub's relay, or `UNKNOWN_TYPE`. The span costs nothing while debug spans are off.
 pub(crate) fn envelope(
     server: &Server,
     conn: &Conn,
     env: Envelope,
     calls: &mut Option<Calls>,
 ) -> Option<Rest> {
+    let span = tracing::debug_span!(
+        "message",
+        r#type = %env.kind,
+        r#ref = env.ref_id.as_deref(),
+        trace = env.trace.as_deref(),
+    );
+    if span.is_disabled() {
+        return route(server, conn, env, calls);
+    }
+    crate::telemetry::follow(&span, env.trace.as_deref());
+    let rest = span.in_scope(|| route(server, conn, env, calls));
+    // What has to wait goes on in the same span.
+    rest.map(|rest| Box::pin(rest.instrument(span)) as Rest)
+}
+
+fn route(server: &Server, conn: &Conn, env: Envelope, calls: &mut Option<Calls>) -> Option<Rest> {
     if types::is_server_only(&env.kind) {
         let msg = format!("`{}` is a type only the server sends", env.kind);
         send_error(

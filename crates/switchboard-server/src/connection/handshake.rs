@@ -233,6 +233,7 @@ pub(super) async fn open(
             let _ = conn.push(Frame::text(ack_ok(&r, result.as_deref())));
         }
     }
+    let span = connection_span(&conn, remote);
     // The connect hooks run first, before the client's messages.
     let hooks = (!server.hooks().connect.is_empty()).then(|| connect_hooks(&server, &conn));
     Some(ConnectionTask {
@@ -250,7 +251,19 @@ pub(super) async fn open(
         batch: Default::default(),
         unflushed: false,
         finished: None,
+        span,
     })
+}
+
+/// The connection's span, while debug spans are on.
+fn connection_span(conn: &Conn, remote: Option<SocketAddr>) -> Option<Box<tracing::Span>> {
+    let span = tracing::debug_span!(
+        "connection",
+        client = %conn.id(),
+        remote = remote.map(tracing::field::display),
+        dialect = conn.dialect().as_str(),
+    );
+    (!span.is_disabled()).then(|| Box::new(span))
 }
 
 /// `connected`: `{client_id, user_id, session_id, resume_token?, server, identity?,

@@ -55,38 +55,22 @@ pub(crate) fn relay(server: &Server, conn: &Conn, env: &Envelope) {
             ErrorCode::InvalidEnvelope,
             "name a `room` or a `to`, not both",
         )),
-        (Some("all"), None) => Ok(server.relay(Target::All, vec![], &env.kind, &env.payload, from)),
-        (Some("others"), None) => {
-            Ok(server.relay(Target::All, vec![from], &env.kind, &env.payload, from))
+        (Some("all"), None) => Ok(server.relay(Target::All, vec![], env, from)),
+        (Some("others"), None) => Ok(server.relay(Target::All, vec![from], env, from)),
+        (Some(to), None) if to.starts_with(USER) => {
+            Ok(server.relay(Target::User(to[USER.len()..].to_owned()), vec![], env, from))
         }
-        (Some(to), None) if to.starts_with(USER) => Ok(server.relay(
-            Target::User(to[USER.len()..].to_owned()),
-            vec![],
-            &env.kind,
-            &env.payload,
-            from,
-        )),
         (Some(to), None) => match to.parse::<ConnId>() {
-            Ok(id) if server.may_reach(id) => Ok(server.relay(
-                Target::Conns(vec![id]),
-                vec![],
-                &env.kind,
-                &env.payload,
-                from,
-            )),
+            Ok(id) if server.may_reach(id) => {
+                Ok(server.relay(Target::Conns(vec![id]), vec![], env, from))
+            }
             _ => Err(ErrorBody::new(
                 ErrorCode::ClientNotFound,
                 format!("no client `{to}` is connected"),
             )),
         },
         (None, Some(room)) => match validate_room(room) {
-            Ok(()) => Ok(server.relay(
-                Target::Room(room.to_owned()),
-                vec![from],
-                &env.kind,
-                &env.payload,
-                from,
-            )),
+            Ok(()) => Ok(server.relay(Target::Room(room.to_owned()), vec![from], env, from)),
             Err(e) => Err(ErrorBody::new(ErrorCode::InvalidRoom, e.to_string())),
         },
         (None, None) => Err(ErrorBody::new(

@@ -51,6 +51,10 @@ pub(crate) struct ConnectionTask {
     pub(super) unflushed: bool,
     /// The writer is done, gracefully; the reader has yet to finish.
     pub(super) finished: Option<Closing>,
+    /// The connection's span (`connection`: client id, address), entered while the
+    /// task runs; boxed, and only while debug spans are on, so an idle connection
+    /// pays 8 bytes for it.
+    pub(super) span: Option<Box<tracing::Span>>,
 }
 
 /// What one write turn wrote, for the metrics (counted locally, added once per turn).
@@ -97,6 +101,15 @@ impl ConnectionTask {
     }
 
     fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Closing> {
+        let span = self.span.take();
+        let entered = span.as_deref().map(tracing::Span::enter);
+        let polled = self.poll_turns(cx);
+        drop(entered);
+        self.span = span;
+        polled
+    }
+
+    fn poll_turns(&mut self, cx: &mut Context<'_>) -> Poll<Closing> {
         let outbox = self.conn.outbox();
         outbox.awake(cx.waker());
         loop {

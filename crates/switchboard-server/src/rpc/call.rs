@@ -12,6 +12,7 @@ use switchboard_proto::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::prepare::{Prepared, prepare};
 use crate::Server;
@@ -124,15 +125,20 @@ fn begin_call(
         drop(permit);
         return call.reply(&server, method.name(), outcome);
     }
-    server.clone().spawn_tracked(async move {
-        let outcome = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return,
-            r = fut => r,
-        };
-        call.reply(&server, method.name(), outcome);
-        drop(permit);
-    });
+    // A call that waits runs in a task of its own, in the message's span.
+    let span = tracing::Span::current();
+    server.clone().spawn_tracked(
+        async move {
+            let outcome = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                r = fut => r,
+            };
+            call.reply(&server, method.name(), outcome);
+            drop(permit);
+        }
+        .instrument(span),
+    );
 }
 
 /// Who a running call answers, and when it began.

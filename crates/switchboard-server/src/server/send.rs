@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use serde::Serialize;
-use switchboard_proto::{Parts, Payload, encode_parts, stamp_offset};
+use switchboard_proto::{Envelope, Parts, Payload, encode_parts, stamp_offset};
 
 use super::{Server, validate_room};
 use crate::backplane::{Delivery, Target};
@@ -242,6 +242,17 @@ pub(super) fn frame_text(
     target: &Target,
     from: Option<&str>,
 ) -> String {
+    traced_frame_text(kind, payload, target, from, None)
+}
+
+/// [`frame_text`] carrying the sender's `trace` (a relayed message keeps its trace).
+fn traced_frame_text(
+    kind: &str,
+    payload: &Payload,
+    target: &Target,
+    from: Option<&str>,
+    trace: Option<&str>,
+) -> String {
     let (room, to) = match target {
         Target::Room(room) => (Some(room.as_str()), None),
         Target::All => (None, Some(ALL)),
@@ -254,6 +265,7 @@ pub(super) fn frame_text(
         room,
         to,
         from,
+        trace,
         offset: None,
     })
 }
@@ -372,17 +384,23 @@ impl Server {
         Ok(self.send_delivery(target, except.to_vec(), text))
     }
 
-    /// Relays a client's message: encoded once, stamped with the sender's id in `from`.
+    /// Relays a client's message: encoded once, stamped with the sender's id in `from`,
+    /// its `trace` kept.
     pub(crate) fn relay(
         &self,
         target: Target,
         exclude: Vec<ConnId>,
-        kind: &str,
-        payload: &Payload,
+        env: &Envelope,
         from: ConnId,
     ) -> usize {
         let from = from.to_string();
-        let text = frame_text(kind, payload, &target, Some(&from));
+        let text = traced_frame_text(
+            &env.kind,
+            &env.payload,
+            &target,
+            Some(&from),
+            env.trace.as_deref(),
+        );
         self.send_delivery(target, exclude, text)
     }
 
