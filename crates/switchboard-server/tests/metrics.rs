@@ -204,3 +204,47 @@ async fn the_documented_metrics_and_the_dashboard_name_only_real_metrics() {
     }
     s.stop().await;
 }
+
+/// The echo endpoint (conformance suites, benchmarks) is not counted as clients.
+#[tokio::test]
+async fn echo_connections_are_not_counted_as_clients() {
+    let (gone_tx, mut gone) = tokio::sync::mpsc::unbounded_channel();
+    let s = TestServer::with(move |b| {
+        b.config(ServerConfig {
+            echo_path: Some("/echo".into()),
+            ..TestServer::config()
+        })
+        .on_disconnect(
+            move |c: switchboard_server::Conn, _: switchboard_server::DisconnectReason| {
+                let gone_tx = gone_tx.clone();
+                async move {
+                    gone_tx.send(c.id().to_string()).ok();
+                }
+            },
+        )
+    })
+    .await;
+    let url = format!("ws://{}/echo", s.addr);
+    let mut e = RawClient::connect(&url).await;
+    e.send_text("hello").await;
+    e.close().await;
+    // A real client afterwards; once its close is counted, the echo's is long done.
+    let c = s.raw().await;
+    let id = c.id.clone();
+    c.close().await;
+    loop {
+        let who = tokio::time::timeout(switchboard_test::TIMEOUT, gone.recv()).await;
+        if who.unwrap().unwrap() == id {
+            break;
+        }
+    }
+    let m = scrape(&s).await;
+    assert_eq!(m["switchboard_connections_accepted_total"], 1.0);
+    let closed: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("switchboard_connections_closed_total"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(closed, 1.0, "only the client's close");
+    s.stop().await;
+}

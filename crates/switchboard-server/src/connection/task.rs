@@ -423,6 +423,7 @@ impl ConnectionTask {
             mut ws,
             calls,
             mut adapter,
+            echo,
             ..
         } = self;
         let final_error = conn
@@ -445,7 +446,8 @@ impl ConnectionTask {
         }
 
         server.remove_connection(&conn, closing.resumable());
-        if let Some(metrics) = server.metrics() {
+        // The echo endpoint's connections are not counted as opened, nor here.
+        if let (Some(metrics), false) = (server.metrics(), echo) {
             metrics.connection_closed(closing.code);
         }
         let reason = DisconnectReason {
