@@ -123,6 +123,8 @@ export interface Envelope<P = Record<string, unknown>> {
   v?: number;
   /** The message's position in its stream (room, broadcasts, or this session). */
   offset?: number;
+  /** The W3C traceparent its sender gave it, if any. */
+  trace?: string;
 }
 
 export interface CloseInfo {
@@ -145,6 +147,8 @@ export interface Handle {
 export interface SendOptions {
   room?: string;
   to?: string;
+  /** A W3C traceparent (`00-<trace id>-<span id>-<flags>`): the server's span for the message joins that trace; relayed messages keep it. */
+  trace?: string;
 }
 
 export interface RequestOptions extends SendOptions {

@@ -726,11 +726,14 @@ export class Client {
     if (ref) env.ref = ref;
     if (opts.room) env.room = opts.room;
     if (opts.to) env.to = opts.to;
+    if (opts.trace) env.trace = opts.trace;
     return JSON.stringify(env);
   }
 
   /**
-   * Sends `{type, payload}` (`payload` a plain object), optionally `{room}` or `{to}`.
+   * Sends `{type, payload}` (`payload` a plain object), optionally `{room}` or `{to}`,
+   * and `{trace}`: a W3C traceparent tying the message to a distributed trace (relayed
+   * messages keep it).
    * While reconnecting it is queued and sent, in order, after the reconnect.
    * Throws `NotConnectedError` or `QueueFullError`.
    */

@@ -558,3 +558,20 @@ test("Metafor's lifecycle: onOpen on the first connect, and a closed client conn
   assert.equal(opens.items.length, 0);
   await c.close();
 });
+
+test("a message's trace reaches the room's other members", async () => {
+  const h = await hub();
+  const a = await Client.connect(h.url);
+  const b = await Client.connect(h.url);
+  await a.join("traced");
+  await b.join("traced");
+  const got = recorder();
+  b.on("chat", (m) => got.push(m));
+  const trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  a.send("chat", { text: "hi" }, { room: "traced", trace });
+  const m = await got.next();
+  assert.equal(m.trace, trace);
+  assert.equal(m.payload.text, "hi");
+  await a.close();
+  await b.close();
+});
