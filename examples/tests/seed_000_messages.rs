@@ -15,6 +15,9 @@ use switchboard_server::{Conn, ConnId, Filter, Json, Server};
 use switchboard_test::{TIMEOUT, TestServer};
 use tokio::sync::{mpsc, oneshot};
 
+mod common;
+use common::{inbox, next};
+
 fn time() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -24,23 +27,6 @@ fn time() -> f64 {
 
 fn id_of(client: &Client) -> ConnId {
     client.id().parse().unwrap()
-}
-
-/// What a client's `@client.on(kind)` handler received, in the order the connection
-/// delivered it (a plain handler runs on the connection's task, in arrival order).
-fn inbox(client: &Client, kind: &str) -> mpsc::UnboundedReceiver<Value> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    client.on(kind, move |msg| {
-        tx.send(msg.payload.to_value()).ok();
-    });
-    rx
-}
-
-async fn next(rx: &mut mpsc::UnboundedReceiver<Value>) -> Value {
-    tokio::time::timeout(TIMEOUT, rx.recv())
-        .await
-        .unwrap()
-        .unwrap()
 }
 
 /// The guide's server-side `chat` handler: log, broadcast to the others, return an

@@ -17,6 +17,9 @@ use switchboard_server::{Binary, Conn, Json, ServerConfig};
 use switchboard_test::{Proxy, TIMEOUT, TestServer};
 use tokio::sync::mpsc;
 
+mod common;
+use common::next;
+
 async fn server() -> TestServer {
     TestServer::with(|b| {
         b.config(ServerConfig {
@@ -36,13 +39,6 @@ async fn server() -> TestServer {
 
 fn recorder<T: Send + 'static>() -> (mpsc::UnboundedSender<T>, mpsc::UnboundedReceiver<T>) {
     mpsc::unbounded_channel()
-}
-
-async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
-    tokio::time::timeout(TIMEOUT, rx.recv())
-        .await
-        .unwrap()
-        .unwrap()
 }
 
 #[tokio::test]

@@ -16,22 +16,9 @@ use switchboard_server::{
     Conn, ConnId, DisconnectReason, Filter, HandlerError, Server, ServerConfig,
 };
 use switchboard_test::{TIMEOUT, TestServer};
-use tokio::sync::mpsc;
 
-fn collect(client: &Client, kind: &str) -> mpsc::UnboundedReceiver<Value> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    client.on(kind, move |m| {
-        tx.send(m.payload.to_value()).ok();
-    });
-    rx
-}
-
-async fn next(rx: &mut mpsc::UnboundedReceiver<Value>) -> Value {
-    tokio::time::timeout(TIMEOUT, rx.recv())
-        .await
-        .unwrap()
-        .unwrap()
-}
+mod common;
+use common::{inbox, next};
 
 /// A client that authenticates with `chat_secret` and sees its first connection.
 async fn chatter(url: &str) -> Client {
@@ -55,9 +42,9 @@ async fn the_full_chat_server_of_the_guide() {
     );
 
     let ada = chatter(&s.url()).await;
-    let mut ada_joined = collect(&ada, "user_joined");
-    let mut ada_chat = collect(&ada, "chat");
-    let mut ada_left = collect(&ada, "user_left");
+    let mut ada_joined = inbox(&ada, "user_joined");
+    let mut ada_chat = inbox(&ada, "chat");
+    let mut ada_left = inbox(&ada, "user_left");
     let bob = chatter(&s.url()).await;
     // on_client_connect: the others hear user_joined {username: User_xxxx, count}.
     let joined = next(&mut ada_joined).await;
@@ -104,7 +91,7 @@ async fn the_full_chat_server_of_the_guide() {
     assert!(chat["time"].as_f64().unwrap() > 0.0);
 
     // set_name renames and tells everyone.
-    let mut ada_renames = collect(&ada, "name_change");
+    let mut ada_renames = inbox(&ada, "name_change");
     let renamed: Value = bob
         .request("set_name", &json!({"username": "robert"}), TIMEOUT)
         .await
@@ -272,7 +259,7 @@ async fn hooks_broadcasts_direct_sends_connection_info_kick_and_shutdown() {
     let mut welcomes = Vec::new();
     for _ in 0..3 {
         let c = Client::new(&s.url(), ClientConfig::default());
-        welcomes.push(collect(&c, "welcome"));
+        welcomes.push(inbox(&c, "welcome"));
         c.open().await.unwrap();
         clients.push(c);
     }
@@ -283,7 +270,7 @@ async fn hooks_broadcasts_direct_sends_connection_info_kick_and_shutdown() {
     assert!(server.is_running());
 
     // count = await server.broadcast(...): "Sent to 3 clients"
-    let mut notes: Vec<_> = clients.iter().map(|c| collect(c, "notification")).collect();
+    let mut notes: Vec<_> = clients.iter().map(|c| inbox(c, "notification")).collect();
     let count = server
         .broadcast(
             "notification",
@@ -295,7 +282,7 @@ async fn hooks_broadcasts_direct_sends_connection_info_kick_and_shutdown() {
         assert_eq!(next(n).await["type"], "info");
     }
     // include=active_players, exclude=spectators
-    let mut updates: Vec<_> = clients.iter().map(|c| collect(c, "update")).collect();
+    let mut updates: Vec<_> = clients.iter().map(|c| inbox(c, "update")).collect();
     let active_players = [ids(&clients[0]), ids(&clients[1])];
     let spectators = [ids(&clients[1])];
     let sent = server
@@ -309,7 +296,7 @@ async fn hooks_broadcasts_direct_sends_connection_info_kick_and_shutdown() {
     assert_eq!(next(&mut updates[0]).await["state"], 1);
 
     // Direct: connection = server._pool.get(client_id); connection.send_message(...)
-    let mut private = collect(&clients[2], "private");
+    let mut private = inbox(&clients[2], "private");
     let connection = server.connection(ids(&clients[2])).unwrap();
     assert!(!connection.is_authenticated());
     connection
@@ -318,7 +305,7 @@ async fn hooks_broadcasts_direct_sends_connection_info_kick_and_shutdown() {
     assert_eq!(next(&mut private).await["text"], "This is only for you");
 
     // Kick: send_message("kicked"), then disconnect; the client does not come back.
-    let mut kicked = collect(&clients[2], "kicked");
+    let mut kicked = inbox(&clients[2], "kicked");
     connection
         .send_message("kicked", &json!({"reason": "Violation"}))
         .unwrap();
@@ -328,7 +315,7 @@ async fn hooks_broadcasts_direct_sends_connection_info_kick_and_shutdown() {
     assert_eq!(info.code, 4004);
 
     // Graceful shutdown: the shutdown hook's broadcast reaches the clients still here.
-    let mut bye = collect(&clients[0], "server_shutdown");
+    let mut bye = inbox(&clients[0], "server_shutdown");
     s.stop().await;
     assert_eq!(next(&mut bye).await["message"], "Server is shutting down");
     let events = events.lock().unwrap().clone();

@@ -7,11 +7,10 @@ import assert from "node:assert/strict";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { chromium } from "playwright-core";
+import { launchChromium } from "./browser.mjs";
 import { Client } from "../switchboard.js";
 import { startHub, waitFor } from "../test/hub.mjs";
 
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const SCREENSHOT = process.env.ADMIN_SCREENSHOT || path.resolve(here, "../../../target/admin.png");
 const T = 10_000;
@@ -20,12 +19,7 @@ const KEY = "admin-test-key-0123456789";
 let browser;
 let hub;
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launchChromium();
   hub = await startHub({ env: { SWITCHBOARD_API_KEY: KEY } });
 });
 after(async () => {

@@ -8,11 +8,10 @@ import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { chromium } from "playwright-core";
+import { launchChromium } from "./browser.mjs";
 import { Client } from "../switchboard.js";
 import { startHub } from "../test/hub.mjs";
 
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const SCREENSHOT = process.env.DEMO_SCREENSHOT || path.resolve(here, "../../../target/demo.png");
 const T = 10_000;
@@ -20,21 +19,7 @@ const T = 10_000;
 let browser;
 let hub;
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    // As root in a sandboxless CI, and without the background traffic a closed
-    // network refuses.
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  browser = await launchChromium();
   hub = await startHub();
 });
 after(async () => {

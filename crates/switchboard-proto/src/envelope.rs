@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use crate::code::ErrorCode;
+use crate::trace::is_traceparent;
 // Re-exported where they were before the split.
 pub use crate::encode::{Parts, encode_parts, encode_payload_frame, stamp_offset};
 use crate::limits::{MAX_ID_LEN, MAX_PAYLOAD_DEPTH, MAX_TYPE_LEN, PROTOCOL_VERSION};
@@ -263,35 +264,6 @@ struct WireIn<'a> {
     offset: Option<&'a RawValue>,
     #[serde(borrow, default)]
     trace: Option<&'a RawValue>,
-}
-
-/// True for a W3C `traceparent`: `00-` 32 hex digits `-` 16 hex digits `-` 2 hex digits,
-/// lowercase, with neither id all zeros (version `ff` is invalid).
-///
-/// ```
-/// use switchboard_proto::envelope::is_traceparent;
-/// assert!(is_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
-/// assert!(!is_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
-/// assert!(!is_traceparent("not a trace"));
-/// ```
-pub fn is_traceparent(t: &str) -> bool {
-    let b = t.as_bytes();
-    let hex = |s: &[u8]| {
-        s.iter()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
-    };
-    let zeros = |s: &[u8]| s.iter().all(|&c| c == b'0');
-    b.len() == 55
-        && b[2] == b'-'
-        && b[35] == b'-'
-        && b[52] == b'-'
-        && hex(&b[..2])
-        && &b[..2] != b"ff"
-        && hex(&b[3..35])
-        && !zeros(&b[3..35])
-        && hex(&b[36..52])
-        && !zeros(&b[36..52])
-        && hex(&b[53..])
 }
 
 /// True if valid JSON `text` nests objects and arrays deeper than `limit`. Counting the

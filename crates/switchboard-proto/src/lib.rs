@@ -31,6 +31,7 @@ pub mod payload;
 mod random;
 pub mod reply;
 pub mod resume;
+pub mod trace;
 pub mod types;
 
 pub use code::{ErrorCode, Reconnect, close_reason, reconnect_hint};
@@ -45,6 +46,7 @@ pub use limits::{
 pub use random::random_u64;
 pub use reply::{Ack, AckStatus, ErrorBody, ack_error, ack_ok, error_frame, error_reply};
 pub use resume::{Position, Recovery, RecoveryGap, ResumeOutcome, ResumeRequest, StreamPositions};
+pub use trace::is_traceparent;
 
 /// Re-exported so users can name payload types without depending on serde_json directly.
 pub use serde_json::value::RawValue;
