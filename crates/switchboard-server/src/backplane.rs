@@ -114,6 +114,51 @@ pub struct SessionHistory {
     pub messages: Vec<(u64, String)>,
 }
 
+/// One message of a room's or the broadcasts' stream as a backplane keeps it
+/// ([`Backplane::stream_history`]): its offset, its frame (without its offset), and
+/// who it was not for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptMessage {
+    /// The message's offset in its stream.
+    pub offset: u64,
+    /// The encoded frame, as it was published (no `offset` yet).
+    pub frame: String,
+    /// The connections it was not for (its sender, usually).
+    pub exclude: Vec<ConnId>,
+}
+
+/// A room's or the broadcasts' messages as a backplane keeps them, after an offset
+/// ([`Backplane::stream_history`]).
+///
+/// ```
+/// use switchboard_server::{KeptMessage, StreamHistory, proto::Position};
+/// let h = StreamHistory {
+///     position: Position::new("00000000000000aa", 2),
+///     messages: vec![KeptMessage { offset: 2, frame: r#"{"type":"chat"}"#.into(), exclude: vec![] }],
+/// };
+/// assert_eq!(h.messages[0].offset, h.position.offset);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamHistory {
+    /// Where the stream stands: its epoch and the offset of its last message.
+    pub position: switchboard_proto::Position,
+    /// The messages kept after the offset asked for, oldest first.
+    pub messages: Vec<KeptMessage>,
+}
+
+/// What a node needs from the cluster now: the rooms whose messages it must receive
+/// and the clients whose direct messages it must receive ([`NodeHandle::interests`]).
+/// A backplane that routes by interest subscribes to these and to nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Interests {
+    /// Rooms with a member here, or whose stream this node keeps for clients that may
+    /// come back (sorted).
+    pub rooms: Vec<String>,
+    /// Clients connected here, or whose session waits here for a resume (sorted).
+    pub clients: Vec<ConnId>,
+}
+
 /// A change of presence other nodes may want to know about.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -254,6 +299,27 @@ impl NodeHandle {
         }
     }
 
+    /// What this node needs from the cluster now (see [`Interests`]).
+    pub fn interests(&self) -> Interests {
+        match self.server.upgrade() {
+            Some(server) => server.interests(),
+            None => Interests::default(),
+        }
+    }
+
+    /// This node's members of `room` now.
+    pub fn room_members(&self, room: &str) -> Vec<ConnId> {
+        self.server
+            .upgrade()
+            .map(|s| s.room_members(room))
+            .unwrap_or_default()
+    }
+
+    /// How many connections this node has now.
+    pub fn connection_count(&self) -> usize {
+        self.server.upgrade().map_or(0, |s| s.connection_count())
+    }
+
     /// The server's name.
     pub fn server_name(&self) -> Option<String> {
         self.server.upgrade().map(|s| s.name().to_owned())
@@ -363,6 +429,20 @@ pub trait Backplane: Send + Sync + 'static {
         _client: ConnId,
         _since: u64,
     ) -> BoxFuture<'_, Result<Option<SessionHistory>, BackplaneError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// The messages of a room's or the broadcasts' stream after `since`, as the
+    /// backplane keeps them, with where the stream stands: for a resume on a node that
+    /// did not receive that stream's messages (a backplane that routes by interest sends
+    /// a node only the rooms it has members in). A backplane that answers also starts
+    /// sending this node the stream's new messages. `None` by default (every node
+    /// receives every stream).
+    fn stream_history(
+        &self,
+        _stream: &Target,
+        _since: u64,
+    ) -> BoxFuture<'_, Result<Option<StreamHistory>, BackplaneError>> {
         Box::pin(std::future::ready(Ok(None)))
     }
 

@@ -59,9 +59,9 @@ mod ws;
 
 pub use auth::{AuthRejected, Authenticator, Credentials, Identity};
 pub use backplane::{
-    Backplane, BackplaneError, BackplaneStats, ClaimedSession, Delivery, Disconnect,
-    LocalBackplane, NodeHandle, PresenceEvent, Sequence, SessionHistory, SessionRecord, Target,
-    UserTag,
+    Backplane, BackplaneError, BackplaneStats, ClaimedSession, Delivery, Disconnect, Interests,
+    KeptMessage, LocalBackplane, NodeHandle, PresenceEvent, Sequence, SessionHistory,
+    SessionRecord, StreamHistory, Target, UserTag,
 };
 pub use config::{HistoryPolicy, HistoryRule, ServerConfig, SlowConsumerPolicy};
 pub use connection::Conn;

@@ -336,6 +336,7 @@ impl Session {
                 (
                     offset,
                     Text::from(switchboard_proto::stamp_offset(&text, offset)),
+                    Box::default(),
                 )
             })
             .collect();

@@ -178,17 +178,14 @@ impl Stream {
         epoch: u64,
         since: u64,
         top: u64,
-        kept: Vec<(u64, Text)>,
+        kept: Vec<(u64, Text, Box<[ConnId]>)>,
         now_ms: u64,
         budget: &Budget,
     ) -> bool {
         if self.synced && self.epoch != epoch && self.top > 0 {
             return false;
         }
-        let mut all: Vec<(u64, Text, Box<[ConnId]>)> = kept
-            .into_iter()
-            .map(|(o, t)| (o, t, Box::default()))
-            .collect();
+        let mut all = kept;
         if self.synced && self.epoch == epoch {
             all.extend(
                 self.entries
@@ -217,6 +214,19 @@ impl Stream {
             self.keep(offset, frame, &exclude, now_ms, budget);
         }
         true
+    }
+
+    /// Whether the messages after `since` are all here (or none are missing): a
+    /// client at `since` can be given what it missed without asking the backplane.
+    pub(crate) fn can_recover(&self, since: &Position) -> bool {
+        if !self.synced || self.epoch() != since.epoch {
+            return false;
+        }
+        since.offset >= self.top
+            || self
+                .entries
+                .front()
+                .is_some_and(|e| e.offset <= since.offset + 1)
     }
 
     /// Takes the next offset of a message the backplane numbered [`Accept::Next`] (or
@@ -532,13 +542,22 @@ mod tests {
         s.reset(9, 5, &budget);
         s.advance_to(6);
         s.keep(6, text("f"), &[], 1, &budget);
-        let kept = vec![(4, text("d")), (5, text("e")), (6, text("f"))];
+        let none = || Box::<[ConnId]>::default();
+        let kept = vec![
+            (4, text("d"), none()),
+            (5, text("e"), none()),
+            (6, text("f"), none()),
+        ];
         assert!(s.absorb(9, 3, 6, kept, 1, &budget));
+        assert!(s.can_recover(&Position::new(epoch_text(9), 3)));
+        assert!(!s.can_recover(&Position::new(epoch_text(9), 2)));
+        assert!(!s.can_recover(&Position::new(epoch_text(8), 3)));
         let (r, frames) = s.missed_since(&Position::new(epoch_text(9), 3), me, 1);
         assert_eq!((r.recovered, texts(&frames)), (true, vec!["d", "e", "f"]));
         // A hole is not papered over: all or nothing.
         let mut s = Stream::unsynced(policy(10), 9, 0);
-        assert!(!s.absorb(9, 3, 6, vec![(4, text("d")), (6, text("f"))], 1, &budget));
+        let holed = vec![(4, text("d"), none()), (6, text("f"), none())];
+        assert!(!s.absorb(9, 3, 6, holed, 1, &budget));
         let (r, _) = s.missed_since(&Position::new(epoch_text(9), 3), me, 1);
         assert_eq!(r.reason, Some(RecoveryGap::HistoryGap));
     }

@@ -48,6 +48,11 @@ impl Streams {
         self.all.iter().chain(rooms.values()).cloned().collect()
     }
 
+    /// The rooms whose streams are kept here.
+    pub(crate) fn room_names(&self) -> Vec<String> {
+        read(&self.rooms).keys().map(|k| k.to_string()).collect()
+    }
+
     /// The stream of `room`, made when first needed; `None` when the room keeps no
     /// history.
     pub(crate) fn room(

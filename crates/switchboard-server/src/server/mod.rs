@@ -8,6 +8,7 @@
 
 mod builder;
 mod builtin;
+mod interests;
 mod lifecycle;
 mod ordered;
 mod presence;

@@ -250,7 +250,7 @@ impl Server {
 
     /// The stream of a room or of the broadcasts (`None`: no history, or a direct
     /// target).
-    fn stream_of(&self, target: &Target, now: u64) -> Option<SharedStream> {
+    pub(super) fn stream_of(&self, target: &Target, now: u64) -> Option<SharedStream> {
         match target {
             Target::Room(room) => self.inner.streams.room(room, &self.inner.config, now),
             Target::All => self.inner.streams.all().cloned(),

@@ -108,6 +108,7 @@ impl Server {
         };
         if let Ok(here) = self.find_session(request, identity) {
             here.claimed(record.generation, rooms);
+            self.fetch_missed(&here, &request.streams).await;
             self.catch_up_with(&here, &request.streams).await;
             return Ok(here);
         }
@@ -135,6 +136,7 @@ impl Server {
                 Err(e) => tracing::debug!(error = %e, "cannot read a session's history"),
             }
         }
+        self.fetch_missed(&session, &request.streams).await;
         self.catch_up_with(&session, &request.streams).await;
         Ok(session)
     }
