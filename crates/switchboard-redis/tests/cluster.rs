@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 use switchboard_redis::{RedisBackplane, RedisConfig};
 use switchboard_server::{ConnId, Server};
+use switchboard_test::cluster::{connect, eventually, join};
 use switchboard_test::{RawClient, RedisServer, TIMEOUT, TestServer};
 
 fn config() -> RedisConfig {
@@ -30,30 +31,6 @@ async fn node(redis: &RedisServer, prefix: &str) -> TestServer {
     )
     .unwrap();
     common::node_over(backplane).await
-}
-
-/// Joins `room`; returns the room's position the join gave.
-async fn join(c: &mut RawClient, room: &str) -> serde_json::Value {
-    c.send(json!({"type":"join_room","ref":"j","payload":{"room_id": room}}))
-        .await;
-    // Others' `user_joined` may come first (from any node): wait for the ack.
-    let r = c.recv_type("ack").await;
-    assert_eq!(r["payload"]["status"], "ok", "{r}");
-    r["payload"]["result"]["position"].clone()
-}
-
-/// Waits (re-checking, bounded) until `check` holds: cluster state in Redis is written
-/// asynchronously.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,17 +235,6 @@ async fn a_wrong_redis_address_fails_at_start() {
         "{served:?}"
     );
     assert!(RedisBackplane::new("not a url").is_err());
-}
-
-/// Connects, returning the client and its `connected` payload.
-async fn connect(node: &TestServer) -> (RawClient, serde_json::Value) {
-    let mut c = RawClient::connect(&node.url()).await;
-    let connected = c.recv_type("connected").await;
-    c.id = connected["payload"]["client_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    (c, connected["payload"].clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,10 @@
 //! Every wait is bounded by [`TIMEOUT`] so a broken test fails instead of hanging, and
 //! nothing sleeps to synchronise: tests wait for the frame or event they expect.
 
+pub mod cluster;
 mod http;
 mod hub;
+mod nats;
 mod proxy;
 mod raw_client;
 mod redis;
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 pub use http::{HttpResponse, http};
 pub use hub::{Hub, TempFile, run};
+pub use nats::NatsServer;
 pub use proxy::Proxy;
 pub use raw_client::{Closed, RawClient};
 pub use redis::RedisServer;

@@ -68,7 +68,7 @@ impl TestServer {
         let s = server.clone();
         let task = tokio::spawn(async move {
             if let Err(e) = s.serve(listener).await {
-                panic!("server failed: {e}");
+                failed(&e);
             }
         });
         TestServer {
@@ -94,7 +94,7 @@ impl TestServer {
         let s = server.clone();
         let task = tokio::spawn(async move {
             if let Err(e) = s.serve_tls(listener, tls).await {
-                panic!("server failed: {e}");
+                failed(&e);
             }
         });
         TestServer {
@@ -172,4 +172,15 @@ impl TestServer {
                 .expect("serve task");
         }
     }
+}
+
+/// Panics with a server's error and every cause under it.
+fn failed(e: &dyn std::error::Error) -> ! {
+    let mut why = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        why = format!("{why}: {c}");
+        cause = c.source();
+    }
+    panic!("server failed: {why}");
 }

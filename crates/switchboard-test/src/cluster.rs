@@ -1,0 +1,51 @@
+//! What the cluster suites (Redis, NATS) share: a client's `connected`, a join that
+//! waits for its own answer, and a bounded wait for state learnt asynchronously.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::{RawClient, TIMEOUT, TestServer};
+
+/// Connects to `node`, returning the client (its `id` set) and its `connected` payload.
+pub async fn connect(node: &TestServer) -> (RawClient, serde_json::Value) {
+    let mut c = RawClient::connect(&node.url()).await;
+    let connected = c.recv_type("connected").await;
+    c.id = connected["payload"]["client_id"]
+        .as_str()
+        .expect("a client id")
+        .to_owned();
+    (c, connected["payload"].clone())
+}
+
+/// Joins `room`; returns the room's position the join gave.
+pub async fn join(c: &mut RawClient, room: &str) -> serde_json::Value {
+    c.send(json!({"type":"join_room","ref":"j","payload":{"room_id": room}}))
+        .await;
+    // Others' `user_joined` may come first (from any node): wait for the ack.
+    let r = c.recv_type("ack").await;
+    assert_eq!(r["payload"]["status"], "ok", "{r}");
+    r["payload"]["result"]["position"].clone()
+}
+
+/// Waits (re-checking, bounded by [`TIMEOUT`]) until `check` holds: cluster state
+/// (counts, members, health) is learnt asynchronously.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A metric's value in a node's `/metrics` text (-1 when absent).
+pub fn sample(node: &TestServer, name: &str) -> f64 {
+    let text = node.server.render_metrics().unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(-1.0)
+}
