@@ -1,0 +1,175 @@
+//! What the backplane's tasks share: the link to NATS, the queue to the writer, the
+//! counters, and what this node knows of the cluster (live nodes, the identities and
+//! sessions of its clients).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use switchboard_server::{BackplaneError, ConnId, NodeHandle, SessionRecord, UserTag};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::NatsConfig;
+use crate::reader::Command;
+use crate::subjects::Subjects;
+
+/// The connection to NATS and what lives in it, made at start.
+pub(crate) struct Link {
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) stream: jetstream::stream::Stream,
+    pub(crate) sessions: jetstream::kv::Store,
+    /// When the stream was made: another time means NATS lost it (and its history).
+    pub(crate) created: Mutex<String>,
+}
+
+/// What the writer task sends to NATS, in order.
+pub(crate) enum Out {
+    /// A send for a numbered stream (a room, the broadcasts, one client): stored in
+    /// JetStream with the next offset of its subject.
+    Numbered {
+        /// The stored subject.
+        subject: String,
+        frame: Bytes,
+        exclude: Vec<ConnId>,
+        /// This node's number for it: JetStream drops a retried copy.
+        id: u64,
+    },
+    /// A plain NATS message (not kept): user-addressed sends, notices.
+    Plain {
+        subject: String,
+        headers: Option<async_nats::HeaderMap>,
+        payload: Bytes,
+    },
+    /// A session's record written again (its rooms, its detachment).
+    SessionPut(ConnId, Bytes),
+    /// A session ended: its record and its direct messages go.
+    SessionEnd(ConnId),
+}
+
+impl Out {
+    /// What it counts against `queue_bytes`.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Out::Numbered { frame, .. } => frame.len() + 64,
+            Out::Plain { payload, .. } => payload.len() + 64,
+            Out::SessionPut(_, b) => b.len() + 64,
+            Out::SessionEnd(_) => 64,
+        }
+    }
+}
+
+/// A session as the cluster keeps it (the key-value bucket's value).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoredSession {
+    pub(crate) record: SessionRecord,
+    #[serde(default)]
+    pub(crate) rooms: BTreeSet<String>,
+    /// When a detached session can no longer be resumed (ms since the epoch); `None`
+    /// while a connection serves it.
+    #[serde(default)]
+    pub(crate) expires_ms: Option<u64>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: NatsConfig,
+    pub(crate) url: String,
+    pub(crate) subjects: Subjects,
+    /// This node's id in the cluster.
+    pub(crate) node: String,
+    pub(crate) link: OnceLock<Link>,
+    pub(crate) out: mpsc::Sender<Out>,
+    pub(crate) out_rx: Mutex<Option<mpsc::Receiver<Out>>>,
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    pub(crate) commands_rx: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+    /// Bytes of sends queued or being written (bounded by `queue_bytes`).
+    pub(crate) queued_bytes: AtomicUsize,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) published: AtomicU64,
+    pub(crate) received: AtomicU64,
+    /// The number of this node's next numbered send.
+    pub(crate) next_id: AtomicU64,
+    /// Connected to NATS now.
+    pub(crate) connected: AtomicBool,
+    /// Set by the link's events when it came back: the reader catches up.
+    pub(crate) reconnected: Notify,
+    pub(crate) node_handle: OnceLock<NodeHandle>,
+    /// Live nodes and when each was last heard.
+    pub(crate) peers: Mutex<HashMap<String, Instant>>,
+    /// Who this node's clients authenticated as.
+    pub(crate) identities: Mutex<HashMap<ConnId, UserTag>>,
+    /// The sessions this node serves or keeps, as the cluster keeps them.
+    pub(crate) sessions: Mutex<HashMap<ConnId, StoredSession>>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+}
+
+/// Locks a mutex, poisoned or not (the data stays consistent: no panics under it).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub(crate) fn random_node_id() -> String {
+    format!("{:016x}", switchboard_server::proto::random_u64())
+}
+
+/// A fresh epoch, as streams write theirs.
+pub(crate) fn new_epoch() -> String {
+    format!("{:016x}", switchboard_server::proto::random_u64())
+}
+
+impl Shared {
+    pub(crate) fn link(&self) -> Result<&Link, BackplaneError> {
+        self.link
+            .get()
+            .ok_or_else(|| BackplaneError::new("the NATS backplane is not started"))
+    }
+
+    /// Queues `item` for the writer; drops (and counts) it beyond the queue's bounds.
+    pub(crate) fn enqueue(&self, item: Out) {
+        let bytes = item.bytes();
+        let max = self.config.queue_bytes.max(1);
+        let reserved = self
+            .queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued + bytes <= max).then_some(queued + bytes)
+            })
+            .is_ok();
+        if reserved && self.out.try_send(item).is_ok() {
+            return;
+        }
+        if reserved {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                dropped = n,
+                "NATS backplane queue full: cross-node traffic dropped"
+            );
+        }
+    }
+
+    pub(crate) fn set_connected(&self, connected: bool) {
+        let was = self.connected.swap(connected, Ordering::AcqRel);
+        if was != connected {
+            if connected {
+                tracing::info!(node = %self.node, "NATS backplane connected");
+            } else {
+                tracing::warn!(node = %self.node, "NATS backplane unavailable: serving this node's clients only");
+            }
+        }
+    }
+}
