@@ -36,6 +36,7 @@
 
 mod cluster;
 mod config;
+mod history;
 mod reader;
 mod sessions;
 mod shared;
@@ -62,6 +63,10 @@ use cluster::{Notice, Question};
 pub use config::{NatsConfig, Storage};
 use shared::{Link, Out, Shared, lock, random_node_id};
 use subjects::Subjects;
+
+/// How long a JetStream request (a publish's acknowledgement, a read) waits: a request
+/// lost with a cut link is retried after it.
+const REQUEST: Duration = Duration::from_secs(2);
 
 /// How long `start` waits for the reader's first subscriptions.
 const START: Duration = Duration::from_secs(10);
@@ -109,6 +114,7 @@ impl NatsBackplane {
         }
         let (out, out_rx) = mpsc::channel(config.queue.max(1));
         let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (session_writes, session_writes_rx) = mpsc::channel(config.queue.max(1));
         Ok(NatsBackplane {
             shared: Arc::new(Shared {
                 subjects: Subjects::new(&config.prefix),
@@ -120,6 +126,9 @@ impl NatsBackplane {
                 out_rx: Mutex::new(Some(out_rx)),
                 commands,
                 commands_rx: Mutex::new(Some(commands_rx)),
+                session_writes,
+                session_writes_rx: Mutex::new(Some(session_writes_rx)),
+                seen_tips: Mutex::new(HashMap::new()),
                 queued_bytes: AtomicUsize::new(0),
                 dropped: AtomicU64::new(0),
                 published: AtomicU64::new(0),
@@ -131,6 +140,7 @@ impl NatsBackplane {
                 peers: Mutex::new(HashMap::new()),
                 identities: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(HashMap::new()),
+                unwritten: Mutex::new(std::collections::HashSet::new()),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -217,7 +227,11 @@ async fn make_stream(
             }
             Ok(existing)
         }
-        Err(_) => Ok(js.create_stream(wanted).await?),
+        // Another node may be making it at the same moment: then it is there.
+        Err(_) => match js.create_stream(wanted).await {
+            Ok(stream) => Ok(stream),
+            Err(e) => js.get_stream(&config.prefix).await.map_err(|_| e.into()),
+        },
     }
 }
 
@@ -235,21 +249,28 @@ async fn make_sessions(
     };
     // The bucket's stream, made as a key-value bucket's is: async-nats's own
     // `create_key_value` cannot read nats-server 2.9's answer.
-    js.create_stream(stream::Config {
-        name: format!("KV_{bucket}"),
-        description: Some("switchboard: sessions a client may resume on any node".to_owned()),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        // A backstop for the records of nodes that died: no session lives longer.
-        max_age: Duration::from_secs(7 * 24 * 3600),
-        storage,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        ..Default::default()
-    })
-    .await?;
+    let made = js
+        .create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("switchboard: sessions a client may resume on any node".to_owned()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            // A backstop for the records of nodes that died: no session lives longer.
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            storage,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await;
+    // Another node may have made it at the same moment.
+    if let Err(e) = made {
+        if js.get_stream(format!("KV_{bucket}")).await.is_err() {
+            return Err(e.into());
+        }
+    }
     Ok(js.get_key_value(&bucket).await?)
 }
 
@@ -265,8 +286,9 @@ impl Backplane for NatsBackplane {
             let taken = (
                 lock(&shared.out_rx).take(),
                 lock(&shared.commands_rx).take(),
+                lock(&shared.session_writes_rx).take(),
             );
-            let (Some(out_rx), Some(commands_rx)) = taken else {
+            let (Some(out_rx), Some(commands_rx), Some(session_writes_rx)) = taken else {
                 return Err(BackplaneError::new(
                     "the NATS backplane was already started",
                 ));
@@ -302,7 +324,7 @@ impl Backplane for NatsBackplane {
                 .await
                 .map_err(|e| BackplaneError::with_source("cannot reach NATS", e))?;
             let js = jetstream::ContextBuilder::new()
-                .timeout(Duration::from_secs(5))
+                .timeout(REQUEST)
                 .build(client.clone());
             let err = |what: &str, e: async_nats::Error| {
                 BackplaneError::new(format!("{what} (is JetStream on? nats-server -js): {e}"))
@@ -324,6 +346,9 @@ impl Backplane for NatsBackplane {
             shared.set_connected(true);
             tracing::info!(node = %shared.node, "joined the cluster over NATS");
             shared.tasks.spawn(Arc::clone(shared).write_loop(out_rx));
+            shared
+                .tasks
+                .spawn(Arc::clone(shared).session_loop(session_writes_rx));
             shared.tasks.spawn(Arc::clone(shared).cluster_loop());
             let (started, reading) = oneshot::channel();
             shared
@@ -402,7 +427,7 @@ impl Backplane for NatsBackplane {
                     s.rooms.insert(room.clone());
                 });
             }
-            PresenceEvent::Left(id, room) => shared.change_session(*id, |s| {
+            PresenceEvent::Left(id, room) => shared.change_session_later(*id, |s| {
                 s.rooms.remove(room);
             }),
             PresenceEvent::Disconnected(id) => {

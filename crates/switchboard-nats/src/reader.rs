@@ -16,7 +16,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::stream::RawMessageErrorKind;
 use futures_util::StreamExt;
 use switchboard_server::{Delivery, Sequence, Target};
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +27,12 @@ use crate::writer::{Tip, exclude_of, header, tip_of};
 
 /// How often the subscriptions are matched against what the node needs.
 const RECONCILE: Duration = Duration::from_millis(500);
+
+/// How long a new subscription waits for NATS to confirm it.
+const FLUSH: Duration = Duration::from_secs(1);
+
+/// How long a caller waits for the reader to follow a subject.
+const FOLLOW: Duration = Duration::from_secs(2);
 
 /// Messages waiting between the subscriptions and the reader.
 const INBOX: usize = 8192;
@@ -103,7 +108,7 @@ impl Shared {
             .send(Command::Follow(subject, Some(done)))
             .is_ok()
         {
-            let _ = tokio::time::timeout(Duration::from_secs(5), followed).await;
+            let _ = tokio::time::timeout(FOLLOW, followed).await;
         }
     }
 
@@ -137,8 +142,12 @@ impl Reader {
         });
         self.following
             .insert(subject.to_owned(), task.abort_handle());
-        if let Err(e) = link.client.flush().await {
-            tracing::debug!(error = %e, "cannot flush a subscription");
+        // Subscribed once NATS has it (bounded: a link that is down comes back later,
+        // and the catch-up after it fills what was missed meanwhile).
+        match tokio::time::timeout(FLUSH, link.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot flush a subscription"),
+            Err(_) => tracing::debug!("flushing a subscription timed out"),
         }
         if let Some(stored) = self.shared.subjects.stored_of_delivered(subject) {
             if !self.delivered.contains_key(subject) {
@@ -260,6 +269,13 @@ impl Reader {
             epoch: tip.epoch.clone(),
             offset: tip.offset,
         };
+        if let Some(stored) = self.shared.subjects.stored_of_delivered(subject) {
+            let mut seen = lock(&self.shared.seen_tips);
+            if seen.len() > 100_000 {
+                seen.clear();
+            }
+            seen.insert(stored, tip.clone());
+        }
         self.delivered.insert(subject.to_owned(), tip);
         if sequence.offset == 0 {
             return; // the mark that opened the stream
@@ -285,33 +301,22 @@ impl Reader {
         let Some(Received::Stream(target)) = self.shared.subjects.parse(subject) else {
             return;
         };
-        let Ok(link) = self.shared.link() else { return };
-        let stream = link.stream.clone();
-        let mut from = self.delivered.get(subject).map_or(1, |t| t.seq + 1);
-        for _ in 0..CATCH_UP_MAX {
-            let got = stream
-                .raw_message_builder()
-                .sequence(from)
-                .next_by_subject(stored.clone())
-                .send()
-                .await;
-            match got {
-                Ok(m) => {
-                    from = m.sequence + 1;
-                    let Some(tip) = tip_of(Some(&m.headers), m.sequence) else {
-                        continue;
-                    };
-                    let Ok(frame) = String::from_utf8(m.payload.to_vec()) else {
-                        continue;
-                    };
-                    self.deliver_numbered(subject, target.clone(), Some(&m.headers), frame, tip);
-                }
-                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, subject, "catching up from the stream failed");
-                    return;
-                }
+        let from = self.delivered.get(subject).map_or(1, |t| t.seq + 1);
+        let messages = match self.shared.read_from(&stored, from, None, u64::MAX).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, subject, "catching up from the stream failed");
+                return;
             }
+        };
+        for m in messages.into_iter().take(CATCH_UP_MAX) {
+            let Some(tip) = tip_of(Some(&m.headers), m.seq) else {
+                continue;
+            };
+            let Ok(frame) = String::from_utf8(m.payload.to_vec()) else {
+                continue;
+            };
+            self.deliver_numbered(subject, target.clone(), Some(&m.headers), frame, tip);
         }
     }
 
@@ -329,7 +334,14 @@ impl Reader {
                 return;
             }
             Ok(false) => {}
-            Err(e) => tracing::debug!(error = %e, "cannot check the stream after a reconnect"),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot check the stream after a reconnect; again soon");
+                let shared = Arc::clone(&self.shared);
+                self.shared.tasks.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    shared.reconnected.notify_one();
+                });
+            }
         }
         let subjects: Vec<String> = self
             .following

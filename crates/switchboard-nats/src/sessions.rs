@@ -8,23 +8,27 @@
 use std::collections::BTreeSet;
 
 use async_nats::jetstream::kv::Operation;
-use async_nats::jetstream::stream::RawMessageErrorKind;
 use bytes::Bytes;
 use subtle::ConstantTimeEq;
 use switchboard_server::proto::Position;
 use switchboard_server::{
-    BackplaneError, ClaimedSession, ConnId, KeptMessage, SessionHistory, SessionRecord,
-    StreamHistory, Target,
+    BackplaneError, ClaimedSession, ConnId, SessionHistory, SessionRecord, StreamHistory, Target,
 };
 
-use crate::shared::{Out, Shared, StoredSession, lock, now_ms};
-use crate::writer::{Tip, exclude_of, tip_of};
+use std::collections::HashMap;
+
+use tokio::sync::mpsc;
+
+use crate::shared::{SessionWrite, Shared, StoredSession, lock, now_ms};
+
+/// How long a room left waits before it is written (see `change_session_later`).
+const LEAVES_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn key(client: ConnId) -> String {
     format!("s.{client}")
 }
 
-fn nats_err(what: &str, e: impl std::fmt::Display) -> BackplaneError {
+pub(crate) fn nats_err(what: &str, e: impl std::fmt::Display) -> BackplaneError {
     BackplaneError::new(format!("{what}: {e}"))
 }
 
@@ -70,20 +74,144 @@ impl Shared {
             return;
         };
         drop(sessions);
-        self.enqueue(Out::SessionPut(client, value.into()));
+        lock(&self.unwritten).remove(&client);
+        self.write_session(SessionWrite::Put(client, value.into()));
+    }
+
+    /// A room left: written a little later, unless the session's connection dropped
+    /// meanwhile. A connection that closes leaves its rooms just before its session
+    /// detaches with them; writing the leaves first would let a resume elsewhere, in
+    /// between, find the session in no room.
+    pub(crate) fn change_session_later(
+        &self,
+        client: ConnId,
+        change: impl FnOnce(&mut StoredSession),
+    ) {
+        if let Some(stored) = lock(&self.sessions).get_mut(&client) {
+            change(stored);
+            lock(&self.unwritten).insert(client);
+        }
+    }
+
+    /// Writes the changes [`change_session_later`](Self::change_session_later) left.
+    fn write_unwritten(&self) {
+        let clients: Vec<ConnId> = lock(&self.unwritten).drain().collect();
+        for client in clients {
+            let value = lock(&self.sessions)
+                .get(&client)
+                .and_then(|s| serde_json::to_vec(s).ok());
+            if let Some(value) = value {
+                self.write_session(SessionWrite::Put(client, value.into()));
+            }
+        }
     }
 
     /// A session ended for good: its record goes, and its kept direct messages.
     pub(crate) fn end_session_soon(&self, client: ConnId) {
+        lock(&self.unwritten).remove(&client);
         if lock(&self.sessions).remove(&client).is_some() {
-            self.enqueue(Out::SessionEnd(client));
+            self.write_session(SessionWrite::End(client));
         }
     }
 
+    fn write_session(&self, write: SessionWrite) {
+        if self.session_writes.try_send(write).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!("too many session changes waiting for NATS: one dropped");
+        }
+    }
+
+    /// Writes the sessions' changes in order; of several for one session waiting at
+    /// once, only the last record is written.
+    pub(crate) async fn session_loop(
+        self: std::sync::Arc<Self>,
+        mut rx: mpsc::Receiver<SessionWrite>,
+    ) {
+        let mut tick = tokio::time::interval(LEAVES_AFTER);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                () = self.stop.cancelled() => return,
+                w = rx.recv() => w,
+                _ = tick.tick() => {
+                    self.write_unwritten();
+                    continue;
+                }
+            };
+            let Some(first) = first else { return };
+            let mut batch = vec![first];
+            while let Ok(w) = rx.try_recv() {
+                batch.push(w);
+                if batch.len() >= 1024 {
+                    break;
+                }
+            }
+            // The last write per session wins.
+            let mut last: HashMap<ConnId, usize> = HashMap::new();
+            for (i, w) in batch.iter().enumerate() {
+                let (SessionWrite::Put(c, _) | SessionWrite::End(c)) = w;
+                last.insert(*c, i);
+            }
+            for (i, w) in batch.into_iter().enumerate() {
+                match w {
+                    SessionWrite::Put(c, value) if last.get(&c) == Some(&i) => {
+                        self.put_session(c, value).await;
+                    }
+                    SessionWrite::End(c) if last.get(&c) == Some(&i) => self.end_session(c).await,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Writes a session's record, unless another node claimed the session meanwhile
+    /// (a newer generation there): a late write from its old node must not undo the
+    /// claim.
     pub(crate) async fn put_session(&self, client: ConnId, value: Bytes) {
         let Ok(link) = self.link() else { return };
-        if let Err(e) = link.sessions.put(key(client), value).await {
-            tracing::debug!(error = %e, "cannot write a session's record");
+        let Ok(mine) = serde_json::from_slice::<StoredSession>(&value) else {
+            return;
+        };
+        for _ in 0..5 {
+            let entry = match link.sessions.entry(key(client)).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read a session's record");
+                    return;
+                }
+            };
+            let (revision, theirs) = match &entry {
+                Some(e) if e.operation == Operation::Put => (
+                    e.revision,
+                    serde_json::from_slice::<StoredSession>(&e.value).ok(),
+                ),
+                Some(e) => (e.revision, None),
+                None => (0, None),
+            };
+            if theirs.is_some_and(|t| t.record.generation > mine.record.generation) {
+                lock(&self.sessions).remove(&client);
+                return; // claimed elsewhere: not ours to write
+            }
+            let written = if revision == 0 {
+                link.sessions
+                    .create(key(client), value.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            } else {
+                link.sessions
+                    .update(key(client), value.clone(), revision)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            match written {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "a session's record changed meanwhile; again")
+                }
+            }
         }
     }
 
@@ -181,58 +309,6 @@ impl Shared {
             position: Position::new(tip.epoch, tip.offset),
             messages,
         }))
-    }
-
-    /// The stream's tip and its kept messages after `since` in the tip's epoch.
-    async fn kept_after(
-        &self,
-        target: &Target,
-        since: u64,
-    ) -> Result<Option<(Tip, Vec<KeptMessage>)>, BackplaneError> {
-        let link = self.link()?;
-        let Some(subject) = self.subjects.stored(target) else {
-            return Ok(None);
-        };
-        let tip = self
-            .read_tip(&subject)
-            .await
-            .map_err(|e| nats_err("reading a stream", e))?;
-        let Some(tip) = tip else { return Ok(None) };
-        let mut kept = Vec::new();
-        let mut from = 1;
-        if tip.offset > since {
-            loop {
-                let got = link
-                    .stream
-                    .raw_message_builder()
-                    .sequence(from)
-                    .next_by_subject(subject.clone())
-                    .send()
-                    .await;
-                let m = match got {
-                    Ok(m) => m,
-                    Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
-                    Err(e) => return Err(nats_err("reading a stream", e)),
-                };
-                from = m.sequence + 1;
-                let Some(at) = tip_of(Some(&m.headers), m.sequence) else {
-                    continue;
-                };
-                if at.epoch == tip.epoch && at.offset > since && at.offset <= tip.offset {
-                    if let Ok(frame) = String::from_utf8(m.payload.to_vec()) {
-                        kept.push(KeptMessage {
-                            offset: at.offset,
-                            frame,
-                            exclude: exclude_of(Some(&m.headers)),
-                        });
-                    }
-                }
-                if m.sequence >= tip.seq {
-                    break;
-                }
-            }
-        }
-        Ok(Some((tip, kept)))
     }
 
     /// Where a room's or the broadcasts' stream stands, opened if it has no message:

@@ -47,10 +47,15 @@ pub(crate) enum Out {
         headers: Option<async_nats::HeaderMap>,
         payload: Bytes,
     },
-    /// A session's record written again (its rooms, its detachment).
-    SessionPut(ConnId, Bytes),
-    /// A session ended: its record and its direct messages go.
-    SessionEnd(ConnId),
+}
+
+/// A change to a session's record, written by the sessions' own task (never behind
+/// messages: a resume elsewhere must find the session's rooms).
+pub(crate) enum SessionWrite {
+    /// The record written again (its rooms, its detachment).
+    Put(ConnId, Bytes),
+    /// The session ended: its record and its direct messages go.
+    End(ConnId),
 }
 
 impl Out {
@@ -59,8 +64,6 @@ impl Out {
         match self {
             Out::Numbered { frame, .. } => frame.len() + 64,
             Out::Plain { payload, .. } => payload.len() + 64,
-            Out::SessionPut(_, b) => b.len() + 64,
-            Out::SessionEnd(_) => 64,
         }
     }
 }
@@ -86,6 +89,11 @@ pub(crate) struct Shared {
     pub(crate) link: OnceLock<Link>,
     pub(crate) out: mpsc::Sender<Out>,
     pub(crate) out_rx: Mutex<Option<mpsc::Receiver<Out>>>,
+    pub(crate) session_writes: mpsc::Sender<SessionWrite>,
+    pub(crate) session_writes_rx: Mutex<Option<mpsc::Receiver<SessionWrite>>>,
+    /// The last message the reader delivered per stored subject: the writer's freshest
+    /// knowledge of where a stream it sends to stands.
+    pub(crate) seen_tips: Mutex<HashMap<String, crate::writer::Tip>>,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     pub(crate) commands_rx: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
     /// Bytes of sends queued or being written (bounded by `queue_bytes`).
@@ -106,6 +114,8 @@ pub(crate) struct Shared {
     pub(crate) identities: Mutex<HashMap<ConnId, UserTag>>,
     /// The sessions this node serves or keeps, as the cluster keeps them.
     pub(crate) sessions: Mutex<HashMap<ConnId, StoredSession>>,
+    /// Sessions whose rooms left are not written yet.
+    pub(crate) unwritten: Mutex<std::collections::HashSet<ConnId>>,
     pub(crate) stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
 }

@@ -20,7 +20,7 @@ use futures_util::future::join_all;
 use switchboard_server::ConnId;
 use tokio::sync::mpsc;
 
-use crate::shared::{Out, Shared, new_epoch};
+use crate::shared::{Out, Shared, lock, new_epoch};
 
 /// Header: the stream's epoch.
 pub(crate) const EPOCH: &str = "Sb-Epoch";
@@ -115,8 +115,6 @@ impl Shared {
                         headers,
                         payload,
                     } => self.publish_plain(subject, headers, payload).await,
-                    Out::SessionPut(client, value) => self.put_session(client, value).await,
-                    Out::SessionEnd(client) => self.end_session(client).await,
                 }
             }
             // Subjects in parallel, each one's sends in order.
@@ -191,6 +189,11 @@ impl Shared {
                     .await;
                 items.next();
                 continue;
+            };
+            // The reader may know of a newer message (another node's): start from it.
+            let current = match lock(&self.seen_tips).get(subject) {
+                Some(seen) if seen.seq > current.seq && seen.epoch == current.epoch => seen.clone(),
+                _ => current,
             };
             match self.publish_numbered(subject, item, &current).await {
                 Ok(Published::At(t)) => {
