@@ -232,6 +232,14 @@ pub(crate) struct ServeArgs {
     /// for less loses nothing [default: 5m].
     #[arg(long, env = "SWITCHBOARD_REDIS_LOG_WINDOW", value_parser = settings::parse_duration)]
     pub(crate) redis_log_window: Option<Duration>,
+    /// Join a cluster over NATS with JetStream: nats://host:port (several nodes, one
+    /// hub; each node receives only the rooms its clients are in).
+    #[arg(long, env = "SWITCHBOARD_NATS", conflicts_with = "redis")]
+    pub(crate) nats: Option<String>,
+    /// With --nats: a node silent this long is dead and its clients stop counting
+    /// [default: 5s].
+    #[arg(long, env = "SWITCHBOARD_NATS_NODE_TTL", value_parser = settings::parse_duration)]
+    pub(crate) nats_node_ttl: Option<Duration>,
     /// Messages each room (and each client's own stream) keeps for clients that
     /// reconnect; 0 turns history and resume of missed messages off [default: 1000].
     #[arg(long, env = "SWITCHBOARD_HISTORY_SIZE")]
@@ -310,6 +318,8 @@ impl ServeArgs {
             redis: self.redis.clone(),
             redis_node_ttl: self.redis_node_ttl,
             redis_log_window: self.redis_log_window,
+            nats: self.nats.clone(),
+            nats_node_ttl: self.nats_node_ttl,
             history_size: self.history_size,
             history_ttl: self.history_ttl,
             session_ttl: self.session_ttl,

@@ -114,16 +114,22 @@ fn presence(server: &Server, id: ConnId, online: bool, name: Option<String>) {
     let _ = server.send_to_room_except(PRESENCE_ROOM, "presence", &payload, &[id]);
 }
 
-/// The hub's link to a Redis cluster: where, and the settings the hub exposes.
-pub(crate) struct RedisLink<'a> {
-    pub(crate) url: &'a str,
-    pub(crate) node_ttl: Option<Duration>,
-    pub(crate) log_window: Option<Duration>,
+/// The hub's link to its cluster: where, and the settings the hub exposes.
+pub(crate) enum ClusterLink<'a> {
+    Redis {
+        url: &'a str,
+        node_ttl: Option<Duration>,
+        log_window: Option<Duration>,
+    },
+    Nats {
+        url: &'a str,
+        node_ttl: Option<Duration>,
+    },
 }
 
 pub(crate) fn hub(
     config: ServerConfig,
-    redis: Option<RedisLink<'_>>,
+    cluster: Option<ClusterLink<'_>>,
     access: crate::access::Access,
 ) -> anyhow::Result<Server> {
     let pages = axum::Router::new()
@@ -154,19 +160,37 @@ pub(crate) fn hub(
     if let Some(policy) = access.policy {
         builder = builder.policy(policy);
     }
-    if let Some(link) = redis {
-        let mut redis_config = switchboard_redis::RedisConfig::default();
-        if let Some(ttl) = link.node_ttl {
-            redis_config.node_ttl = ttl;
-            redis_config.heartbeat = (ttl / 5).max(Duration::from_millis(50));
+    match cluster {
+        Some(ClusterLink::Redis {
+            url,
+            node_ttl,
+            log_window,
+        }) => {
+            let mut redis_config = switchboard_redis::RedisConfig::default();
+            if let Some(ttl) = node_ttl {
+                redis_config.node_ttl = ttl;
+                redis_config.heartbeat = (ttl / 5).max(Duration::from_millis(50));
+            }
+            if let Some(window) = log_window {
+                redis_config.log_window = window;
+            }
+            builder = builder.backplane(
+                switchboard_redis::RedisBackplane::with_config(url, redis_config)
+                    .map_err(|e| anyhow::anyhow!("redis: {e}"))?,
+            );
         }
-        if let Some(window) = link.log_window {
-            redis_config.log_window = window;
+        Some(ClusterLink::Nats { url, node_ttl }) => {
+            let mut nats_config = switchboard_nats::NatsConfig::default();
+            if let Some(ttl) = node_ttl {
+                nats_config.node_ttl = ttl;
+                nats_config.heartbeat = (ttl / 5).max(Duration::from_millis(50));
+            }
+            builder = builder.backplane(
+                switchboard_nats::NatsBackplane::with_config(url, nats_config)
+                    .map_err(|e| anyhow::anyhow!("nats: {e}"))?,
+            );
         }
-        builder = builder.backplane(
-            switchboard_redis::RedisBackplane::with_config(link.url, redis_config)
-                .map_err(|e| anyhow::anyhow!("redis: {e}"))?,
-        );
+        None => {}
     }
     Ok(builder
         // The message protocol pattern's `room_update` after joins and leaves.

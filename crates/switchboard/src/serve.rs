@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use crate::access::Access;
 use crate::args::ServeArgs;
-use crate::hub::{RedisLink, hub};
+use crate::hub::{ClusterLink, hub};
 use crate::settings::FileSettings;
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -16,8 +16,12 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => FileSettings::default(),
     };
     let settings = file.merge(args.settings());
-    let redis = settings.redis.clone();
+    let (redis, nats) = (settings.redis.clone(), settings.nats.clone());
     let (node_ttl, log_window) = (settings.redis_node_ttl, settings.redis_log_window);
+    let nats_node_ttl = settings.nats_node_ttl;
+    if redis.is_some() && nats.is_some() {
+        anyhow::bail!("choose one cluster: redis or nats, not both");
+    }
     let access = Access::from_settings(&settings)?;
     let mut config = settings.into_config()?;
     config.api_key = access.api_key.clone();
@@ -31,11 +35,18 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         ""
     };
-    let link = redis.as_deref().map(|url| RedisLink {
-        url,
-        node_ttl,
-        log_window,
-    });
+    let link = match (redis.as_deref(), nats.as_deref()) {
+        (Some(url), _) => Some(ClusterLink::Redis {
+            url,
+            node_ttl,
+            log_window,
+        }),
+        (None, Some(url)) => Some(ClusterLink::Nats {
+            url,
+            node_ttl: nats_node_ttl,
+        }),
+        (None, None) => None,
+    };
     let server = hub(config, link, access)?;
     let listening = server.bind().await.context("cannot start")?;
     let local = listening.local_addr();

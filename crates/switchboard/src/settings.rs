@@ -58,6 +58,9 @@ pub struct FileSettings {
     pub redis_node_ttl: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     pub redis_log_window: Option<Duration>,
+    pub nats: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    pub nats_node_ttl: Option<Duration>,
     pub history_size: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     pub history_ttl: Option<Duration>,
@@ -183,6 +186,8 @@ impl FileSettings {
             redis,
             redis_node_ttl,
             redis_log_window,
+            nats,
+            nats_node_ttl,
             history_size,
             history_ttl,
             history_memory,

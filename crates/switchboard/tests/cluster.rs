@@ -1,12 +1,13 @@
-//! Three `switchboard serve --redis` processes and a real redis-server: one hub across
-//! nodes, and a node killed mid-traffic disappearing from the counts.
+//! Three `switchboard serve --redis` (or `--nats`) processes and a real redis-server
+//! (or nats-server): one hub across nodes, and a node killed mid-traffic disappearing
+//! from the counts.
 
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard_test::{Hub, RedisServer, TIMEOUT};
+use switchboard_test::{Hub, NatsServer, RedisServer, TIMEOUT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
@@ -20,6 +21,22 @@ fn node(redis: &RedisServer) -> Hub {
             "--redis",
             &redis.url(),
             "--redis-node-ttl",
+            "600ms",
+        ],
+        &[],
+    )
+}
+
+fn nats_node(nats: &NatsServer) -> Hub {
+    Hub::spawn(
+        BIN,
+        &[
+            "serve",
+            "--port",
+            "0",
+            "--nats",
+            &nats.url(),
+            "--nats-node-ttl",
             "600ms",
         ],
         &[],
@@ -59,7 +76,17 @@ async fn until_count(c: &mut switchboard_test::RawClient, n: u64) {
 #[tokio::test]
 async fn hubs_over_redis_are_one_hub_and_a_killed_node_stops_counting() {
     let redis = RedisServer::start();
-    let hubs = [node(&redis), node(&redis), node(&redis)];
+    one_hub_and_a_killed_node_stops_counting([node(&redis), node(&redis), node(&redis)]).await;
+}
+
+#[tokio::test]
+async fn hubs_over_nats_are_one_hub_and_a_killed_node_stops_counting() {
+    let nats = NatsServer::start();
+    let hubs = [nats_node(&nats), nats_node(&nats), nats_node(&nats)];
+    one_hub_and_a_killed_node_stops_counting(hubs).await;
+}
+
+async fn one_hub_and_a_killed_node_stops_counting(hubs: [Hub; 3]) {
     let mut a = hubs[0].raw().await;
     let mut b = hubs[1].raw().await;
     let mut c = hubs[2].raw().await;
@@ -92,7 +119,7 @@ async fn hubs_over_redis_are_one_hub_and_a_killed_node_stops_counting() {
         .await;
     assert_eq!(a.recv_type("dm").await["payload"]["text"], "psst");
 
-    // SIGKILL: no goodbye to Redis. Its two clients stop counting once its heartbeat
+    // SIGKILL: no goodbye to the cluster. Its two clients stop counting once its heartbeat
     // is overdue; the others keep talking.
     let [_h0, _h1, h2] = hubs;
     drop(h2); // Hub's drop is a SIGKILL
