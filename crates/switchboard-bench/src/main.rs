@@ -112,6 +112,7 @@ impl Target {
   switchboard-bench idle -n 10000
   switchboard-bench storm -n 100 --stalled 10 --messages 10000 --size 4096 --rate 1000
   switchboard-bench fanout -n 1000 --nodes 3 --redis redis://127.0.0.1:6379
+  switchboard-bench rooms -n 300 --rooms 30 --nodes 3 --nats nats://127.0.0.1:4222
   switchboard-bench echo --target switchboard --target floor --target socketio
   switchboard-bench echo --rounds 5 --target switchboard --target baseline --baseline-bin old/switchboard
   taskset -c 1 switchboard-bench rpc --wrap \"taskset -c 0\"   # server and load apart
@@ -148,12 +149,15 @@ pub struct BenchArgs {
     /// Load tasks (each drives many connections).
     #[arg(long, default_value_t = 4)]
     pub tasks: usize,
-    /// Run switchboard as this many nodes over Redis (fanout), with --redis.
+    /// Run switchboard as this many nodes (fanout, rooms), with --redis or --nats.
     #[arg(long, default_value_t = 1)]
     pub nodes: usize,
     /// The Redis for --nodes.
     #[arg(long)]
     pub redis: Option<String>,
+    /// The NATS (with JetStream) for --nodes.
+    #[arg(long, conflicts_with = "redis")]
+    pub nats: Option<String>,
     /// Measure every target this many times, taking turns (floor, switchboard, floor,
     /// ...), and report the medians: the machine's noise moves single runs a lot.
     #[arg(long, default_value_t = 1)]
@@ -219,6 +223,25 @@ async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The servers of a fanout or rooms run: one, or `--nodes` over Redis or NATS.
+fn start_nodes(target: Target, args: &BenchArgs) -> anyhow::Result<Vec<ServerProc>> {
+    if target.protocol() != Protocol::Switchboard || args.nodes <= 1 {
+        return Ok(vec![ServerProc::start(target, &[], args)?]);
+    }
+    let link = match (&args.redis, &args.nats) {
+        (Some(url), _) => ["--redis", url.as_str()],
+        (None, Some(url)) => ["--nats", url.as_str()],
+        (None, None) => anyhow::bail!("--nodes needs --redis or --nats"),
+    };
+    (0..args.nodes)
+        .map(|_| ServerProc::start(target, &link, args))
+        .collect()
+}
+
+fn broker(args: &BenchArgs) -> &'static str {
+    if args.nats.is_some() { "NATS" } else { "Redis" }
+}
+
 /// One measurement of one target: starts its server(s), drives them, stops them.
 async fn measure(target: Target, args: &BenchArgs) -> anyhow::Result<Report> {
     Ok(match args.scenario {
@@ -244,27 +267,20 @@ async fn measure(target: Target, args: &BenchArgs) -> anyhow::Result<Report> {
             .await?
         }
         Scenario::Fanout => {
-            let mut servers = Vec::new();
-            if target.protocol() == Protocol::Switchboard && args.nodes > 1 {
-                let redis = args
-                    .redis
-                    .clone()
-                    .ok_or_else(|| anyhow::anyhow!("--nodes needs --redis"))?;
-                for _ in 0..args.nodes {
-                    servers.push(ServerProc::start(target, &["--redis", &redis], args)?);
-                }
-            } else {
-                servers.push(ServerProc::start(target, &[], args)?);
-            }
+            let servers = start_nodes(target, args)?;
             let mut r = fanout(target, &servers, args).await?;
             if servers.len() > 1 {
-                r.note = format!("{} nodes over Redis. {}", servers.len(), r.note);
+                r.note = format!("{} nodes over {}. {}", servers.len(), broker(args), r.note);
             }
             r
         }
         Scenario::Rooms => {
-            let server = ServerProc::start(target, &[], args)?;
-            rooms(target, &server, args).await?
+            let servers = start_nodes(target, args)?;
+            let mut r = rooms(target, &servers, args).await?;
+            if servers.len() > 1 {
+                r.note = format!("{} nodes over {}. {}", servers.len(), broker(args), r.note);
+            }
+            r
         }
         Scenario::Storm => {
             let server = ServerProc::start(target, &[], args)?;

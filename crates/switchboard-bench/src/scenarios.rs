@@ -213,9 +213,12 @@ pub(crate) async fn publish(
     Ok(())
 }
 
+/// Rooms with their own members and publisher; with several nodes, room `r`'s members
+/// all on node `r % nodes` (each node's clients in different rooms), and the note says
+/// how many messages the nodes read from the backplane per delivery they made.
 pub(crate) async fn rooms(
     target: Target,
-    server: &ServerProc,
+    servers: &[ServerProc],
     args: &BenchArgs,
 ) -> anyhow::Result<Report> {
     let per_room = (args.connections / args.rooms.max(1)).max(2);
@@ -223,6 +226,7 @@ pub(crate) async fn rooms(
     let mut receivers = Vec::new();
     for r in 0..args.rooms {
         let room = format!("room{r}");
+        let server = &servers[r % servers.len()];
         for m in 0..per_room {
             let mut ws = connect(target, server, None).await?;
             let join = match target.protocol() {
@@ -238,12 +242,18 @@ pub(crate) async fn rooms(
             }
         }
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    // Drain join notices.
+    // Join notices drained; a cluster's subscriptions settled.
+    tokio::time::sleep(Duration::from_millis(if servers.len() > 1 {
+        500
+    } else {
+        50
+    }))
+    .await;
     let counter = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let handles = spawn_receivers(receivers, args.tasks, counter.clone(), stop.clone());
-    let (_, cpu0) = server.usage();
+    let cpu0: Duration = servers.iter().map(|s| s.usage().1).sum();
+    let read0 = backplane_received(servers).await;
     let start = Instant::now();
     let messages = args.messages;
     let pubs: Vec<_> = publishers
@@ -271,7 +281,12 @@ pub(crate) async fn rooms(
         args.duration.max(Duration::from_secs(10)),
     )
     .await;
-    let cpu = server.usage().1.saturating_sub(cpu0);
+    let cpu = servers
+        .iter()
+        .map(|s| s.usage().1)
+        .sum::<Duration>()
+        .saturating_sub(cpu0);
+    let read = backplane_received(servers).await.saturating_sub(read0);
     let mut report = delivery_report(
         target,
         &counter,
@@ -283,7 +298,41 @@ pub(crate) async fn rooms(
     )
     .await;
     report.note += &format!("{} rooms x {per_room} members", args.rooms);
+    if servers.len() > 1 {
+        let delivered = counter.load(Ordering::Relaxed).max(1);
+        report.note += &format!(
+            "; nodes read {read} messages from the backplane, {:.2} per delivery",
+            read as f64 / delivered as f64
+        );
+    }
     Ok(report)
+}
+
+/// What the nodes read from their backplane so far, all together (their
+/// `switchboard_backplane_received`).
+async fn backplane_received(servers: &[ServerProc]) -> u64 {
+    let mut total = 0;
+    for s in servers {
+        total += metric(s, "switchboard_backplane_received")
+            .await
+            .unwrap_or(0.0) as u64;
+    }
+    total
+}
+
+/// One metric's value from a server's `/metrics`.
+async fn metric(server: &ServerProc, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.ok()?;
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.addr
+    );
+    s.write_all(request.as_bytes()).await.ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// A broadcast storm with `--stalled` clients that never read: the readers' deliveries,
