@@ -40,9 +40,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use switchboard_server::{BackplaneError, KeptMessage, Target};
 
+use crate::batch;
 use crate::sessions::nats_err;
 use crate::shared::Shared;
-use crate::writer::{Tip, exclude_of, tip_of};
+use crate::writer::{Tip, tip_of};
 
 impl Shared {
     /// The message on `subject` at sequence `from` or the first after it.
@@ -102,15 +103,19 @@ impl Shared {
             .read_from(&subject, lo, Some(tip.seq), tip.offset - since)
             .await?;
         for m in messages {
-            if let Some(at) = tip_of(Some(&m.headers), m.seq) {
-                if at.epoch == tip.epoch && at.offset > since && at.offset <= tip.offset {
-                    if let Ok(frame) = String::from_utf8(m.payload.to_vec()) {
-                        kept.push(KeptMessage {
-                            offset: at.offset,
-                            frame,
-                            exclude: exclude_of(Some(&m.headers)),
-                        });
-                    }
+            let Some(at) = tip_of(Some(&m.headers), m.seq) else {
+                continue;
+            };
+            if at.epoch != tip.epoch {
+                continue;
+            }
+            for send in batch::unpack(Some(&m.headers), &m.payload, &at) {
+                if send.offset > since && send.offset <= tip.offset {
+                    kept.push(KeptMessage {
+                        offset: send.offset,
+                        frame: send.frame,
+                        exclude: send.exclude,
+                    });
                 }
             }
         }

@@ -34,6 +34,7 @@
 //!   task. While NATS is away a node keeps its clients, reports itself unhealthy, and
 //!   holds sends in the queue; beyond its bound they are dropped and counted.
 
+mod batch;
 mod cluster;
 mod config;
 mod history;
@@ -129,6 +130,7 @@ impl NatsBackplane {
                 session_writes,
                 session_writes_rx: Mutex::new(Some(session_writes_rx)),
                 seen_tips: Mutex::new(HashMap::new()),
+                followed: Mutex::new(std::collections::HashSet::new()),
                 queued_bytes: AtomicUsize::new(0),
                 dropped: AtomicU64::new(0),
                 published: AtomicU64::new(0),

@@ -21,6 +21,7 @@ use switchboard_server::{Delivery, Sequence, Target};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
+use crate::batch;
 use crate::shared::{Shared, lock};
 use crate::subjects::Received;
 use crate::writer::{Tip, exclude_of, header, tip_of};
@@ -102,6 +103,9 @@ impl Shared {
         let Some(subject) = self.subjects.delivered(target) else {
             return;
         };
+        if lock(&self.followed).contains(&subject) {
+            return; // followed already: nothing after now can be missed
+        }
         let (done, followed) = oneshot::channel();
         if self
             .commands
@@ -160,9 +164,11 @@ impl Reader {
                 }
             }
         }
+        lock(&self.shared.followed).insert(subject.to_owned());
     }
 
     fn unfollow(&mut self, subject: &str) {
+        lock(&self.shared.followed).remove(subject);
         if let Some(task) = self.following.remove(subject) {
             task.abort(); // dropping the subscriber unsubscribes
         }
@@ -211,10 +217,6 @@ impl Reader {
             return;
         };
         let headers = message.headers.as_ref();
-        let frame = match std::str::from_utf8(&message.payload) {
-            Ok(f) => f.to_owned(),
-            Err(_) => return,
-        };
         let target = match received {
             Received::User(user) => Target::User(user),
             Received::Stream(target) => target,
@@ -222,7 +224,9 @@ impl Reader {
         let seq = header(headers, "Nats-Sequence").and_then(|s| s.parse().ok());
         let (Some(seq), Some(tip)) = (seq, seq.and_then(|s| tip_of(headers, s))) else {
             // Not kept: a user's message, or a client's without a session.
-            self.deliver_plain(target, headers, frame);
+            if let Ok(frame) = std::str::from_utf8(&message.payload) {
+                self.deliver_plain(target, headers, frame.to_owned());
+            }
             return;
         };
         if let Some(last) = self
@@ -233,7 +237,7 @@ impl Reader {
             if seq <= last.seq {
                 return; // delivered already (caught up from the stream)
             }
-            if tip.epoch == last.epoch && tip.offset > last.offset + 1 {
+            if batch::first_offset(headers, &tip) > last.offset + 1 {
                 // A gap: what came between is in the stream.
                 self.catch_up(&subject).await;
                 if self.delivered.get(&subject).is_some_and(|l| seq <= l.seq) {
@@ -241,7 +245,7 @@ impl Reader {
                 }
             }
         }
-        self.deliver_numbered(&subject, target, headers, frame, tip);
+        self.deliver_numbered(&subject, target, headers, &message.payload, tip);
     }
 
     fn deliver_plain(&self, target: Target, headers: Option<&HeaderMap>, frame: String) {
@@ -257,18 +261,17 @@ impl Reader {
         node.deliver(&delivery);
     }
 
+    /// Delivers the sends a stored message holds (one, or several stored together).
     fn deliver_numbered(
         &mut self,
         subject: &str,
         target: Target,
         headers: Option<&HeaderMap>,
-        frame: String,
+        payload: &[u8],
         tip: Tip,
     ) {
-        let sequence = Sequence {
-            epoch: tip.epoch.clone(),
-            offset: tip.offset,
-        };
+        let sends = batch::unpack(headers, payload, &tip);
+        let epoch = tip.epoch.clone();
         if let Some(stored) = self.shared.subjects.stored_of_delivered(subject) {
             let mut seen = lock(&self.shared.seen_tips);
             if seen.len() > 100_000 {
@@ -277,19 +280,22 @@ impl Reader {
             seen.insert(stored, tip.clone());
         }
         self.delivered.insert(subject.to_owned(), tip);
-        if sequence.offset == 0 {
-            return; // the mark that opened the stream
-        }
         let Some(node) = self.shared.node_handle.get() else {
             return;
         };
-        let delivery = Delivery {
-            target,
-            exclude: exclude_of(headers),
-            frame,
-        };
-        self.shared.received.fetch_add(1, Ordering::Relaxed);
-        node.deliver_sequenced(&delivery, &sequence);
+        for send in sends {
+            let delivery = Delivery {
+                target: target.clone(),
+                exclude: send.exclude,
+                frame: send.frame,
+            };
+            let sequence = Sequence {
+                epoch: epoch.clone(),
+                offset: send.offset,
+            };
+            self.shared.received.fetch_add(1, Ordering::Relaxed);
+            node.deliver_sequenced(&delivery, &sequence);
+        }
     }
 
     /// Delivers, in order, what the stream holds for `subject` after the last message
@@ -313,10 +319,7 @@ impl Reader {
             let Some(tip) = tip_of(Some(&m.headers), m.seq) else {
                 continue;
             };
-            let Ok(frame) = String::from_utf8(m.payload.to_vec()) else {
-                continue;
-            };
-            self.deliver_numbered(subject, target.clone(), Some(&m.headers), frame, tip);
+            self.deliver_numbered(subject, target.clone(), Some(&m.headers), &m.payload, tip);
         }
     }
 

@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     /// The last message the reader delivered per stored subject: the writer's freshest
     /// knowledge of where a stream it sends to stands.
     pub(crate) seen_tips: Mutex<HashMap<String, crate::writer::Tip>>,
+    /// The subjects the reader follows now (for callers that need not wait for it).
+    pub(crate) followed: Mutex<std::collections::HashSet<String>>,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     pub(crate) commands_rx: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
     /// Bytes of sends queued or being written (bounded by `queue_bytes`).

@@ -20,6 +20,7 @@ use futures_util::future::join_all;
 use switchboard_server::ConnId;
 use tokio::sync::mpsc;
 
+use crate::batch;
 use crate::shared::{Out, Shared, lock, new_epoch};
 
 /// Header: the stream's epoch.
@@ -164,8 +165,8 @@ impl Shared {
         mut tip: Option<Tip>,
     ) -> Option<Tip> {
         let mut backoff = Duration::from_millis(50);
-        let mut items = items.into_iter().peekable();
-        while let Some(item) = items.peek() {
+        let mut next = 0;
+        while next < items.len() {
             if self.stop.is_cancelled() {
                 return None;
             }
@@ -182,12 +183,13 @@ impl Shared {
             };
             let Some(current) = current.or_else(|| self.opening_tip(subject)) else {
                 // A client without a session in the cluster: its message is not kept.
+                let item = &items[next];
                 let delivered = subject.replacen(".s.", ".d.", 1);
                 let mut headers = HeaderMap::new();
                 headers.insert(EXCLUDE, join_ids(&item.exclude).as_str());
                 self.publish_plain(delivered, Some(headers), item.frame.clone())
                     .await;
-                items.next();
+                next += 1;
                 continue;
             };
             // The reader may know of a newer message (another node's): start from it.
@@ -195,24 +197,35 @@ impl Shared {
                 Some(seen) if seen.seq > current.seq && seen.epoch == current.epoch => seen.clone(),
                 _ => current,
             };
-            match self.publish_numbered(subject, item, &current).await {
+            // The sends waiting for this stream go together (see batch.rs).
+            let mut end = next + 1;
+            let mut bytes = items[next].frame.len();
+            while end < items.len()
+                && end - next < batch::MOST
+                && bytes + items[end].frame.len() <= batch::MOST_BYTES
+            {
+                bytes += items[end].frame.len();
+                end += 1;
+            }
+            let chunk = &items[next..end];
+            match self.publish_numbered(subject, chunk, &current).await {
                 Ok(Published::At(t)) => {
-                    self.published.fetch_add(1, Ordering::Relaxed);
+                    self.published
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     tip = Some(t);
-                    items.next();
+                    next = end;
                     backoff = Duration::from_millis(50);
                 }
                 Ok(Published::Raced) => {}
-                Ok(Published::Duplicate) => {
-                    items.next();
-                }
+                Ok(Published::Duplicate) => next = end,
                 Ok(Published::Refused) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.dropped
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     tracing::warn!(
                         subject,
                         "NATS refused a message for good (too large?); dropped"
                     );
-                    items.next();
+                    next = end;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "a JetStream publish failed; retrying");
@@ -242,24 +255,35 @@ impl Shared {
         *backoff = (*backoff * 2).min(Duration::from_secs(1));
     }
 
+    /// Stores `chunk` (one send, or several together) after `tip`.
     async fn publish_numbered(
         &self,
         subject: &str,
-        item: &Numbered,
+        chunk: &[Numbered],
         tip: &Tip,
     ) -> Result<Published, async_nats::Error> {
-        let offset = tip.offset + 1;
+        let last = tip.offset + chunk.len() as u64;
+        let (payload, exclude) = match chunk {
+            [one] => (one.frame.clone(), join_ids(&one.exclude)),
+            _ => (
+                batch::pack(chunk.iter().map(|n| (&n.frame[..], &n.exclude[..]))),
+                String::new(),
+            ),
+        };
+        let first = chunk.first().map_or(0, |n| n.id);
         let mut message = PublishMessage::build()
-            .payload(item.frame.clone())
+            .payload(payload)
             .header(EPOCH, tip.epoch.as_str())
-            .header(OFFSET, offset.to_string().as_str())
-            .message_id(format!("{}-{}", self.node, item.id))
+            .header(OFFSET, last.to_string().as_str())
+            .message_id(format!("{}-{first}-{}", self.node, chunk.len()))
             .expected_last_subject_sequence(tip.seq);
-        if !item.exclude.is_empty() {
-            message = message.header(EXCLUDE, join_ids(&item.exclude).as_str());
+        if chunk.len() > 1 {
+            message = message.header(batch::COUNT, chunk.len().to_string().as_str());
         }
-        self.store(subject, message, tip.epoch.clone(), offset)
-            .await
+        if !exclude.is_empty() {
+            message = message.header(EXCLUDE, exclude.as_str());
+        }
+        self.store(subject, message, tip.epoch.clone(), last).await
     }
 
     /// Opens a stream that has no message with a mark (offset 0) in `epoch`, unless
@@ -344,4 +368,41 @@ pub(crate) fn join_ids(ids: &[ConnId]) -> String {
         out.push_str(&id.to_string());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_message_says_where_it_stands_and_who_it_is_not_for() {
+        let mut h = HeaderMap::new();
+        h.insert(EPOCH, "00000000000000ab");
+        h.insert(OFFSET, "42");
+        h.insert(
+            EXCLUDE,
+            join_ids(&[ConnId::from_u64(1), ConnId::from_u64(2)]).as_str(),
+        );
+        assert_eq!(
+            tip_of(Some(&h), 7),
+            Some(Tip {
+                epoch: "00000000000000ab".into(),
+                offset: 42,
+                seq: 7
+            })
+        );
+        assert_eq!(
+            exclude_of(Some(&h)),
+            [ConnId::from_u64(1), ConnId::from_u64(2)]
+        );
+        // A plain message (a user's, a client's without a session) has no position.
+        assert_eq!(tip_of(None, 7), None);
+        let mut junk = HeaderMap::new();
+        junk.insert(EPOCH, "e");
+        junk.insert(OFFSET, "not a number");
+        junk.insert(EXCLUDE, "zz,");
+        assert_eq!(tip_of(Some(&junk), 1), None);
+        assert!(exclude_of(Some(&junk)).is_empty());
+        assert_eq!(join_ids(&[]), "");
+    }
 }

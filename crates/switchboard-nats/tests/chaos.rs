@@ -14,13 +14,20 @@ use switchboard_client::{
     Client, ClientConfig, ConnectionState, Envelope, ReconnectConfig, ResumeOutcome,
 };
 use switchboard_nats::{NatsBackplane, NatsConfig};
-use switchboard_server::{Server, ServerConfig};
+use switchboard_server::{HistoryPolicy, Server, ServerConfig};
 use switchboard_test::{NatsServer, Proxy, RawClient, TIMEOUT, TestServer};
 use tokio::sync::mpsc;
 
 const ROOM_MESSAGES: u64 = 1_500;
 const DIRECT_MESSAGES: u64 = 500;
 const CUTS: usize = 100;
+
+/// Messages each stream keeps. The senders flood one room at about 16,000 messages a
+/// second, and a resume on another node over NATS asks the cluster for the session and
+/// what it missed (a few round trips; longer while that node's own link is cut): the
+/// history must cover the messages sent meanwhile. With the default 1,000, a resume
+/// slower than ~60 ms under this flood is `recovered: false`, as documented.
+const HISTORY: usize = 5_000;
 
 fn random_below(n: u64) -> u64 {
     switchboard_server::proto::random_u64() % n
@@ -35,6 +42,7 @@ async fn node(nats: &NatsServer) -> (TestServer, Proxy) {
             prefix: "chaos".into(),
             heartbeat: Duration::from_millis(100),
             node_ttl: Duration::from_secs(2),
+            history: HISTORY as i64,
             ..NatsConfig::default()
         },
     )
@@ -44,6 +52,10 @@ async fn node(nats: &NatsServer) -> (TestServer, Proxy) {
             .config(ServerConfig {
                 relay_unhandled: true,
                 rate_limit: 0,
+                history: HistoryPolicy {
+                    size: HISTORY,
+                    ..HistoryPolicy::default()
+                },
                 ..TestServer::config()
             })
             .backplane(backplane),

@@ -363,3 +363,57 @@ async fn a_wrong_nats_address_fails_at_start() {
         .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_flooding_one_room_give_every_member_one_order() {
+    let nats = NatsServer::start();
+    let prefix = "flood";
+    let nodes = [
+        node(&nats.url(), prefix).await,
+        node(&nats.url(), prefix).await,
+        node(&nats.url(), prefix).await,
+    ];
+    // Members on nodes 1 and 2; senders (not members) on nodes 0 and 1, racing for the
+    // room's offsets: their sends are stored together, several per stored message.
+    let (mut m1, _) = connect(&nodes[1]).await;
+    let (mut m2, _) = connect(&nodes[2]).await;
+    join(&mut m1, "flood").await;
+    join(&mut m2, "flood").await;
+    let (mut s0, _) = connect(&nodes[0]).await;
+    let (mut s1, _) = connect(&nodes[1]).await;
+    for i in 0..300 {
+        s0.send(json!({"type":"r","room":"flood","payload":{"i":i,"s":0}}))
+            .await;
+        s1.send(json!({"type":"r","room":"flood","payload":{"i":i,"s":1}}))
+            .await;
+    }
+    let mut orders = Vec::new();
+    for m in [&mut m1, &mut m2] {
+        let mut seen = Vec::new();
+        let mut per_sender = [Vec::new(), Vec::new()];
+        let mut last = 0;
+        while seen.len() < 600 {
+            let msg = m.recv_type("r").await;
+            let offset = msg["offset"].as_u64().unwrap();
+            assert!(offset > last, "{offset} after {last}");
+            last = offset;
+            let s = msg["payload"]["s"].as_u64().unwrap() as usize;
+            per_sender[s].push(msg["payload"]["i"].as_u64().unwrap());
+            seen.push((offset, s));
+        }
+        let each: Vec<u64> = (0..300).collect();
+        assert_eq!(
+            per_sender,
+            [each.clone(), each],
+            "each sender's, in order, once"
+        );
+        orders.push(seen);
+    }
+    assert_eq!(
+        orders[0], orders[1],
+        "one order, one numbering, on every node"
+    );
+    for n in nodes {
+        n.stop().await;
+    }
+}
