@@ -142,7 +142,7 @@ impl NatsBackplane {
                 peers: Mutex::new(HashMap::new()),
                 identities: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(HashMap::new()),
-                unwritten: Mutex::new(std::collections::HashSet::new()),
+                unwritten: Mutex::new(HashMap::new()),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -434,6 +434,7 @@ impl Backplane for NatsBackplane {
             }),
             PresenceEvent::Disconnected(id) => {
                 lock(&shared.identities).remove(id);
+                shared.connection_closed(*id);
             }
             PresenceEvent::Identified(id, user, info) => {
                 lock(&shared.identities).insert(*id, (user.clone(), info.clone()));

@@ -38,9 +38,6 @@ const FOLLOW: Duration = Duration::from_secs(2);
 /// Messages waiting between the subscriptions and the reader.
 const INBOX: usize = 8192;
 
-/// Most messages one catch-up reads from the stream before letting the live ones in.
-const CATCH_UP_MAX: usize = 100_000;
-
 /// What the reader is asked to do.
 pub(crate) enum Command {
     /// Follow a subject now (a join, a resume): answered once subscribed.
@@ -271,6 +268,14 @@ impl Reader {
         tip: Tip,
     ) {
         let sends = batch::unpack(headers, payload, &tip);
+        if sends.is_empty() && tip.offset > 0 {
+            // Not one of ours: skipped, and said (the stream's order goes on).
+            tracing::warn!(
+                subject,
+                seq = tip.seq,
+                "ignoring a malformed stored message"
+            );
+        }
         let epoch = tip.epoch.clone();
         if let Some(stored) = self.shared.subjects.stored_of_delivered(subject) {
             let mut seen = lock(&self.shared.seen_tips);
@@ -315,7 +320,7 @@ impl Reader {
                 return;
             }
         };
-        for m in messages.into_iter().take(CATCH_UP_MAX) {
+        for m in messages {
             let Some(tip) = tip_of(Some(&m.headers), m.seq) else {
                 continue;
             };

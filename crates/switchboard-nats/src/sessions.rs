@@ -21,7 +21,8 @@ use tokio::sync::mpsc;
 
 use crate::shared::{SessionWrite, Shared, StoredSession, lock, now_ms};
 
-/// How long a room left waits before it is written (see `change_session_later`).
+/// How long a room left waits before it is written, at least (see
+/// `change_session_later`); the check runs as often.
 const LEAVES_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn key(client: ConnId) -> String {
@@ -78,10 +79,11 @@ impl Shared {
         self.write_session(SessionWrite::Put(client, value.into()));
     }
 
-    /// A room left: written a little later, unless the session's connection dropped
-    /// meanwhile. A connection that closes leaves its rooms just before its session
-    /// detaches with them; writing the leaves first would let a resume elsewhere, in
-    /// between, find the session in no room.
+    /// A room left: written a little later, unless the session's connection closes
+    /// meanwhile. A closing connection leaves its rooms just before its session
+    /// detaches with them (or ends): writing those leaves would let a resume
+    /// elsewhere, in between, find the session in no room, so its `Disconnected`
+    /// cancels them ([`connection_closed`](Self::connection_closed)).
     pub(crate) fn change_session_later(
         &self,
         client: ConnId,
@@ -89,14 +91,34 @@ impl Shared {
     ) {
         if let Some(stored) = lock(&self.sessions).get_mut(&client) {
             change(stored);
-            lock(&self.unwritten).insert(client);
+            lock(&self.unwritten)
+                .entry(client)
+                .or_insert_with(std::time::Instant::now);
         }
     }
 
-    /// Writes the changes [`change_session_later`](Self::change_session_later) left.
+    /// A connection closed: the leaves it just made are not written (its session's
+    /// detachment or end, which follows, is).
+    pub(crate) fn connection_closed(&self, client: ConnId) {
+        lock(&self.unwritten).remove(&client);
+    }
+
+    /// Writes the leaves [`change_session_later`](Self::change_session_later) kept,
+    /// once no close came for them.
     fn write_unwritten(&self) {
-        let clients: Vec<ConnId> = lock(&self.unwritten).drain().collect();
-        for client in clients {
+        let due: Vec<ConnId> = {
+            let mut unwritten = lock(&self.unwritten);
+            let due = unwritten
+                .iter()
+                .filter(|(_, at)| at.elapsed() >= LEAVES_AFTER)
+                .map(|(c, _)| *c)
+                .collect::<Vec<_>>();
+            for c in &due {
+                unwritten.remove(c);
+            }
+            due
+        };
+        for client in due {
             let value = lock(&self.sessions)
                 .get(&client)
                 .and_then(|s| serde_json::to_vec(s).ok());
