@@ -10,7 +10,8 @@ use serde_json::json;
 use switchboard_nats::NatsBackplane;
 use switchboard_server::{ConnId, Server};
 use switchboard_test::cluster::{connect, eventually, join, sample};
-use switchboard_test::{NatsServer, RawClient, TIMEOUT, TestServer};
+use switchboard_test::routing;
+use switchboard_test::{NatsServer, TIMEOUT, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_act_as_one() {
@@ -109,51 +110,11 @@ async fn three_nodes_act_as_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_receives_only_the_rooms_its_clients_are_in() {
+async fn a_node_receives_only_the_rooms_its_clients_are_in_and_its_clients_direct_messages() {
     let nats = NatsServer::start();
-    let prefix = "interest";
-    let n0 = node(&nats.url(), prefix).await;
-    let n1 = node(&nats.url(), prefix).await;
-    let (mut a, _) = connect(&n0).await;
-    let (mut a2, _) = connect(&n0).await;
-    let (mut b, _) = connect(&n1).await;
-    let (mut b2, _) = connect(&n1).await;
-    join(&mut a, "only-here").await;
-    join(&mut a2, "only-here").await;
-    join(&mut b, "elsewhere").await;
-    join(&mut b2, "elsewhere").await;
-    // Node 1 has read the room it follows up to here (a room message goes through
-    // NATS, even between two clients of one node).
-    b2.send(json!({"type":"m","room":"elsewhere","payload":{}}))
-        .await;
-    b.recv_type("m").await;
-    let before = sample(&n1, "switchboard_backplane_received");
-    for i in 0..50 {
-        a.send(json!({"type":"m","room":"only-here","payload":{"i": i}}))
-            .await;
-    }
-    for i in 0..50 {
-        assert_eq!(a2.recv_type("m").await["payload"]["i"], i);
-    }
-    // Node 1 has no member in the room: NATS did not send it a single message of it.
-    assert_eq!(sample(&n1, "switchboard_backplane_received"), before);
-    // A member joins on node 1: from then on, node 1 receives the room.
-    let position = join(&mut b, "only-here").await;
-    a.send(json!({"type":"m","room":"only-here","payload":{"i": 50}}))
-        .await;
-    let m = b.recv_type("m").await;
-    assert_eq!(m["payload"]["i"], 50);
-    // Its offset follows the position the join gave (b's own `user_joined`, not for
-    // b, may come between): the room's order is the cluster's.
-    let (offset, given) = (
-        m["offset"].as_u64().unwrap(),
-        position["offset"].as_u64().unwrap(),
-    );
-    assert!(
-        offset == given + 1 || offset == given + 2,
-        "{offset} after {given}"
-    );
-    assert!(sample(&n1, "switchboard_backplane_received") > before);
+    let n0 = node(&nats.url(), "interest").await;
+    let n1 = node(&nats.url(), "interest").await;
+    routing::a_node_receives_only_what_its_clients_need(&n0, &n1).await;
     n0.stop().await;
     n1.stop().await;
 }
@@ -161,98 +122,9 @@ async fn a_node_receives_only_the_rooms_its_clients_are_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_resumes_on_a_node_that_never_had_its_room_with_everything_it_missed() {
     let nats = NatsServer::start();
-    let prefix = "resume";
-    let a = node(&nats.url(), prefix).await;
-    let b = node(&nats.url(), prefix).await;
-    let (mut x, hello) = connect(&a).await;
-    let position = join(&mut x, "r").await;
-    let (mut watcher, _) = connect(&a).await;
-    join(&mut watcher, "r").await;
-    // y on node b is not in room r: node b does not follow it.
-    let (mut y, _) = connect(&b).await;
-    watcher
-        .send(json!({"type":"chat","room":"r","payload":{"i":-1}}))
-        .await;
-    y.send(json!({"type":"dm","to":hello["client_id"],"payload":{"i":-1}}))
-        .await;
-    // In either order (they come from two nodes).
-    let (mut seen_room, mut seen_direct) = (None, None);
-    while seen_room.is_none() || seen_direct.is_none() {
-        let m = x.recv().await;
-        match m["type"].as_str() {
-            Some("chat") => seen_room = Some(m),
-            Some("dm") => seen_direct = Some(m),
-            _ => {}
-        }
-    }
-    let (seen_room, seen_direct) = (seen_room.unwrap(), seen_direct.unwrap());
-    x.drop_connection();
-    watcher.recv_type("user_left").await;
-
-    // Sent while x is away: room messages from node a, direct ones from node b.
-    for i in 0..5 {
-        watcher
-            .send(json!({"type":"chat","room":"r","payload":{"i":i}}))
-            .await;
-        y.send(json!({"type":"dm","to":hello["client_id"],"payload":{"i":i}}))
-            .await;
-    }
-    let resume = json!({"type":"resume","payload":{
-        "session_id": hello["session_id"], "token": hello["resume_token"],
-        "streams": {
-            "session": {"epoch": hello["streams"]["session"]["epoch"], "offset": seen_direct["offset"]},
-            "all": hello["streams"]["all"],
-            "rooms": {"r": {"epoch": position["epoch"], "offset": seen_room["offset"]}}}}});
-    // A wrong token resumes nothing.
-    let mut forged = RawClient::connect(&format!("{}?resume=1", b.url())).await;
-    let mut wrong = resume.clone();
-    wrong["payload"]["token"] = json!("00000000000000000000000000000000");
-    forged.send(wrong).await;
-    let refused = forged.recv_type("connected").await;
-    assert_eq!(refused["payload"]["resumed"]["resumed"], false);
-    assert_ne!(refused["payload"]["client_id"], hello["client_id"]);
-
-    // x comes back on node b: same client id, same room, everything it missed,
-    // although node b never followed room r.
-    let mut back = RawClient::connect(&format!("{}?resume=1", b.url())).await;
-    back.send(resume).await;
-    let connected = back.recv_type("connected").await;
-    let resumed = &connected["payload"]["resumed"];
-    assert_eq!(connected["payload"]["client_id"], hello["client_id"]);
-    assert_eq!(resumed["resumed"], true, "{resumed}");
-    assert_eq!(resumed["rooms"]["r"]["recovered"], true, "{resumed}");
-    assert_eq!(resumed["session"]["recovered"], true, "{resumed}");
-    let missed_room = resumed["rooms"]["r"]["missed"].as_u64().unwrap();
-    let missed_direct = resumed["session"]["missed"].as_u64().unwrap();
-    let (mut chats, mut dms) = (Vec::new(), Vec::new());
-    while chats.len() < 5 || dms.len() < 5 {
-        let m = back.recv().await;
-        match m["type"].as_str() {
-            Some("chat") => chats.push(m["payload"]["i"].as_i64().unwrap()),
-            Some("dm") => dms.push(m["payload"]["i"].as_i64().unwrap()),
-            _ => {}
-        }
-    }
-    assert_eq!(chats, [0, 1, 2, 3, 4]);
-    assert_eq!(dms, [0, 1, 2, 3, 4]);
-    assert!(missed_room <= 5 && missed_direct <= 5);
-    // It is in the room on its new node, and both kinds of message find it there.
-    y.send(json!({"type":"dm","to":hello["client_id"],"payload":{"i":5}}))
-        .await;
-    watcher
-        .send(json!({"type":"chat","room":"r","payload":{"i":5}}))
-        .await;
-    // In either order (they come from two nodes).
-    let mut got = Vec::new();
-    while got.len() < 2 {
-        let m = back.recv().await;
-        if let Some(t @ ("dm" | "chat")) = m["type"].as_str() {
-            got.push((t.to_owned(), m["payload"]["i"].as_i64().unwrap()));
-        }
-    }
-    got.sort();
-    assert_eq!(got, [("chat".to_owned(), 5), ("dm".to_owned(), 5)]);
-    assert!(back.nothing_pending().await, "nothing twice");
+    let a = node(&nats.url(), "resume").await;
+    let b = node(&nats.url(), "resume").await;
+    routing::a_client_resumes_where_its_room_was_never_followed(&a, &b).await;
     a.stop().await;
     b.stop().await;
 }

@@ -19,12 +19,12 @@ pub struct RedisConfig {
     /// written included; beyond, sends are dropped (and counted), so a Redis outage or
     /// stall costs a node at most this much memory. Default 64 MiB.
     pub queue_bytes: usize,
-    /// How long the cluster log keeps a send: a node whose link to Redis is down for
+    /// How long the logs keep a send: a node whose link to Redis is down for
     /// less catches up on everything it missed when it returns; one away longer tells
     /// its clients to resume (they hear `recovered: false`). Default 5 minutes.
     pub log_window: Duration,
-    /// Most entries the cluster log keeps (approximately), whatever their age: Redis's
-    /// memory bound. Default 1,000,000.
+    /// Most entries each log (a room's, a node's, the broadcasts') keeps
+    /// (approximately), whatever their age: Redis's memory bound. Default 1,000,000.
     pub log_max_len: usize,
     /// How long a room's (or the broadcasts') epoch and offset outlive its last message
     /// in Redis. A stream forgotten later starts a new epoch. Default 24 hours.

@@ -17,15 +17,17 @@
 //!
 //! How it works (the full story is `docs/cluster.md`):
 //!
-//! - **Traffic.** Every send that leaves a node is encoded once by that node and
-//!   appended once to one Redis Stream, the cluster log (`{prefix}:log`), by a script
-//!   that also numbers it in its stream (a room's, the broadcasts', or the addressed
-//!   client's). Every node, the sender's included, reads the log in order from its own
-//!   cursor and delivers each entry to its own connections, with the same offsets.
+//! - **Traffic, routed by interest.** Every send that leaves a node is encoded once by
+//!   that node and appended once to a Redis Stream by a script that also numbers it in
+//!   its stream (a room's, the broadcasts', or the addressed client's): a room's sends
+//!   to the room's log, a direct send to the log of its client's node, broadcasts to
+//!   the log every node reads. A node reads only the logs it needs (its rooms', its
+//!   own, the shared one), in order from its own cursors, and delivers each entry to
+//!   its own connections, the sender's node included, with the same offsets.
 //! - **Nothing lost.** A node whose link to Redis drops reads on from where it stopped
 //!   when it returns; a batch the writer could not write is written again, never twice.
 //!   Sessions live in Redis, so a client resumes on any node with every message it
-//!   missed. When the log lost entries (Redis restarted empty, a node away longer than
+//!   missed, rooms this node never followed included. When a log lost entries (Redis restarted empty, a node away longer than
 //!   `log_window`), the node's clients are told to resume and hear `recovered: false`.
 //! - **Membership.** Each node keeps its connections and rooms in Redis sets under its
 //!   own keys, and a heartbeat in `{prefix}:nodes`. Counts and room members are read
@@ -38,6 +40,7 @@
 mod config;
 mod log;
 mod membership;
+mod reader;
 mod sessions;
 mod tasks;
 
@@ -50,7 +53,7 @@ use switchboard_server::handler::BoxFuture;
 use switchboard_server::proto::Position;
 use switchboard_server::{
     Backplane, BackplaneError, ClaimedSession, ConnId, Delivery, NodeHandle, PresenceEvent,
-    SessionHistory, SessionRecord, Target, UserTag,
+    SessionHistory, SessionRecord, StreamHistory, Target, UserTag,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -59,7 +62,7 @@ use tokio_util::task::TaskTracker;
 pub use config::RedisConfig;
 use membership::{Header, Out, Shared, now_ms, random_node_id};
 
-/// How long `start` waits for the first pass over the cluster log.
+/// How long `start` waits for the reader to begin.
 const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// The Redis backplane. Cheap to clone.
@@ -98,6 +101,7 @@ impl RedisBackplane {
                 out,
                 out_rx: Mutex::new(Some(rx)),
                 healthy: AtomicBool::new(false),
+                follows: reader::Follows::default(),
                 subscribed: AtomicBool::new(false),
                 queued_bytes: AtomicUsize::new(0),
                 resync: AtomicBool::new(false),
@@ -140,7 +144,8 @@ impl RedisBackplane {
         data.push(b'\n');
         data.extend_from_slice(frame.as_bytes());
         let keys = self.shared.stream_keys(target);
-        self.enqueue(Out::Publish { data, keys });
+        let log = self.shared.log_of(target);
+        self.enqueue(Out::Publish { data, log, keys });
     }
 
     fn enqueue(&self, item: Out) {
@@ -192,11 +197,10 @@ impl Backplane for RedisBackplane {
             shared.tasks.spawn(Arc::clone(shared).write_loop(rx));
             let (caught_up, first_pass) = tokio::sync::oneshot::channel();
             shared.tasks.spawn(Arc::clone(shared).read_loop(caught_up));
+            shared.tasks.spawn(Arc::clone(shared).follow_loop());
             shared.tasks.spawn(Arc::clone(shared).heartbeat_loop());
-            // The log's recent entries first: this node then knows the streams'
-            // history, and clients resuming here find what they missed.
             if tokio::time::timeout(CATCH_UP, first_pass).await.is_err() {
-                tracing::warn!("reading the cluster log at start is slow; serving meanwhile");
+                tracing::warn!("reading the cluster's logs at start is slow; serving meanwhile");
             }
             Ok(())
         })
@@ -230,6 +234,20 @@ impl Backplane for RedisBackplane {
         Box::pin(async move {
             self.shared
                 .stream_position(&stream)
+                .await
+                .map_err(|e| BackplaneError::with_source("Redis read failed", e))
+        })
+    }
+
+    fn stream_history(
+        &self,
+        stream: &Target,
+        since: u64,
+    ) -> BoxFuture<'_, Result<Option<StreamHistory>, BackplaneError>> {
+        let stream = stream.clone();
+        Box::pin(async move {
+            self.shared
+                .stream_history(&stream, since)
                 .await
                 .map_err(|e| BackplaneError::with_source("Redis read failed", e))
         })

@@ -17,9 +17,10 @@ use crate::RedisConfig;
 
 /// What the writer task sends to Redis.
 pub(crate) enum Out {
-    /// A send for the log; `keys` number it (see `log.rs`).
+    /// A send for `log`; `keys` number it (see `log.rs`).
     Publish {
         data: Vec<u8>,
+        log: String,
         keys: Vec<String>,
     },
     Presence(PresenceEvent),
@@ -57,7 +58,9 @@ pub(crate) struct Shared {
     pub(crate) out: mpsc::Sender<Out>,
     pub(crate) out_rx: Mutex<Option<mpsc::Receiver<Out>>>,
     pub(crate) healthy: AtomicBool,
-    /// The log's reader is connected (health needs it and a working connection).
+    /// The logs this node reads (`reader.rs`).
+    pub(crate) follows: crate::reader::Follows,
+    /// The logs' reader is connected (health needs it and a working connection).
     pub(crate) subscribed: AtomicBool,
     /// Bytes of sends queued or being written (bounded by `queue_bytes`).
     pub(crate) queued_bytes: AtomicUsize,

@@ -1,6 +1,6 @@
-//! A node's writer (appends to the cluster log and membership changes, batched into one
+//! A node's writer (appends to the cluster's logs and membership changes, batched into one
 //! pipeline per round trip, retried until Redis takes them) and its heartbeat
-//! (liveness, health, reaping). The log's reader is in `log.rs`.
+//! (liveness, health, reaping). The logs' reader is in `reader.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -122,8 +122,8 @@ impl Shared {
         }
         for (number, item) in batch {
             match item {
-                Out::Publish { data, keys } => {
-                    self.append_pipe(&mut pipe, sha, *number, data, keys);
+                Out::Publish { data, log, keys } => {
+                    self.append_pipe(&mut pipe, sha, *number, data, (log, keys));
                 }
                 Out::Presence(event) => self.presence_pipe(&mut pipe, event),
             }

@@ -11,6 +11,7 @@ mod nats;
 mod proxy;
 mod raw_client;
 mod redis;
+pub mod routing;
 mod server;
 mod wire_client;
 

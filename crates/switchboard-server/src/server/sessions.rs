@@ -107,7 +107,13 @@ impl Server {
             }
         };
         if let Ok(here) = self.find_session(request, identity) {
+            // The session lived on another node since this copy: what was sent to it
+            // there is in the backplane, not here.
+            let moved_meanwhile = record.generation > here.generation() + 1;
             here.claimed(record.generation, rooms);
+            if moved_meanwhile {
+                self.fill_from_backplane(&here, request).await;
+            }
             self.fetch_missed(&here, &request.streams).await;
             self.catch_up_with(&here, &request.streams).await;
             return Ok(here);
@@ -126,19 +132,33 @@ impl Server {
         let session = Arc::new(session);
         // Kept here first: numbered direct messages for it now reach it here too.
         self.inner.sessions.keep(session.clone());
-        if let Some(since) = request.streams.session.as_ref() {
-            let budget = self.inner.streams.budget();
-            match backplane.session_history(client, since.offset).await {
-                Ok(Some(kept)) if kept.position.epoch == since.epoch => {
-                    session.absorb(kept, since.offset, now, budget, history);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "cannot read a session's history"),
-            }
-        }
+        self.fill_from_backplane(&session, request).await;
         self.fetch_missed(&session, &request.streams).await;
         self.catch_up_with(&session, &request.streams).await;
         Ok(session)
+    }
+
+    /// Takes in the direct messages the backplane kept for a session after the
+    /// client's position (they were sent while the session was on another node).
+    async fn fill_from_backplane(&self, session: &Session, request: &ResumeRequest) {
+        let Some(since) = request.streams.session.as_ref() else {
+            return;
+        };
+        let budget = self.inner.streams.budget();
+        let history = &self.inner.config.history;
+        let client = session.client();
+        match self
+            .inner
+            .backplane
+            .session_history(client, since.offset)
+            .await
+        {
+            Ok(Some(kept)) if kept.position.epoch == since.epoch => {
+                session.absorb(kept, since.offset, now_ms(), budget, history);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read a session's history"),
+        }
     }
 
     /// The session a `resume` names, if this client may have it back: it exists here,
