@@ -256,6 +256,12 @@ impl Auth {
         }
     }
 
+    /// The failures per address (for checks made outside [`check`](Auth::check), like
+    /// netconduit's password hash).
+    pub(crate) fn throttle(&self) -> &Throttle {
+        &self.throttle
+    }
+
     /// True when there is something to check credentials against.
     pub(crate) fn is_configured(&self) -> bool {
         self.password.is_some() || self.authenticator.is_some()

@@ -47,6 +47,7 @@ mod id;
 mod jwt;
 mod locks;
 mod metrics;
+mod netconduit;
 mod policy;
 mod rate_limit;
 mod registry;
@@ -71,6 +72,7 @@ pub use handler::{Handler, IntoReply};
 pub use http::{Listening, TlsConfig, shutdown_signal};
 pub use id::{ConnId, ParseConnIdError};
 pub use jwt::{JwtAuthenticator, JwtKeyError};
+pub use netconduit::NetconduitConfig;
 pub use policy::{Action, ClaimsPolicy, OpenPolicy, Policy, RulesPolicy};
 pub use rpc::{IntoRpcResult, MethodInfo, RpcHandler, RpcMethod};
 pub use server::{

@@ -240,6 +240,14 @@ pub(crate) struct ServeArgs {
     /// [default: 5s].
     #[arg(long, env = "SWITCHBOARD_NATS_NODE_TTL", value_parser = settings::parse_duration)]
     pub(crate) nats_node_ttl: Option<Duration>,
+    /// Also serve netconduit's own clients (its Python package, raw TCP) on this port
+    /// [default: off].
+    #[arg(long, env = "SWITCHBOARD_NETCONDUIT_PORT")]
+    pub(crate) netconduit_port: Option<u16>,
+    /// With --netconduit-port and a password: accept netconduit's password hash (an
+    /// unsalted SHA-256, replayable by whoever sees it; trusted networks only).
+    #[arg(long, env = "SWITCHBOARD_NETCONDUIT_PASSWORD_HASH", num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) netconduit_password_hash: Option<bool>,
     /// Messages each room (and each client's own stream) keeps for clients that
     /// reconnect; 0 turns history and resume of missed messages off [default: 1000].
     #[arg(long, env = "SWITCHBOARD_HISTORY_SIZE")]
@@ -320,6 +328,8 @@ impl ServeArgs {
             redis_log_window: self.redis_log_window,
             nats: self.nats.clone(),
             nats_node_ttl: self.nats_node_ttl,
+            netconduit_port: self.netconduit_port,
+            netconduit_password_hash: self.netconduit_password_hash,
             history_size: self.history_size,
             history_ttl: self.history_ttl,
             session_ttl: self.session_ttl,

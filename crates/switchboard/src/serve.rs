@@ -19,6 +19,8 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (redis, nats) = (settings.redis.clone(), settings.nats.clone());
     let (node_ttl, log_window) = (settings.redis_node_ttl, settings.redis_log_window);
     let nats_node_ttl = settings.nats_node_ttl;
+    let netconduit_port = settings.netconduit_port;
+    let accept_hash = settings.netconduit_password_hash.unwrap_or(false);
     if redis.is_some() && nats.is_some() {
         anyhow::bail!("choose one cluster: redis or nats, not both");
     }
@@ -60,7 +62,46 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "switchboard listening on {ws}://{local}{} (page: {http}://{local}/){required}{api}",
         server.config().path,
     );
+    if let Some(port) = netconduit_port {
+        let password = server.config().password.clone();
+        serve_netconduit(&server, port, password, accept_hash).await?;
+    }
     listening.run().await.context("server failed")?;
+    Ok(())
+}
+
+/// Binds netconduit's TCP port on the hub's host and serves it beside the WebSocket
+/// port; says where on stdout.
+async fn serve_netconduit(
+    server: &switchboard_server::Server,
+    port: u16,
+    password: Option<String>,
+    accept_hash: bool,
+) -> anyhow::Result<()> {
+    use switchboard_server::NetconduitConfig;
+    let addr = format!("{}:{port}", server.config().host);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot bind netconduit's port {addr}"))?;
+    let local = listener.local_addr()?;
+    let config = match password {
+        Some(p) => NetconduitConfig::with_password(p).accept_password_hash(accept_hash),
+        None => NetconduitConfig::open(),
+    };
+    let hash = match (server.config().password.is_some(), accept_hash) {
+        (true, true) => ", password hash accepted (replayable: trusted networks only)",
+        (true, false) => {
+            ", refusing every client: add --netconduit-password-hash to accept its password hash"
+        }
+        _ => "",
+    };
+    println!("netconduit clients on tcp://{local}{hash}");
+    let server = server.clone();
+    tokio::spawn(async move {
+        if let Err(e) = server.serve_netconduit(listener, config).await {
+            tracing::error!(error = %e, "netconduit listener failed");
+        }
+    });
     Ok(())
 }
 

@@ -61,6 +61,8 @@ pub struct FileSettings {
     pub nats: Option<String>,
     #[serde(default, deserialize_with = "duration")]
     pub nats_node_ttl: Option<Duration>,
+    pub netconduit_port: Option<u16>,
+    pub netconduit_password_hash: Option<bool>,
     pub history_size: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     pub history_ttl: Option<Duration>,
@@ -188,6 +190,8 @@ impl FileSettings {
             redis_log_window,
             nats,
             nats_node_ttl,
+            netconduit_port,
+            netconduit_password_hash,
             history_size,
             history_ttl,
             history_memory,

@@ -29,22 +29,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, server: &Server, tls: Opt
     let slots = server.http_slots();
     let write_timeout = server.config().http_write_timeout;
     let http = TaskTracker::new();
-    loop {
-        let (tcp, remote) = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors, most likely: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Small frames go out at once: latency, not Nagle's batching (the writer
-        // already batches what is queued).
-        let _ = tcp.set_nodelay(true);
+    while let Some((tcp, remote)) = accept_next(&listener, &stop).await {
         // Until it is a WebSocket, a connection holds an HTTP slot: capped overall and
         // per address, so idle or stalled HTTP connections cannot take every descriptor.
         let slot = match slots.take(Some(remote.ip())) {
@@ -73,9 +58,37 @@ pub(crate) async fn accept_loop(listener: TcpListener, server: &Server, tls: Opt
     http.close();
 }
 
+/// The next connection, until `stop`; with Nagle's batching off (small frames go out
+/// at once: the writers already batch what is queued). A failed accept (out of file
+/// descriptors, most likely) backs off instead of spinning.
+pub(crate) async fn accept_next(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, remote)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Some((tcp, remote));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Serves one connection's HTTP requests until it is upgraded or closes.
-async fn serve_http<Io>(io: Io, remote: SocketAddr, app: axum::Router, stop: CancellationToken)
-where
+pub(crate) async fn serve_http<Io>(
+    io: Io,
+    remote: SocketAddr,
+    app: axum::Router,
+    stop: CancellationToken,
+) where
     Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {

@@ -14,6 +14,7 @@ use axum::extract::State as AxumState;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+pub(crate) use accept::{accept_next, serve_http};
 pub use serve::{Listening, shutdown_signal};
 pub use tls::TlsConfig;
 pub(crate) use upgrade::{echo_route, ws_route};
