@@ -90,6 +90,24 @@ async fn an_open_server_lets_a_netconduit_client_talk_to_websocket_clients() {
         (h.kind, p),
         (Kind::Message, json!({"type": "note", "data": {"n": 2}}))
     );
+    // Paused, it is sent nothing; resumed, it gets what waited.
+    nc.write_all(&encode_frame(Kind::Pause, 0, None))
+        .await
+        .unwrap();
+    nc.write_all(&encode_frame(Kind::Ping, 0, None))
+        .await
+        .unwrap();
+    assert_eq!(read(&mut nc).await.0.kind, Kind::Pong); // the pause was read
+    web.send(json!({"type": "note", "to": id, "payload": {"n": 3}}))
+        .await;
+    let mut byte = [0u8; 1];
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), nc.peek(&mut byte));
+    assert!(quiet.await.is_err(), "nothing is sent while paused");
+    nc.write_all(&encode_frame(Kind::Resume, 0, None))
+        .await
+        .unwrap();
+    let (_, p) = read(&mut nc).await;
+    assert_eq!(p["data"], json!({"n": 3}));
     // A call keeps its correlation id; the answer is netconduit's shape.
     let call = json!({"method": "double", "params": [21]});
     nc.write_all(&encode_frame(Kind::RpcRequest, 99, Some(&call)))

@@ -24,7 +24,11 @@ pub enum Inbound {
     Reply(Vec<u8>),
     /// The client closes the connection.
     Close,
-    /// Nothing to do (a pong, flow control, an acknowledgement).
+    /// The client asks the server to stop sending (backpressure) until [`Inbound::Resume`].
+    Pause,
+    /// The client takes messages again.
+    Resume,
+    /// Nothing to do (a pong, an acknowledgement).
     Nothing,
 }
 
@@ -99,6 +103,8 @@ pub fn inbound(header: &Header, payload: Value) -> Result<Inbound, String> {
         }
         Kind::Ping => Ok(Inbound::Reply(encode_frame(Kind::Pong, 0, None))),
         Kind::Close => Ok(Inbound::Close),
+        Kind::Pause => Ok(Inbound::Pause),
+        Kind::Resume => Ok(Inbound::Resume),
         _ => Ok(Inbound::Nothing),
     }
 }

@@ -182,6 +182,9 @@ async fn pump<W>(
     let write_timeout = config.http_write_timeout;
     let mut heard = Instant::now();
     let mut pinged = false;
+    // A client's PAUSE stops reading from the server until its RESUME: what comes
+    // meanwhile waits in the connection's outbound queue, under its usual bounds.
+    let mut paused = false;
     let mut tick = tokio::time::interval(interval.min(timeout / 2).max(Duration::from_millis(10)));
     loop {
         let out: Option<Vec<u8>> = tokio::select! {
@@ -198,6 +201,14 @@ async fn pump<W>(
                         }
                         Ok(Inbound::Reply(frame)) => Some(frame),
                         Ok(Inbound::Close) => break,
+                        Ok(Inbound::Pause) => {
+                            paused = true;
+                            None
+                        }
+                        Ok(Inbound::Resume) => {
+                            paused = false;
+                            None
+                        }
                         Ok(_) => None,
                         Err(reason) => Some(error_message(ErrorCode::InvalidPayload, &reason)),
                     }
@@ -209,7 +220,7 @@ async fn pump<W>(
                 }
                 Some(Err(ReadError::Closed)) | None => break,
             },
-            message = ws.next() => match message {
+            message = ws.next(), if !paused => match message {
                 Some(Ok(Message::Text(text))) => match outbound(&text) {
                     Outbound::Frame(frame) => Some(frame),
                     _ => None,
