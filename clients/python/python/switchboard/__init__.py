@@ -1,0 +1,429 @@
+"""The switchboard client for Python, on asyncio.
+
+The connection is the Rust client (`switchboard-client`), the same state machine as
+the Rust and JavaScript clients: it reads, answers heartbeats, reconnects with
+backoff, rejoins its rooms, resumes its session (same client id, every message it
+missed) and resends what was queued while it was away, on threads of its own. This
+package hands what it hears to your handlers on your asyncio loop.
+
+    from switchboard import Client
+
+    async with await Client.connect("ws://127.0.0.1:8080/ws") as client:
+        @client.on("chat")
+        async def on_chat(msg):
+            print(msg.type, msg.payload, msg.from_id, msg.room)
+
+        await client.join("general")
+        await client.send("chat", {"text": "hi"}, room="general")
+        total = await client.call("sum", {"numbers": [1, 2]})
+
+Handlers run one at a time, in the order messages arrive; a slow handler delays the
+next ones, never the connection. Messages wait for your loop in a queue of 65,536
+(past it the oldest are dropped and counted in `Client.dropped`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional, Union
+
+from . import _native
+
+__all__ = [
+    "Client",
+    "Message",
+    "Subscription",
+    "SwitchboardError",
+    "ConnectError",
+    "NotConnectedError",
+    "RequestTimeout",
+    "RemoteError",
+    "ConnectionLost",
+    "QueueFull",
+]
+
+log = logging.getLogger("switchboard")
+
+Handler = Callable[..., Union[None, Awaitable[None]]]
+
+
+class SwitchboardError(Exception):
+    """Every error of this package."""
+
+    def __init__(self, message: str, code: Optional[str] = None, details: Any = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.details = details
+
+
+class ConnectError(SwitchboardError):
+    """Connecting failed: unreachable, refused (`code`, e.g. `AUTH_FAILED`), timed out."""
+
+
+class NotConnectedError(SwitchboardError):
+    """The client is not connected (closed, or reconnecting without a queue)."""
+
+
+class RequestTimeout(SwitchboardError, TimeoutError):
+    """No answer within the timeout."""
+
+
+class RemoteError(SwitchboardError):
+    """The server answered with an error: `code` (`INVALID_PARAMS`, `UNKNOWN_METHOD`,
+    the application's own), `message`, `details`."""
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class ConnectionLost(SwitchboardError):
+    """The connection dropped after a request was sent and before its answer came: the
+    server may or may not have processed it."""
+
+
+class QueueFull(SwitchboardError):
+    """The queue of messages waiting for a reconnect is full."""
+
+
+_ERRORS = {
+    "connect": ConnectError,
+    "not_connected": NotConnectedError,
+    "timeout": RequestTimeout,
+    "remote": RemoteError,
+    "connection_lost": ConnectionLost,
+    "queue_full": QueueFull,
+}
+
+
+def _error(kind: str, code: str, message: str, details: str) -> SwitchboardError:
+    cls = _ERRORS.get(kind, SwitchboardError)
+    return cls(message, code or None, json.loads(details) if details else None)
+
+
+def _raised(e: BaseException) -> BaseException:
+    if isinstance(e, _native.NativeError) and len(e.args) == 4:
+        return _error(*e.args)
+    return e
+
+
+async def _native_call(awaitable: Awaitable[Any]) -> Any:
+    try:
+        return await awaitable
+    except _native.NativeError as e:
+        raise _raised(e) from None
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message as the server sent it."""
+
+    type: str
+    payload: Any = None
+    from_id: Optional[str] = None
+    room: Optional[str] = None
+    to: Optional[str] = None
+    offset: Optional[int] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def _from_json(cls, text: str) -> "Message":
+        raw = json.loads(text)
+        return cls(
+            type=raw.get("type", ""),
+            payload=raw.get("payload"),
+            from_id=raw.get("from"),
+            room=raw.get("room"),
+            to=raw.get("to"),
+            offset=raw.get("offset"),
+            raw=raw,
+        )
+
+
+class Subscription:
+    """A registered handler; `remove()` unregisters it."""
+
+    def __init__(self, handlers: List[Handler], handler: Handler):
+        self._handlers = handlers
+        self._handler = handler
+
+    def remove(self) -> bool:
+        """Unregisters the handler; False if it was already removed."""
+        try:
+            self._handlers.remove(self._handler)
+            return True
+        except ValueError:
+            return False
+
+
+class _Rpc:
+    """netconduit's spelling: `await client.rpc.call("listall")`."""
+
+    def __init__(self, client: "Client"):
+        self._client = client
+
+    async def call(
+        self,
+        method: str,
+        args: Optional[Dict[str, Any]] = None,
+        timeout: Optional[float] = None,
+        **kwargs: Any,
+    ) -> Any:
+        params: Any = dict(args or {}, **kwargs) if (args or kwargs) else None
+        return await self._client.call(method, params, timeout=timeout)
+
+
+class Client:
+    """A connection to a switchboard server. Make one with `await Client.connect(url)`."""
+
+    def __init__(self, native: Any, request_timeout: float):
+        self._native = native
+        self._timeout = request_timeout
+        self._by_type: Dict[str, List[Handler]] = {}
+        self._by_room: Dict[str, List[Handler]] = {}
+        self._any: List[Handler] = []
+        self._lifecycle: Dict[str, List[Handler]] = {
+            "open": [], "close": [], "error": [], "state": [], "resume": []
+        }
+        self._streams: List[asyncio.Queue] = []
+        self._rpc = _Rpc(self)
+        self._pump = asyncio.get_running_loop().create_task(self._run())
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        password: Optional[str] = None,
+        token: Optional[str] = None,
+        auto_reconnect: bool = True,
+        reconnect_delay: float = 1.0,
+        max_reconnect_attempts: Optional[int] = None,
+        connect_timeout: float = 10.0,
+        request_timeout: float = 10.0,
+    ) -> "Client":
+        """Connects (and authenticates with `password` or `token`); returns once the
+        server said `connected`. Raises `ConnectError`."""
+        native = await _native_call(
+            _native.NativeClient.connect(
+                url,
+                password,
+                token,
+                auto_reconnect,
+                reconnect_delay,
+                max_reconnect_attempts,
+                connect_timeout,
+            )
+        )
+        return cls(native, request_timeout)
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    # --- handlers -----------------------------------------------------------------
+
+    def on(self, type: str, handler: Optional[Handler] = None) -> Any:
+        """Calls `handler(msg)` for messages of `type`; a decorator without `handler`.
+        Sync and async functions are both accepted."""
+        if handler is None:
+            def decorator(fn: Handler) -> Handler:
+                self._by_type.setdefault(type, []).append(fn)
+                return fn
+            return decorator
+        return self._add(self._by_type.setdefault(type, []), handler)
+
+    def on_message(self, handler: Handler) -> Subscription:
+        """Calls `handler(msg)` for every message."""
+        return self._add(self._any, handler)
+
+    def on_room_message(self, room: str, handler: Handler) -> Subscription:
+        """Calls `handler(msg)` for the messages of `room`."""
+        return self._add(self._by_room.setdefault(room, []), handler)
+
+    def on_open(self, handler: Handler) -> Subscription:
+        """Calls `handler(session)` on every (re)connection: a dict with `client_id`,
+        `session_id`, `user_id`, `server`."""
+        return self._add(self._lifecycle["open"], handler)
+
+    def on_close(self, handler: Handler) -> Subscription:
+        """Calls `handler(code, reason)` when a connection closes."""
+        return self._add(self._lifecycle["close"], handler)
+
+    def on_error(self, handler: Handler) -> Subscription:
+        """Calls `handler(error)` with a `SwitchboardError` (a server's `error` about a
+        message is a `RemoteError`; a failed reconnect a `ConnectError`)."""
+        return self._add(self._lifecycle["error"], handler)
+
+    def on_state(self, handler: Handler) -> Subscription:
+        """Calls `handler(state)`: `connecting`, `open`, `reconnecting`, `closing`,
+        `closed`."""
+        return self._add(self._lifecycle["state"], handler)
+
+    def on_resume(self, handler: Handler) -> Subscription:
+        """Calls `handler(outcome)` after a reconnect: `{"resumed", "recovered"}`."""
+        return self._add(self._lifecycle["resume"], handler)
+
+    def _add(self, handlers: List[Handler], handler: Handler) -> Subscription:
+        handlers.append(handler)
+        return Subscription(handlers, handler)
+
+    def messages(self, capacity: int = 1000) -> AsyncIterator[Message]:
+        """Every message from now on, as an async iterator (ends when the client
+        closes). Past `capacity` waiting, the oldest are dropped."""
+        queue: asyncio.Queue = asyncio.Queue()
+        self._streams.append(queue)
+
+        async def iterate() -> AsyncIterator[Message]:
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is None:
+                        return
+                    yield item
+            finally:
+                if queue in self._streams:
+                    self._streams.remove(queue)
+
+        queue.capacity = capacity  # type: ignore[attr-defined]
+        return iterate()
+
+    # --- actions ------------------------------------------------------------------
+
+    async def join(self, room: str) -> None:
+        """Joins `room`; the client rejoins it after every reconnect."""
+        await _native_call(self._native.join(room))
+
+    async def leave(self, room: str) -> None:
+        """Leaves `room`."""
+        await _native_call(self._native.leave(room))
+
+    async def send(
+        self, type: str, payload: Any = None, *, room: Optional[str] = None, to: Optional[str] = None
+    ) -> None:
+        """Sends a message: to `room`'s members, to one client (`to="<id>"`), to
+        everyone (`to="all"`), or to the server's handlers. Queued while reconnecting."""
+        await _native_call(self._native.send(type, json.dumps(payload), room, to))
+
+    async def request(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        timeout: Optional[float] = None,
+        room: Optional[str] = None,
+        to: Optional[str] = None,
+    ) -> Any:
+        """Sends a message and waits for its answer (the handler's return value).
+        Raises `RequestTimeout`, `RemoteError`, `ConnectionLost`."""
+        t = self._timeout if timeout is None else timeout
+        text = await _native_call(self._native.request(type, json.dumps(payload), t, room, to))
+        return json.loads(text)
+
+    async def call(self, method: str, params: Any = None, timeout: Optional[float] = None) -> Any:
+        """Calls an RPC method: `params` a dict of named arguments or a list of
+        positional ones. Raises `RemoteError` (`INVALID_PARAMS` with
+        `details["errors"]`, `UNKNOWN_METHOD`, ...), `RequestTimeout`."""
+        t = self._timeout if timeout is None else timeout
+        text = await _native_call(self._native.call(method, json.dumps(params), t))
+        return json.loads(text)
+
+    @property
+    def rpc(self) -> _Rpc:
+        """netconduit's spelling: `await client.rpc.call("sum", args={"numbers": [1]})`."""
+        return self._rpc
+
+    async def close(self) -> None:
+        """Closes the connection for good and waits until every handler has run."""
+        await _native_call(self._native.close())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._pump), 5)
+        except asyncio.TimeoutError:
+            self._pump.cancel()
+
+    # --- state --------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """This client's id (kept when a reconnect resumes the session)."""
+        return self._native.client_id()
+
+    @property
+    def rooms(self) -> List[str]:
+        """The rooms joined, sorted."""
+        return self._native.rooms()
+
+    def is_in_room(self, room: str) -> bool:
+        return self._native.is_in_room(room)
+
+    @property
+    def state(self) -> str:
+        """`connecting`, `open`, `reconnecting`, `closing` or `closed`."""
+        return self._native.state()
+
+    @property
+    def is_connected(self) -> bool:
+        return self.state == "open"
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped because the loop did not take them in time."""
+        return self._native.dropped()
+
+    # --- the pump -----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                events = await self._native.next_events()
+                if not events:
+                    return
+                for event in events:
+                    await self._dispatch(event)
+        finally:
+            for queue in list(self._streams):
+                queue.put_nowait(None)
+
+    async def _dispatch(self, event: tuple) -> None:
+        kind = event[0]
+        if kind == "message":
+            msg = Message._from_json(event[1])
+            for queue in list(self._streams):
+                if queue.qsize() >= queue.capacity:  # type: ignore[attr-defined]
+                    queue.get_nowait()
+                queue.put_nowait(msg)
+            handlers = list(self._by_type.get(msg.type, ()))
+            if msg.room is not None:
+                handlers += self._by_room.get(msg.room, ())
+            handlers += self._any
+            for handler in handlers:
+                await self._call(handler, msg)
+        elif kind == "open":
+            for handler in list(self._lifecycle["open"]):
+                await self._call(handler, json.loads(event[1]))
+        elif kind == "close":
+            for handler in list(self._lifecycle["close"]):
+                await self._call(handler, event[1], event[2])
+        elif kind == "state":
+            for handler in list(self._lifecycle["state"]):
+                await self._call(handler, event[1])
+        elif kind == "resume":
+            for handler in list(self._lifecycle["resume"]):
+                await self._call(handler, json.loads(event[1]))
+        elif kind == "error":
+            error = _error(*event[1:])
+            for handler in list(self._lifecycle["error"]):
+                await self._call(handler, error)
+
+    async def _call(self, handler: Handler, *args: Any) -> None:
+        try:
+            result = handler(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # a handler's failure is its own; the others still run
+            log.exception("a switchboard handler failed")
