@@ -16,18 +16,21 @@ async fn start(
     password: Option<&str>,
     config: NetconduitConfig,
 ) -> (TestServer, std::net::SocketAddr) {
-    let server = TestServer::start(
-        Server::builder()
-            .config(ServerConfig {
-                relay_unhandled: true,
-                password: password.map(str::to_owned),
-                ..TestServer::config()
-            })
-            .rpc_method(RpcMethod::new(
-                "double",
-                |(n,): (i64,)| async move { n * 2 },
-            )),
-    )
+    let server_config = ServerConfig {
+        relay_unhandled: true,
+        password: password.map(str::to_owned),
+        ..TestServer::config()
+    };
+    start_with(server_config, config).await
+}
+
+async fn start_with(
+    server_config: ServerConfig,
+    config: NetconduitConfig,
+) -> (TestServer, std::net::SocketAddr) {
+    let server = TestServer::start(Server::builder().config(server_config).rpc_method(
+        RpcMethod::new("double", |(n,): (i64,)| async move { n * 2 }),
+    ))
     .await;
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
@@ -191,5 +194,24 @@ async fn hostile_frames_are_answered_then_closed_and_the_server_carries_on() {
         .await
         .unwrap();
     assert_eq!(read(&mut nc).await.0.kind, Kind::Pong);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_server_answers_netconduit_clients_at_once() {
+    let full = ServerConfig {
+        max_connections: 1,
+        ..TestServer::config()
+    };
+    let (server, addr) = start_with(full, NetconduitConfig::open()).await;
+    let (_first, header, _) = login(addr, "x").await;
+    assert_eq!(header.kind, Kind::AuthSuccess);
+    // The second is told why, not left waiting.
+    let (_, header, payload) = login(addr, "x").await;
+    assert_eq!(header.kind, Kind::AuthFailure);
+    assert!(
+        payload["reason"].as_str().unwrap().contains("full"),
+        "{payload}"
+    );
     server.stop().await;
 }
