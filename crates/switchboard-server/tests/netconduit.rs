@@ -210,7 +210,10 @@ async fn a_full_server_answers_netconduit_clients_at_once() {
     let (_, header, payload) = login(addr, "x").await;
     assert_eq!(header.kind, Kind::AuthFailure);
     assert!(
-        payload["reason"].as_str().unwrap().contains("full"),
+        payload["reason"]
+            .as_str()
+            .unwrap()
+            .contains("connection limit"),
         "{payload}"
     );
     server.stop().await;
