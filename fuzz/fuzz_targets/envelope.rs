@@ -1,0 +1,21 @@
+//! The native envelope, as the server reads every text frame: decoding never panics, a
+//! decoded envelope encodes to text that decodes to the same envelope, and the cheap
+//! `ref` peek never panics either.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use switchboard_proto::{Envelope, peek_ref};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = peek_ref(text);
+    if let Ok(env) = Envelope::decode(text) {
+        let again = Envelope::decode(&env.encode()).expect("an encoded envelope decodes");
+        assert_eq!(again.kind, env.kind);
+        assert_eq!(again.ref_id, env.ref_id);
+        assert_eq!(again.room, env.room);
+        assert_eq!(again.to, env.to);
+    }
+});
