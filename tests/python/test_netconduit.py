@@ -7,8 +7,8 @@ Run by scripts/test inside a virtual environment:
 It starts a hub with a password and netconduit's listener (its password hash accepted on
 purpose), and checks: a netconduit client authenticates, lists the methods with
 `rpc.call("listall")`, calls `sum` (a result, a validation error with its details, an
-unknown method), joins a room and exchanges messages with a native WebSocket client (the
-protocol the browser client speaks) in that room and beyond it; a wrong password is
+unknown method), joins a room and exchanges messages with the JS client (the one the
+browser loads, under Node) in that room; a wrong password is
 refused; hostile frames (bad magic, a huge length, a zlib bomb) are answered and
 closed, and the hub serves the next client as before.
 """
@@ -22,7 +22,6 @@ import subprocess
 import zlib
 
 import msgpack
-import websockets
 from conduit import Client, ClientDescriptor, data
 
 TIMEOUT = 10
@@ -55,28 +54,40 @@ def client(addr, password=PASSWORD):
     ))
 
 
-class Native:
-    """A native switchboard client over WebSocket (what the browser client speaks)."""
+class JsPeer:
+    """The JS client (clients/js/switchboard.js, what the browser loads) under Node,
+    in a room: it prints the chats it hears and sends the ones written to it."""
 
-    def __init__(self, ws):
-        self.ws = ws
+    def __init__(self, proc):
+        self.proc = proc
 
     @classmethod
-    async def connect(cls, url):
-        ws = await websockets.connect(url)
-        await ws.send(json.dumps({"type": "auth", "payload": {"password": PASSWORD}}))
-        me = cls(ws)
-        await me.until(lambda m: m["type"] == "connected")
+    async def start(cls, url, room):
+        script = os.path.join(os.path.dirname(__file__), "js_peer.mjs")
+        proc = await asyncio.create_subprocess_exec(
+            "node", "--experimental-websocket", script, url, PASSWORD, room,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        me = cls(proc)
+        ready = await me._line()
+        assert "ready" in ready, ready
         return me
 
-    async def send(self, msg):
-        await self.ws.send(json.dumps(msg))
+    async def _line(self):
+        line = await asyncio.wait_for(self.proc.stdout.readline(), TIMEOUT)
+        assert line, "the JS peer stopped"
+        return json.loads(line)
 
-    async def until(self, predicate):
-        while True:
-            msg = json.loads(await asyncio.wait_for(self.ws.recv(), TIMEOUT))
-            if predicate(msg):
-                return msg
+    async def send(self, command):
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
+        await self.proc.stdin.drain()
+
+    async def heard(self):
+        return await self._line()
+
+    async def stop(self):
+        self.proc.stdin.close()
+        await asyncio.wait_for(self.proc.wait(), TIMEOUT)
 
 
 def frame(kind, payload=None, correlation=0, flags=0, length=None, magic=b"CNDT"):
@@ -135,20 +146,19 @@ async def scenario(ws_addr, nc_addr):
     missing = await nc.rpc.call("no_such_method")
     assert missing["success"] is False and missing["code"] == 4000, missing
 
-    # A room shared with a native (browser-protocol) client: messages both ways.
-    web = await Native.connect(f"ws://{ws_addr}/ws")
-    await web.send({"type": "join_room", "ref": "j", "payload": {"room_id": "general"}})
-    await web.until(lambda m: m["type"] == "ack")
+    # A room shared with the JS client (the browser's): messages both ways.
+    web = await JsPeer.start(f"ws://{ws_addr}/ws", "general")
     await nc.send("join_room", {"room_id": "general"})
-    await web.until(lambda m: m["type"] == "user_joined")
-    await web.send({"type": "chat", "room": "general", "payload": {"text": "hello from the web"}})
+    # A call answered after the join: the join (earlier on the same connection) is done.
+    await nc.rpc.call("sum", args=data(numbers=[0]))
+    await web.send({"room": "general", "payload": {"text": "hello from the web"}})
     got = await asyncio.wait_for(inbox.get(), TIMEOUT)
     assert got == {"text": "hello from the web"}, got
     await nc.send("chat", {"text": "hello from netconduit"})
-    heard = await web.until(lambda m: m["type"] == "chat")
+    heard = await web.heard()
     assert heard["payload"] == {"text": "hello from netconduit"}, heard
     assert heard["from"] == nc.server_info["client_id"], heard
-    await web.ws.close()
+    await web.stop()
     await nc.disconnect()
 
     # A wrong password is refused.

@@ -1,16 +1,18 @@
 //! `switchboard._native`: the Rust client (`switchboard-client`) for Python.
 //!
-//! The Rust client runs on a Tokio runtime of its own threads: it reads, answers
-//! heartbeats, reconnects, rejoins and resumes whatever Python does. What it hears is
-//! queued here as events (bounded: past [`EVENTS_MAX`] the oldest are dropped and
-//! counted), and the Python package drains them on its asyncio loop, so a slow Python
-//! handler delays other handlers, never the connection. Every call returns an
-//! asyncio awaitable; errors are `NativeError(kind, code, message, details_json)`,
-//! which the package turns into its exception classes.
+//! The Rust client runs on threads of its own (a Tokio runtime): it reads, answers
+//! heartbeats, reconnects, rejoins and resumes whatever Python does, and it never calls
+//! into Python. What it hears, and the outcome of every operation Python started, are
+//! queued here as events (bounded: past [`EVENTS_MAX`] the oldest messages are dropped
+//! and counted); the Python package takes them with [`NativeClient::wait`] from a
+//! thread of its own and hands them to its asyncio loop. So a slow Python handler
+//! delays other handlers, never the connection, and nothing on these threads can race
+//! the interpreter's exit.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use pyo3::create_exception;
@@ -21,7 +23,6 @@ use switchboard_client::{
     Client, ClientConfig, ClientError, ConnectError, ConnectionState, ReconnectConfig,
     RequestError, SendError,
 };
-use tokio::sync::Notify;
 
 create_exception!(
     _native,
@@ -36,7 +37,11 @@ const EVENTS_MAX: usize = 65_536;
 /// Events handed to Python at once.
 const BATCH: usize = 512;
 
-/// What the client heard, for the Python side.
+/// Why an operation failed: kind (`connect`, `not_connected`, `timeout`, `remote`,
+/// `connection_lost`, `queue_full`, `invalid`), code, message, details as JSON.
+struct PyFailure(&'static str, String, String, String);
+
+/// What the client heard, or an operation's outcome, for the Python side.
 enum Event {
     /// A message (the envelope as JSON).
     Message(String),
@@ -50,13 +55,19 @@ enum Event {
     State(&'static str),
     /// A resume's outcome, as JSON.
     Resume(String),
+    /// Operation `id` succeeded with this result (JSON).
+    Done(u64, String),
+    /// Operation `id` failed.
+    Failed(u64, PyFailure),
 }
 
 /// The bounded queue between the client's threads and Python.
 struct Events {
     queue: Mutex<VecDeque<Event>>,
-    ready: Notify,
+    ready: Condvar,
     dropped: AtomicU64,
+    /// The client was closed: once the queue is empty, nothing more comes.
+    ended: AtomicBool,
 }
 
 impl Events {
@@ -67,13 +78,14 @@ impl Events {
     fn push(&self, event: Event) {
         {
             let mut queue = self.queue();
-            if queue.len() >= EVENTS_MAX {
+            // Outcomes are never dropped (an awaited call would wait for ever).
+            if queue.len() >= EVENTS_MAX && matches!(event, Event::Message(_)) {
                 queue.pop_front();
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
             queue.push_back(event);
         }
-        self.ready.notify_one();
+        self.ready.notify_all();
     }
 }
 
@@ -87,33 +99,33 @@ fn state_name(state: ConnectionState) -> &'static str {
     }
 }
 
-fn native_error(kind: &str, code: Option<&str>, message: String, details: Option<&Value>) -> PyErr {
+fn failure(
+    kind: &'static str,
+    code: Option<&str>,
+    message: String,
+    details: Option<&Value>,
+) -> PyFailure {
     let details = details.map(Value::to_string).unwrap_or_default();
-    NativeError::new_err((
-        kind.to_owned(),
-        code.unwrap_or_default().to_owned(),
-        message,
-        details,
-    ))
+    PyFailure(kind, code.unwrap_or_default().to_owned(), message, details)
 }
 
-fn connect_error(e: ConnectError) -> PyErr {
+fn connect_error(e: ConnectError) -> PyFailure {
     let code = match &e {
         ConnectError::Refused { code, .. } => Some(code.clone()),
         _ => None,
     };
-    native_error("connect", code.as_deref(), e.to_string(), None)
+    failure("connect", code.as_deref(), e.to_string(), None)
 }
 
-fn send_error(e: SendError) -> PyErr {
+fn send_error(e: SendError) -> PyFailure {
     match e {
-        SendError::NotConnected => native_error("not_connected", None, e.to_string(), None),
-        SendError::QueueFull(_) => native_error("queue_full", None, e.to_string(), None),
-        other => native_error("invalid", None, other.to_string(), None),
+        SendError::NotConnected => failure("not_connected", None, e.to_string(), None),
+        SendError::QueueFull(_) => failure("queue_full", None, e.to_string(), None),
+        other => failure("invalid", None, other.to_string(), None),
     }
 }
 
-fn request_error(e: RequestError) -> PyErr {
+fn request_error(e: RequestError) -> PyFailure {
     let kind = match &e {
         RequestError::NotConnected | RequestError::Closed => "not_connected",
         RequestError::ConnectionLost => "connection_lost",
@@ -123,36 +135,77 @@ fn request_error(e: RequestError) -> PyErr {
             code,
             message,
             details,
-        } => return native_error("remote", Some(code), message.clone(), details.as_ref()),
+        } => return failure("remote", Some(code), message.clone(), details.as_ref()),
         _ => "invalid",
     };
-    native_error(kind, None, e.to_string(), None)
+    failure(kind, None, e.to_string(), None)
 }
 
+/// A payload from Python, as JSON; a bad one is a `NativeError` at once.
 fn parse(json: &str) -> PyResult<Value> {
-    serde_json::from_str(json).map_err(|e| native_error("invalid", None, e.to_string(), None))
+    serde_json::from_str(json).map_err(|e| {
+        NativeError::new_err((
+            "invalid".to_owned(),
+            String::new(),
+            e.to_string(),
+            String::new(),
+        ))
+    })
 }
 
 fn seconds(s: f64) -> Duration {
     Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
 }
 
-/// One connection to a switchboard server.
+/// The runtime the clients run on: threads of their own, never calling into Python
+/// (completions are events Python takes with [`NativeClient::wait`], so nothing here
+/// races the interpreter's exit).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("switchboard")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start the client's threads: {e}"))
+    })
+}
+
+/// One connection to a switchboard server. Every operation is started with an id and
+/// completes as a `("done", id, result_json)` or `("failed", id, kind, code, message,
+/// details_json)` event.
 #[pyclass(frozen)]
 struct NativeClient {
     client: Client,
     events: Arc<Events>,
 }
 
+impl NativeClient {
+    /// Runs `work` on the client's threads; its outcome becomes an event.
+    fn start<F>(&self, id: u64, work: F)
+    where
+        F: Future<Output = Result<Value, PyFailure>> + Send + 'static,
+    {
+        let events = Arc::clone(&self.events);
+        runtime().spawn(async move {
+            let event = match work.await {
+                Ok(value) => Event::Done(id, value.to_string()),
+                Err(f) => Event::Failed(id, f),
+            };
+            events.push(event);
+        });
+    }
+}
+
 #[pymethods]
 impl NativeClient {
-    /// Connects; resolves once the server said `connected`.
-    #[staticmethod]
+    /// A client for `url`, not connected yet ([`open`](NativeClient::open)).
+    #[new]
     // The keyword arguments of Python's `Client.connect`, one for one.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (url, password=None, token=None, auto_reconnect=true, reconnect_delay=1.0, max_reconnect_attempts=None, connect_timeout=10.0))]
-    fn connect(
-        py: Python<'_>,
+    fn new(
         url: String,
         password: Option<String>,
         token: Option<String>,
@@ -160,7 +213,7 @@ impl NativeClient {
         reconnect_delay: f64,
         max_reconnect_attempts: Option<u32>,
         connect_timeout: f64,
-    ) -> PyResult<Bound<'_, PyAny>> {
+    ) -> NativeClient {
         let mut config = ClientConfig {
             connect_timeout: seconds(connect_timeout),
             ..ClientConfig::default()
@@ -181,83 +234,88 @@ impl NativeClient {
             ReconnectConfig::disabled()
         };
         config = config.reconnect(reconnect);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let client = Client::new(&url, config);
-            let events = Arc::new(Events {
-                queue: Mutex::new(VecDeque::new()),
-                ready: Notify::new(),
-                dropped: AtomicU64::new(0),
-            });
-            listen(&client, &events);
-            client.open().await.map_err(connect_error)?;
-            Ok(NativeClient { client, events })
-        })
+        let _inside = runtime().enter();
+        let client = Client::new(&url, config);
+        let events = Arc::new(Events {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            dropped: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+        });
+        listen(&client, &events);
+        NativeClient { client, events }
     }
 
-    /// The next events, at least one, at most 512: `(kind, ...)` tuples. Resolves to an
-    /// empty list once the client is closed and nothing is left.
-    fn next_events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let events = Arc::clone(&self.events);
+    /// Connects; done once the server said `connected`.
+    fn open(&self, id: u64) {
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            loop {
-                let ready = events.ready.notified();
-                let batch: Vec<Event> = {
-                    let mut queue = events.queue();
-                    let n = queue.len().min(BATCH);
-                    queue.drain(..n).collect()
-                };
-                if !batch.is_empty() {
-                    return Ok(batch.into_iter().map(EventTuple).collect::<Vec<_>>());
-                }
-                if client.state() == ConnectionState::Closed && client.close_info().is_some() {
-                    return Ok(Vec::new());
-                }
-                tokio::select! {
-                    () = ready => {}
-                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
-                }
+        self.start(id, async move {
+            client.open().await.map_err(connect_error)?;
+            Ok(Value::Null)
+        });
+    }
+
+    /// Waits (without the GIL) up to `timeout` seconds for events: up to 512 of them,
+    /// `[]` if none came, `None` once the client is closed and every event was taken.
+    fn wait(&self, py: Python<'_>, timeout: f64) -> Option<Vec<EventTuple>> {
+        let events = Arc::clone(&self.events);
+        let batch = py.detach(move || {
+            let mut queue = events.queue();
+            if queue.is_empty() && !events.ended.load(Ordering::Acquire) {
+                queue = events
+                    .ready
+                    .wait_timeout(queue, seconds(timeout))
+                    .map_or_else(|e| e.into_inner().0, |(q, _)| q);
             }
-        })
+            let n = queue.len().min(BATCH);
+            let batch: Vec<Event> = queue.drain(..n).collect();
+            (batch, events.ended.load(Ordering::Acquire))
+        });
+        match batch {
+            (batch, true) if batch.is_empty() => None,
+            (batch, _) => Some(batch.into_iter().map(EventTuple).collect()),
+        }
     }
 
     /// Sends a message (`room` or `to` address it); queued while reconnecting.
-    #[pyo3(signature = (kind, payload_json, room=None, to=None))]
-    fn send<'py>(
+    #[pyo3(signature = (id, kind, payload_json, room=None, to=None))]
+    fn send(
         &self,
-        py: Python<'py>,
+        id: u64,
         kind: String,
         payload_json: &str,
         room: Option<String>,
         to: Option<String>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<()> {
         let payload = parse(payload_json)?;
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        self.start(id, async move {
             let sent = match (room, to) {
                 (Some(room), _) => client.send_to(&room, &kind, &payload).await,
                 (None, Some(to)) => client.send_direct(&to, &kind, &payload).await,
                 (None, None) => client.send(&kind, &payload).await,
             };
-            sent.map_err(send_error)
-        })
+            sent.map_err(send_error)?;
+            Ok(Value::Null)
+        });
+        Ok(())
     }
 
-    /// A message that waits for its answer; resolves to the answer's result as JSON.
-    #[pyo3(signature = (kind, payload_json, timeout, room=None, to=None))]
-    fn request<'py>(
+    /// A message that waits for its answer; done with the answer's result.
+    #[pyo3(signature = (id, kind, payload_json, timeout, room=None, to=None))]
+    fn request(
         &self,
-        py: Python<'py>,
+        id: u64,
         kind: String,
         payload_json: &str,
         timeout: f64,
         room: Option<String>,
         to: Option<String>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<()> {
         let payload = parse(payload_json)?;
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let answer: Value = client
+        self.start(id, async move {
+            client
                 .request_envelope(
                     &kind,
                     &payload,
@@ -266,55 +324,55 @@ impl NativeClient {
                     seconds(timeout),
                 )
                 .await
-                .map_err(request_error)?;
-            Ok(answer.to_string())
-        })
+                .map_err(request_error)
+        });
+        Ok(())
     }
 
-    /// Calls an RPC method; resolves to its result as JSON.
-    fn call<'py>(
-        &self,
-        py: Python<'py>,
-        method: String,
-        params_json: &str,
-        timeout: f64,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    /// Calls an RPC method; done with its result.
+    fn call(&self, id: u64, method: String, params_json: &str, timeout: f64) -> PyResult<()> {
         let params = parse(params_json)?;
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let result: Value = client
+        self.start(id, async move {
+            client
                 .call(&method, &params, seconds(timeout))
                 .await
-                .map_err(request_error)?;
-            Ok(result.to_string())
-        })
+                .map_err(request_error)
+        });
+        Ok(())
     }
 
     /// Joins a room (rejoined after every reconnect).
-    fn join<'py>(&self, py: Python<'py>, room: String) -> PyResult<Bound<'py, PyAny>> {
+    fn join(&self, id: u64, room: String) {
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            client.join(&room).await.map_err(request_error)
-        })
+        self.start(id, async move {
+            client.join(&room).await.map_err(request_error)?;
+            Ok(Value::Null)
+        });
     }
 
     /// Leaves a room.
-    fn leave<'py>(&self, py: Python<'py>, room: String) -> PyResult<Bound<'py, PyAny>> {
+    fn leave(&self, id: u64, room: String) {
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            client.leave(&room).await.map_err(request_error)
-        })
+        self.start(id, async move {
+            client.leave(&room).await.map_err(request_error)?;
+            Ok(Value::Null)
+        });
     }
 
-    /// Closes the connection for good (no reconnect).
-    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// Closes the connection for good (no reconnect); after its `done`, [`wait`]
+    /// returns what is left, then `None`.
+    ///
+    /// [`wait`]: NativeClient::wait
+    fn close(&self, id: u64) {
         let client = self.client.clone();
         let events = Arc::clone(&self.events);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        runtime().spawn(async move {
             client.close().await;
-            events.ready.notify_one();
-            Ok(())
-        })
+            events.push(Event::Done(id, "null".to_owned()));
+            events.ended.store(true, Ordering::Release);
+            events.ready.notify_all();
+        });
     }
 
     /// The rooms joined.
@@ -362,6 +420,10 @@ impl<'py> IntoPyObject<'py> for EventTuple {
             }
             Event::State(state) => ("state", state).into_pyobject(py),
             Event::Resume(json) => ("resume", json).into_pyobject(py),
+            Event::Done(id, json) => ("done", id, json).into_pyobject(py),
+            Event::Failed(id, PyFailure(kind, code, message, details)) => {
+                ("failed", id, kind, code, message, details).into_pyobject(py)
+            }
         }
     }
 }

@@ -158,7 +158,7 @@ def test_messages_iterates_until_close_and_close_leaves_no_task(hub):
         before = asyncio.all_tasks()
         a = await Client.connect(url)
         b = await Client.connect(url)
-        assert len(asyncio.all_tasks() - before) == 2, "each client runs one task"
+        assert len(asyncio.all_tasks() - before) == 4, "each client: its reader and its handlers"
         stream = b.messages()
         for i in range(3):
             await a.send("m", {"i": i}, to=b.id)
@@ -188,3 +188,59 @@ def test_a_wrong_address_and_a_refused_password_raise_connect_error(hub):
             await Client.connect("not a url")
 
     run(scenario())
+
+
+def test_a_slow_handler_never_stalls_the_connection(hub):
+    """A handler stuck on the loop while 2,000 messages arrive: the Rust side keeps
+    reading (a call made meanwhile is answered, and its answer comes behind all of them
+    on the wire), and every message reaches the handler, in order, once released."""
+
+    async def scenario():
+        url = f"ws://{hub}/ws"
+        async with await Client.connect(url) as receiver, await Client.connect(url) as sender:
+            gate, all_in = asyncio.Event(), asyncio.Event()
+            got = []
+
+            @receiver.on("m")
+            async def slow(msg):
+                await gate.wait()  # stuck until released
+                got.append(msg.payload["i"])
+                if len(got) == 2000:
+                    all_in.set()
+
+            for i in range(2000):
+                await sender.send("m", {"i": i}, to=receiver.id)
+            # The sender's call is answered once the server has relayed all 2,000.
+            assert await sender.call("sum", {"numbers": [0]}) == 0
+            # The receiver's pump is stuck in the handler; its connection is not.
+            assert await receiver.call("sum", {"numbers": [1, 1]}) == 2
+            assert got == []
+            gate.set()
+            await asyncio.wait_for(all_in.wait(), TIMEOUT)
+            assert got == list(range(2000))
+            assert receiver.is_connected and receiver.dropped == 0
+
+    run(scenario())
+
+
+def test_a_program_exits_cleanly_right_after_its_last_answer(hub):
+    """The interpreter's exit never races the client's threads: they never call into
+    Python (an earlier design crashed about one exit in five, in a thread completing
+    the last awaited call while the interpreter finalized)."""
+    import subprocess
+    import sys
+
+    program = f"""
+import asyncio
+from switchboard import Client
+
+async def main():
+    async with await Client.connect("ws://{hub}/ws") as client:
+        await client.call("sum", {{"numbers": [1]}})
+
+asyncio.run(main())
+"""
+    for _ in range(25):
+        done = subprocess.run([sys.executable, "-c", program], capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 0, done.stderr

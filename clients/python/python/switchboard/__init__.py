@@ -25,7 +25,10 @@ next ones, never the connection. Messages wait for your loop in a queue of 65,53
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import inspect
+import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -47,6 +50,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("switchboard")
+
+# Messages waiting for the handlers; past it, the oldest are dropped (and counted).
+_QUEUE_MAX = 65_536
 
 Handler = Callable[..., Union[None, Awaitable[None]]]
 
@@ -105,17 +111,12 @@ def _error(kind: str, code: str, message: str, details: str) -> SwitchboardError
     return cls(message, code or None, json.loads(details) if details else None)
 
 
-def _raised(e: BaseException) -> BaseException:
-    if isinstance(e, _native.NativeError) and len(e.args) == 4:
-        return _error(*e.args)
-    return e
-
-
-async def _native_call(awaitable: Awaitable[Any]) -> Any:
+def _checked(start: Callable[[], None]) -> None:
+    """Starts an operation; a payload refused at once raises the package's error."""
     try:
-        return await awaitable
+        start()
     except _native.NativeError as e:
-        raise _raised(e) from None
+        raise _error(*e.args) from None
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,12 @@ class Client:
     def __init__(self, native: Any, request_timeout: float):
         self._native = native
         self._timeout = request_timeout
+        self._loop = asyncio.get_running_loop()
+        self._ids = itertools.count(1)
+        self._pending: Dict[int, asyncio.Future] = {}
+        # One thread waits for the native client's events (without the GIL) and hands
+        # them to this loop; the client's own threads never call into Python.
+        self._waiter = concurrent.futures.ThreadPoolExecutor(1, "switchboard-events")
         self._by_type: Dict[str, List[Handler]] = {}
         self._by_room: Dict[str, List[Handler]] = {}
         self._any: List[Handler] = []
@@ -191,7 +198,14 @@ class Client:
         }
         self._streams: List[asyncio.Queue] = []
         self._rpc = _Rpc(self)
-        self._pump = asyncio.get_running_loop().create_task(self._run())
+        # Outcomes are settled as they arrive; messages and lifecycle events wait for the
+        # handlers in a bounded queue, run by a task of their own, so a stuck handler
+        # holds up handlers only, never a call's answer.
+        self._work: collections.deque = collections.deque()
+        self._more = asyncio.Event()
+        self._dropped = 0
+        self._pump = self._loop.create_task(self._run())
+        self._handling = self._loop.create_task(self._handle())
 
     @classmethod
     async def connect(
@@ -207,18 +221,22 @@ class Client:
     ) -> "Client":
         """Connects (and authenticates with `password` or `token`); returns once the
         server said `connected`. Raises `ConnectError`."""
-        native = await _native_call(
-            _native.NativeClient.connect(
-                url,
-                password,
-                token,
-                auto_reconnect,
-                reconnect_delay,
-                max_reconnect_attempts,
-                connect_timeout,
-            )
+        native = _native.NativeClient(
+            url,
+            password,
+            token,
+            auto_reconnect,
+            reconnect_delay,
+            max_reconnect_attempts,
+            connect_timeout,
         )
-        return cls(native, request_timeout)
+        client = cls(native, request_timeout)
+        try:
+            await client._op(native.open)
+        except BaseException:
+            await client.close()
+            raise
+        return client
 
     async def __aenter__(self) -> "Client":
         return self
@@ -295,20 +313,33 @@ class Client:
 
     # --- actions ------------------------------------------------------------------
 
+    async def _op(self, start: Callable[..., None], *args: Any) -> Any:
+        """Starts a native operation and waits for its outcome (an event)."""
+        if self._pump.done():
+            raise NotConnectedError("the client is closed")
+        op = next(self._ids)
+        future = self._loop.create_future()
+        self._pending[op] = future
+        try:
+            _checked(lambda: start(op, *args))
+            return await future
+        finally:
+            self._pending.pop(op, None)
+
     async def join(self, room: str) -> None:
         """Joins `room`; the client rejoins it after every reconnect."""
-        await _native_call(self._native.join(room))
+        await self._op(self._native.join, room)
 
     async def leave(self, room: str) -> None:
         """Leaves `room`."""
-        await _native_call(self._native.leave(room))
+        await self._op(self._native.leave, room)
 
     async def send(
         self, type: str, payload: Any = None, *, room: Optional[str] = None, to: Optional[str] = None
     ) -> None:
         """Sends a message: to `room`'s members, to one client (`to="<id>"`), to
         everyone (`to="all"`), or to the server's handlers. Queued while reconnecting."""
-        await _native_call(self._native.send(type, json.dumps(payload), room, to))
+        await self._op(self._native.send, type, json.dumps(payload), room, to)
 
     async def request(
         self,
@@ -322,16 +353,14 @@ class Client:
         """Sends a message and waits for its answer (the handler's return value).
         Raises `RequestTimeout`, `RemoteError`, `ConnectionLost`."""
         t = self._timeout if timeout is None else timeout
-        text = await _native_call(self._native.request(type, json.dumps(payload), t, room, to))
-        return json.loads(text)
+        return await self._op(self._native.request, type, json.dumps(payload), t, room, to)
 
     async def call(self, method: str, params: Any = None, timeout: Optional[float] = None) -> Any:
         """Calls an RPC method: `params` a dict of named arguments or a list of
         positional ones. Raises `RemoteError` (`INVALID_PARAMS` with
         `details["errors"]`, `UNKNOWN_METHOD`, ...), `RequestTimeout`."""
         t = self._timeout if timeout is None else timeout
-        text = await _native_call(self._native.call(method, json.dumps(params), t))
-        return json.loads(text)
+        return await self._op(self._native.call, method, json.dumps(params), t)
 
     @property
     def rpc(self) -> _Rpc:
@@ -340,11 +369,14 @@ class Client:
 
     async def close(self) -> None:
         """Closes the connection for good and waits until every handler has run."""
-        await _native_call(self._native.close())
-        try:
-            await asyncio.wait_for(asyncio.shield(self._pump), 5)
-        except asyncio.TimeoutError:
-            self._pump.cancel()
+        if not self._pump.done():
+            await self._op(self._native.close)
+        for task in (self._pump, self._handling):
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 5)
+            except asyncio.TimeoutError:
+                task.cancel()
+        self._waiter.shutdown(wait=False)
 
     # --- state --------------------------------------------------------------------
 
@@ -373,18 +405,56 @@ class Client:
     @property
     def dropped(self) -> int:
         """Messages dropped because the loop did not take them in time."""
-        return self._native.dropped()
+        return self._native.dropped() + self._dropped
 
     # --- the pump -----------------------------------------------------------------
 
     async def _run(self) -> None:
         try:
             while True:
-                events = await self._native.next_events()
-                if not events:
+                events = await self._loop.run_in_executor(self._waiter, self._native.wait, 0.25)
+                if events is None:
                     return
                 for event in events:
-                    await self._dispatch(event)
+                    self._take(event)
+        finally:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(NotConnectedError("the client is closed"))
+            self._more.set()
+
+    def _take(self, event: tuple) -> None:
+        kind = event[0]
+        if kind in ("done", "failed"):
+            future = self._pending.get(event[1])
+            if future is not None and not future.done():
+                if kind == "done":
+                    future.set_result(json.loads(event[2]))
+                else:
+                    future.set_exception(_error(*event[2:]))
+            return
+        if kind == "message":
+            msg = Message._from_json(event[1])
+            for queue in list(self._streams):
+                if queue.qsize() >= queue.capacity:  # type: ignore[attr-defined]
+                    queue.get_nowait()
+                queue.put_nowait(msg)
+            event = ("message", msg)
+        if len(self._work) >= _QUEUE_MAX:
+            self._work.popleft()
+            self._dropped += 1
+        self._work.append(event)
+        self._more.set()
+
+    async def _handle(self) -> None:
+        try:
+            while True:
+                while self._work:
+                    await self._dispatch(self._work.popleft())
+                if self._pump.done():
+                    return
+                self._more.clear()
+                await self._more.wait()
         finally:
             for queue in list(self._streams):
                 queue.put_nowait(None)
@@ -392,11 +462,7 @@ class Client:
     async def _dispatch(self, event: tuple) -> None:
         kind = event[0]
         if kind == "message":
-            msg = Message._from_json(event[1])
-            for queue in list(self._streams):
-                if queue.qsize() >= queue.capacity:  # type: ignore[attr-defined]
-                    queue.get_nowait()
-                queue.put_nowait(msg)
+            msg = event[1]
             handlers = list(self._by_type.get(msg.type, ()))
             if msg.room is not None:
                 handlers += self._by_room.get(msg.room, ())
