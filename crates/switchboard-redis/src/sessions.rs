@@ -6,6 +6,7 @@
 use switchboard_server::proto::Position;
 use switchboard_server::{ConnId, SessionHistory, SessionRecord};
 
+use crate::log::millis;
 use crate::membership::Shared;
 
 /// Keeps a new session. KEYS: the record, its stream's meta. ARGV: session id, token,
@@ -86,10 +87,6 @@ if ttl then
 end
 return 1
 ";
-
-fn millis(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 impl Shared {
     pub(crate) fn session_key(&self, client: ConnId) -> String {

@@ -145,6 +145,12 @@ class Message:
         )
 
 
+def _put_dropping_oldest(queue: asyncio.Queue, item: Any) -> None:
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(item)
+
+
 class Subscription:
     """A registered handler; `remove()` unregisters it."""
 
@@ -294,7 +300,7 @@ class Client:
     def messages(self, capacity: int = 1000) -> AsyncIterator[Message]:
         """Every message from now on, as an async iterator (ends when the client
         closes). Past `capacity` waiting, the oldest are dropped."""
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue = asyncio.Queue(maxsize=max(1, capacity))
         self._streams.append(queue)
 
         async def iterate() -> AsyncIterator[Message]:
@@ -308,7 +314,6 @@ class Client:
                 if queue in self._streams:
                     self._streams.remove(queue)
 
-        queue.capacity = capacity  # type: ignore[attr-defined]
         return iterate()
 
     # --- actions ------------------------------------------------------------------
@@ -436,9 +441,7 @@ class Client:
         if kind == "message":
             msg = Message._from_json(event[1])
             for queue in list(self._streams):
-                if queue.qsize() >= queue.capacity:  # type: ignore[attr-defined]
-                    queue.get_nowait()
-                queue.put_nowait(msg)
+                _put_dropping_oldest(queue, msg)
             event = ("message", msg)
         if len(self._work) >= _QUEUE_MAX:
             self._work.popleft()
@@ -457,7 +460,7 @@ class Client:
                 await self._more.wait()
         finally:
             for queue in list(self._streams):
-                queue.put_nowait(None)
+                _put_dropping_oldest(queue, None)  # the end
 
     async def _dispatch(self, event: tuple) -> None:
         kind = event[0]
