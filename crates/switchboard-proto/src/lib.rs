@@ -34,6 +34,7 @@ pub mod reply;
 pub mod resume;
 pub mod trace;
 pub mod types;
+pub mod websocket;
 
 pub use code::{ErrorCode, Reconnect, close_reason, reconnect_hint};
 pub use dialect::Dialect;
