@@ -249,7 +249,6 @@ pub(super) async fn open(
         reading: Reading::Open,
         read_blocked: false,
         batch: Default::default(),
-        unflushed: false,
         finished: None,
         span,
     })

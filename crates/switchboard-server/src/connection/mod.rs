@@ -17,6 +17,8 @@ mod relay;
 mod task;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use switchboard_proto::Dialect;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -28,6 +30,7 @@ pub(crate) use handshake::auth_result;
 
 use crate::Server;
 use crate::ws::WebSocket;
+use task::ConnectionTask;
 
 /// What a connection does with the messages it reads.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,26 +55,71 @@ pub(crate) enum Mode {
 
 /// Runs one connection from its upgrade to its end.
 ///
-/// A task's memory is the size of its largest state, kept for the connection's whole
-/// life. Opening (admission, authentication) and closing (the close handshake, the
+/// A task's memory is the size of its future, kept for the connection's whole life.
+/// Opening (admission, authentication) and closing (the close handshake, the
 /// disconnect hooks) happen once and are large, so they run boxed, and so does the
-/// handling of each message: an idle connection's task holds only what it needs to
-/// wait for the next frame. (Not an `async fn`: its arguments, the socket among them,
-/// would stay in its state for good.) `tracked` counts it in the server's tasks.
+/// handling of each message. Serving is [`Run`]'s own state: an idle connection's task
+/// holds the [`ConnectionTask`] once, and nothing else. (An `async` block would keep
+/// room for the task twice over: once as it comes out of opening, once where it is
+/// served.) `tracked` counts it in the server's tasks.
 pub(crate) fn run(
     server: Server,
     socket: WebSocket,
     remote: Option<SocketAddr>,
     mode: Mode,
     tracked: TaskTrackerToken,
-) -> impl Future<Output = ()> + Send {
-    let opening = Box::pin(handshake::open(server, socket, remote, mode));
-    async move {
-        if let Some(mut task) = opening.await {
-            let closing = task.serve().await;
-            Box::pin(task.close(closing)).await;
+) -> Run {
+    Run {
+        stage: Stage::Opening(Box::pin(handshake::open(server, socket, remote, mode))),
+        tracked: Some(tracked),
+    }
+}
+
+/// The future of one connection's task (see [`run`]).
+pub(crate) struct Run {
+    stage: Stage,
+    /// Shutdown waits for this; dropped when the connection has ended.
+    tracked: Option<TaskTrackerToken>,
+}
+
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The connection lives in `Serving` for its whole life; boxing it would cost an
+/// allocation of its own beside the task's.
+#[allow(clippy::large_enum_variant)]
+enum Stage {
+    Opening(Boxed<Option<ConnectionTask>>),
+    Serving(ConnectionTask),
+    Closing(Boxed<()>),
+    Done,
+}
+
+impl Future for Run {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.stage {
+                Stage::Opening(opening) => match ready!(opening.as_mut().poll(cx)) {
+                    Some(task) => this.stage = Stage::Serving(task),
+                    None => this.stage = Stage::Done,
+                },
+                Stage::Serving(task) => {
+                    let closing = ready!(task.poll_serve(cx));
+                    if let Stage::Serving(task) = std::mem::replace(&mut this.stage, Stage::Done) {
+                        this.stage = Stage::Closing(Box::pin(task.close(closing)));
+                    }
+                }
+                Stage::Closing(close) => {
+                    ready!(close.as_mut().poll(cx));
+                    this.stage = Stage::Done;
+                }
+                Stage::Done => {
+                    this.tracked = None;
+                    return Poll::Ready(());
+                }
+            }
         }
-        // Shutdown waits for this.
-        drop(tracked);
     }
 }

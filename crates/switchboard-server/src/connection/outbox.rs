@@ -248,17 +248,10 @@ impl Outbox {
             st.replayed_bytes = 0;
             return WriterStep::Write;
         }
-        // Going idle: one queue buffer is enough, and after a burst none that is big.
-        // The writer's is handed back when the queue has none, so a steady exchange of
-        // messages allocates nothing here.
-        if st.frames.capacity() > 64 {
-            st.frames = VecDeque::new();
-        }
-        if st.frames.capacity() == 0 && batch.capacity() <= 64 {
-            std::mem::swap(&mut st.frames, batch);
-        } else {
-            *batch = VecDeque::new();
-        }
+        // Going idle: no queue buffer is kept (an idle connection holds none); the
+        // next frame queued allocates a small one.
+        st.frames = VecDeque::new();
+        *batch = VecDeque::new();
         match &st.closing {
             Some(c) if st.reader_done => {
                 let c = c.clone();

@@ -47,10 +47,9 @@ pub(crate) struct ConnectionTask {
     pub(super) read_blocked: bool,
     /// Frames taken from the outbox and not yet handed to the socket.
     pub(super) batch: VecDeque<Frame>,
-    /// Frames were handed to the socket since the last flush.
-    pub(super) unflushed: bool,
     /// The writer is done, gracefully; the reader has yet to finish.
-    pub(super) finished: Option<Closing>,
+    /// (Boxed: set once, at the end; an idle connection pays 8 bytes for it.)
+    pub(super) finished: Option<Box<Closing>>,
     /// The connection's span (`connection`: client id, address), entered while the
     /// task runs; boxed, and only while debug spans are on, so an idle connection
     /// pays 8 bytes for it.
@@ -96,11 +95,7 @@ impl ConnectionTask {
     /// in (a bounded number of messages), then writes what that produced and whatever
     /// else was queued, flushing once. Reading waits on the socket's readiness, so a
     /// turn started by a queued frame costs no read attempt.
-    pub(super) async fn serve(&mut self) -> Closing {
-        std::future::poll_fn(|cx| self.poll_serve(cx)).await
-    }
-
-    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Closing> {
+    pub(super) fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Closing> {
         let span = self.span.take();
         let entered = span.as_deref().map(tracing::Span::enter);
         let polled = self.poll_turns(cx);
@@ -119,10 +114,10 @@ impl ConnectionTask {
                     return Poll::Ready(closing);
                 }
                 // A graceful finish waits for the reader: its last handler, its calls.
-                self.finished = Some(closing);
+                self.finished = Some(Box::new(closing));
             }
             if let (Some(_), Reading::Done) = (&self.finished, &self.reading) {
-                let closing = self.finished.take();
+                let closing = self.finished.take().map(|c| *c);
                 return Poll::Ready(closing.unwrap_or_else(|| Closing::lost("closed")));
             }
             let outbox = self.conn.outbox();
@@ -341,16 +336,12 @@ impl ConnectionTask {
                 match self.conn.outbox().take_batch(&mut self.batch) {
                     WriterStep::Finish(closing) => return Poll::Ready(closing),
                     WriterStep::Wait => {
-                        // A flush the socket could not take at once is finished here.
-                        if self.unflushed {
-                            match self.ws.poll_flush(cx) {
-                                Poll::Ready(Ok(())) => self.unflushed = false,
-                                Poll::Ready(Err(e)) => {
-                                    self.unflushed = false;
-                                    self.write_failed(&e);
-                                    continue;
-                                }
-                                Poll::Pending => {}
+                        // A flush the socket could not take at once (or a pong the
+                        // socket queued) is finished here.
+                        if self.ws.has_unflushed() {
+                            if let Poll::Ready(Err(e)) = self.ws.poll_flush(cx) {
+                                self.write_failed(&e);
+                                continue;
                             }
                         }
                         return Poll::Pending;
@@ -406,11 +397,11 @@ impl ConnectionTask {
             counted.add(&native);
             if let Some(frame) = self.adapter.write(native) {
                 self.ws.start_send(frame)?;
-                self.unflushed = true;
             }
         }
-        if self.unflushed && self.ws.poll_flush(cx)?.is_ready() {
-            self.unflushed = false;
+        if self.ws.has_unflushed() {
+            // What the socket cannot take now waits for its wake-up.
+            let _ = self.ws.poll_flush(cx)?;
         }
         Ok(())
     }

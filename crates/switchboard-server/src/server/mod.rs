@@ -443,7 +443,6 @@ impl Server {
         ws::Settings {
             buffer_size: config.buffer_size,
             max_message_size: config.max_message_size,
-            max_frame_out: config.max_frame_out(),
             // Twice the message rate: room for a ping or a fragment beside each message.
             frames_per_sec: config.rate_limit.saturating_mul(2),
             frame_burst: config.rate_burst.saturating_mul(2),

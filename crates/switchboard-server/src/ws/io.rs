@@ -1,6 +1,7 @@
 //! The byte stream under a WebSocket: a TCP socket (or TLS over one) taken back from
 //! hyper, or hyper's upgraded connection when the router is mounted elsewhere.
 
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -8,124 +9,69 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::frame_budget::FrameScanner;
 use crate::timed_io::TimedIo;
-
-/// The byte stream under a WebSocket, counting the frames read from it.
-pub(crate) struct Io {
-    stream: Stream,
-    scanner: FrameScanner,
-    /// Frames whose headers were read since [`take_frames_read`](Io::take_frames_read).
-    frames_read: u32,
-}
 
 /// Where the bytes come from.
 pub(crate) enum Stream {
     Tcp(TcpStream),
     /// TLS over our TCP socket (the write deadline disarmed).
     Tls(Box<tokio_rustls::server::TlsStream<TimedIo<TcpStream>>>),
-    Other(TokioIo<hyper::upgrade::Upgraded>),
+    /// Boxed: rare (a router mounted elsewhere, the netconduit bridge) and large.
+    Other(Box<TokioIo<hyper::upgrade::Upgraded>>),
 }
 
-impl Io {
-    pub(crate) fn new(stream: Stream) -> Io {
-        Io {
-            stream,
-            scanner: FrameScanner::default(),
-            frames_read: 0,
-        }
-    }
-
-    /// Counts the frames in bytes read before the socket library took over (what
-    /// hyper read past the upgrade request).
-    pub(crate) fn count(&mut self, early: &[u8]) {
-        self.frames_read = self.frames_read.saturating_add(self.scanner.scan(early));
-    }
-
-    /// The frames read since the last call.
-    pub(crate) fn take_frames_read(&mut self) -> u32 {
-        std::mem::take(&mut self.frames_read)
-    }
-
+impl Stream {
     /// Ready when a read may find data: always, unless this is a TCP socket that the
     /// kernel says has nothing (then the task is woken when it has). Lets the
-    /// connection skip asking the WebSocket layer for a frame that cannot be there.
+    /// connection skip a read that cannot find anything.
     pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        match &self.stream {
+        match self {
             // An error is for the read itself to report.
             Stream::Tcp(tcp) => tcp.poll_read_ready(cx).map(|_| ()),
             Stream::Tls(_) | Stream::Other(_) => Poll::Ready(()),
         }
     }
-}
 
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
+    /// Reads into `buf`; the number of bytes read, 0 at the end of the stream.
+    pub(crate) fn poll_read(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let read = match &mut this.stream {
-            Stream::Tcp(t) => Pin::new(t).poll_read(cx, buf),
-            Stream::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
-            Stream::Other(o) => Pin::new(o).poll_read(cx, buf),
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut buf = ReadBuf::new(buf);
+        let read = match self {
+            Stream::Tcp(t) => Pin::new(t).poll_read(cx, &mut buf),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, &mut buf),
+            Stream::Other(o) => Pin::new(o.as_mut()).poll_read(cx, &mut buf),
         };
-        if read.is_ready() {
-            let frames = this.scanner.scan(&buf.filled()[before..]);
-            this.frames_read = this.frames_read.saturating_add(frames);
-        }
-        read
+        read.map_ok(|()| buf.filled().len())
     }
-}
 
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
+    pub(crate) fn poll_write_vectored(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &[u8],
+        bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match &mut self.get_mut().stream {
-            Stream::Tcp(t) => Pin::new(t).poll_write(cx, buf),
-            Stream::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
-            Stream::Other(o) => Pin::new(o).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Stream::Tcp(t) => Pin::new(t).poll_flush(cx),
-            Stream::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
-            Stream::Other(o) => Pin::new(o).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match &mut self.get_mut().stream {
-            Stream::Tcp(t) => Pin::new(t).poll_shutdown(cx),
-            Stream::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
-            Stream::Other(o) => Pin::new(o).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match &mut self.get_mut().stream {
+        match self {
             Stream::Tcp(t) => Pin::new(t).poll_write_vectored(cx, bufs),
             Stream::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
-            Stream::Other(o) => Pin::new(o).poll_write_vectored(cx, bufs),
+            Stream::Other(o) => Pin::new(o.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
-    fn is_write_vectored(&self) -> bool {
-        match &self.stream {
-            Stream::Tcp(t) => t.is_write_vectored(),
-            Stream::Tls(t) => t.is_write_vectored(),
-            Stream::Other(o) => o.is_write_vectored(),
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self {
+            Stream::Tcp(t) => Pin::new(t).poll_flush(cx),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+            Stream::Other(o) => Pin::new(o.as_mut()).poll_flush(cx),
+        }
+    }
+
+    pub(crate) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self {
+            Stream::Tcp(t) => Pin::new(t).poll_shutdown(cx),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+            Stream::Other(o) => Pin::new(o.as_mut()).poll_shutdown(cx),
         }
     }
 }

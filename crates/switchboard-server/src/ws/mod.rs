@@ -1,58 +1,48 @@
-//! The WebSocket library (tokio-tungstenite) behind the project's own types.
+//! The server's WebSocket (RFC 6455) over the upgraded byte stream, behind the
+//! project's own types.
 //!
-//! This is the one module that names the socket library: the rest of the crate reads
-//! [`Incoming`] frames and writes [`Frame`]s through [`WebSocket`], so replacing the
-//! library touches only this folder. HTTP (the upgrade request, its checks and the 101
-//! answer) is [`crate::http`]'s job; this module takes over the upgraded byte stream.
+//! The rest of the crate reads [`Incoming`] frames and writes [`Frame`]s through
+//! [`WebSocket`]. Frames are decoded by `switchboard_proto::websocket` (no I/O); this
+//! module adds the socket: reads go through a buffer of the worker thread's
+//! ([`read`]), writes hand queued frames to the socket without copying them
+//! ([`write`]), so an idle connection holds no buffer at all. HTTP (the upgrade
+//! request, its checks and the 101 answer) is [`crate::http`]'s job.
 
 mod frame;
 mod frame_budget;
 mod io;
+mod read;
+mod write;
 
 use std::future::poll_fn;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use futures_util::{Sink, Stream as _};
+use bytes::Bytes;
 use hyper_util::rt::TokioIo;
+use switchboard_proto::websocket::{Event, Kind, close_payload};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub(crate) use frame::{Frame, Incoming, ReadError, Text, WriteError};
 use frame_budget::FrameBudget;
-use io::{Io, Stream};
+use io::Stream;
+use read::Reader;
+use write::Writer;
 
 use crate::timed_io::TimedIo;
 
-/// The socket's limits and buffer sizes.
+/// The socket's limits.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
-    /// Read and write buffer size (frames wait in the connection's outbox, not here).
+    /// Bytes queued for the socket past which no more frames are taken (they wait in
+    /// the connection's outbox instead).
     pub(crate) buffer_size: usize,
     /// The largest message a client may send.
     pub(crate) max_message_size: usize,
-    /// The largest frame the server may write (what the outbox lets through).
-    pub(crate) max_frame_out: usize,
     /// Frames (of any kind: data, continuation, ping, pong) a client may send a
     /// second, and at once; 0: no budget.
     pub(crate) frames_per_sec: u32,
     pub(crate) frame_burst: u32,
-}
-
-impl Settings {
-    fn library_config(self) -> WebSocketConfig {
-        WebSocketConfig::default()
-            .read_buffer_size(self.buffer_size)
-            .write_buffer_size(self.buffer_size)
-            // Frames are fed only when the buffer has room, so it holds at most one
-            // frame past `buffer_size`.
-            .max_write_buffer_size(self.buffer_size + self.max_frame_out.max(self.max_message_size))
-            .max_message_size(Some(self.max_message_size))
-            .max_frame_size(Some(self.max_message_size))
-    }
 }
 
 /// The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key` (RFC 6455 4.2.2).
@@ -62,11 +52,11 @@ pub(crate) fn accept_key(key: &[u8]) -> String {
 
 /// One client's WebSocket, server side.
 pub(crate) struct WebSocket {
-    stream: WebSocketStream<Io>,
-    /// Charged with the frames that did not become messages (see [`frame_budget`]).
-    budget: FrameBudget,
-    /// Frames read less messages yielded, since the socket library last ran dry.
-    unmatched: i32,
+    stream: Stream,
+    reader: Reader,
+    writer: Writer,
+    /// Bytes queued for the socket past which [`poll_ready`](Self::poll_ready) waits.
+    buffer_size: usize,
 }
 
 impl WebSocket {
@@ -78,82 +68,98 @@ impl WebSocket {
         upgraded: hyper::upgrade::Upgraded,
         settings: Settings,
     ) -> WebSocket {
-        let config = Some(settings.library_config());
         let (stream, early) = take_back(upgraded);
-        let mut io = Io::new(stream);
-        io.count(&early);
-        let stream = if early.is_empty() {
-            WebSocketStream::from_raw_socket(io, Role::Server, config).await
-        } else {
-            // The client sent frames right behind its request: they come first.
-            WebSocketStream::from_partially_read(io, early, Role::Server, config).await
-        };
+        let budget = FrameBudget::new(settings.frames_per_sec, settings.frame_burst);
         WebSocket {
             stream,
-            budget: FrameBudget::new(settings.frames_per_sec, settings.frame_burst),
-            unmatched: 0,
+            reader: Reader::new(settings.max_message_size, budget, early),
+            writer: Writer::default(),
+            buffer_size: settings.buffer_size,
         }
     }
 
-    /// Ready when a read may find data (see [`Io::poll_read_ready`]).
+    /// Ready when a read may find data (see [`Stream::poll_read_ready`]).
     pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.stream.get_ref().poll_read_ready(cx)
+        self.stream.poll_read_ready(cx)
     }
 
-    /// The next frame from the client; `None` when the connection has ended.
+    /// The next frame from the client; `None` when the connection has ended. A ping is
+    /// answered here (its pong queued and flushed), a close frame too.
     pub(crate) fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Incoming, ReadError>>> {
-        let next = std::pin::Pin::new(&mut self.stream).poll_next(cx);
-        let frames = self.stream.get_mut().take_frames_read();
-        self.unmatched = self
-            .unmatched
-            .saturating_add(i32::try_from(frames).unwrap_or(i32::MAX));
-        match &next {
-            Poll::Ready(Some(Ok(_))) => self.unmatched -= 1,
-            // Every complete frame read so far has been taken in: those that did not
-            // become messages were continuations (of a message not yet complete, or of
-            // none), which the message limiter never sees.
-            Poll::Pending if self.unmatched > 0 => {
-                let invisible = self.unmatched.unsigned_abs();
-                self.unmatched = 0;
-                if self.budget.charge(invisible).is_err() {
-                    return Poll::Ready(Some(Err(ReadError::Flood)));
+        let event = match ready!(self.reader.poll_event(&mut self.stream, cx)) {
+            None => return Poll::Ready(None),
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            Some(Ok(event)) => event,
+        };
+        let incoming = match event {
+            Event::Text(bytes) => match Utf8Bytes::try_from(bytes) {
+                Ok(text) => Incoming::Text(Text(text)),
+                Err(_) => return Poll::Ready(Some(Err(ReadError::InvalidUtf8))),
+            },
+            Event::Binary(bytes) => Incoming::Binary(bytes),
+            Event::Ping(payload) => {
+                if !self.writer.is_closed() {
+                    let _ = self.writer.push(Kind::Pong, payload);
+                    // What the socket cannot take now, the connection's next flush does
+                    // (see `has_unflushed`); a failure shows on that write.
+                    let _ = self.writer.poll_flush(&mut self.stream, cx);
                 }
+                Incoming::Control
             }
-            _ => {}
-        }
-        next.map(|next| next.map(|r| r.map(incoming).map_err(|e| read_error(&e))))
+            Event::Pong => Incoming::Control,
+            Event::Close(frame) => {
+                if !self.writer.is_closed() {
+                    // The reply echoes the code; sent by the close that follows.
+                    let reply = frame
+                        .as_ref()
+                        .map_or_else(Vec::new, |(code, _)| code.to_be_bytes().to_vec());
+                    let _ = self.writer.push(Kind::Close, Bytes::from(reply));
+                }
+                Incoming::Close(frame)
+            }
+        };
+        Poll::Ready(Some(Ok(incoming)))
     }
 
     pub(crate) async fn next(&mut self) -> Option<Result<Incoming, ReadError>> {
         poll_fn(|cx| self.poll_next(cx)).await
     }
 
-    /// Ready when the socket takes another frame.
+    /// Frames are queued for the socket and not yet all written.
+    pub(crate) fn has_unflushed(&self) -> bool {
+        self.writer.queued() > 0
+    }
+
+    /// Ready when the socket takes another frame: fewer than `buffer_size` bytes are
+    /// waiting for it, after trying to write them.
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
-        std::pin::Pin::new(&mut self.stream)
-            .poll_ready(cx)
-            .map_err(write_error)
+        if self.writer.queued() < self.buffer_size {
+            return Poll::Ready(Ok(()));
+        }
+        match self.writer.poll_flush(&mut self.stream, cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Pending if self.writer.queued() < self.buffer_size => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
-    /// Hands a frame to the socket (after [`poll_ready`](Self::poll_ready)).
+    /// Queues a frame (after [`poll_ready`](Self::poll_ready)).
     pub(crate) fn start_send(&mut self, frame: Frame) -> Result<(), WriteError> {
-        let message = match frame {
-            Frame::Text(t) | Frame::Verbatim(t) => Message::Text(t.0),
-            Frame::Binary(b) => Message::Binary(b),
-            Frame::Ping => Message::Ping(bytes::Bytes::new()),
+        let (kind, payload) = match frame {
+            Frame::Text(t) | Frame::Verbatim(t) => (Kind::Text, Bytes::from(t.0)),
+            Frame::Binary(b) => (Kind::Binary, b),
+            Frame::Ping => (Kind::Ping, Bytes::new()),
         };
-        std::pin::Pin::new(&mut self.stream)
-            .start_send(message)
-            .map_err(write_error)
+        self.writer.push(kind, payload)
     }
 
+    /// Writes what is queued.
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
-        std::pin::Pin::new(&mut self.stream)
-            .poll_flush(cx)
-            .map_err(write_error)
+        self.writer.poll_flush(&mut self.stream, cx)
     }
 
     /// Queues a frame without flushing.
@@ -168,22 +174,21 @@ impl WebSocket {
         poll_fn(|cx| self.poll_flush(cx)).await
     }
 
-    /// Sends a close frame with `code` and `reason` (at most 123 bytes).
+    /// Sends a close frame with `code` and `reason` (cut to fit in the frame); nothing
+    /// if one was sent already.
     pub(crate) async fn send_close(&mut self, code: u16, reason: &str) -> Result<(), WriteError> {
-        let close = Message::Close(Some(CloseFrame {
-            code: code.into(),
-            reason: reason.into(),
-        }));
-        poll_fn(|cx| self.poll_ready(cx)).await?;
-        std::pin::Pin::new(&mut self.stream)
-            .start_send(close)
-            .map_err(write_error)?;
+        if !self.writer.is_closed() {
+            let payload = Bytes::from(close_payload(code, reason));
+            self.writer.push(Kind::Close, payload)?;
+        }
         poll_fn(|cx| self.poll_flush(cx)).await
     }
 
     /// Flushes what is queued (a close reply included) and shuts the write side.
     pub(crate) async fn shutdown(&mut self) {
-        let _ = poll_fn(|cx| std::pin::Pin::new(&mut self.stream).poll_close(cx)).await;
+        if poll_fn(|cx| self.poll_flush(cx)).await.is_ok() {
+            let _ = poll_fn(|cx| self.stream.poll_shutdown(cx)).await;
+        }
     }
 }
 
@@ -212,33 +217,6 @@ fn take_back(upgraded: hyper::upgrade::Upgraded) -> (Stream, Vec<u8>) {
     // Served by someone else's axum (the router mounted in an application).
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => (Stream::Tcp(parts.io.into_inner()), parts.read_buf.to_vec()),
-        Err(upgraded) => (Stream::Other(TokioIo::new(upgraded)), Vec::new()),
+        Err(upgraded) => (Stream::Other(Box::new(TokioIo::new(upgraded))), Vec::new()),
     }
-}
-
-fn incoming(message: Message) -> Incoming {
-    match message {
-        Message::Text(t) => Incoming::Text(Text(t)),
-        Message::Binary(b) => Incoming::Binary(b),
-        Message::Close(frame) => {
-            Incoming::Close(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
-        }
-        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Incoming::Control,
-    }
-}
-
-fn read_error(err: &WsError) -> ReadError {
-    match err {
-        WsError::Capacity(_) => ReadError::TooLarge,
-        WsError::Utf8(_) => ReadError::InvalidUtf8,
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            ReadError::Lost("connection reset without a close frame".into())
-        }
-        WsError::Protocol(p) => ReadError::Protocol(p.to_string()),
-        other => ReadError::Lost(other.to_string()),
-    }
-}
-
-fn write_error(err: WsError) -> WriteError {
-    WriteError(err.to_string())
 }
