@@ -9,12 +9,14 @@
 
 #![allow(missing_docs)]
 
+mod chart;
 mod histogram;
 mod load;
 mod report;
 mod scenarios;
 mod server;
 mod socket_config;
+mod sweep;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -70,8 +72,12 @@ pub enum Target {
     /// switchboard (`switchboard serve`: `--bin`, `SWITCHBOARD_BIN`, or the
     /// `switchboard` next to this program).
     Switchboard,
-    /// A bare tokio-tungstenite server with 4 KiB buffers: the floor.
+    /// A bare tokio-tungstenite server with 4 KiB buffers, shaped like a hub (a reader,
+    /// a writer and a channel per connection; broadcasts): the floor for fan-out.
     Floor,
+    /// A bare tokio-tungstenite server that only echoes, one task per connection: the
+    /// floor for echo and RPC (ratios are to it when it runs).
+    EchoFloor,
     /// Node's Socket.IO 4 (needs `npm install` in bench/socketio).
     Socketio,
     /// Another switchboard binary (`--baseline-bin`), side by side with this one: a
@@ -92,7 +98,7 @@ impl Target {
     pub fn protocol(self) -> Protocol {
         match self {
             Target::Switchboard | Target::Baseline => Protocol::Switchboard,
-            Target::Floor => Protocol::Floor,
+            Target::Floor | Target::EchoFloor => Protocol::Floor,
             Target::Socketio => Protocol::Socketio,
         }
     }
@@ -110,6 +116,7 @@ impl Target {
   switchboard-bench fanout -n 1000 --messages 2000
   switchboard-bench rooms -n 1000 --rooms 50 --messages 200
   switchboard-bench idle -n 10000
+  switchboard-bench idle --sweep 1000,5000,19000 --chart docs/scaling   # PNG curves
   switchboard-bench storm -n 100 --stalled 10 --messages 10000 --size 4096 --rate 1000
   switchboard-bench fanout -n 1000 --nodes 3 --redis redis://127.0.0.1:6379
   switchboard-bench rooms -n 300 --rooms 30 --nodes 3 --nats nats://127.0.0.1:4222
@@ -174,6 +181,14 @@ pub struct BenchArgs {
     /// The binary of the `baseline` target (an older build, for before/after runs).
     #[arg(long)]
     pub baseline_bin: Option<String>,
+    /// Measure at each of these sizes instead of `-n` (comma-separated: connections, or
+    /// a fan-out's receivers), to see how the cost grows.
+    #[arg(long, value_delimiter = ',')]
+    pub sweep: Vec<usize>,
+    /// With `--sweep`: write the curves as PNG charts, `PREFIX-memory.png` (idle) or
+    /// `PREFIX-rate.png` and `PREFIX-cpu.png` (the others).
+    #[arg(long, requires = "sweep")]
+    pub chart: Option<String>,
 }
 
 #[tokio::main]
@@ -190,11 +205,29 @@ async fn main() -> ExitCode {
 /// Runs `switchboard bench`.
 async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     if args.targets.is_empty() {
-        args.targets = vec![Target::Floor, Target::Switchboard];
+        let floor = match args.scenario {
+            Scenario::Echo | Scenario::Rpc => Target::EchoFloor,
+            _ => Target::Floor,
+        };
+        args.targets = vec![floor, Target::Switchboard];
+    }
+    if !matches!(
+        args.scenario,
+        Scenario::Echo | Scenario::Rpc | Scenario::Idle
+    ) && args.targets.contains(&Target::EchoFloor)
+    {
+        eprintln!(
+            "(the echo floor only echoes; skipped for {:?})",
+            args.scenario
+        );
+        args.targets.retain(|t| *t != Target::EchoFloor);
     }
     if matches!(args.scenario, Scenario::Rooms) && args.targets.contains(&Target::Floor) {
         eprintln!("(the floor has no rooms; skipped for `rooms`)");
         args.targets.retain(|t| *t != Target::Floor);
+    }
+    if !args.sweep.is_empty() {
+        return sweep::run(&args).await;
     }
     let rounds = args.rounds.max(1);
     let mut reports = Vec::new();
@@ -243,7 +276,7 @@ fn broker(args: &BenchArgs) -> &'static str {
 }
 
 /// One measurement of one target: starts its server(s), drives them, stops them.
-async fn measure(target: Target, args: &BenchArgs) -> anyhow::Result<Report> {
+pub(crate) async fn measure(target: Target, args: &BenchArgs) -> anyhow::Result<Report> {
     Ok(match args.scenario {
         Scenario::Echo | Scenario::Rpc => {
             let server = ServerProc::start(target, &[], args)?;

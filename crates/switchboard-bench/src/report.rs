@@ -47,11 +47,16 @@ impl Report {
     }
 }
 
-/// This report's rate over the floor's in the same round.
+/// This report's rate over the floor's in the same round: the echo floor's when it
+/// ran, else the hub-shaped floor's.
 pub(crate) fn ratio_to_floor(r: &Report, reports: &[Report]) -> Option<f64> {
-    reports
-        .iter()
-        .find(|f| f.target == Target::Floor && f.round == r.round)
+    let floor_of = |target: Target| {
+        reports
+            .iter()
+            .find(|f| f.target == target && f.round == r.round)
+    };
+    floor_of(Target::EchoFloor)
+        .or_else(|| floor_of(Target::Floor))
         .map(|f| r.rate() / f.rate().max(1.0))
 }
 

@@ -96,6 +96,10 @@ impl ServerProc {
                 let floor = sibling("switchboard-floor")?;
                 ServerProc::spawn(&floor, &["--port", "0"], &[], "/", wrap)
             }
+            Target::EchoFloor => {
+                let floor = sibling("switchboard-floor")?;
+                ServerProc::spawn(&floor, &["--port", "0", "--plain"], &[], "/", wrap)
+            }
             Target::Socketio => {
                 let script = std::env::var("SOCKETIO_SERVER")
                     .unwrap_or_else(|_| "bench/socketio/server.mjs".to_owned());

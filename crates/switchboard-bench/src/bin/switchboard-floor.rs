@@ -83,6 +83,29 @@ pub async fn floor(port: u16) -> anyhow::Result<()> {
     }
 }
 
+/// `--plain`: a bare tokio-tungstenite server that only echoes, one task per
+/// connection reading a frame and writing it back (the floor for echo and RPC).
+pub async fn plain(port: u16) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("floor listening on ws://{}/", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let Ok(mut ws) =
+                tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await
+            else {
+                return;
+            };
+            while let Some(Ok(msg)) = ws.next().await {
+                if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let port = std::env::args()
@@ -90,7 +113,12 @@ async fn main() -> std::process::ExitCode {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
-    match floor(port).await {
+    let served = if std::env::args().any(|a| a == "--plain") {
+        plain(port).await
+    } else {
+        floor(port).await
+    };
+    match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchboard-floor: {e:#}");
