@@ -64,6 +64,13 @@ impl Kind {
 
 /// The header of an unfragmented, unmasked frame (what a server sends) of `kind` with a
 /// payload of `len` bytes; the header is the first `.1` bytes of `.0`.
+///
+/// ```
+/// use switchboard_proto::websocket::{Kind, header};
+///
+/// let (head, len) = header(Kind::Binary, 300);
+/// assert_eq!(&head[..len], &[0x82, 126, 1, 44]);
+/// ```
 pub fn header(kind: Kind, len: usize) -> ([u8; MAX_SERVER_HEADER], usize) {
     let mut head = [0u8; MAX_SERVER_HEADER];
     head[0] = 0x80 | kind.opcode();
@@ -84,6 +91,13 @@ pub fn header(kind: Kind, len: usize) -> ([u8; MAX_SERVER_HEADER], usize) {
 
 /// The payload of a close frame: the code, then the reason, cut to fit in the 125 bytes
 /// a control frame may carry (at a character boundary).
+///
+/// ```
+/// use switchboard_proto::websocket::close_payload;
+///
+/// assert_eq!(close_payload(1000, "bye"), b"\x03\xe8bye");
+/// assert!(close_payload(4000, &"x".repeat(500)).len() <= 125);
+/// ```
 pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
@@ -97,6 +111,13 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 
 /// Whether a client may close with `code` (RFC 6455 7.4: the codes defined for use on
 /// the wire, and the registered and private ranges 3000-4999).
+///
+/// ```
+/// use switchboard_proto::websocket::is_valid_close_code;
+///
+/// assert!(is_valid_close_code(1000) && is_valid_close_code(4004));
+/// assert!(!is_valid_close_code(1005) && !is_valid_close_code(999));
+/// ```
 pub fn is_valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
@@ -184,6 +205,14 @@ pub struct Decoder {
 
 impl Decoder {
     /// A decoder refusing messages over `max_message` bytes.
+    ///
+    /// ```
+    /// use switchboard_proto::websocket::{Decoder, FrameError};
+    ///
+    /// // A binary frame announcing 1,000 bytes is refused from its header alone.
+    /// let mut head = [0x82, 0x80 | 126, 0x03, 0xE8];
+    /// assert_eq!(Decoder::new(512).decode(&mut head), Err(FrameError::TooLarge(512)));
+    /// ```
     pub fn new(max_message: usize) -> Decoder {
         Decoder {
             max_message,
@@ -352,6 +381,15 @@ fn close_frame(payload: &[u8]) -> Result<Option<(u16, String)>, FrameError> {
 }
 
 /// XORs `data` with the repeating 4-byte `mask`, 8 bytes at a time.
+///
+/// ```
+/// use switchboard_proto::websocket::unmask;
+///
+/// let mut data = *b"hello";
+/// unmask(&mut data, [1, 2, 3, 4]);
+/// unmask(&mut data, [1, 2, 3, 4]);
+/// assert_eq!(&data, b"hello");
+/// ```
 pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
     let wide = u64::from_ne_bytes([
         mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
