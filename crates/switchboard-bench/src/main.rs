@@ -229,6 +229,21 @@ async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     if !args.sweep.is_empty() {
         return sweep::run(&args).await;
     }
+    let reports = measure_rounds(&args).await?;
+    print_tables(&args, &reports);
+    Ok(())
+}
+
+/// A run's table, and the medians' when there were rounds.
+pub(crate) fn print_tables(args: &BenchArgs, reports: &[Report]) {
+    print(args.scenario, reports);
+    if args.rounds > 1 {
+        print_medians(args.scenario, &args.targets, reports);
+    }
+}
+
+/// Every target measured `--rounds` times, taking turns.
+pub(crate) async fn measure_rounds(args: &BenchArgs) -> anyhow::Result<Vec<Report>> {
     let rounds = args.rounds.max(1);
     let mut reports = Vec::new();
     for round in 1..=rounds {
@@ -244,16 +259,12 @@ async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
                     String::new()
                 }
             );
-            let mut report = measure(target, &args).await?;
+            let mut report = measure(target, args).await?;
             report.round = round;
             reports.push(report);
         }
     }
-    print(args.scenario, &reports);
-    if rounds > 1 {
-        print_medians(args.scenario, &args.targets, &reports);
-    }
-    Ok(())
+    Ok(reports)
 }
 
 /// The servers of a fanout or rooms run: one, or `--nodes` over Redis or NATS.

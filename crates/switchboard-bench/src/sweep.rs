@@ -5,34 +5,19 @@
 use std::path::PathBuf;
 
 use crate::chart::{Chart, Series};
-use crate::report::{Report, median, print, print_medians};
-use crate::{BenchArgs, Scenario, Target, measure};
+use crate::report::{Report, median};
+use crate::{BenchArgs, Scenario, Target, measure_rounds, print_tables};
 
 /// Measures `args.scenario` at each of `args.sweep`'s sizes, prints each size's tables,
 /// and writes the charts when `--chart` names where.
 pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let rounds = args.rounds.max(1);
     let mut sizes = Vec::new();
     for &n in &args.sweep {
         let mut at = args.clone();
         at.connections = n;
-        let mut reports = Vec::new();
-        for round in 1..=rounds {
-            for &target in &args.targets {
-                eprintln!(
-                    "== {:?}: {target:?}, {n} connections (round {round} of {rounds})",
-                    args.scenario
-                );
-                let mut report = measure(target, &at).await?;
-                report.round = round;
-                reports.push(report);
-            }
-        }
+        let reports = measure_rounds(&at).await?;
         println!("\n### {n} connections");
-        print(args.scenario, &reports);
-        if rounds > 1 {
-            print_medians(args.scenario, &args.targets, &reports);
-        }
+        print_tables(args, &reports);
         sizes.push((n, reports));
     }
     if let Some(prefix) = &args.chart {

@@ -291,8 +291,13 @@ impl Decoder {
             }
             _ => short as u64,
         };
-        let so_far = self.fragments.as_ref().map_or(0, |f| f.data.len()) as u64;
-        if so_far.saturating_add(len) > self.max_message as u64 {
+        // A continuation counts with the fragments before it; a control frame (at most
+        // 125 bytes, checked above) is no part of the message it may interrupt.
+        let so_far = match (opcode, &self.fragments) {
+            (0x0, Some(f)) => f.data.len() as u64,
+            _ => 0,
+        };
+        if !control && so_far.saturating_add(len) > self.max_message as u64 {
             return Err(FrameError::TooLarge(self.max_message));
         }
         if buf.len() < head {
@@ -327,7 +332,7 @@ impl Decoder {
             0x9 => Event::Ping(Bytes::copy_from_slice(payload)),
             0xA => Event::Pong,
             0x0 => {
-                let Some(fragments) = self.fragments.as_mut() else {
+                let Some(mut fragments) = self.fragments.take() else {
                     return Err(FrameError::Protocol(
                         "continuation frame with no message to continue",
                     ));
@@ -335,13 +340,11 @@ impl Decoder {
                 fragments.data.extend_from_slice(payload);
                 if !fin {
                     fragments.check_text()?;
+                    self.fragments = Some(fragments);
                     return Ok(None);
                 }
-                let Some(done) = self.fragments.take() else {
-                    return Ok(None);
-                };
-                let data = Bytes::from(done.data);
-                if done.text {
+                let data = Bytes::from(fragments.data);
+                if fragments.text {
                     Event::Text(data)
                 } else {
                     Event::Binary(data)
@@ -539,6 +542,9 @@ mod tests {
         );
         let mut d = Decoder::new(100);
         decode_one(&mut d, client_frame(0x02, &[0; 60])).unwrap();
+        // A ping between the fragments is not part of the message.
+        let ping = decode_one(&mut d, client_frame(0x89, &[1; 125])).unwrap();
+        assert_eq!(ping, Some(Event::Ping(Bytes::from(vec![1; 125]))));
         let err = decode_one(&mut d, client_frame(0x80, &[0; 41])).unwrap_err();
         assert_eq!(err, FrameError::TooLarge(100));
     }

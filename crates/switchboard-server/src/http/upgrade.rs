@@ -267,7 +267,7 @@ fn accept(server: Server, mut req: Request, mode: Mode, subprotocol: Option<&str
                 return;
             }
         };
-        let ws = WebSocket::from_upgraded(upgraded, settings).await;
+        let ws = WebSocket::from_upgraded(upgraded, settings);
         // The connection gets a task of its own, holding only its own state; this one,
         // which also holds what the upgrade took, ends here.
         tokio::spawn(crate::connection::run(server, ws, remote, mode, token));

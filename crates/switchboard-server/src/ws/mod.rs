@@ -64,7 +64,7 @@ impl WebSocket {
     /// taken back from hyper, so reads go straight to the socket and can wait on its
     /// readiness; anything else (TLS) stays behind hyper's wrapper. Bytes the client sent
     /// right behind its upgrade request come first.
-    pub(crate) async fn from_upgraded(
+    pub(crate) fn from_upgraded(
         upgraded: hyper::upgrade::Upgraded,
         settings: Settings,
     ) -> WebSocket {

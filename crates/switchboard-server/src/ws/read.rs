@@ -138,8 +138,7 @@ impl Reader {
                     Poll::Ready(Some(event))
                 }
                 Decoded::Incomplete(needed) => {
-                    self.pending
-                        .reserve(needed.min(rest.len() + GROW_AHEAD).max(rest.len()));
+                    self.make_room(needed);
                     self.pending.extend_from_slice(rest);
                     Poll::Ready(None)
                 }
