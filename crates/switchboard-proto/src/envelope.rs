@@ -358,7 +358,9 @@ impl DecodeError {
     /// The wire error code for this failure.
     pub fn code(&self) -> ErrorCode {
         match self.kind {
-            DecodeErrorKind::NotJson(_) => ErrorCode::InvalidJson,
+            DecodeErrorKind::NotJson(_) | DecodeErrorKind::NotMessagePack(_) => {
+                ErrorCode::InvalidJson
+            }
             DecodeErrorKind::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
             DecodeErrorKind::PayloadTooDeep => ErrorCode::InvalidPayload,
             _ => ErrorCode::InvalidEnvelope,
@@ -373,6 +375,9 @@ pub enum DecodeErrorKind {
     /// Not JSON at all.
     #[error("invalid JSON: {0}")]
     NotJson(String),
+    /// Not MessagePack this side can read as an envelope (on a MessagePack connection).
+    #[error("invalid MessagePack: {0}")]
+    NotMessagePack(String),
     /// JSON, but not an object.
     #[error("a message must be a JSON object")]
     NotObject,

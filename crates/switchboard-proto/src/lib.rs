@@ -27,6 +27,7 @@ pub mod dialect;
 pub mod encode;
 pub mod envelope;
 pub mod limits;
+pub mod msgpack;
 pub mod netconduit;
 pub mod payload;
 mod random;
