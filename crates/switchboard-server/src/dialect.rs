@@ -12,9 +12,10 @@ use bytes::Bytes;
 use serde_json::json;
 use switchboard_proto::dialect::{datadivr, metafor};
 use switchboard_proto::reply::Ack;
-use switchboard_proto::{DecodeError, Dialect, Envelope, Payload, error_frame, types};
+use switchboard_proto::{DecodeError, Dialect, Envelope, Payload, error_frame, msgpack, types};
 
 use crate::ConnId;
+use crate::encoding;
 use crate::ws::{Frame, Text};
 
 /// What a text frame from the client asks for.
@@ -30,6 +31,8 @@ pub(crate) enum Read {
 
 /// What a binary frame from the client asks for.
 pub(crate) enum ReadBinary {
+    /// An envelope in MessagePack, read as a text frame would be.
+    Envelope(Read),
     /// Handle it (the `on_binary` handlers).
     Dispatch(Bytes),
     /// Send it back as it came (Metafor's reference server echoes what it cannot read).
@@ -46,6 +49,9 @@ pub(crate) enum DialectAdapter {
     Datadivr { client: ConnId },
     /// Metafor Channels (boxed: an idle native connection's task stays small).
     Metafor(Box<MetaforCommands>),
+    /// switchboard's own protocol with envelopes in MessagePack binary frames (the
+    /// client negotiated [`msgpack::SUBPROTOCOL`]); JSON text frames are read too.
+    MessagePack,
 }
 
 /// The Metafor `_join` / `_leave` commands in flight, by the `ref` they were given, so
@@ -67,18 +73,27 @@ pub(crate) struct RoomCommand {
 /// The `ref` prefix of Metafor room commands (never seen by the client).
 const METAFOR_REF: &str = "metafor:";
 
+/// How long an envelope read in MessagePack may be as JSON: binary values grow about
+/// fourfold as arrays of numbers.
+pub(crate) fn msgpack_json_limit(max_message_size: usize) -> usize {
+    max_message_size.saturating_mul(4)
+}
+
 impl DialectAdapter {
-    pub(crate) fn new(dialect: Dialect, client: ConnId) -> DialectAdapter {
+    /// The adapter for `dialect`; `msgpack`: the client negotiated MessagePack (only
+    /// the native dialect has it).
+    pub(crate) fn new(dialect: Dialect, msgpack: bool, client: ConnId) -> DialectAdapter {
         match dialect {
             Dialect::Datadivr => DialectAdapter::Datadivr { client },
             Dialect::Metafor => DialectAdapter::Metafor(Box::default()),
+            _ if msgpack => DialectAdapter::MessagePack,
             _ => DialectAdapter::Native { undecided: true },
         }
     }
 
     pub(crate) fn dialect(&self) -> Dialect {
         match self {
-            DialectAdapter::Native { .. } => Dialect::Native,
+            DialectAdapter::Native { .. } | DialectAdapter::MessagePack => Dialect::Native,
             DialectAdapter::Datadivr { .. } => Dialect::Datadivr,
             DialectAdapter::Metafor(_) => Dialect::Metafor,
         }
@@ -94,7 +109,9 @@ impl DialectAdapter {
             }
         }
         match self {
-            DialectAdapter::Native { .. } => read(Envelope::decode(text)),
+            DialectAdapter::Native { .. } | DialectAdapter::MessagePack => {
+                read(Envelope::decode(text))
+            }
             DialectAdapter::Datadivr { .. } => read(datadivr::incoming(text)),
             DialectAdapter::Metafor(state) => match metafor::incoming(text) {
                 Err(e) => Read::Invalid(e),
@@ -127,17 +144,49 @@ impl DialectAdapter {
         }
     }
 
-    pub(crate) fn read_binary(&self, data: Bytes) -> ReadBinary {
+    /// Reads an envelope in a binary frame during authentication: `None` unless the
+    /// connection speaks MessagePack. `max_json`: how long the envelope may be as JSON.
+    pub(crate) fn read_auth_binary(
+        &self,
+        data: &[u8],
+        max_json: usize,
+    ) -> Option<Result<Envelope, DecodeError>> {
+        match self {
+            DialectAdapter::MessagePack => Some(msgpack::decode(data, max_json)),
+            _ => None,
+        }
+    }
+
+    /// Reads one binary frame; `max_json`: how long an envelope in MessagePack may be
+    /// as JSON.
+    pub(crate) fn read_binary(&self, data: Bytes, max_json: usize) -> ReadBinary {
         match self {
             DialectAdapter::Metafor(_) => ReadBinary::Echo(data),
+            DialectAdapter::MessagePack => match msgpack::binary_data(&data) {
+                Some(raw) => ReadBinary::Dispatch(data.slice_ref(raw)),
+                None => ReadBinary::Envelope(read(msgpack::decode(&data, max_json))),
+            },
             _ => ReadBinary::Dispatch(data),
         }
+    }
+
+    /// A native frame made for this client alone (an error before closing, a refusal),
+    /// as it reads it.
+    pub(crate) fn localize_frame(&mut self, native: String) -> Option<Frame> {
+        self.write(Frame::text(native))
     }
 
     /// A frame as this client reads it (`None`: the dialect has no such frame).
     pub(crate) fn write(&mut self, frame: Frame) -> Option<Frame> {
         match (self, frame) {
             (DialectAdapter::Native { .. }, frame) => Some(frame),
+            (DialectAdapter::MessagePack, Frame::Text(native)) => {
+                encoding::to_msgpack(&native).map(Frame::Binary)
+            }
+            (DialectAdapter::MessagePack, Frame::Binary(raw)) => {
+                Some(Frame::Binary(msgpack::binary_envelope(&raw).into()))
+            }
+            (DialectAdapter::MessagePack, frame) => Some(frame),
             (adapter, Frame::Text(native)) => adapter
                 .localize(native.as_str())
                 .map(|t| Frame::Verbatim(Text::from(t))),
@@ -148,7 +197,7 @@ impl DialectAdapter {
     /// A native frame's text in this client's dialect (`None`: no such frame).
     pub(crate) fn localize(&mut self, native: &str) -> Option<String> {
         match self {
-            DialectAdapter::Native { .. } => Some(native.to_owned()),
+            DialectAdapter::Native { .. } | DialectAdapter::MessagePack => Some(native.to_owned()),
             DialectAdapter::Datadivr { client } => datadivr::outgoing(native, &client.to_string()),
             DialectAdapter::Metafor(state) => {
                 if !state.commands.is_empty() {
@@ -218,7 +267,7 @@ mod tests {
 
     #[test]
     fn a_metafor_join_is_a_native_join_answered_in_metafor_s_words() {
-        let mut a = DialectAdapter::new(Dialect::Native, id());
+        let mut a = DialectAdapter::new(Dialect::Native, false, id());
         let Read::Envelope(env) = a.read_text(r#"{"type":"_join","room":"r1"}"#, id()) else {
             panic!("a join")
         };
@@ -244,7 +293,7 @@ mod tests {
 
     #[test]
     fn only_the_first_frame_can_switch_to_metafor() {
-        let mut a = DialectAdapter::new(Dialect::Native, id());
+        let mut a = DialectAdapter::new(Dialect::Native, false, id());
         assert!(matches!(
             a.read_text(r#"{"type":"ping"}"#, id()),
             Read::Envelope(_)
@@ -258,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_datadivr_first_frame_switches_to_datadivr() {
-        let mut a = DialectAdapter::new(Dialect::Native, id());
+        let mut a = DialectAdapter::new(Dialect::Native, false, id());
         let hello = r#"{"event_name":"CLI_HELLO","payload":{"handlers":[]},"to":"others"}"#;
         let Read::Envelope(env) = a.read_text(hello, id()) else {
             panic!("datadivr's hello, read")
@@ -269,7 +318,7 @@ mod tests {
             ("CLI_HELLO", Some("others"))
         );
         // Only the first frame decides.
-        let mut b = DialectAdapter::new(Dialect::Native, id());
+        let mut b = DialectAdapter::new(Dialect::Native, false, id());
         assert!(matches!(
             b.read_text(r#"{"type":"ping"}"#, id()),
             Read::Envelope(_)
@@ -280,7 +329,7 @@ mod tests {
 
     #[test]
     fn datadivr_frames_carry_the_client_s_id() {
-        let mut a = DialectAdapter::new(Dialect::Datadivr, id());
+        let mut a = DialectAdapter::new(Dialect::Datadivr, false, id());
         let out = a
             .write(Frame::text(r#"{"type":"x","payload":{"value":1}}"#.into()))
             .unwrap();

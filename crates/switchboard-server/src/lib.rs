@@ -38,6 +38,7 @@ mod config;
 mod connection;
 mod delivery;
 mod dialect;
+mod encoding;
 mod error;
 pub mod extract;
 pub mod handler;

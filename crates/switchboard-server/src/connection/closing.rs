@@ -5,7 +5,7 @@ use std::time::Duration;
 use switchboard_proto::code::close;
 use switchboard_proto::{ErrorCode, close_reason};
 
-use crate::ws::{Frame, Incoming, ReadError, Text, WebSocket};
+use crate::ws::{Frame, Incoming, ReadError, WebSocket};
 
 /// Why a client that floods frames (pings, continuations) is closed.
 pub(crate) const FLOOD: &str = "too many WebSocket frames too fast";
@@ -120,7 +120,7 @@ fn truncate_reason(mut s: String) -> String {
 pub(crate) async fn close_socket(
     ws: &mut WebSocket,
     closing: &Closing,
-    final_error: Option<String>,
+    final_error: Option<Frame>,
     limit: Duration,
 ) {
     if closing.by_client {
@@ -129,7 +129,7 @@ pub(crate) async fn close_socket(
         return;
     }
     if let Some(error) = final_error {
-        let _ = tokio::time::timeout(limit, ws.feed(Frame::Verbatim(Text::from(error)))).await;
+        let _ = tokio::time::timeout(limit, ws.feed(error)).await;
     }
     let sent = tokio::time::timeout(limit, ws.send_close(closing.code, &closing.reason)).await;
     let read_side_failed = matches!(

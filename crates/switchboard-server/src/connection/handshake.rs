@@ -17,11 +17,11 @@ use super::dispatch::Rest;
 use super::task::{ConnectionTask, Reading};
 use super::{Closing, Conn, Mode};
 use crate::auth::{Credentials, Outcome};
-use crate::dialect::DialectAdapter;
+use crate::dialect::{DialectAdapter, msgpack_json_limit};
 use crate::rate_limit::{Admit, RateLimiter};
 use crate::server::ConnectedFrame;
 use crate::slots::Refused;
-use crate::ws::{Frame, Incoming, Text, WebSocket};
+use crate::ws::{Frame, Incoming, WebSocket};
 use crate::{ConnId, Identity, Server};
 
 /// Admission, authentication, registration and the `connected` message; `None` when the
@@ -33,20 +33,21 @@ pub(super) async fn open(
     mode: Mode,
 ) -> Option<ConnectionTask> {
     let config = server.config();
-    let (mut dialect, echo, resume, upgraded_as, listen_first) = match mode {
+    let (mut dialect, msgpack, echo, resume, upgraded_as, listen_first) = match mode {
         Mode::Messages {
             dialect,
+            msgpack,
             resume,
             identity,
             listen_first,
-        } => (dialect, false, resume, identity, listen_first),
-        Mode::Echo => (Default::default(), true, false, None, false),
+        } => (dialect, msgpack, false, resume, identity, listen_first),
+        Mode::Echo => (Default::default(), false, true, false, None, false),
     };
     let id = server.next_conn_id();
     let mut opening = Opening {
         server: &server,
         ws,
-        adapter: DialectAdapter::new(dialect, id),
+        adapter: DialectAdapter::new(dialect, msgpack, id),
         id,
         remote,
         limiter: RateLimiter::new(config.rate_limit, config.rate_burst),
@@ -337,7 +338,7 @@ impl Opening<'_> {
     async fn refuse(&mut self, ref_id: Option<&str>, code: ErrorCode, message: &str) {
         let error = self
             .adapter
-            .localize(&error_reply(ref_id, &ErrorBody::new(code, message)));
+            .localize_frame(error_reply(ref_id, &ErrorBody::new(code, message)));
         let closing = Closing::with_code(code, message);
         let limit = self.server.config().close_timeout;
         close_socket(&mut self.ws, &closing, error, limit).await;
@@ -378,7 +379,7 @@ impl Opening<'_> {
                 }
                 next = self.ws.next() => next,
             };
-            let text = match next {
+            let decoded = match next {
                 None | Some(Err(_)) | Some(Ok(Incoming::Close(_))) => return None,
                 Some(Ok(Incoming::Control)) => {
                     if self.limiter.admit() == Admit::Close {
@@ -386,12 +387,16 @@ impl Opening<'_> {
                     }
                     continue;
                 }
-                Some(Ok(Incoming::Binary(_))) => {
-                    return Some((Err("the first message must be `resume`"), None));
+                Some(Ok(Incoming::Binary(data))) => {
+                    let max_json = msgpack_json_limit(config.max_message_size);
+                    match self.adapter.read_auth_binary(&data, max_json) {
+                        Some(decoded) => decoded,
+                        None => return Some((Err("the first message must be `resume`"), None)),
+                    }
                 }
-                Some(Ok(Incoming::Text(text))) => text,
+                Some(Ok(Incoming::Text(text))) => Envelope::decode(text.as_str()),
             };
-            return Some(match Envelope::decode(text.as_str()) {
+            return Some(match decoded {
                 Ok(env) if env.kind == types::RESUME => {
                     let request = env
                         .payload_as::<ResumeRequest>()
@@ -429,7 +434,7 @@ impl Opening<'_> {
                 }
                 next = self.ws.next() => next,
             };
-            let text = match next {
+            let env = match next {
                 None => return None,
                 Some(Err(e)) => {
                     let closing = Closing::after_read_error(e, config.max_message_size);
@@ -449,10 +454,12 @@ impl Opening<'_> {
                     }
                     continue;
                 }
-                Some(Ok(Incoming::Binary(_))) => None,
-                Some(Ok(Incoming::Text(text))) => Some(text),
+                Some(Ok(Incoming::Binary(data))) => {
+                    let max_json = msgpack_json_limit(config.max_message_size);
+                    self.adapter.read_auth_binary(&data, max_json)
+                }
+                Some(Ok(Incoming::Text(text))) => Some(self.adapter.read_auth(text.as_str())),
             };
-            let env = text.as_ref().map(|t| self.adapter.read_auth(t.as_str()));
             let ref_id = match &env {
                 Some(Ok(env)) => env.ref_id.clone(),
                 Some(Err(e)) => e.ref_id.clone(),
@@ -500,11 +507,11 @@ impl Opening<'_> {
             };
             let Some(frame) = self
                 .adapter
-                .localize(&error_reply(ref_id.as_deref(), &reply))
+                .localize_frame(error_reply(ref_id.as_deref(), &reply))
             else {
                 continue;
             };
-            let sent = self.ws.send(Frame::Verbatim(Text::from(frame)));
+            let sent = self.ws.send(frame);
             if !matches!(tokio::time::timeout(limit, sent).await, Ok(Ok(()))) {
                 return None;
             }

@@ -40,6 +40,8 @@ pub(crate) enum Mode {
     /// `auth` is a `resume`.
     Messages {
         dialect: Dialect,
+        /// Envelopes in MessagePack binary frames (negotiated by subprotocol).
+        msgpack: bool,
         resume: bool,
         /// Who the client proved to be at the upgrade (`?token=`), if it did.
         identity: Option<Box<crate::Identity>>,

@@ -16,7 +16,7 @@ use super::closing::FLOOD;
 use super::dispatch::{self, Rest};
 use super::outbox::WriterStep;
 use super::{Closing, Conn, closing};
-use crate::dialect::{DialectAdapter, Read, ReadBinary};
+use crate::dialect::{DialectAdapter, Read, ReadBinary, msgpack_json_limit};
 use crate::metrics::{Class, FrameClass, frame_class};
 use crate::rate_limit::{Admit, RateLimiter};
 use crate::rpc::Calls;
@@ -272,38 +272,52 @@ impl ConnectionTask {
                     tracing::debug!(conn = %conn.id(), dialect = %self.adapter.dialect().as_str(), "dialect recognised");
                     conn.set_dialect(self.adapter.dialect());
                 }
-                if let Some(metrics) = server.metrics() {
-                    let class = match &read {
-                        Read::Envelope(env) => Class::of(&env.kind),
-                        _ => Class::Application,
-                    };
-                    metrics.received(class, text.len());
-                }
-                match read {
-                    Read::Envelope(env) => dispatch::envelope(server, conn, env, &mut self.calls),
-                    Read::Invalid(e) => {
-                        dispatch::decode_error(conn, &e);
-                        None
-                    }
-                    Read::Answer(text) => {
-                        let _ = conn.push(Frame::Verbatim(Text::from(text)));
-                        None
-                    }
-                }
+                self.dispatch(read, text.len())
             }
             Incoming::Binary(data) => {
-                if let Some(metrics) = server.metrics() {
-                    metrics.received(Class::Application, data.len());
-                }
-                match self.adapter.read_binary(data) {
-                    ReadBinary::Dispatch(data) => dispatch::binary(server, conn, data),
+                let max_json = msgpack_json_limit(server.config().max_message_size);
+                let len = data.len();
+                match self.adapter.read_binary(data, max_json) {
+                    ReadBinary::Envelope(read) => self.dispatch(read, len),
+                    ReadBinary::Dispatch(data) => {
+                        if let Some(metrics) = server.metrics() {
+                            metrics.received(Class::Application, len);
+                        }
+                        dispatch::binary(server, conn, data)
+                    }
                     ReadBinary::Echo(data) => {
+                        if let Some(metrics) = server.metrics() {
+                            metrics.received(Class::Application, len);
+                        }
                         let _ = conn.push(Frame::Binary(data));
                         None
                     }
                 }
             }
             Incoming::Close(_) | Incoming::Control => None,
+        }
+    }
+
+    /// What a frame of `len` bytes asked for, counted and carried out.
+    fn dispatch(&mut self, read: Read, len: usize) -> Option<Rest> {
+        let (server, conn) = (&self.server, &self.conn);
+        if let Some(metrics) = server.metrics() {
+            let class = match &read {
+                Read::Envelope(env) => Class::of(&env.kind),
+                _ => Class::Application,
+            };
+            metrics.received(class, len);
+        }
+        match read {
+            Read::Envelope(env) => dispatch::envelope(server, conn, env, &mut self.calls),
+            Read::Invalid(e) => {
+                dispatch::decode_error(conn, &e);
+                None
+            }
+            Read::Answer(text) => {
+                let _ = conn.push(Frame::Verbatim(Text::from(text)));
+                None
+            }
         }
     }
 
@@ -420,7 +434,7 @@ impl ConnectionTask {
         let final_error = conn
             .outbox()
             .take_final_error()
-            .and_then(|e| adapter.localize(&e));
+            .and_then(|e| adapter.localize_frame(e));
         let limit = server.config().close_timeout;
         closing::close_socket(&mut ws, &closing, final_error, limit).await;
         drop(ws);

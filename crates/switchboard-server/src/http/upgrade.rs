@@ -9,7 +9,7 @@ use axum::extract::{Request, State as AxumState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
-use switchboard_proto::Dialect;
+use switchboard_proto::{Dialect, msgpack};
 
 use super::forwarded::client_addr;
 use crate::auth::{Credentials, Outcome};
@@ -39,7 +39,11 @@ async fn upgrade(AxumState(server): AxumState<Server>, req: Request) -> Response
         let resume = query("resume").is_some_and(|v| v != "0" && v != "false");
         (query("dialect"), resume, query("token"))
     };
-    let (dialect, subprotocol) = match choose_dialect(&server, asked.as_deref(), req.headers()) {
+    let Wire {
+        dialect,
+        msgpack,
+        subprotocol,
+    } = match choose_dialect(&server, asked.as_deref(), req.headers()) {
         Ok(chosen) => chosen,
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
@@ -64,6 +68,7 @@ async fn upgrade(AxumState(server): AxumState<Server>, req: Request) -> Response
         && speaks_first(req.headers());
     let mode = Mode::Messages {
         dialect,
+        msgpack,
         resume,
         identity,
         listen_first,
@@ -108,30 +113,52 @@ fn speaks_first(headers: &HeaderMap) -> bool {
         .is_some_and(|ua| ua.contains("websockets/"))
 }
 
+/// What a connection speaks on the wire, and the subprotocol answered for it.
+struct Wire {
+    dialect: Dialect,
+    /// Native envelopes in MessagePack binary frames.
+    msgpack: bool,
+    subprotocol: Option<&'static str>,
+}
+
 /// The dialect a client asked for: `?dialect=` first, then a `switchboard.<dialect>`
-/// subprotocol (answered in the handshake), then the server's default.
+/// subprotocol (answered in the handshake), then the server's default. The native
+/// dialect in MessagePack is the subprotocol `switchboard.v1.msgpack` (with no
+/// `?dialect=`, or `?dialect=native`).
 fn choose_dialect(
     server: &Server,
     asked: Option<&str>,
     headers: &HeaderMap,
-) -> Result<(Dialect, Option<&'static str>), String> {
-    if let Some(name) = asked {
-        return name.parse::<Dialect>().map(|d| (d, None));
-    }
+) -> Result<Wire, String> {
+    let asked = asked.map(str::parse::<Dialect>).transpose()?;
     let offered = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|h| h.to_str().ok())
         .flat_map(|h| h.split(','))
-        .find_map(|p| {
-            Dialect::ALL
-                .into_iter()
-                .find(|d| d.subprotocol() == p.trim())
-        });
-    Ok(match offered {
-        Some(d) => (d, Some(d.subprotocol())),
-        None => (server.config().default_dialect, None),
-    })
+        .map(str::trim);
+    let mut wire = Wire {
+        dialect: asked.unwrap_or(server.config().default_dialect),
+        msgpack: false,
+        subprotocol: None,
+    };
+    for p in offered {
+        if p == msgpack::SUBPROTOCOL && asked.is_none_or(|d| d == Dialect::Native) {
+            wire.dialect = Dialect::Native;
+            wire.msgpack = true;
+            wire.subprotocol = Some(msgpack::SUBPROTOCOL);
+            break;
+        }
+        if asked.is_some() {
+            continue;
+        }
+        if let Some(d) = Dialect::ALL.into_iter().find(|d| d.subprotocol() == p) {
+            wire.dialect = d;
+            wire.subprotocol = Some(d.subprotocol());
+            break;
+        }
+    }
+    Ok(wire)
 }
 
 async fn upgrade_echo(AxumState(server): AxumState<Server>, req: Request) -> Response {

@@ -22,6 +22,11 @@ impl Text {
     pub(crate) fn len(&self) -> usize {
         self.0.len()
     }
+
+    /// True if both are clones of one buffer (so, while either lives, the same text).
+    pub(crate) fn same_buffer(&self, other: &Text) -> bool {
+        self.0.as_str().as_ptr() == other.0.as_str().as_ptr() && self.len() == other.len()
+    }
 }
 
 impl From<String> for Text {
