@@ -125,6 +125,12 @@ pub struct ClientConfig {
     pub offline_queue_bytes: usize,
     /// The largest incoming message. Default 16 MiB.
     pub max_message_size: usize,
+    /// Offer MessagePack (the subprotocol `switchboard.v1.msgpack`): envelopes then
+    /// travel in binary frames, smaller and without JSON's escaping. A server that does
+    /// not speak it answers without the subprotocol and the connection uses JSON (see
+    /// [`Session::msgpack`](crate::Session::msgpack)). Nothing else changes: the
+    /// API, payloads and errors are the same. Default false.
+    pub msgpack: bool,
     /// How long [`Client::close`](crate::Client::close) waits for the server to answer
     /// the close frame before dropping the socket. Default 5 s.
     pub close_timeout: Duration,
@@ -164,6 +170,7 @@ impl Default for ClientConfig {
             offline_queue: 1024,
             offline_queue_bytes: 1024 * 1024,
             max_message_size: 16 * 1024 * 1024,
+            msgpack: false,
             close_timeout: Duration::from_secs(5),
             auth: None,
             tls: None,
@@ -177,6 +184,17 @@ impl Default for ClientConfig {
 }
 
 impl ClientConfig {
+    /// Offers MessagePack for the envelopes ([`msgpack`](Self::msgpack)).
+    ///
+    /// ```
+    /// let config = switchboard_client::ClientConfig::default().msgpack(true);
+    /// assert!(config.msgpack);
+    /// ```
+    pub fn msgpack(mut self, on: bool) -> ClientConfig {
+        self.msgpack = on;
+        self
+    }
+
     /// Authenticates with this password (`{"password": ...}`).
     ///
     /// ```

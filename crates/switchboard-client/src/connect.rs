@@ -1,16 +1,19 @@
 //! Opening one connection: the WebSocket handshake, `auth`, and the server's `connected`.
 
 use futures_util::{SinkExt, StreamExt};
+use switchboard_proto::msgpack;
 use switchboard_proto::{
     Envelope, ErrorBody, Payload, Reconnect, ResumeOutcome, ResumeRequest, reconnect_hint, types,
 };
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 
 use crate::streams::ConnectedStreams;
 use crate::{ClientConfig, ConnectError};
 
-pub(crate) type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) use crate::socket::Ws;
 
 /// The `ref` of the `auth` message the client sends when it connects.
 pub(crate) const AUTH_REF: &str = "auth";
@@ -36,6 +39,10 @@ pub struct Session {
     /// recovered (see [`Client::on_resume`](crate::Client::on_resume)).
     #[serde(default)]
     pub resumed: Option<ResumeOutcome>,
+    /// True if envelopes travel in MessagePack on this connection: the client offered
+    /// it ([`ClientConfig::msgpack`]) and the server accepted.
+    #[serde(skip)]
+    pub msgpack: bool,
 }
 
 pub(crate) fn check_url(url: &str) -> Result<(), ConnectError> {
@@ -80,12 +87,27 @@ pub(crate) async fn open(
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_message_size));
     let connector = config.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| ConnectError::InvalidUrl(format!("{url}: {e}")))?;
+    if config.msgpack {
+        request.headers_mut().insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(msgpack::SUBPROTOCOL),
+        );
+    }
     let handshake =
-        tokio_tungstenite::connect_async_tls_with_config(url, Some(ws_config), true, connector);
-    let (mut ws, _response) = tokio::time::timeout(config.connect_timeout, handshake)
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, connector);
+    let (ws, response) = tokio::time::timeout(config.connect_timeout, handshake)
         .await
         .map_err(|_| ConnectError::Timeout)?
         .map_err(ConnectError::Unreachable)?;
+    // A server that does not speak MessagePack answers without the subprotocol: JSON.
+    let msgpack = response
+        .headers()
+        .get(SEC_WEBSOCKET_PROTOCOL)
+        .is_some_and(|p| p.as_bytes() == msgpack::SUBPROTOCOL.as_bytes());
+    let mut ws = Ws::new(ws, msgpack, config.max_message_size);
     if let Some(auth) = &auth {
         let payload = Payload::from_serialize(auth)
             .map_err(|e| ConnectError::InvalidUrl(format!("bad auth payload: {e}")))?;
@@ -168,5 +190,9 @@ pub(crate) async fn open(
     })
     .await
     .map_err(|_| ConnectError::Timeout)??;
+    let session = Session {
+        msgpack: ws.is_msgpack(),
+        ..session
+    };
     Ok((ws, session, streams, token))
 }

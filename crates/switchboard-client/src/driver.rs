@@ -106,7 +106,7 @@ async fn reconnect_loop(inner: &Arc<Inner>, hint: Reconnect) -> Option<Ws> {
                     ob.close_requested.is_some()
                 };
                 if closing {
-                    let _ = ws.close(None).await;
+                    let _ = ws.close().await;
                     return None;
                 }
                 inner.wake.notify_one();

@@ -29,6 +29,17 @@ struct Received {
 
 #[tokio::test]
 async fn a_hundred_cuts_under_load_lose_and_duplicate_nothing() {
+    hundred_cuts(false).await;
+}
+
+/// The same over MessagePack: the resumed replay and the resent queue take the same path
+/// in either encoding.
+#[tokio::test]
+async fn a_hundred_cuts_in_messagepack_lose_and_duplicate_nothing() {
+    hundred_cuts(true).await;
+}
+
+async fn hundred_cuts(msgpack: bool) {
     let s = TestServer::with(|b| {
         b.config(ServerConfig {
             relay_unhandled: true,
@@ -41,15 +52,18 @@ async fn a_hundred_cuts_under_load_lose_and_duplicate_nothing() {
     let proxy = Proxy::start(s.addr).await;
     let client = Client::connect_with(
         &proxy.url("/ws"),
-        ClientConfig::default().reconnect(ReconnectConfig {
-            initial_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(50),
-            jitter: 0.5,
-            ..ReconnectConfig::default()
-        }),
+        ClientConfig::default()
+            .msgpack(msgpack)
+            .reconnect(ReconnectConfig {
+                initial_delay: Duration::from_millis(5),
+                max_delay: Duration::from_millis(50),
+                jitter: 0.5,
+                ..ReconnectConfig::default()
+            }),
     )
     .await
     .unwrap();
+    assert_eq!(client.session().msgpack, msgpack);
     let received = Arc::new(Mutex::new(Received::default()));
     let (done_tx, mut done) = mpsc::unbounded_channel::<()>();
     let r = received.clone();
