@@ -66,6 +66,12 @@ export interface ClientOptions {
   offlineQueueBytes?: number;
   /** Subprotocols to offer (e.g. "switchboard.v1"). */
   protocols?: string | string[];
+  /**
+   * Offer MessagePack envelopes (subprotocol "switchboard.v1.msgpack"): binary frames,
+   * smaller than JSON. Needs `msgpack.js` beside `switchboard.js` (the hub serves both).
+   * A server that does not accept it leaves the connection in JSON. Default false.
+   */
+  msgpack?: boolean;
   /** A WebSocket implementation (Node 20 without --experimental-websocket). */
   WebSocket?: unknown;
 }
@@ -205,6 +211,8 @@ export declare class Client {
   readonly readyState: 0 | 1 | 2 | 3;
   readonly id: string | null;
   readonly session: Session | null;
+  /** True if envelopes travel in MessagePack on the current connection. */
+  readonly msgpack: boolean;
   readonly closeInfo: CloseInfo | null;
   connect(): Promise<Session>;
   send(type: string, payload?: Record<string, unknown>, opts?: SendOptions): void;

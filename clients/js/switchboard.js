@@ -9,6 +9,12 @@
 //
 // Browsers have WebSocket; so does Node 22. On Node 20 run with
 // `--experimental-websocket`, or pass an implementation: `{ WebSocket }`.
+//
+// `{ msgpack: true }` offers MessagePack envelopes (./msgpack.js, served beside this
+// file); the rest of the client always works in JSON text and the socket edge
+// (`_sendOn`, `_parse`) converts.
+
+import { SUBPROTOCOL as MSGPACK, binaryData, binaryEnvelope, decode as decodeMsgpack, encode as encodeMsgpack } from "./msgpack.js";
 
 /** The connection states. */
 export const ConnectionState = Object.freeze({
@@ -352,6 +358,11 @@ export class Client {
     return this._session ? this._session.client_id : null;
   }
 
+  /** True if envelopes travel in MessagePack on the current connection (`{ msgpack: true }`, accepted). */
+  get msgpack() {
+    return Boolean(this._ws && this._ws.protocol === MSGPACK);
+  }
+
   /** What the server said when the current connection opened: `{client_id, session_id, server, identity?}`. */
   get session() {
     return this._session;
@@ -418,7 +429,8 @@ export class Client {
       let ws;
       const url = resume ? `${this.url}${this.url.includes("?") ? "&" : "?"}resume=1` : this.url;
       try {
-        ws = this.options.protocols ? new this._WS(url, this.options.protocols) : new this._WS(url);
+        const protocols = [...(this.options.msgpack ? [MSGPACK] : []), ...[].concat(this.options.protocols || [])];
+        ws = protocols.length ? new this._WS(url, protocols) : new this._WS(url);
       } catch (e) {
         reject(new ConnectError(`cannot connect: ${e.message}`, "UNREACHABLE"));
         return;
@@ -440,9 +452,9 @@ export class Client {
       };
       ws.onopen = () => {
         if (this._auth) {
-          ws.send(JSON.stringify({ type: "auth", ref: "auth", payload: this._auth }));
+          this._sendOn(ws, JSON.stringify({ type: "auth", ref: "auth", payload: this._auth }));
         }
-        if (resume) ws.send(JSON.stringify({ type: "resume", payload: resume }));
+        if (resume) this._sendOn(ws, JSON.stringify({ type: "resume", payload: resume }));
       };
       // Browsers follow an error with a close; Node 20's experimental WebSocket may not.
       ws.onerror = () => fail(new ConnectError(`cannot connect to ${this.url}`, "UNREACHABLE"));
@@ -458,12 +470,8 @@ export class Client {
       };
       ws.onmessage = (ev) => {
         if (settled) return;
-        let env;
-        try {
-          env = JSON.parse(ev.data);
-        } catch (_) {
-          return;
-        }
+        const { env } = this._parse(ws, ev.data);
+        if (!env) return;
         if (env.type === "connected") {
           settled = true;
           clearTimeout(timer);
@@ -480,7 +488,7 @@ export class Client {
 
   _attach(ws) {
     this._ws = ws;
-    ws.onmessage = (ev) => this._receive(ev.data);
+    ws.onmessage = (ev) => this._receive(this._parse(ws, ev.data));
     ws.onclose = (ev) => this._dropped(ws, ev.code, ev.reason);
     // An error ends the connection; some implementations send no close event after it.
     ws.onerror = () => this._dropped(ws, 1006, "connection error");
@@ -497,10 +505,10 @@ export class Client {
       if (!(session.resumed && session.resumed.resumed)) {
         for (const room of this._rooms) {
           this._streams.forgetRoom(room);
-          this._ws.send(JSON.stringify({ type: "join_room", ref: `rejoin:${room}`, payload: { room_id: room } }));
+          this._sendOn(this._ws, JSON.stringify({ type: "join_room", ref: `rejoin:${room}`, payload: { room_id: room } }));
         }
       }
-      for (const [, p] of this._inFlight()) this._ws.send(p.data);
+      for (const [, p] of this._inFlight()) this._sendOn(this._ws, p.data);
     }
     this._setState(ConnectionState.OPEN);
     this._scheduleRefresh();
@@ -523,8 +531,38 @@ export class Client {
     }
   }
 
+  // One frame on `ws`, in its encoding: JSON text as it is, or MessagePack when the
+  // server accepted it (raw bytes then travel as a `binary` envelope).
+  _sendOn(ws, data) {
+    if (ws.protocol === MSGPACK) {
+      if (typeof data !== "string") data = binaryEnvelope(new Uint8Array(data));
+      else {
+        try {
+          data = encodeMsgpack(JSON.parse(data));
+        } catch (_) {
+          // Not JSON (sendRaw): sent as text, and the server answers it as such.
+        }
+      }
+    }
+    ws.send(data);
+  }
+
+  // A frame from `ws`: `{ env }` for an envelope, `{ binary }` for raw bytes, `{}` for
+  // a frame that is neither.
+  _parse(ws, data) {
+    try {
+      if (typeof data === "string") return { env: JSON.parse(data) };
+      if (ws.protocol !== MSGPACK) return { binary: new Uint8Array(data) };
+      const value = decodeMsgpack(new Uint8Array(data));
+      const raw = binaryData(value);
+      return raw ? { binary: raw } : { env: value };
+    } catch (_) {
+      return {};
+    }
+  }
+
   _write(item) {
-    this._ws.send(item.data);
+    this._sendOn(this._ws, item.data);
     if (item.ref) {
       const p = this._pending.get(item.ref);
       if (p) p.written = true;
@@ -549,7 +587,7 @@ export class Client {
         if (this._state !== ConnectionState.OPEN || !this._ws) return;
         this._auth = { ...(this.options.auth || {}), token };
         this._refreshes = (this._refreshes || 0) + 1;
-        this._ws.send(JSON.stringify({ type: "auth", ref: `refresh:${this._refreshes}`, payload: this._auth }));
+        this._sendOn(this._ws, JSON.stringify({ type: "auth", ref: `refresh:${this._refreshes}`, payload: this._auth }));
         this._scheduleRefresh();
       })
       .catch((e) => this._emit("error", { kind: "token", code: "TOKEN", message: `getToken failed: ${e && e.message ? e.message : e}` }));
@@ -645,25 +683,19 @@ export class Client {
     }
   }
 
-  _receive(data) {
-    if (typeof data !== "string") {
-      const bytes = new Uint8Array(data);
+  // One frame, as `_parse` read it.
+  _receive({ env, binary }) {
+    if (binary) {
       for (const h of [...this._handlers.binary]) {
         try {
-          h.fn(bytes);
+          h.fn(binary);
         } catch (e) {
           console.error("switchboard: a binary handler threw", e);
         }
       }
       return;
     }
-    let env;
-    try {
-      env = JSON.parse(data);
-    } catch (_) {
-      return;
-    }
-    if (!env || typeof env.type !== "string") return;
+    if (!env || typeof env !== "object" || typeof env.type !== "string") return;
     env.payload = env.payload || {};
     // A message seen before (replayed after a resume): dropped.
     if (!this._streams.accept(env)) return;

@@ -15,7 +15,7 @@ import {
   backoffDelay,
   reconnectHint,
 } from "../switchboard.js";
-import { startHub, startProxy, waitFor } from "./hub.mjs";
+import { recorder, startHub, startProxy, waitFor } from "./hub.mjs";
 
 const hubs = [];
 async function hub(opts) {
@@ -30,29 +30,6 @@ after(async () => {
 /** Fast, deterministic reconnects for tests. */
 const quick = { initialDelay: 20, maxDelay: 200, jitter: 0 };
 
-/** A queue of events from a handler registration. */
-function recorder() {
-  const items = [];
-  const waiters = [];
-  return {
-    push(v) {
-      const w = waiters.shift();
-      if (w) w(v);
-      else items.push(v);
-    },
-    next(ms = 10_000) {
-      if (items.length) return Promise.resolve(items.shift());
-      return waitFor((resolve) => waiters.push(resolve), ms, "a recorded event");
-    },
-    async until(pred, ms) {
-      for (;;) {
-        const v = await this.next(ms);
-        if (pred(v)) return v;
-      }
-    },
-    items,
-  };
-}
 
 test("connects, sends to a room, and receives in order", async () => {
   const h = await hub();

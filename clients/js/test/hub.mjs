@@ -118,3 +118,27 @@ export function startProxy(targetPort) {
     });
   });
 }
+
+/** A queue of events from a handler registration. */
+export function recorder() {
+  const items = [];
+  const waiters = [];
+  return {
+    push(v) {
+      const w = waiters.shift();
+      if (w) w(v);
+      else items.push(v);
+    },
+    next(ms = 10_000) {
+      if (items.length) return Promise.resolve(items.shift());
+      return waitFor((resolve) => waiters.push(resolve), ms, "a recorded event");
+    },
+    async until(pred, ms) {
+      for (;;) {
+        const v = await this.next(ms);
+        if (pred(v)) return v;
+      }
+    },
+    items,
+  };
+}

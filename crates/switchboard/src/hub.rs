@@ -21,6 +21,8 @@ const ADMIN: &str = include_str!("../assets/admin.html");
 /// The browser and Node client, served at `/client.js` (and its types at `/client.d.ts`):
 /// `assets/` links to `clients/js`, and packaging copies the files into the crate.
 const CLIENT_JS: &str = include_str!("../assets/switchboard.js");
+/// The client's MessagePack codec, imported by `client.js` as `./msgpack.js`.
+const CLIENT_MSGPACK_JS: &str = include_str!("../assets/msgpack.js");
 const CLIENT_DTS: &str = include_str!("../assets/switchboard.d.ts");
 
 /// The room whose members hear `presence` (who comes and goes, and names).
@@ -141,6 +143,15 @@ pub(crate) fn hub(
                 (
                     [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
                     CLIENT_JS,
+                )
+            }),
+        )
+        .route(
+            "/msgpack.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    CLIENT_MSGPACK_JS,
                 )
             }),
         )
