@@ -5,9 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
+use switchboard_proto::msgpack;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::histogram::Histogram;
 use crate::report::Report;
@@ -17,11 +20,13 @@ use crate::{Protocol, Target};
 
 pub(crate) type Ws = WebSocketStream<TcpStream>;
 
-/// Opens one WebSocket from `source` (a 127.0.0.x address, for more than 64k sockets).
+/// Opens one WebSocket from `source` (a 127.0.0.x address, for more than 64k sockets),
+/// offering `subprotocol`.
 pub(crate) async fn open(
     url: &str,
     addr: SocketAddr,
     source: Option<IpAddr>,
+    subprotocol: Option<&'static str>,
 ) -> anyhow::Result<Ws> {
     let socket = TcpSocket::new_v4()?;
     if let Some(ip) = source {
@@ -29,12 +34,29 @@ pub(crate) async fn open(
     }
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
+    let mut request = url.into_client_request()?;
+    if let Some(p) = subprotocol {
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(p));
+    }
     let (ws, _) =
-        tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await?;
+        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config())).await?;
     Ok(ws)
 }
 
-/// Reads until a text frame; answers Socket.IO's pings.
+/// A frame written in `target`'s encoding: JSON text, or MessagePack.
+pub(crate) fn wire(target: Target, frame: Message) -> Message {
+    match (target.subprotocol(), frame) {
+        (Some(_), Message::Text(t)) => match msgpack::from_json(t.as_str()) {
+            Ok(bytes) => Message::Binary(bytes.into()),
+            Err(_) => Message::Text(t),
+        },
+        (_, frame) => frame,
+    }
+}
+
+/// Reads until a data frame (a MessagePack one as its JSON); answers Socket.IO's pings.
 pub(crate) async fn next_text(
     ws: &mut Ws,
 ) -> anyhow::Result<tokio_tungstenite::tungstenite::Utf8Bytes> {
@@ -46,6 +68,9 @@ pub(crate) async fn next_text(
                     continue;
                 }
                 return Ok(t);
+            }
+            Some(Ok(Message::Binary(b))) => {
+                return Ok(msgpack::to_json(&b, usize::MAX)?.into());
             }
             Some(Ok(Message::Close(f))) => anyhow::bail!("closed: {f:?}"),
             Some(Ok(_)) => {}
@@ -61,7 +86,7 @@ pub(crate) async fn connect(
     server: &ServerProc,
     source: Option<IpAddr>,
 ) -> anyhow::Result<Ws> {
-    let mut ws = open(&server.url(), server.addr, source).await?;
+    let mut ws = open(&server.url(), server.addr, source, target.subprotocol()).await?;
     match target.protocol() {
         Protocol::Switchboard => {
             next_text(&mut ws).await?; // connected
@@ -215,13 +240,14 @@ impl Drop for Pacer {
 /// The frame a publisher sends, stamped with the send time.
 pub(crate) fn tick(target: Target, pad: &str) -> Message {
     let t = now_us();
-    match target.protocol() {
+    let frame = match target.protocol() {
         Protocol::Switchboard => Message::text(format!(
             r#"{{"type":"tick","to":"others","payload":{{"t":{t},"p":"{pad}"}}}}"#
         )),
         Protocol::Floor => Message::text(format!(r#"{{"t":{t},"p":"{pad}"}}"#)),
         Protocol::Socketio => Message::text(format!(r#"42["tick",{{"t":{t},"p":"{pad}"}}]"#)),
-    }
+    };
+    wire(target, frame)
 }
 
 /// The padding that makes a `tick` about `size` bytes on the wire.
@@ -231,12 +257,13 @@ pub(crate) fn padding(size: usize) -> String {
 
 pub(crate) fn room_tick(target: Target, room: &str) -> Message {
     let t = now_us();
-    match target.protocol() {
+    let frame = match target.protocol() {
         Protocol::Socketio => Message::text(format!(r#"42["room",{{"room":"{room}","t":{t}}}]"#)),
         _ => Message::text(format!(
             r#"{{"type":"tick","room":"{room}","payload":{{"t":{t}}}}}"#
         )),
-    }
+    };
+    wire(target, frame)
 }
 
 /// Drives many futures in one task, polling only those that were woken (a plain

@@ -83,6 +83,9 @@ pub enum Target {
     /// Another switchboard binary (`--baseline-bin`), side by side with this one: a
     /// before/after comparison in one run.
     Baseline,
+    /// switchboard with the load's connections in MessagePack (the subprotocol
+    /// `switchboard.v1.msgpack`): the same scenario in binary envelopes.
+    SwitchboardMsgpack,
 }
 
 /// What a target speaks.
@@ -97,10 +100,17 @@ impl Target {
     /// The protocol this target speaks (a baseline speaks switchboard's).
     pub fn protocol(self) -> Protocol {
         match self {
-            Target::Switchboard | Target::Baseline => Protocol::Switchboard,
+            Target::Switchboard | Target::Baseline | Target::SwitchboardMsgpack => {
+                Protocol::Switchboard
+            }
             Target::Floor | Target::EchoFloor => Protocol::Floor,
             Target::Socketio => Protocol::Socketio,
         }
+    }
+
+    /// The subprotocol its connections offer.
+    pub fn subprotocol(self) -> Option<&'static str> {
+        (self == Target::SwitchboardMsgpack).then_some(switchboard_proto::msgpack::SUBPROTOCOL)
     }
 }
 
@@ -306,7 +316,7 @@ pub(crate) async fn measure(target: Target, args: &BenchArgs) -> anyhow::Result<
                 args.tasks,
                 args.duration,
                 args.rate,
-                request,
+                load::wire(target, request),
             )
             .await?
         }

@@ -437,7 +437,7 @@ pub(crate) async fn idle(
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i / 20_000) as u8));
         let mut ws = if target.protocol() == Protocol::Switchboard {
             // Authenticated, as the budget says.
-            let mut ws = open(&server.url(), server.addr, Some(source)).await?;
+            let mut ws = open(&server.url(), server.addr, Some(source), None).await?;
             ws.send(Message::text(
                 r#"{"type":"auth","payload":{"password":"bench-password"}}"#,
             ))

@@ -76,7 +76,7 @@ impl ServerProc {
         let me = std::env::current_exe()?;
         let _me = me.to_string_lossy().into_owned();
         match target {
-            Target::Switchboard | Target::Baseline => {
+            Target::Switchboard | Target::Baseline | Target::SwitchboardMsgpack => {
                 let mut args = vec![
                     "serve",
                     "--port",
