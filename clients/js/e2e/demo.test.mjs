@@ -131,3 +131,32 @@ test("the page survives a server restart: state shown, rooms rejoined", async ()
   await page.screenshot({ path: SCREENSHOT });
   await page.close();
 });
+
+test("in Chromium, a MessagePack client from the hub's /client.js talks with a JSON client", async () => {
+  const page = await browser.newPage();
+  page.on("pageerror", (e) => console.error("[msgpack] page error:", e));
+  await page.goto(hub.http + "/");
+  const plain = await Client.connect(hub.url);
+  await plain.join("mp-room");
+  const heard = new Promise((resolve) => plain.on("chat", (m) => resolve(m)));
+  const opened = await page.evaluate(async (url) => {
+    const { Client } = await import("/client.js");
+    const c = await Client.connect(url, { msgpack: true });
+    window.mp = c;
+    window.mpReply = new Promise((resolve) => c.on("reply", (m) => resolve(m.payload)));
+    await c.join("mp-room");
+    const sum = await c.call("sum", { numbers: [391, 29] });
+    c.sendTo("mp-room", "chat", { text: "héllo ✓", n: 1.5 });
+    return { msgpack: c.msgpack, sum, id: c.id };
+  }, hub.url);
+  assert.deepEqual([opened.msgpack, opened.sum], [true, 420], "MessagePack accepted, the call answered");
+  const m = await heard;
+  assert.deepEqual(m.payload, { text: "héllo ✓", n: 1.5 });
+  assert.equal(m.from, opened.id);
+  plain.sendTo("mp-room", "reply", { big: 2 ** 40, list: [null, true, {}] });
+  const reply = await page.evaluate(() => window.mpReply);
+  assert.deepEqual(reply, { big: 2 ** 40, list: [null, true, {}] });
+  await page.evaluate(() => window.mp.close());
+  await plain.close();
+  await page.close();
+});
