@@ -7,6 +7,7 @@ const http = createServer();
 const io = new Server(http, { transports: ["websocket"], perMessageDeflate: false, maxHttpBufferSize: 1 << 20 });
 io.on("connection", (socket) => {
   socket.on("echo", (m) => socket.emit("echo", m));
+  socket.on("rpc", (m, ack) => ack(m));
   socket.on("tick", (m) => socket.broadcast.emit("tick", m));
   socket.on("join", (room) => {
     socket.join(room);

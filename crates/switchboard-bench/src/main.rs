@@ -80,6 +80,9 @@ pub enum Target {
     EchoFloor,
     /// Node's Socket.IO 4 (needs `npm install` in bench/socketio).
     Socketio,
+    /// socketioxide, the Rust Socket.IO server (`switchboard-socketioxide`, built with
+    /// `--features socketioxide`): the Rust peer users would pick instead.
+    Socketioxide,
     /// Another switchboard binary (`--baseline-bin`), side by side with this one: a
     /// before/after comparison in one run.
     Baseline,
@@ -104,7 +107,7 @@ impl Target {
                 Protocol::Switchboard
             }
             Target::Floor | Target::EchoFloor => Protocol::Floor,
-            Target::Socketio => Protocol::Socketio,
+            Target::Socketio | Target::Socketioxide => Protocol::Socketio,
         }
     }
 
@@ -306,6 +309,8 @@ pub(crate) async fn measure(target: Target, args: &BenchArgs) -> anyhow::Result<
                 (Scenario::Rpc, Protocol::Switchboard) => Message::text(
                     r#"{"type":"rpc","ref":"1","payload":{"method":"echo","params":{"message":"hello"}}}"#,
                 ),
+                // An RPC is an event answered by its ack.
+                (Scenario::Rpc, Protocol::Socketio) => Message::text(r#"421["rpc","hello"]"#),
                 (_, Protocol::Socketio) => Message::text(r#"42["echo","hello"]"#),
                 _ => Message::text(r#"{"type":"ping","payload":{"p":"hello"}}"#),
             };

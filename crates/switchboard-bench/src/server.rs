@@ -100,6 +100,13 @@ impl ServerProc {
                 let floor = sibling("switchboard-floor")?;
                 ServerProc::spawn(&floor, &["--port", "0", "--plain"], &[], "/", wrap)
             }
+            Target::Socketioxide => {
+                let server = sibling("switchboard-socketioxide").map_err(|e| {
+                    e.context("build it with `cargo build --release -p switchboard-bench --features socketioxide`")
+                })?;
+                let path = "/socket.io/?EIO=4&transport=websocket";
+                ServerProc::spawn(&server, &[], &[], path, wrap)
+            }
             Target::Socketio => {
                 let script = std::env::var("SOCKETIO_SERVER")
                     .unwrap_or_else(|_| "bench/socketio/server.mjs".to_owned());
