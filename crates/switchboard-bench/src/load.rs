@@ -70,6 +70,10 @@ pub(crate) async fn next_text(
                 return Ok(t);
             }
             Some(Ok(Message::Binary(b))) => {
+                // A tick's stamp is all the load reads of it (as of a JSON one).
+                if let Some(t) = msgpack_stamp(&b) {
+                    return Ok(format!(r#"{{"t":{t}}}"#).into());
+                }
                 return Ok(msgpack::to_json(&b, usize::MAX)?.into());
             }
             Some(Ok(Message::Close(f))) => anyhow::bail!("closed: {f:?}"),
@@ -105,6 +109,20 @@ pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The `t` stamp of a MessagePack tick (the key `t` and a uint 32 or 64), found without
+/// reading the rest.
+pub(crate) fn msgpack_stamp(frame: &[u8]) -> Option<u64> {
+    let at = frame.windows(2).position(|w| w == [0xa1, b't'])? + 2;
+    let rest = frame.get(at..)?;
+    match rest.first()? {
+        0xcf => Some(u64::from_be_bytes(rest.get(1..9)?.try_into().ok()?)),
+        0xce => Some(u64::from(u32::from_be_bytes(
+            rest.get(1..5)?.try_into().ok()?,
+        ))),
+        _ => None,
+    }
 }
 
 /// The `"t":<micros>` stamp in a frame, found without parsing it.
@@ -291,5 +309,9 @@ mod tests {
         );
         assert_eq!(stamp(r#"42["tick",{"t":99}]"#), Some(99));
         assert_eq!(stamp("nothing"), None);
+        let frame =
+            msgpack::from_json(r#"{"type":"tick","payload":{"t":1764000000000000,"p":"x"}}"#)
+                .unwrap_or_default();
+        assert_eq!(msgpack_stamp(&frame), Some(1_764_000_000_000_000));
     }
 }
