@@ -204,7 +204,7 @@ impl NativeClient {
     #[new]
     // The keyword arguments of Python's `Client.connect`, one for one.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (url, password=None, token=None, auto_reconnect=true, reconnect_delay=1.0, max_reconnect_attempts=None, connect_timeout=10.0))]
+    #[pyo3(signature = (url, password=None, token=None, auto_reconnect=true, reconnect_delay=1.0, max_reconnect_attempts=None, connect_timeout=10.0, msgpack=false))]
     fn new(
         url: String,
         password: Option<String>,
@@ -213,9 +213,11 @@ impl NativeClient {
         reconnect_delay: f64,
         max_reconnect_attempts: Option<u32>,
         connect_timeout: f64,
+        msgpack: bool,
     ) -> NativeClient {
         let mut config = ClientConfig {
             connect_timeout: seconds(connect_timeout),
+            msgpack,
             ..ClientConfig::default()
         };
         if let Some(p) = password {
@@ -394,6 +396,11 @@ impl NativeClient {
     /// This client's id (kept across reconnects when the session is resumed).
     fn client_id(&self) -> String {
         self.client.id()
+    }
+
+    /// True if envelopes travel in MessagePack on the current connection.
+    fn msgpack(&self) -> bool {
+        self.client.session().msgpack
     }
 
     /// Events dropped because Python did not take them in time.

@@ -79,6 +79,29 @@ def test_rpc_results_and_typed_errors(hub):
     run(scenario())
 
 
+def test_a_messagepack_client_calls_and_shares_a_room_with_a_json_client(hub):
+    async def scenario():
+        url = f"ws://{hub}/ws"
+        async with await Client.connect(url, msgpack=True) as packed, \
+                await Client.connect(url) as plain:
+            assert packed.msgpack and not plain.msgpack
+            assert await packed.call("sum", {"numbers": [1, 2, 3.5]}) == 6.5
+            with pytest.raises(RemoteError) as bad:
+                await packed.call("sum", {"numbers": "x"})
+            assert bad.value.code == "INVALID_PARAMS"
+            heard = asyncio.Queue()
+            plain.on("chat", heard.put_nowait)
+            await packed.join("room")
+            await plain.join("room")
+            payload = {"text": "héllo ✓", "n": -7, "f": 0.1, "nested": {"l": [True, None]}}
+            await packed.send("chat", payload, room="room")
+            msg = await asyncio.wait_for(heard.get(), TIMEOUT)
+            assert msg.payload == payload
+            assert msg.from_id == packed.id
+
+    run(scenario())
+
+
 def test_a_request_without_an_answer_times_out_and_the_client_goes_on(hub):
     async def scenario():
         proxy = Proxy(hub)
