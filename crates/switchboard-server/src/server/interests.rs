@@ -2,10 +2,13 @@
 //! it must receive messages for ([`Interests`]), and, for a resume of a session whose
 //! rooms this node did not follow, the messages the backplane kept for them.
 
+use std::future::Future;
+use std::time::Duration;
+
 use switchboard_proto::StreamPositions;
 
 use super::Server;
-use crate::backplane::{Interests, StreamHistory, Target};
+use crate::backplane::{BackplaneError, Interests, StreamHistory, Target};
 use crate::clock::now_ms;
 use crate::delivery::Session;
 use crate::locks::lock;
@@ -51,12 +54,8 @@ impl Server {
             if lock(&stream).can_recover(&since) {
                 continue;
             }
-            let kept = match self
-                .inner
-                .backplane
-                .stream_history(&target, since.offset)
-                .await
-            {
+            let backplane = &self.inner.backplane;
+            let kept = match patiently(|| backplane.stream_history(&target, since.offset)).await {
                 Ok(Some(kept)) => kept,
                 Ok(None) => continue,
                 Err(e) => {
@@ -85,5 +84,66 @@ impl Server {
                 tracing::debug!(?target, "the backplane's history of a stream has a gap");
             }
         }
+    }
+}
+
+/// Waits between tries of a history read: a resume that lands on a node while its link
+/// to the backplane is coming back (a dropped connection being remade) gets the history
+/// a moment later instead of being told its messages are lost. 775 ms in all at most.
+const RETRY_WAITS: [Duration; 5] = [
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+];
+
+/// `read`, tried again after each of [`RETRY_WAITS`] while it fails.
+pub(super) async fn patiently<T, F, Fut>(mut read: F) -> Result<T, BackplaneError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BackplaneError>>,
+{
+    for wait in RETRY_WAITS {
+        match read().await {
+            Ok(v) => return Ok(v),
+            Err(e) => tracing::debug!(error = %e, "a history read failed; trying again"),
+        }
+        tokio::time::sleep(wait).await;
+    }
+    read().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_history_read_failing_while_the_link_comes_back_is_tried_again() {
+        // Found by the Redis chaos test: a client resumed on a node whose link to Redis
+        // had just been cut; the one read failed and the room was reported lost.
+        let tries = Cell::new(0);
+        let read = || {
+            tries.set(tries.get() + 1);
+            let n = tries.get();
+            async move {
+                if n < 3 {
+                    Err(BackplaneError::new("link down"))
+                } else {
+                    Ok(n)
+                }
+            }
+        };
+        assert_eq!(patiently(read).await.ok(), Some(3));
+        // A backplane that stays down: an error after every wait, no endless loop.
+        let tries = Cell::new(0);
+        let down = || {
+            tries.set(tries.get() + 1);
+            async { Err::<(), _>(BackplaneError::new("down")) }
+        };
+        assert!(patiently(down).await.is_err());
+        assert_eq!(tries.get(), RETRY_WAITS.len() + 1);
     }
 }

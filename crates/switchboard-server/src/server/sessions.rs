@@ -147,11 +147,8 @@ impl Server {
         let budget = self.inner.streams.budget();
         let history = &self.inner.config.history;
         let client = session.client();
-        match self
-            .inner
-            .backplane
-            .session_history(client, since.offset)
-            .await
+        let backplane = &self.inner.backplane;
+        match super::interests::patiently(|| backplane.session_history(client, since.offset)).await
         {
             Ok(Some(kept)) if kept.position.epoch == since.epoch => {
                 session.absorb(kept, since.offset, now_ms(), budget, history);
