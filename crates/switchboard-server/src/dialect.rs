@@ -186,29 +186,20 @@ impl DialectAdapter {
             (DialectAdapter::MessagePack, Frame::Binary(raw)) => {
                 Some(Frame::Binary(msgpack::binary_envelope(&raw).into()))
             }
-            (DialectAdapter::MessagePack, frame) => Some(frame),
-            (adapter, Frame::Text(native)) => adapter
-                .localize(native.as_str())
-                .map(|t| Frame::Verbatim(Text::from(t))),
+            (DialectAdapter::Datadivr { client }, Frame::Text(native)) => {
+                datadivr::outgoing(native.as_str(), &client.to_string()).map(verbatim)
+            }
+            (DialectAdapter::Metafor(state), Frame::Text(native)) => {
+                state.outgoing(native.as_str()).map(verbatim)
+            }
             (_, frame) => Some(frame),
         }
     }
+}
 
-    /// A native frame's text in this client's dialect (`None`: no such frame).
-    pub(crate) fn localize(&mut self, native: &str) -> Option<String> {
-        match self {
-            DialectAdapter::Native { .. } | DialectAdapter::MessagePack => Some(native.to_owned()),
-            DialectAdapter::Datadivr { client } => datadivr::outgoing(native, &client.to_string()),
-            DialectAdapter::Metafor(state) => {
-                if !state.commands.is_empty() {
-                    if let Some(answer) = command_answer(&mut state.commands, native) {
-                        return Some(answer);
-                    }
-                }
-                metafor::outgoing(native)
-            }
-        }
-    }
+/// A frame already in the client's dialect.
+fn verbatim(text: String) -> Frame {
+    Frame::Verbatim(Text::from(text))
 }
 
 fn read(decoded: Result<Envelope, DecodeError>) -> Read {
@@ -219,6 +210,17 @@ fn read(decoded: Result<Envelope, DecodeError>) -> Read {
 }
 
 impl MetaforCommands {
+    /// A native frame as Metafor's: the answer to a `_join` / `_leave` in flight, or
+    /// the frame translated (`None`: Metafor has no such frame).
+    fn outgoing(&mut self, native: &str) -> Option<String> {
+        if !self.commands.is_empty() {
+            if let Some(answer) = command_answer(&mut self.commands, native) {
+                return Some(answer);
+            }
+        }
+        metafor::outgoing(native)
+    }
+
     /// A Metafor `_join` / `_leave` as the native `join_room` / `leave_room`.
     fn command(&mut self, join: bool, room: String) -> Envelope {
         self.next = self.next.wrapping_add(1);
@@ -265,6 +267,14 @@ mod tests {
         ConnId::from_u64(7)
     }
 
+    /// What `a` writes for the native frame `native`, as text.
+    fn written(a: &mut DialectAdapter, native: &str) -> Option<String> {
+        match a.write(Frame::text(native.to_owned()))? {
+            Frame::Verbatim(text) | Frame::Text(text) => Some(text.as_str().to_owned()),
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
     #[test]
     fn a_metafor_join_is_a_native_join_answered_in_metafor_s_words() {
         let mut a = DialectAdapter::new(Dialect::Native, false, id());
@@ -281,11 +291,11 @@ mod tests {
         let r = env.ref_id.clone().unwrap();
         let ack = switchboard_proto::ack_ok(&r, None);
         assert_eq!(
-            a.localize(&ack).as_deref(),
+            written(&mut a, &ack).as_deref(),
             Some(r#"{"room":"r1","status":"joined"}"#)
         );
         assert_eq!(
-            a.localize(&ack),
+            written(&mut a, &ack),
             None,
             "answered once; other acks are not Metafor's"
         );
