@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::{Event, FrameError, Step};
+use super::{Event, FrameError, Step, is_valid_close_code};
 
 /// A fragmented message being assembled.
 #[derive(Debug)]
@@ -247,6 +247,7 @@ pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::websocket::{Kind, close_payload, header};
 
     /// A client frame: `b0` (FIN, opcode), masked with a fixed mask.
     fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
