@@ -10,27 +10,16 @@ use switchboard_client::{
     Client, ClientConfig, ConnectError, ConnectionState, Reconnect, ReconnectConfig, RequestError,
     SendError,
 };
-use switchboard_server::{Conn, HandlerError, Json, ServerConfig};
+use switchboard_server::{Conn, Json, ServerConfig};
 use switchboard_test::{TIMEOUT, TestServer};
 use tokio::sync::Notify;
 
 async fn server(release: Arc<Notify>) -> TestServer {
     TestServer::with(move |b| {
-        b.config(ServerConfig {
+        TestServer::arithmetic(b.config(ServerConfig {
             relay_unhandled: true,
             ..TestServer::config()
-        })
-        .on("add", |Json(v): Json<Value>| async move {
-            Json(v["a"].as_f64().unwrap_or(0.0) + v["b"].as_f64().unwrap_or(0.0))
-        })
-        .on("divide", |Json(v): Json<Value>| async move {
-            let b = v["b"].as_f64().unwrap_or(0.0);
-            if b == 0.0 {
-                return Err(HandlerError::new("DIVIDE_BY_ZERO", "Cannot divide by zero")
-                    .with_details(json!({"b": b})));
-            }
-            Ok(Json(v["a"].as_f64().unwrap_or(0.0) / b))
-        })
+        }))
         .on("wait", move || {
             let release = release.clone();
             async move { release.notified().await }
@@ -214,14 +203,11 @@ async fn after_close_sends_fail_with_not_connected() {
 async fn without_reconnect_a_server_shutdown_ends_the_client_and_fails_sent_requests() {
     let release = Arc::new(Notify::new());
     let s = TestServer::with(move |b| {
-        b.config(ServerConfig {
+        TestServer::arithmetic(b.config(ServerConfig {
             // The `wait` handler never finishes: shutdown cancels it after this.
             shutdown_grace: Duration::from_millis(100),
             ..TestServer::config()
-        })
-        .on("add", |Json(v): Json<Value>| async move {
-            Json(v["a"].as_f64().unwrap_or(0.0) + v["b"].as_f64().unwrap_or(0.0))
-        })
+        }))
         .on("wait", move || {
             let release = release.clone();
             async move { release.notified().await }

@@ -5,27 +5,16 @@
 
 use serde_json::{Value, json};
 use switchboard_client::{Client, ClientConfig, RequestError};
-use switchboard_server::{Binary, Conn, HandlerError, Json, ServerConfig};
+use switchboard_server::{Binary, Conn, ServerConfig};
 use switchboard_test::{TIMEOUT, TestServer};
 use tokio::sync::mpsc;
 
 async fn server() -> TestServer {
     TestServer::with(|b| {
-        b.config(ServerConfig {
+        TestServer::arithmetic(b.config(ServerConfig {
             relay_unhandled: true,
             ..TestServer::config()
-        })
-        .on("add", |Json(v): Json<Value>| async move {
-            Json(v["a"].as_f64().unwrap_or(0.0) + v["b"].as_f64().unwrap_or(0.0))
-        })
-        .on("divide", |Json(v): Json<Value>| async move {
-            let b = v["b"].as_f64().unwrap_or(0.0);
-            if b == 0.0 {
-                return Err(HandlerError::new("DIVIDE_BY_ZERO", "Cannot divide by zero")
-                    .with_details(json!({"b": b})));
-            }
-            Ok(Json(v["a"].as_f64().unwrap_or(0.0) / b))
-        })
+        }))
         .on_binary(|conn: Conn, Binary(data): Binary| async move {
             let mut back = data.to_vec();
             back.reverse();

@@ -110,6 +110,34 @@ impl TestServer {
         TestServer::start(configure(Server::builder())).await
     }
 
+    /// The request/response handlers the client tests call: `add` (`{a, b}` -> their
+    /// sum) and `divide` (`{a, b}` -> `a / b`; `b == 0` is the typed error
+    /// `DIVIDE_BY_ZERO` with `details: {b}`).
+    ///
+    /// ```no_run
+    /// # async fn demo() {
+    /// use switchboard_test::TestServer;
+    /// let s = TestServer::with(TestServer::arithmetic).await;
+    /// # }
+    /// ```
+    pub fn arithmetic(builder: ServerBuilder) -> ServerBuilder {
+        use serde_json::Value;
+        use switchboard_server::{HandlerError, Json};
+        let operand = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+        builder
+            .on("add", move |Json(v): Json<Value>| async move {
+                Json(operand(&v, "a") + operand(&v, "b"))
+            })
+            .on("divide", move |Json(v): Json<Value>| async move {
+                let b = operand(&v, "b");
+                if b == 0.0 {
+                    return Err(HandlerError::new("DIVIDE_BY_ZERO", "Cannot divide by zero")
+                        .with_details(serde_json::json!({ "b": b })));
+                }
+                Ok(Json(operand(&v, "a") / b))
+            })
+    }
+
     /// A server with these settings and the built-in handlers only.
     ///
     /// ```no_run
