@@ -263,54 +263,58 @@ test("a cut network: the queue is delivered exactly once, in order, after the ro
   await proxy.close();
 });
 
-test("a cut network resumes the session: the same id, every missed message once, in order", async () => {
-  const h = await hub();
-  const proxy = await startProxy(h.port);
-  const c = await Client.connect(proxy.url, { reconnect: quick });
-  const id = c.id;
-  await c.join("room");
-  const got = recorder();
-  c.onMessage((m) => (m.type === "r" || m.type === "d") && got.push(m));
-  const outcomes = recorder();
-  c.onResume((o) => outcomes.push(o));
-  const states = recorder();
-  c.onState((s) => states.push(s));
-  const joined = recorder();
-  c.on("user_joined", (m) => joined.push(m.payload.user_id));
-  const sender = await Client.connect(h.url);
-  const left = recorder();
-  sender.on("user_left", (m) => left.push(m.payload.user_id));
-  await sender.join("room");
-  assert.equal(await joined.next(), sender.id);
+for (const msgpack of [false, true]) {
+  const encoding = msgpack ? "MessagePack" : "JSON";
+  test(`a cut network resumes the session (${encoding}): the same id, every missed message once, in order`, async () => {
+    const h = await hub();
+    const proxy = await startProxy(h.port);
+    const c = await Client.connect(proxy.url, { msgpack, reconnect: quick });
+    const id = c.id;
+    await c.join("room");
+    const got = recorder();
+    c.onMessage((m) => (m.type === "r" || m.type === "d") && got.push(m));
+    const outcomes = recorder();
+    c.onResume((o) => outcomes.push(o));
+    const states = recorder();
+    c.onState((s) => states.push(s));
+    const joined = recorder();
+    c.on("user_joined", (m) => joined.push(m.payload.user_id));
+    const sender = await Client.connect(h.url);
+    const left = recorder();
+    sender.on("user_left", (m) => left.push(m.payload.user_id));
+    await sender.join("room");
+    assert.equal(await joined.next(), sender.id);
 
-  proxy.block();
-  assert.equal(await states.next(), ConnectionState.RECONNECTING);
-  // The server notices the drop (the room hears it), then traffic goes on without c.
-  assert.equal(await left.next(), id);
-  for (let i = 0; i < 100; i++) sender.sendTo("room", "r", { i });
-  for (let i = 0; i < 20; i++) await sender.request("d", { i }, { to: id });
-  proxy.unblock();
+    proxy.block();
+    assert.equal(await states.next(), ConnectionState.RECONNECTING);
+    // The server notices the drop (the room hears it), then traffic goes on without c.
+    assert.equal(await left.next(), id);
+    for (let i = 0; i < 100; i++) sender.sendTo("room", "r", { i });
+    for (let i = 0; i < 20; i++) await sender.request("d", { i }, { to: id });
+    proxy.unblock();
 
-  const outcome = await outcomes.next();
-  assert.equal(outcome.resumed, true);
-  assert.equal(outcome.rooms.room.recovered, true);
-  assert.equal(outcome.rooms.room.missed, 100);
-  assert.equal(outcome.session.missed, 20);
-  assert.equal(c.id, id, "the same client id");
-  const room = [];
-  const direct = [];
-  while (room.length < 100 || direct.length < 20) {
-    const m = await got.next();
-    (m.type === "r" ? room : direct).push(m.payload.i);
-  }
-  assert.deepEqual(room, [...Array(100).keys()]);
-  assert.deepEqual(direct, [...Array(20).keys()]);
-  sender.sendTo("room", "r", { i: "live" });
-  assert.equal((await got.next()).payload.i, "live", "nothing twice, then live traffic");
-  await c.close();
-  await sender.close();
-  await proxy.close();
-});
+    const outcome = await outcomes.next();
+    assert.equal(outcome.resumed, true);
+    assert.equal(outcome.rooms.room.recovered, true);
+    assert.equal(outcome.rooms.room.missed, 100);
+    assert.equal(outcome.session.missed, 20);
+    assert.equal(c.id, id, "the same client id");
+    assert.equal(c.msgpack, msgpack, "the same encoding after the reconnect");
+    const room = [];
+    const direct = [];
+    while (room.length < 100 || direct.length < 20) {
+      const m = await got.next();
+      (m.type === "r" ? room : direct).push(m.payload.i);
+    }
+    assert.deepEqual(room, [...Array(100).keys()]);
+    assert.deepEqual(direct, [...Array(20).keys()]);
+    sender.sendTo("room", "r", { i: "live" });
+    assert.equal((await got.next()).payload.i, "live", "nothing twice, then live traffic");
+    await c.close();
+    await sender.close();
+    await proxy.close();
+  });
+}
 
 test("a request whose answer was lost to a cut is sent again and takes effect once", async () => {
   const h = await hub();
