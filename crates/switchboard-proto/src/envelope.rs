@@ -269,7 +269,10 @@ struct WireIn<'a> {
 /// True if valid JSON `text` nests objects and arrays deeper than `limit`. Counting the
 /// brackets first settles nearly every payload (fewer brackets than the limit cannot
 /// nest deeper), so only the rare bracket-heavy one is walked.
-pub(crate) fn nests_deeper_than(text: &str, limit: usize) -> bool {
+///
+/// Public for `switchboard-parsers` (the benchmark that times it); not part of the API.
+#[doc(hidden)]
+pub fn nests_deeper_than(text: &str, limit: usize) -> bool {
     let bytes = text.as_bytes();
     let opening = bytes.iter().filter(|&&b| b == b'{' || b == b'[').count();
     if opening <= limit {
