@@ -69,11 +69,18 @@ pub struct ServerConfig {
     pub max_rooms_per_connection: usize,
     /// Send `user_joined` / `user_left` to a room's members. Default true.
     pub room_notifications: bool,
-    /// After each `user_joined` / `user_left`, also send the room's other members
+    /// After a `user_joined` / `user_left`, also send the room's members
     /// `room_update {room_id, users}` with how many members it has now, across the
     /// cluster (the message protocol pattern's message; the joiner learns the count
-    /// from its join's answer). Default false; the hub's true.
+    /// from its join's answer), at most once per [`room_update_interval`](Self::room_update_interval)
+    /// while changes keep coming. Default false; the hub's true.
     pub room_updates: bool,
+    /// How often a room's `room_update` goes out while its membership keeps changing:
+    /// a room's first change is counted at once, later ones at the end of this
+    /// interval, once, with the count then (to every member), so a burst of joins sends
+    /// two counts instead of one per join to every member. Zero: every change is sent.
+    /// Default 1 s.
+    pub room_update_interval: Duration,
     /// Relay messages of types no handler takes to the room (`room`) or client (`to`)
     /// they name, instead of answering `UNKNOWN_TYPE`. The hub turns this on. Default false.
     pub relay_unhandled: bool,
@@ -326,6 +333,7 @@ impl Default for ServerConfig {
             max_rooms_per_connection: 100,
             room_notifications: true,
             room_updates: false,
+            room_update_interval: Duration::from_secs(1),
             relay_unhandled: false,
             password: None,
             auth_required: true,

@@ -198,6 +198,10 @@ pub(crate) struct ServeArgs {
     /// Drop clients silent this long [default: 60s].
     #[arg(long, env = "SWITCHBOARD_HEARTBEAT_TIMEOUT", value_parser = settings::parse_duration)]
     pub(crate) heartbeat_timeout: Option<Duration>,
+    /// Send a room's member count (`room_update`) at most this often while its
+    /// membership keeps changing; 0 sends one per join and leave [default: 1s].
+    #[arg(long, env = "SWITCHBOARD_ROOM_UPDATE_INTERVAL", value_parser = settings::parse_duration)]
+    pub(crate) room_update_interval: Option<Duration>,
     /// Messages per second per connection; 0 for no limit [default: 1000].
     #[arg(long, env = "SWITCHBOARD_RATE_LIMIT")]
     pub(crate) rate_limit: Option<u32>,
@@ -316,6 +320,7 @@ impl ServeArgs {
             auth_timeout: self.auth_timeout,
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
+            room_update_interval: self.room_update_interval,
             rate_limit: self.rate_limit,
             rate_burst: self.rate_burst,
             allowed_origins: self.allowed_origins.clone(),

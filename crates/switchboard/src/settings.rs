@@ -38,6 +38,8 @@ pub struct FileSettings {
     pub heartbeat_interval: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     pub heartbeat_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub room_update_interval: Option<Duration>,
     pub rate_limit: Option<u32>,
     pub rate_burst: Option<u32>,
     pub allowed_origins: Option<Vec<String>>,
@@ -172,6 +174,7 @@ impl FileSettings {
             auth_failure_window,
             heartbeat_interval,
             heartbeat_timeout,
+            room_update_interval,
             rate_limit,
             rate_burst,
             allowed_origins,
@@ -250,6 +253,7 @@ impl FileSettings {
             auth_failure_window: self.auth_failure_window.unwrap_or(d.auth_failure_window),
             heartbeat_interval: self.heartbeat_interval.unwrap_or(d.heartbeat_interval),
             heartbeat_timeout: self.heartbeat_timeout.unwrap_or(d.heartbeat_timeout),
+            room_update_interval: self.room_update_interval.unwrap_or(d.room_update_interval),
             rate_limit: self.rate_limit.unwrap_or(d.rate_limit),
             rate_burst: self.rate_burst.unwrap_or(d.rate_burst),
             allowed_origins: self.allowed_origins.unwrap_or(d.allowed_origins),

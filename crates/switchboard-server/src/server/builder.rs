@@ -359,6 +359,7 @@ impl ServerBuilder {
                 metrics,
                 streams: Streams::new(&self.config, now_ms()),
                 sessions: Sessions::default(),
+                room_updates: Default::default(),
                 http_routes: self.routes,
                 methods,
                 auth,

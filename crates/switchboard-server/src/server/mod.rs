@@ -12,6 +12,7 @@ mod interests;
 mod lifecycle;
 mod ordered;
 mod presence;
+mod room_updates;
 mod rooms;
 mod send;
 mod sessions;
@@ -105,6 +106,8 @@ pub(crate) struct ServerInner {
     streams: Streams,
     /// Sessions without a connection, waiting for a resume.
     sessions: Sessions,
+    /// The rooms inside their `room_update` interval.
+    room_updates: room_updates::RoomUpdates,
 }
 
 /// A switchboard server: a cheap, cloneable handle.

@@ -187,27 +187,58 @@ impl Server {
         }
     }
 
-    /// `room_update {room_id, users}` to the room's members but `user` (who joined or
-    /// left): how many it has now (in a cluster, counted across nodes first).
+    /// `room_update {room_id, users}` to the room's members after `user` joined or left:
+    /// at once for a room's first change, then at most once per
+    /// `ServerConfig::room_update_interval`, carrying the count at the interval's end
+    /// (`room_updates.rs`).
     fn update_room(&self, room: &str, user: ConnId) {
+        let interval = self.inner.config.room_update_interval;
+        if !self.inner.clustered && self.inner.registry.room_size_except(room, &[user]) == 0 {
+            // Nobody else here to tell (a cluster's other nodes may have members).
+            return;
+        }
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !interval.is_zero() => runtime,
+            // No interval, or no runtime to time one: every change is counted.
+            _ => return self.count_room(room, Some(user)),
+        };
+        if !self.inner.room_updates.changed(room) {
+            return;
+        }
+        self.count_room(room, Some(user));
+        let (server, room) = (self.clone(), room.to_owned());
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                if !server.inner.room_updates.interval_ended(&room) {
+                    break;
+                }
+                server.count_room(&room, None);
+            }
+        });
+    }
+
+    /// Sends the room's members (but `except`) how many it has now (in a cluster,
+    /// counted across nodes first).
+    fn count_room(&self, room: &str, except: Option<ConnId>) {
         if !self.inner.clustered {
             let users = self.inner.registry.room_size(room);
-            self.send_room_update(room, users, user);
+            self.send_room_update(room, users, except);
             return;
         }
         let (server, room) = (self.clone(), room.to_owned());
         tokio::spawn(async move {
             let users = server.cluster_room_members(&room).await.len();
-            server.send_room_update(&room, users, user);
+            server.send_room_update(&room, users, except);
         });
     }
 
-    fn send_room_update(&self, room: &str, users: usize, except: ConnId) {
+    fn send_room_update(&self, room: &str, users: usize, except: Option<ConnId>) {
         let payload = json!({ "room_id": room, "users": users });
         if let Ok(payload) = Payload::from_serialize(&payload) {
             let target = Target::Room(room.to_owned());
             let text = frame_text(types::ROOM_UPDATE, &payload, &target, None);
-            self.send_delivery(target, vec![except], text);
+            self.send_delivery(target, except.into_iter().collect(), text);
         }
     }
 }
