@@ -13,8 +13,38 @@
 // `{ msgpack: true }` offers MessagePack envelopes (./msgpack.js, served beside this
 // file); the rest of the client always works in JSON text and the socket edge
 // (`_sendOn`, `_parse`) converts.
+//
+// Its other modules, imported from beside it (the hub serves them all): errors.js (the
+// error classes), reconnect.js (close hints and backoff), positions.js (stream
+// positions for resume). This file re-exports what they export.
 
 import { SUBPROTOCOL as MSGPACK, binaryData, binaryEnvelope, decode as decodeMsgpack, encode as encodeMsgpack } from "./msgpack.js";
+import {
+  ClosedError,
+  ConnectError,
+  ConnectionLostError,
+  NotConnectedError,
+  QueueFullError,
+  RemoteError,
+  SwitchboardError,
+  TimeoutError,
+} from "./errors.js";
+import { backoffDelay, reconnectHint } from "./reconnect.js";
+import { StreamPositions } from "./positions.js";
+
+export {
+  ClosedError,
+  ConnectError,
+  ConnectionLostError,
+  NotConnectedError,
+  QueueFullError,
+  RemoteError,
+  SwitchboardError,
+  TimeoutError,
+  backoffDelay,
+  reconnectHint,
+  StreamPositions,
+};
 
 /** The connection states. */
 export const ConnectionState = Object.freeze({
@@ -24,87 +54,6 @@ export const ConnectionState = Object.freeze({
   CLOSING: "closing",
   CLOSED: "closed",
 });
-
-/** What to do after a close with `code` (docs/protocol.md, "Closing"). */
-export function reconnectHint(code) {
-  switch (code) {
-    case 1000: // normal closure: the server is done with us
-    case 4001: // AUTH_FAILED
-    case 4003: // FORBIDDEN
-    case 4004: // KICKED
-    case 4009: // SESSION_TAKEN
-      return "never";
-    case 4007: // SLOW_CONSUMER
-    case 4008: // HEARTBEAT_TIMEOUT
-    case 4010: // STREAM_RESET
-      return "now";
-    default:
-      return "backoff";
-  }
-}
-
-/** The base of every error this client throws or reports. */
-export class SwitchboardError extends Error {
-  constructor(message, code) {
-    super(message);
-    this.name = new.target.name;
-    this.code = code;
-  }
-}
-
-/** Not connected, and not going to be (closed, or auto-reconnect is off). */
-export class NotConnectedError extends SwitchboardError {
-  constructor() {
-    super("not connected", "NOT_CONNECTED");
-  }
-}
-
-/** No answer within the timeout. */
-export class TimeoutError extends SwitchboardError {
-  constructor(ms) {
-    super(`no answer within ${ms} ms`, "TIMEOUT");
-    this.timeout = ms;
-  }
-}
-
-/** The server answered with an error: `code`, `message`, `details`. */
-export class RemoteError extends SwitchboardError {
-  constructor(code, message, details) {
-    super(`${code}: ${message}`, code);
-    this.serverMessage = message;
-    this.details = details;
-  }
-}
-
-/** The connection dropped after the request was sent: it may or may not have run. */
-export class ConnectionLostError extends SwitchboardError {
-  constructor() {
-    super("connection lost before the answer arrived; the request may have been processed", "CONNECTION_LOST");
-  }
-}
-
-/** The offline queue is full; the message was not queued. */
-export class QueueFullError extends SwitchboardError {
-  constructor(size) {
-    super(`offline queue full (${size} messages)`, "QUEUE_FULL");
-    this.size = size;
-  }
-}
-
-/** The client was closed before the answer arrived. */
-export class ClosedError extends SwitchboardError {
-  constructor() {
-    super("client closed", "CLOSED");
-  }
-}
-
-/** Connecting failed: unreachable, timed out, or refused (`code`, `reconnect`). */
-export class ConnectError extends SwitchboardError {
-  constructor(message, code, reconnect = "backoff") {
-    super(message, code);
-    this.reconnect = reconnect;
-  }
-}
 
 const DEFAULTS = {
   // After a reconnect, resume the session: same client id and rooms, and the messages
@@ -149,103 +98,7 @@ function randomHex(bytes) {
   return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** The delay (ms) before reconnect attempt `attempt` (from 1), with jitter `random` in [0, 1). */
-export function backoffDelay(reconnect, attempt, hint = "backoff", random = Math.random()) {
-  const jitter = Math.min(Math.max(reconnect.jitter, 0), 1);
-  let base;
-  if (attempt === 1 && hint === "now") {
-    base = reconnect.initialDelay * jitter;
-  } else {
-    base = Math.min(
-      reconnect.maxDelay,
-      reconnect.initialDelay * Math.pow(Math.max(reconnect.multiplier, 1), attempt - 1),
-    );
-  }
-  return base * (1 - jitter + 2 * jitter * random);
-}
-
 const textEncoder = new TextEncoder();
-
-/**
- * Where the client is in each of its streams (its session's, the broadcasts', each
- * room's), and the session to resume: what drops duplicates and builds `resume`.
- * docs/protocol.md, "Streams and resume".
- */
-export class StreamPositions {
-  constructor() {
-    this.sessionId = null;
-    this.token = null;
-    this.session = null;
-    this.all = null;
-    this.rooms = new Map();
-  }
-
-  /** A `connected` payload: a fresh session, or a resumed one. */
-  connected(payload) {
-    this.sessionId = payload.session_id ?? null;
-    this.token = payload.resume_token ?? null;
-    const streams = payload.streams || {};
-    const outcome = payload.resumed;
-    const at = (p) => (p ? { epoch: p.epoch, offset: p.offset } : null);
-    if (!outcome || !outcome.resumed) {
-      this.session = at(streams.session);
-      this.all = at(streams.all);
-      this.rooms.clear();
-      return;
-    }
-    // Recovered streams keep the client's position (the missed messages follow);
-    // the others jump to the server's.
-    const settle = (mine, r) => (r && (!r.recovered || !mine || mine.epoch == null) ? at(r.position) : mine);
-    this.session = settle(this.session, outcome.session);
-    this.all = settle(this.all, outcome.all);
-    const rooms = outcome.rooms || {};
-    for (const room of [...this.rooms.keys()]) if (!(room in rooms)) this.rooms.delete(room);
-    for (const [room, r] of Object.entries(rooms)) this.rooms.set(room, settle(this.rooms.get(room), r));
-  }
-
-  /** Whether `env` is new (false: a duplicate, to drop); moves its stream on. */
-  accept(env) {
-    if (typeof env.offset !== "number") return true;
-    let pos;
-    if (typeof env.room === "string") {
-      pos = this.rooms.get(env.room);
-      if (!pos) this.rooms.set(env.room, (pos = { epoch: null, offset: 0 }));
-    } else if (env.to === "all") {
-      pos = this.all || (this.all = { epoch: null, offset: 0 });
-    } else {
-      pos = this.session || (this.session = { epoch: null, offset: 0 });
-    }
-    if (env.offset <= pos.offset) return false;
-    pos.offset = env.offset;
-    return true;
-  }
-
-  /** A join's answer: where the room's stream is. */
-  joined(room, position) {
-    const pos = this.rooms.get(room);
-    if (!pos || (pos.epoch != null && pos.epoch !== position.epoch)) {
-      this.rooms.set(room, { epoch: position.epoch, offset: position.offset });
-    } else {
-      pos.epoch = position.epoch;
-      pos.offset = Math.max(pos.offset, position.offset);
-    }
-  }
-
-  forgetRoom(room) {
-    this.rooms.delete(room);
-  }
-
-  /** The `resume` payload, or null when there is no session to resume. */
-  resumeRequest(resend = []) {
-    if (!this.sessionId || !this.token) return null;
-    const out = (p) => (p ? { epoch: p.epoch ?? "", offset: p.offset } : undefined);
-    const streams = { rooms: {} };
-    if (this.session) streams.session = out(this.session);
-    if (this.all) streams.all = out(this.all);
-    for (const [room, p] of this.rooms) streams.rooms[room] = out(p);
-    return { session_id: this.sessionId, token: this.token, streams, resend };
-  }
-}
 
 /**
  * A connection to a switchboard server.

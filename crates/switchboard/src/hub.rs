@@ -21,9 +21,23 @@ const ADMIN: &str = include_str!("../assets/admin.html");
 /// The browser and Node client, served at `/client.js` (and its types at `/client.d.ts`):
 /// `assets/` links to `clients/js`, and packaging copies the files into the crate.
 const CLIENT_JS: &str = include_str!("../assets/switchboard.js");
-/// The client's MessagePack codec, imported by `client.js` as `./msgpack.js`.
-const CLIENT_MSGPACK_JS: &str = include_str!("../assets/msgpack.js");
+/// The modules `client.js` imports from beside it (`./msgpack.js`, ...), served at
+/// those paths.
+const CLIENT_MODULES: [(&str, &str); 4] = [
+    ("/msgpack.js", include_str!("../assets/msgpack.js")),
+    ("/errors.js", include_str!("../assets/errors.js")),
+    ("/reconnect.js", include_str!("../assets/reconnect.js")),
+    ("/positions.js", include_str!("../assets/positions.js")),
+];
 const CLIENT_DTS: &str = include_str!("../assets/switchboard.d.ts");
+
+/// A JavaScript module's response.
+fn javascript(source: &'static str) -> impl axum::response::IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        source,
+    )
+}
 
 /// The room whose members hear `presence` (who comes and goes, and names).
 const PRESENCE_ROOM: &str = "_presence";
@@ -137,24 +151,7 @@ pub(crate) fn hub(
     let pages = axum::Router::new()
         .route("/", get(|| async { Html(INDEX) }))
         .route("/admin", get(|| async { Html(ADMIN) }))
-        .route(
-            "/client.js",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-                    CLIENT_JS,
-                )
-            }),
-        )
-        .route(
-            "/msgpack.js",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-                    CLIENT_MSGPACK_JS,
-                )
-            }),
-        )
+        .route("/client.js", get(|| async { javascript(CLIENT_JS) }))
         .route(
             "/client.d.ts",
             get(|| async {
@@ -164,6 +161,11 @@ pub(crate) fn hub(
                 )
             }),
         );
+    let pages = CLIENT_MODULES
+        .into_iter()
+        .fold(pages, |pages, (path, source)| {
+            pages.route(path, get(move || async move { javascript(source) }))
+        });
     let mut builder = Server::builder();
     if let Some(jwt) = access.jwt {
         builder = builder.authenticator(jwt);

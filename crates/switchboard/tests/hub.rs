@@ -75,6 +75,18 @@ async fn the_hub_serves_its_page_and_health() {
             .contains("content-type: text/javascript")
     );
     assert!(js.contains("export class Client"));
+    // Every module the client imports from beside it is served there.
+    let imports: Vec<&str> = js
+        .split("from \"./")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(imports.contains(&"msgpack.js"), "{imports:?}");
+    for module in imports {
+        let served = hub.get(&format!("/{module}"));
+        assert!(served.starts_with("HTTP/1.1 200"), "/{module}: {served}");
+        assert!(served.contains("export "), "/{module}");
+    }
     let _c = hub.raw().await;
     let health = hub.get("/health");
     assert!(health.starts_with("HTTP/1.1 200"));
