@@ -32,19 +32,9 @@ import {
 import { backoffDelay, reconnectHint } from "./reconnect.js";
 import { StreamPositions } from "./positions.js";
 
-export {
-  ClosedError,
-  ConnectError,
-  ConnectionLostError,
-  NotConnectedError,
-  QueueFullError,
-  RemoteError,
-  SwitchboardError,
-  TimeoutError,
-  backoffDelay,
-  reconnectHint,
-  StreamPositions,
-};
+export * from "./errors.js";
+export * from "./reconnect.js";
+export * from "./positions.js";
 
 /** The connection states. */
 export const ConnectionState = Object.freeze({
