@@ -266,43 +266,8 @@ struct WireIn<'a> {
     trace: Option<&'a RawValue>,
 }
 
-/// True if valid JSON `text` nests objects and arrays deeper than `limit`. Counting the
-/// brackets first settles nearly every payload (fewer brackets than the limit cannot
-/// nest deeper), so only the rare bracket-heavy one is walked.
-///
-/// Public for `switchboard-parsers` (the benchmark that times it); not part of the API.
 #[doc(hidden)]
-pub fn nests_deeper_than(text: &str, limit: usize) -> bool {
-    let bytes = text.as_bytes();
-    let opening = bytes.iter().filter(|&&b| b == b'{' || b == b'[').count();
-    if opening <= limit {
-        return false;
-    }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in bytes {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > limit {
-                    return true;
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
-}
+pub use crate::depth::nests_deeper_than;
 
 /// A JSON string's value. Strings without escapes (nearly all of them) are copied
 /// out of the text; the others are parsed.

@@ -23,6 +23,7 @@
 //! ```
 
 pub mod code;
+mod depth;
 pub mod dialect;
 pub mod encode;
 pub mod envelope;
