@@ -44,7 +44,7 @@ pub struct ServerConfig {
     /// The HTTP path of the WebSocket endpoint. Default `/ws`.
     pub path: String,
     /// The largest incoming message, in bytes; larger ones get `MESSAGE_TOO_LARGE` and a
-    /// close with 1009. Default 64 KiB.
+    /// close with 1009. Default 64 KiB; at most 4 GiB less 32 KiB, whatever is set.
     pub max_message_size: usize,
     /// Most concurrent connections; the next client gets `SERVER_FULL` (close 4005, retry
     /// after backoff). Default 10,000.

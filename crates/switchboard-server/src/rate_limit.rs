@@ -1,7 +1,7 @@
 //! The per-connection rate limiter: a token bucket, and the decision to close a client
 //! that keeps sending while limited.
 
-use std::time::Instant;
+use crate::clock::now_ms32;
 
 /// What the rate limiter says about one incoming message.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,43 +20,49 @@ pub(crate) enum Admit {
 /// whose excess passes `burst` (it kept sending well over the rate, not just in a burst)
 /// is closed. A refilled token does not forgive the excess, so a steady flood at many
 /// times the rate is closed too, not only an unbroken one.
+/// Kept in 20 bytes (4-byte numbers, the clock in wrapping milliseconds): it lives
+/// in every connection's task, whose size is the idle connection's cost.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
-    per_ms: f64,
-    burst: f64,
-    tokens: f64,
-    excess: f64,
-    last: Instant,
+    per_ms: f32,
+    burst: f32,
+    tokens: f32,
+    excess: f32,
+    /// When it last admitted or refused ([`now_ms32`], wrapping).
+    last_ms: u32,
 }
 
 impl RateLimiter {
     /// `rate` 0 admits everything.
     pub(crate) fn new(rate: u32, burst: u32) -> RateLimiter {
-        RateLimiter::starting_at(rate, burst, Instant::now())
+        RateLimiter::starting_at(rate, burst, now_ms32())
     }
 
-    fn starting_at(rate: u32, burst: u32, now: Instant) -> RateLimiter {
-        let burst = f64::from(burst.max(1));
+    fn starting_at(rate: u32, burst: u32, now_ms: u32) -> RateLimiter {
+        let burst = burst.max(1) as f32;
         RateLimiter {
-            per_ms: f64::from(rate) / 1000.0,
+            per_ms: rate as f32 / 1000.0,
             burst,
             tokens: burst,
             excess: 0.0,
-            last: now,
+            last_ms: now_ms,
         }
     }
 
     pub(crate) fn admit(&mut self) -> Admit {
-        self.admit_at(Instant::now())
-    }
-
-    /// [`admit`](Self::admit) at a given time (the clock seam the tests use).
-    pub(crate) fn admit_at(&mut self, now: Instant) -> Admit {
         if self.per_ms <= 0.0 {
             return Admit::Yes;
         }
-        let refill = now.saturating_duration_since(self.last).as_secs_f64() * 1000.0 * self.per_ms;
-        self.last = now;
+        self.admit_at(now_ms32())
+    }
+
+    /// [`admit`](Self::admit) at a given time (the clock seam the tests use).
+    fn admit_at(&mut self, now_ms: u32) -> Admit {
+        if self.per_ms <= 0.0 {
+            return Admit::Yes;
+        }
+        let refill = now_ms.wrapping_sub(self.last_ms) as f32 * self.per_ms;
+        self.last_ms = now_ms;
         self.tokens = (self.tokens + refill).min(self.burst);
         self.excess = (self.excess - refill).max(0.0);
         if self.tokens >= 1.0 {
@@ -86,15 +92,14 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    fn at(start: Instant, ms: u64) -> Instant {
-        start + Duration::from_millis(ms)
+    fn at(start: u32, ms: u32) -> u32 {
+        start.wrapping_add(ms)
     }
 
     #[test]
     fn a_burst_is_admitted_then_the_rate() {
-        let t0 = Instant::now();
+        let t0 = now_ms32();
         let mut l = RateLimiter::starting_at(1000, 10, t0);
         for _ in 0..10 {
             assert_eq!(l.admit_at(t0), Admit::Yes);
@@ -109,7 +114,7 @@ mod tests {
 
     #[test]
     fn a_pause_forgives_and_the_next_drop_is_a_first_again() {
-        let t0 = Instant::now();
+        let t0 = now_ms32();
         let mut l = RateLimiter::starting_at(100, 2, t0);
         l.admit_at(t0);
         l.admit_at(t0);
@@ -122,7 +127,7 @@ mod tests {
 
     #[test]
     fn an_unbroken_flood_is_closed() {
-        let t0 = Instant::now();
+        let t0 = now_ms32();
         let mut l = RateLimiter::starting_at(10, 5, t0);
         let verdicts: Vec<Admit> = (0..12).map(|_| l.admit_at(t0)).collect();
         assert_eq!(
@@ -135,11 +140,12 @@ mod tests {
     #[test]
     fn a_steady_flood_at_many_times_the_rate_is_closed_though_tokens_refill() {
         // 100/s allowed, burst 200; the client sends 20x that, evenly, for 10 s.
-        let t0 = Instant::now();
+        let t0 = now_ms32();
         let mut l = RateLimiter::starting_at(100, 200, t0);
         let mut closed_at = None;
-        for i in 0..20_000u64 {
-            if l.admit_at(t0 + Duration::from_micros(i * 500)) == Admit::Close {
+        for i in 0..20_000u32 {
+            // Two a millisecond.
+            if l.admit_at(at(t0, i / 2)) == Admit::Close {
                 closed_at = Some(i);
                 break;
             }
@@ -150,11 +156,11 @@ mod tests {
 
     #[test]
     fn twice_the_rate_is_limited_but_not_closed() {
-        let t0 = Instant::now();
+        let t0 = now_ms32();
         let mut l = RateLimiter::starting_at(100, 50, t0);
-        for second in 0..30u64 {
-            for i in 0..200u64 {
-                let now = t0 + Duration::from_millis(second * 1000 + i * 5);
+        for second in 0..30u32 {
+            for i in 0..200u32 {
+                let now = at(t0, second * 1000 + i * 5);
                 assert_ne!(
                     l.admit_at(now),
                     Admit::Close,
@@ -165,8 +171,22 @@ mod tests {
     }
 
     #[test]
+    fn the_clock_wrapping_is_a_small_step() {
+        let mut l = RateLimiter::starting_at(1000, 1, u32::MAX);
+        assert_eq!(l.admit_at(u32::MAX), Admit::Yes);
+        assert_eq!(l.admit_at(u32::MAX), Admit::No { first: true });
+        // One millisecond later, across the wrap: one token.
+        assert_eq!(l.admit_at(0), Admit::Yes);
+    }
+
+    #[test]
+    fn it_stays_small() {
+        assert!(std::mem::size_of::<RateLimiter>() <= 20);
+    }
+
+    #[test]
     fn rate_zero_admits_everything() {
-        let t0 = Instant::now();
+        let t0 = now_ms32();
         let mut l = RateLimiter::starting_at(0, 1, t0);
         for _ in 0..10_000 {
             assert_eq!(l.admit_at(t0), Admit::Yes);

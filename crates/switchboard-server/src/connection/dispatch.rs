@@ -36,7 +36,7 @@ pub(crate) fn envelope(
     server: &Server,
     conn: &Conn,
     env: Envelope,
-    calls: &mut Option<Calls>,
+    calls: &mut Option<Box<Calls>>,
 ) -> Option<Rest> {
     let span = tracing::debug_span!(
         "message",
@@ -53,7 +53,12 @@ pub(crate) fn envelope(
     rest.map(|rest| Box::pin(rest.instrument(span)) as Rest)
 }
 
-fn route(server: &Server, conn: &Conn, env: Envelope, calls: &mut Option<Calls>) -> Option<Rest> {
+fn route(
+    server: &Server,
+    conn: &Conn,
+    env: Envelope,
+    calls: &mut Option<Box<Calls>>,
+) -> Option<Rest> {
     if types::is_server_only(&env.kind) {
         let msg = format!("`{}` is a type only the server sends", env.kind);
         send_error(

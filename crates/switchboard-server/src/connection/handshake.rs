@@ -249,7 +249,6 @@ pub(super) async fn open(
         rest: hooks,
         reading: Reading::Open,
         read_blocked: false,
-        batch: Default::default(),
         finished: None,
         span,
     })

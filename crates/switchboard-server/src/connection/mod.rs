@@ -125,3 +125,15 @@ impl Future for Run {
         }
     }
 }
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    /// An idle connection's largest cost is its task: tokio allocates the future with
+    /// 96 bytes of its own, in blocks of 128 bytes (its task cells are aligned to 128 on
+    /// x86-64 and aarch64). At 288 bytes or less the task takes 384 bytes; one byte
+    /// more, and every connection pays 512 (docs/benchmarks.md, "Idle").
+    #[test]
+    fn a_connection_task_fits_in_384_bytes() {
+        let size = std::mem::size_of::<super::Run>();
+        assert!(size <= 288, "the connection's future is {size} bytes");
+    }
+}

@@ -19,14 +19,15 @@ use crate::{ConnId, SendError, ServerConfig};
 struct OutboxState {
     frames: VecDeque<Frame>,
     bytes: usize,
-    /// Frames (and bytes) at the front that a resume replayed: not counted against
-    /// the bounds, so a client that was cut off for being slow can catch up (the
-    /// history holds them already; the queue shares their bytes).
-    replayed: usize,
-    replayed_bytes: usize,
+    /// Frames (and bytes) not counted against the bounds: what a resume replayed, so
+    /// a client that was cut off for being slow can catch up (the history holds them
+    /// already; the queue shares their bytes), and what was taken for the socket and
+    /// put back (see [`Outbox::put_back`]).
+    exempt: usize,
+    exempt_bytes: usize,
     closing: Option<Closing>,
     /// The `error` frame written just before the close frame, after everything queued.
-    final_error: Option<String>,
+    final_error: Option<Box<str>>,
     reader_done: bool,
     finished: bool,
 }
@@ -41,14 +42,20 @@ pub(crate) enum WriterStep {
     Finish(Closing),
 }
 
+/// A configured bound, kept in 32 bits (in every connection; 4 GiB is past any queue's
+/// bound), at least 1.
+fn bound(n: usize) -> u32 {
+    u32::try_from(n.max(1)).unwrap_or(u32::MAX)
+}
+
 /// The outbound queue: bounded in frames and bytes, with a slow-consumer policy.
 pub(crate) struct Outbox {
     state: Mutex<OutboxState>,
-    max_frames: usize,
-    max_bytes: usize,
+    max_frames: u32,
+    max_bytes: u32,
     /// The largest single frame it takes (larger ones are refused, never dropped
     /// silently by the socket).
-    max_frame: usize,
+    max_frame: u32,
     policy: SlowConsumerPolicy,
     /// The connection's task, woken when frames are queued or closing begins.
     waker: AtomicWaker,
@@ -65,9 +72,9 @@ impl Outbox {
     pub(crate) fn new(config: &ServerConfig) -> Outbox {
         Outbox {
             state: Mutex::new(OutboxState::default()),
-            max_frames: config.outbound_queue.max(1),
-            max_bytes: config.outbound_queue_bytes.max(1),
-            max_frame: config.max_frame_out(),
+            max_frames: bound(config.outbound_queue),
+            max_bytes: bound(config.outbound_queue_bytes),
+            max_frame: bound(config.max_frame_out()),
             policy: config.slow_consumer,
             waker: AtomicWaker::new(),
             polling: AtomicBool::new(false),
@@ -79,10 +86,10 @@ impl Outbox {
     /// Queues a frame, applying the slow-consumer policy when the queue is full.
     pub(crate) fn push(&self, frame: Frame, id: ConnId) -> Result<(), SendError> {
         let len = frame.len();
-        if len > self.max_frame {
+        if len > self.max_frame as usize {
             return Err(SendError::TooLarge {
                 size: len,
-                max: self.max_frame,
+                max: self.max_frame as usize,
             });
         }
         let mut st = lock(&self.state);
@@ -92,8 +99,8 @@ impl Outbox {
         // One frame is always accepted into an empty queue (up to `max_frame`), so a
         // large reply cannot count as a slow consumer.
         let full = !st.frames.is_empty()
-            && (st.frames.len() >= self.max_frames + st.replayed
-                || st.bytes + len > self.max_bytes + st.replayed_bytes);
+            && (st.frames.len() >= self.max_frames as usize + st.exempt
+                || st.bytes + len > self.max_bytes as usize + st.exempt_bytes);
         if full {
             match self.policy {
                 SlowConsumerPolicy::DropNew => {
@@ -127,7 +134,7 @@ impl Outbox {
         lock(&self.state).frames.len()
     }
 
-    /// Queues what a resume replays, whatever the bounds (see `replayed`).
+    /// Queues what a resume replays, whatever the bounds (see `exempt`).
     pub(crate) fn push_replayed(&self, frames: Vec<Frame>) {
         if frames.is_empty() {
             return;
@@ -139,8 +146,8 @@ impl Outbox {
         for frame in frames {
             let len = frame.len();
             st.bytes += len;
-            st.replayed += 1;
-            st.replayed_bytes += len;
+            st.exempt += 1;
+            st.exempt_bytes += len;
             st.frames.push_back(frame);
         }
         drop(st);
@@ -203,7 +210,7 @@ impl Outbox {
         {
             let mut st = lock(&self.state);
             if st.closing.is_none() && st.final_error.is_none() {
-                st.final_error = Some(error_frame(error));
+                st.final_error = Some(error_frame(error).into_boxed_str());
             }
         }
         self.begin_close(closing);
@@ -219,7 +226,7 @@ impl Outbox {
 
     /// The final `error` frame, if the close has one.
     pub(crate) fn take_final_error(&self) -> Option<String> {
-        lock(&self.state).final_error.take()
+        lock(&self.state).final_error.take().map(String::from)
     }
 
     /// The reader has stopped: no more handlers will run for this connection.
@@ -235,17 +242,14 @@ impl Outbox {
     /// Moves queued frames into `batch`, or says to wait or finish.
     pub(crate) fn take_batch(&self, batch: &mut VecDeque<Frame>) -> WriterStep {
         let mut st = lock(&self.state);
-        if let Some(c) = st.closing.clone() {
-            if c.abort || c.by_client {
-                st.finished = true;
-                return WriterStep::Finish(c);
-            }
+        if let Some(c) = cut_off(&mut st) {
+            return WriterStep::Finish(c);
         }
         if !st.frames.is_empty() {
             std::mem::swap(&mut st.frames, batch);
             st.bytes = 0;
-            st.replayed = 0;
-            st.replayed_bytes = 0;
+            st.exempt = 0;
+            st.exempt_bytes = 0;
             return WriterStep::Write;
         }
         // Going idle: no queue buffer is kept (an idle connection holds none); the
@@ -262,9 +266,31 @@ impl Outbox {
         }
     }
 
-    /// The closing state, if closing has begun.
-    pub(crate) fn closing(&self) -> Option<Closing> {
-        lock(&self.state).closing.clone()
+    /// The closing that ends the connection without writing what is queued (the
+    /// client is gone, or is cut off for not reading), once it has begun: the writer
+    /// is then finished.
+    pub(crate) fn cut_off(&self) -> Option<Closing> {
+        cut_off(&mut lock(&self.state))
+    }
+
+    /// Takes back the frames of a batch the socket could not take yet, in front of
+    /// whatever was queued since: they are written first when the socket is ready, and
+    /// are not counted against the bounds (they were not while taken). The connection's
+    /// task keeps no queue of its own this way.
+    pub(crate) fn put_back(&self, mut batch: VecDeque<Frame>) {
+        if batch.is_empty() {
+            return;
+        }
+        let bytes: usize = batch.iter().map(Frame::len).sum();
+        let mut st = lock(&self.state);
+        if st.finished {
+            return;
+        }
+        st.exempt += batch.len();
+        st.exempt_bytes += bytes;
+        st.bytes += bytes;
+        batch.append(&mut st.frames);
+        st.frames = batch;
     }
 
     /// True once the connection has finished (no more frames accepted).
@@ -277,5 +303,80 @@ impl Outbox {
         lock(&self.state).finished = true;
         // The task is ending: a `Conn` kept by application code must not keep it alive.
         drop(self.waker.take());
+    }
+}
+
+/// See [`Outbox::cut_off`].
+fn cut_off(st: &mut OutboxState) -> Option<Closing> {
+    match &st.closing {
+        Some(c) if c.abort || c.by_client => {
+            let c = c.clone();
+            st.finished = true;
+            Some(c)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SlowConsumerPolicy;
+
+    fn outbox(max_frames: usize) -> Outbox {
+        Outbox::new(&ServerConfig {
+            outbound_queue: max_frames,
+            slow_consumer: SlowConsumerPolicy::DropNew,
+            ..ServerConfig::default()
+        })
+    }
+
+    fn texts(frames: &VecDeque<Frame>) -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| match f {
+                Frame::Text(t) => t.as_str().to_owned(),
+                _ => String::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn what_is_put_back_goes_out_first_and_is_not_counted_twice() {
+        let id = ConnId::from_u64(1);
+        let out = outbox(2);
+        out.push(Frame::text("a".into()), id).unwrap();
+        out.push(Frame::text("b".into()), id).unwrap();
+        let mut batch = VecDeque::new();
+        assert!(matches!(out.take_batch(&mut batch), WriterStep::Write));
+        // The socket took "a" only; "c" was queued meanwhile.
+        batch.pop_front();
+        out.push(Frame::text("c".into()), id).unwrap();
+        out.put_back(batch);
+        // "b" does not count against the bound, as while it was taken: "d" still fits.
+        out.push(Frame::text("d".into()), id).unwrap();
+        assert_eq!(out.push(Frame::text("e".into()), id), Err(SendError::Full));
+        let mut batch = VecDeque::new();
+        assert!(matches!(out.take_batch(&mut batch), WriterStep::Write));
+        assert_eq!(texts(&batch), ["b", "c", "d"]);
+        // Taken again, nothing is exempt any more.
+        out.push(Frame::text("f".into()), id).unwrap();
+        out.push(Frame::text("g".into()), id).unwrap();
+        assert_eq!(out.push(Frame::text("h".into()), id), Err(SendError::Full));
+    }
+
+    #[test]
+    fn a_cut_off_finishes_the_writer_and_a_graceful_close_does_not() {
+        let out = outbox(8);
+        assert!(out.cut_off().is_none());
+        out.begin_close(Closing::with_code(ErrorCode::Kicked, "bye"));
+        assert!(
+            out.cut_off().is_none(),
+            "a graceful close writes what is queued"
+        );
+        assert!(!out.is_finished());
+        out.begin_close(Closing::lost("gone"));
+        assert!(out.cut_off().is_some_and(|c| c.abort));
+        assert!(out.is_finished());
     }
 }

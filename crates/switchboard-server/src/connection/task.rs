@@ -35,7 +35,9 @@ pub(crate) struct ConnectionTask {
     pub(super) adapter: DialectAdapter,
     /// Every data frame goes back as it came (the echo endpoint).
     pub(super) echo: bool,
-    pub(super) calls: Option<Calls>,
+    /// The RPC calls running (made at the first call; boxed, so that a connection
+    /// that makes none pays 8 bytes).
+    pub(super) calls: Option<Box<Calls>>,
     /// A frame read before the connection opened (a client that spoke first), handled
     /// before anything else is read.
     pub(super) first: Option<Box<Incoming>>,
@@ -45,8 +47,6 @@ pub(crate) struct ConnectionTask {
     pub(super) reading: Reading,
     /// The socket had nothing the last time it was read: wait for its readiness.
     pub(super) read_blocked: bool,
-    /// Frames taken from the outbox and not yet handed to the socket.
-    pub(super) batch: VecDeque<Frame>,
     /// The writer is done, gracefully; the reader has yet to finish.
     /// (Boxed: set once, at the end; an idle connection pays 8 bytes for it.)
     pub(super) finished: Option<Box<Closing>>,
@@ -84,8 +84,9 @@ impl SentCount {
 pub(super) enum Reading {
     Open,
     /// No more reading; finishing once `rest` is done (with the client's reason, if the
-    /// client ended it).
-    Draining(Option<Closing>),
+    /// client ended it; boxed, so that an open connection's task does not keep room
+    /// for it).
+    Draining(Option<Box<Closing>>),
     Done,
 }
 
@@ -152,7 +153,7 @@ impl ConnectionTask {
                         Reading::Draining(end) => end,
                         _ => None,
                     };
-                    let end = end.unwrap_or_else(|| Closing::lost("closed"));
+                    let end = end.map_or_else(|| Closing::lost("closed"), |end| *end);
                     self.conn.outbox().reader_finished(end);
                     return true;
                 }
@@ -339,40 +340,50 @@ impl ConnectionTask {
                 });
             }
         }
-        self.reading = Reading::Draining(end);
+        self.reading = Reading::Draining(end.map(Box::new));
     }
 
     /// Writes what is queued (moved out of the outbox in one go), then flushes once.
     /// Ready when the connection is to close.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Closing> {
         loop {
-            if self.batch.is_empty() {
-                match self.conn.outbox().take_batch(&mut self.batch) {
-                    WriterStep::Finish(closing) => return Poll::Ready(closing),
-                    WriterStep::Wait => {
-                        // A flush the socket could not take at once (or a pong the
-                        // socket queued) is finished here.
-                        if self.ws.has_unflushed() {
-                            if let Poll::Ready(Err(e)) = self.ws.poll_flush(cx) {
-                                self.write_failed(&e);
-                                continue;
-                            }
-                        }
-                        return Poll::Pending;
-                    }
-                    WriterStep::Write => {}
+            // While the socket takes nothing more, frames wait in the outbox, where
+            // they count against its bounds: a client that stops reading meets the
+            // slow-consumer policy. Only a cut-off is looked for meanwhile.
+            match self.ws.poll_ready(cx) {
+                Poll::Pending => {
+                    return match self.conn.outbox().cut_off() {
+                        Some(closing) => Poll::Ready(closing),
+                        None => Poll::Pending,
+                    };
                 }
-            } else if self.conn.outbox().closing().is_some_and(|c| c.abort) {
-                // The client does not read: stop writing to it.
-                self.batch.clear();
-                continue;
+                // The connection is lost: the outbox now says to finish.
+                Poll::Ready(Err(e)) => self.write_failed(&e),
+                Poll::Ready(Ok(())) => {}
             }
-            if let Err(e) = self.write_batch(cx) {
-                self.batch.clear();
+            let mut batch = VecDeque::new();
+            match self.conn.outbox().take_batch(&mut batch) {
+                WriterStep::Finish(closing) => return Poll::Ready(closing),
+                WriterStep::Wait => {
+                    // A flush the socket could not take at once (or a pong the
+                    // socket queued) is finished here.
+                    if self.ws.has_unflushed() {
+                        if let Poll::Ready(Err(e)) = self.ws.poll_flush(cx) {
+                            self.write_failed(&e);
+                            continue;
+                        }
+                    }
+                    return Poll::Pending;
+                }
+                WriterStep::Write => {}
+            }
+            if let Err(e) = self.write_batch(&mut batch, cx) {
                 self.write_failed(&e);
                 continue;
             }
-            if !self.batch.is_empty() {
+            if !batch.is_empty() {
+                // The socket wakes the task when it takes more.
+                self.conn.outbox().put_back(batch);
                 return Poll::Pending;
             }
         }
@@ -386,9 +397,13 @@ impl ConnectionTask {
 
     /// Feeds the batch's frames (each through the dialect adapter) and flushes; what the
     /// socket cannot take yet stays in the batch (the socket wakes the task when it can).
-    fn write_batch(&mut self, cx: &mut Context<'_>) -> Result<(), WriteError> {
+    fn write_batch(
+        &mut self,
+        batch: &mut VecDeque<Frame>,
+        cx: &mut Context<'_>,
+    ) -> Result<(), WriteError> {
         let mut counted = SentCount::default();
-        let result = self.write_frames(cx, &mut counted);
+        let result = self.write_frames(batch, cx, &mut counted);
         if let Some(metrics) = self.server.metrics() {
             metrics.sent(counted.application, counted.system, counted.bytes);
         }
@@ -398,14 +413,15 @@ impl ConnectionTask {
     /// [`write_batch`](Self::write_batch)'s loop, counting what it writes.
     fn write_frames(
         &mut self,
+        batch: &mut VecDeque<Frame>,
         cx: &mut Context<'_>,
         counted: &mut SentCount,
     ) -> Result<(), WriteError> {
-        while !self.batch.is_empty() {
+        while !batch.is_empty() {
             if self.ws.poll_ready(cx)?.is_pending() {
                 return Ok(());
             }
-            let Some(native) = self.batch.pop_front() else {
+            let Some(native) = batch.pop_front() else {
                 break;
             };
             counted.add(&native);

@@ -58,7 +58,7 @@ pub(crate) fn start_call(
     server: &Server,
     conn: &Conn,
     env: Envelope,
-    calls: &mut Option<Calls>,
+    calls: &mut Option<Box<Calls>>,
 ) -> Option<Rest> {
     let cx = MessageContext::new(server, conn, env, None);
     let ref_id = cx.envelope.ref_id.clone();
@@ -70,7 +70,8 @@ pub(crate) fn start_call(
         }
     };
     // A slot first: at most `max_calls_in_flight` calls run at once, counting this one.
-    let calls = calls.get_or_insert_with(|| Calls::new(server.config().max_calls_in_flight));
+    let calls =
+        calls.get_or_insert_with(|| Box::new(Calls::new(server.config().max_calls_in_flight)));
     let cancel = calls.cancel.clone();
     match calls.semaphore.clone().try_acquire_owned() {
         Ok(permit) => {

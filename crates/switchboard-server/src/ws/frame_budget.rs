@@ -3,13 +3,7 @@
 //! would cost the server CPU for free: they are charged to a frame budget, a token
 //! bucket per connection.
 
-use crate::clock::now_ms;
-
-/// The clock in milliseconds, kept in 32 bits (it wraps after 49 days; only differences
-/// of a few seconds matter).
-fn now_ms32() -> u32 {
-    now_ms() as u32
-}
+use crate::clock::now_ms32;
 
 /// A token bucket of frames.
 #[derive(Debug)]
@@ -18,7 +12,7 @@ pub(crate) struct FrameBudget {
     per_sec: f32,
     burst: f32,
     tokens: f32,
-    /// When it was last charged ([`now_ms`], wrapping).
+    /// When it was last charged ([`now_ms32`], wrapping).
     last_ms: u32,
 }
 

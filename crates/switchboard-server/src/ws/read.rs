@@ -25,13 +25,18 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
 }
 
+/// The largest message a reader accepts, whatever the configuration says: what is
+/// pending (one frame and one read) then fits the 32-bit position.
+const MAX_MESSAGE: usize = u32::MAX as usize - 2 * READ_CHUNK;
+
 /// One connection's reading state.
 pub(super) struct Reader {
     decoder: Decoder,
     /// Bytes read and not yet decoded, from `at` on. Empty (and unallocated) whenever the
     /// client has sent nothing more than whole frames that were handed out.
     pending: Vec<u8>,
-    at: usize,
+    /// (32 bits: with `done`, 8 bytes in every connection's task.)
+    at: u32,
     /// Charged with the fragments that do not end a message.
     budget: FrameBudget,
     /// Nothing more to read: the stream ended, failed, broke the protocol or closed.
@@ -51,7 +56,7 @@ impl Reader {
     /// from the stream (what HTTP read past the upgrade request).
     pub(super) fn new(max_message: usize, budget: FrameBudget, early: Vec<u8>) -> Reader {
         Reader {
-            decoder: Decoder::new(max_message),
+            decoder: Decoder::new(max_message.min(MAX_MESSAGE)),
             pending: early,
             at: 0,
             budget,
@@ -69,12 +74,12 @@ impl Reader {
             if self.done {
                 return Poll::Ready(None);
             }
-            if self.at < self.pending.len() {
+            if self.pending_from() < self.pending.len() {
                 let (used, decoded) = self.decode(Source::Pending);
-                self.at += used;
+                self.at = position(self.pending_from() + used);
                 match decoded {
                     Decoded::Ready(event) => {
-                        if self.at == self.pending.len() {
+                        if self.pending_from() == self.pending.len() {
                             self.release();
                         }
                         return Poll::Ready(Some(self.seen(event)));
@@ -125,7 +130,7 @@ impl Reader {
                 Ok(n) => n,
                 Err(e) => return Poll::Ready(Some(Err(ReadError::Lost(e.to_string())))),
             };
-            if self.at < self.pending.len() {
+            if self.pending_from() < self.pending.len() {
                 self.pending.extend_from_slice(&buf[..n]);
                 return Poll::Ready(None);
             }
@@ -150,7 +155,10 @@ impl Reader {
     /// event or how many bytes the frame that did not fit needs.
     fn decode(&mut self, source: Source<'_>) -> (usize, Decoded) {
         let buf = match source {
-            Source::Pending => &mut self.pending[self.at..],
+            Source::Pending => {
+                let from = self.pending_from();
+                &mut self.pending[from..]
+            }
             Source::Read(buf) => buf,
         };
         let mut used = 0;
@@ -177,7 +185,7 @@ impl Reader {
     /// (growing ahead of the data by at most [`GROW_AHEAD`]).
     fn make_room(&mut self, needed: usize) {
         if self.at > 0 {
-            self.pending.drain(..self.at);
+            self.pending.drain(..self.pending_from());
             self.at = 0;
         }
         let have = self.pending.len();
@@ -185,11 +193,21 @@ impl Reader {
         self.pending.reserve(want.saturating_sub(have));
     }
 
+    /// Where the bytes not yet decoded start in `pending`.
+    fn pending_from(&self) -> usize {
+        self.at as usize
+    }
+
     /// Frees the pending buffer once everything in it has been decoded.
     fn release(&mut self) {
         self.pending = Vec::new();
         self.at = 0;
     }
+}
+
+/// A position in `pending`: never past a frame and a read (see [`MAX_MESSAGE`]).
+fn position(at: usize) -> u32 {
+    u32::try_from(at).unwrap_or(u32::MAX)
 }
 
 /// Where [`Reader::decode`] decodes from.
