@@ -14,8 +14,9 @@ use crate::{Conn, ConnId};
 pub(crate) struct Registry {
     conns: RwLock<HashMap<ConnId, Conn>>,
     rooms: RwLock<HashMap<Arc<str>, HashMap<ConnId, Conn>>>,
-    /// The connections of each authenticated user.
-    users: RwLock<HashMap<Arc<str>, Vec<ConnId>>>,
+    /// The connections of each authenticated user (exactly as many ids as it has: most
+    /// users have one connection, and a `Vec` would reserve four).
+    users: RwLock<HashMap<Arc<str>, Box<[ConnId]>>>,
 }
 
 impl Registry {
@@ -31,7 +32,7 @@ impl Registry {
                 let mut users = write(&self.users);
                 let ids = users.entry(Arc::from(who.id.as_str())).or_default();
                 if !ids.contains(&conn.id()) {
-                    ids.push(conn.id());
+                    *ids = ids.iter().copied().chain([conn.id()]).collect();
                 }
             }
         });
@@ -42,7 +43,7 @@ impl Registry {
             if let Some(who) = who {
                 let mut users = write(&self.users);
                 if let Some(ids) = users.get_mut(who.id.as_str()) {
-                    ids.retain(|id| *id != conn.id());
+                    *ids = ids.iter().copied().filter(|id| *id != conn.id()).collect();
                     if ids.is_empty() {
                         users.remove(who.id.as_str());
                     }

@@ -22,7 +22,8 @@ pub(crate) const ORDER_LOST: &str = "this node lost the order of a stream you fo
 /// A session, shared by the connection serving it and (between connections) the
 /// node's detached sessions.
 pub(crate) struct Session {
-    id: String,
+    /// (A boxed `str`: exactly its 33 bytes, where `format!` leaves room for 64.)
+    id: Box<str>,
     token: u128,
     client: ConnId,
     /// The epoch of its stream, drawn now (`connected` gives it) while the stream
@@ -71,7 +72,7 @@ impl Session {
     pub(crate) fn new(client: ConnId, config: &ServerConfig) -> Session {
         let random = switchboard_proto::random_u64;
         Session {
-            id: format!("{client}.{:016x}", random()),
+            id: format!("{client}.{:016x}", random()).into_boxed_str(),
             token: (u128::from(random()) << 64) | u128::from(random()),
             client,
             generation: AtomicU64::new(1),
@@ -110,7 +111,7 @@ impl Session {
             return None;
         }
         Some(Session {
-            id: record.session_id.clone(),
+            id: record.session_id.as_str().into(),
             token,
             client: record.client,
             epoch,
@@ -140,7 +141,7 @@ impl Session {
     ) -> SessionRecord {
         SessionRecord {
             client: self.client,
-            session_id: self.id.clone(),
+            session_id: self.id.to_string(),
             token: self.token(),
             epoch: if self.epoch == 0 {
                 String::new()
