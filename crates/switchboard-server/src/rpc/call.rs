@@ -72,16 +72,16 @@ pub(crate) fn start_call(
     // A slot first: at most `max_calls_in_flight` calls run at once, counting this one.
     let calls =
         calls.get_or_insert_with(|| Box::new(Calls::new(server.config().max_calls_in_flight)));
-    let cancel = calls.cancel.clone();
     match calls.semaphore.clone().try_acquire_owned() {
         Ok(permit) => {
-            begin_call(cx, prepared, ref_id, permit, cancel);
+            begin_call(cx, prepared, ref_id, permit, &calls.cancel);
             None
         }
         Err(_) => {
             // Every slot is taken: wait for one before reading on (back-pressure
             // instead of an unbounded backlog), unless the connection closes.
             let slots = calls.semaphore.clone();
+            let cancel = calls.cancel.clone();
             Some(Box::pin(async move {
                 let acquire = slots.acquire_owned();
                 tokio::pin!(acquire);
@@ -93,7 +93,7 @@ pub(crate) fn start_call(
                 })
                 .await;
                 if let Some(permit) = permit {
-                    begin_call(cx, prepared, ref_id, permit, cancel);
+                    begin_call(cx, prepared, ref_id, permit, &cancel);
                 }
             }))
         }
@@ -108,7 +108,7 @@ fn begin_call(
     prepared: Prepared,
     ref_id: Option<String>,
     permit: OwnedSemaphorePermit,
-    cancel: CancellationToken,
+    cancel: &CancellationToken,
 ) {
     let (server, conn) = (cx.server.clone(), cx.conn.clone());
     let method = prepared.method();
@@ -126,7 +126,9 @@ fn begin_call(
         drop(permit);
         return call.reply(&server, method.name(), outcome);
     }
-    // A call that waits runs in a task of its own, in the message's span.
+    // A call that waits runs in a task of its own, in the message's span. (Only it
+    // holds a clone of the token: cloning and dropping one takes the token's lock.)
+    let cancel = cancel.clone();
     let span = tracing::Span::current();
     server.clone().spawn_tracked(
         async move {
