@@ -199,6 +199,17 @@ export declare class StreamPositions {
   resumeRequest(resend?: string[]): Record<string, unknown> | null;
 }
 
+/** A client's handlers: by type, catch-all, by room, binary, and its events (used by Client). */
+export declare class Handlers {
+  add(kind: "any" | "room" | "binary" | "open" | "close" | "error" | "state" | "attempt" | "resume", fn: (value: any) => void, extra?: { room?: string; type?: string }): Handle;
+  addType(type: string, fn: (msg: Envelope) => void): Handle;
+  remove(handle: object): boolean;
+  emit(kind: string, value: unknown): void;
+  dispatch(env: Envelope): void;
+  clearMessages(): void;
+  clearRoom(room?: string): void;
+}
+
 export declare class Client {
   constructor(url: string, options?: ClientOptions);
   static connect(url: string, options?: ClientOptions): Promise<Client>;

@@ -31,10 +31,12 @@ import {
 } from "./errors.js";
 import { backoffDelay, reconnectHint } from "./reconnect.js";
 import { StreamPositions } from "./positions.js";
+import { Handlers } from "./handlers.js";
 
 export * from "./errors.js";
 export * from "./reconnect.js";
 export * from "./positions.js";
+export * from "./handlers.js";
 
 /** The connection states. */
 export const ConnectionState = Object.freeze({
@@ -146,18 +148,7 @@ export class Client {
     this._everOpen = false;
     this._reconnectTimer = null;
     this._closedWaiters = [];
-    this._handlers = {
-      type: new Map(),
-      any: [],
-      room: [],
-      binary: [],
-      open: [],
-      close: [],
-      error: [],
-      state: [],
-      attempt: [],
-      resume: [],
-    };
+    this._handlers = new Handlers();
   }
 
   /** Creates a client and connects it. */
@@ -517,25 +508,13 @@ export class Client {
   }
 
   _emit(kind, value) {
-    for (const h of [...this._handlers[kind]]) {
-      try {
-        h.fn(value);
-      } catch (e) {
-        console.error(`switchboard: a ${kind} handler threw`, e);
-      }
-    }
+    this._handlers.emit(kind, value);
   }
 
   // One frame, as `_parse` read it.
   _receive({ env, binary }) {
     if (binary) {
-      for (const h of [...this._handlers.binary]) {
-        try {
-          h.fn(binary);
-        } catch (e) {
-          console.error("switchboard: a binary handler threw", e);
-        }
-      }
+      this._emit("binary", binary);
       return;
     }
     if (!env || typeof env !== "object" || typeof env.type !== "string") return;
@@ -564,18 +543,7 @@ export class Client {
     } else if (env.type === "error") {
       this._emit("error", { kind: "message", code: env.payload.code, message: env.payload.message, details: env.payload.details });
     }
-    const call = (list) => {
-      for (const h of [...list]) {
-        try {
-          h.fn(env);
-        } catch (e) {
-          console.error(`switchboard: a handler for ${env.type} threw`, e);
-        }
-      }
-    };
-    call(this._handlers.type.get(env.type) || []);
-    if (env.room) call(this._handlers.room.filter((h) => h.room === env.room && (!h.type || h.type === env.type)));
-    call(this._handlers.any);
+    this._handlers.dispatch(env);
   }
 
   // Queues or writes one frame. Throws NotConnectedError / QueueFullError.
@@ -706,40 +674,12 @@ export class Client {
   }
 
   _add(kind, fn, extra = {}) {
-    const h = { fn, ...extra };
-    this._handlers[kind].push(h);
-    return { remove: () => this._remove(h) };
-  }
-
-  _remove(h) {
-    let removed = false;
-    for (const [kind, list] of Object.entries(this._handlers)) {
-      if (kind === "type") {
-        for (const [t, l] of list) {
-          const i = l.indexOf(h);
-          if (i >= 0) {
-            l.splice(i, 1);
-            removed = true;
-          }
-          if (!l.length) list.delete(t);
-        }
-      } else {
-        const i = list.indexOf(h);
-        if (i >= 0) {
-          list.splice(i, 1);
-          removed = true;
-        }
-      }
-    }
-    return removed;
+    return this._handlers.add(kind, fn, extra);
   }
 
   /** Calls `fn(envelope)` for every message of `type`. Returns a handle with `remove()`. */
   on(type, fn) {
-    const h = { fn };
-    if (!this._handlers.type.has(type)) this._handlers.type.set(type, []);
-    this._handlers.type.get(type).push(h);
-    return { remove: () => this._remove(h) };
+    return this._handlers.addType(type, fn);
   }
 
   /** Calls `fn(envelope)` for every message. */
@@ -801,15 +741,12 @@ export class Client {
 
   /** Removes every message handler (by type, catch-all, room, binary). */
   clearHandlers() {
-    this._handlers.type.clear();
-    this._handlers.any = [];
-    this._handlers.room = [];
-    this._handlers.binary = [];
+    this._handlers.clearMessages();
   }
 
   /** Removes the room handlers of `room`, or of every room. */
   clearRoomHandlers(room) {
-    this._handlers.room = room === undefined ? [] : this._handlers.room.filter((h) => h.room !== room);
+    this._handlers.clearRoom(room);
   }
 
   /** Closes for good (code 1000), stops reconnecting; resolves once closed. */

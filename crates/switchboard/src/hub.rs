@@ -23,11 +23,12 @@ const ADMIN: &str = include_str!("../assets/admin.html");
 const CLIENT_JS: &str = include_str!("../assets/switchboard.js");
 /// The modules `client.js` imports from beside it (`./msgpack.js`, ...), served at
 /// those paths.
-const CLIENT_MODULES: [(&str, &str); 4] = [
+const CLIENT_MODULES: [(&str, &str); 5] = [
     ("/msgpack.js", include_str!("../assets/msgpack.js")),
     ("/errors.js", include_str!("../assets/errors.js")),
     ("/reconnect.js", include_str!("../assets/reconnect.js")),
     ("/positions.js", include_str!("../assets/positions.js")),
+    ("/handlers.js", include_str!("../assets/handlers.js")),
 ];
 const CLIENT_DTS: &str = include_str!("../assets/switchboard.d.ts");
 
