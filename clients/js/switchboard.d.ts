@@ -210,6 +210,22 @@ export declare class Handlers {
   clearRoom(room?: string): void;
 }
 
+/** A client's requests waiting for their acks, and its offline queue (used by Client). */
+export declare class Requests {
+  constructor(limits: { maxFrames: number; maxBytes: number });
+  newRef(): string;
+  start(ref: string, data: string | ArrayBuffer, timeout: number, resolve: (v: unknown) => void, reject: (e: Error) => void): void;
+  cancel(ref: string): boolean;
+  settle(ref: string, ack: { ok: true; result: unknown } | { ok: false; error: Error }): boolean;
+  written(ref?: string): void;
+  inFlight(): Array<[string, { data: string | ArrayBuffer; seq: number }]>;
+  rejectWritten(error: () => Error): void;
+  rejectAll(error: () => Error): void;
+  enqueue(data: string | ArrayBuffer, ref?: string): void;
+  dequeue(): { data: string | ArrayBuffer; ref?: string; bytes: number } | undefined;
+  unqueue(ref: string): void;
+}
+
 export declare class Client {
   constructor(url: string, options?: ClientOptions);
   static connect(url: string, options?: ClientOptions): Promise<Client>;

@@ -24,19 +24,19 @@ import {
   ConnectError,
   ConnectionLostError,
   NotConnectedError,
-  QueueFullError,
   RemoteError,
   SwitchboardError,
-  TimeoutError,
 } from "./errors.js";
 import { backoffDelay, reconnectHint } from "./reconnect.js";
 import { StreamPositions } from "./positions.js";
 import { Handlers } from "./handlers.js";
+import { Requests } from "./requests.js";
 
 export * from "./errors.js";
 export * from "./reconnect.js";
 export * from "./positions.js";
 export * from "./handlers.js";
+export * from "./requests.js";
 
 /** The connection states. */
 export const ConnectionState = Object.freeze({
@@ -83,15 +83,6 @@ export function tokenExpiry(token) {
   }
 }
 
-/** `bytes` random bytes as hex (Web Crypto: browsers and Node 20+). */
-function randomHex(bytes) {
-  const a = new Uint8Array(bytes);
-  globalThis.crypto.getRandomValues(a);
-  return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-const textEncoder = new TextEncoder();
-
 /**
  * A connection to a switchboard server.
  *
@@ -135,15 +126,9 @@ export class Client {
     this._ws = null;
     this._session = null;
     this._closeInfo = null;
-    this._queue = [];
-    this._queueBytes = 0;
-    this._pending = new Map();
+    this._requests = new Requests({ maxFrames: this.options.offlineQueue, maxBytes: this.options.offlineQueueBytes });
     this._rooms = new Set();
     this._streams = new StreamPositions();
-    this._nextId = 1;
-    // Every request's `ref` starts with 64 random bits: no other client can guess one
-    // and answer it with a forged ack.
-    this._refPrefix = randomHex(8);
     this._userClosed = false;
     this._everOpen = false;
     this._reconnectTimer = null;
@@ -353,14 +338,13 @@ export class Client {
 
   // The requests written to the socket that dropped and not answered, oldest first.
   _inFlight() {
-    if (!this.options.retryInFlight) return [];
-    return [...this._pending].filter(([, p]) => p.written).sort((a, b) => a[1].seq - b[1].seq);
+    return this.options.retryInFlight ? this._requests.inFlight() : [];
   }
 
   _flush() {
-    while (this._queue.length && this._state === ConnectionState.OPEN) {
-      const item = this._queue.shift();
-      this._queueBytes -= item.bytes;
+    while (this._state === ConnectionState.OPEN) {
+      const item = this._requests.dequeue();
+      if (!item) break;
       this._write(item);
     }
   }
@@ -397,10 +381,7 @@ export class Client {
 
   _write(item) {
     this._sendOn(this._ws, item.data);
-    if (item.ref) {
-      const p = this._pending.get(item.ref);
-      if (p) p.written = true;
-    }
+    this._requests.written(item.ref);
   }
 
   // With `getToken`: a fresh token, sent on the open connection, before the current
@@ -435,12 +416,8 @@ export class Client {
     this._closeInfo = info;
     // Requests already sent go again after the reconnect; without `retryInFlight` they
     // may or may not have run: tell their callers.
-    for (const [ref, p] of this.options.retryInFlight && this.options.reconnect.enabled ? [] : this._pending) {
-      if (p.written) {
-        this._pending.delete(ref);
-        clearTimeout(p.timer);
-        p.reject(new ConnectionLostError());
-      }
+    if (!(this.options.retryInFlight && this.options.reconnect.enabled)) {
+      this._requests.rejectWritten(() => new ConnectionLostError());
     }
     this._emit("close", info);
     const r = this.options.reconnect;
@@ -489,13 +466,7 @@ export class Client {
 
   _finish() {
     clearTimeout(this._refreshTimer);
-    this._queue = [];
-    this._queueBytes = 0;
-    for (const [, p] of this._pending) {
-      clearTimeout(p.timer);
-      p.reject(new ClosedError());
-    }
-    this._pending.clear();
+    this._requests.rejectAll(() => new ClosedError());
     this._setState(ConnectionState.CLOSED);
     const info = this._closeInfo || { code: 1000, reason: "", reconnect: "never" };
     for (const w of this._closedWaiters.splice(0)) w(info);
@@ -531,12 +502,12 @@ export class Client {
       if (result && typeof result.room_id === "string" && result.position) {
         this._streams.joined(result.room_id, result.position);
       }
-      const p = this._pending.get(ref);
-      if (p) {
-        this._pending.delete(ref);
-        clearTimeout(p.timer);
-        if (env.payload.status === "ok") p.resolve(env.payload.result === undefined ? null : env.payload.result);
-        else p.reject(new RemoteError(env.payload.code, env.payload.message, env.payload.details));
+      const ack =
+        env.payload.status === "ok"
+          ? { ok: true, result: env.payload.result === undefined ? null : env.payload.result }
+          : { ok: false, error: new RemoteError(env.payload.code, env.payload.message, env.payload.details) };
+      if (this._requests.settle(ref, ack)) {
+        // Answered.
       } else if (typeof ref === "string" && (ref.startsWith("rejoin:") || ref.startsWith("refresh:") || ref === "auth") && env.payload.status === "error") {
         this._emit("error", { kind: "message", code: env.payload.code, message: env.payload.message, details: env.payload.details });
       }
@@ -556,12 +527,7 @@ export class Client {
       this._state === ConnectionState.RECONNECTING ||
       (this._state === ConnectionState.CONNECTING && this._everOpen);
     if (!offline || !this.options.reconnect.enabled) throw new NotConnectedError();
-    const bytes = typeof data === "string" ? textEncoder.encode(data).length : data.byteLength;
-    if (this._queue.length >= this.options.offlineQueue || this._queueBytes + bytes > this.options.offlineQueueBytes) {
-      throw new QueueFullError(this._queue.length);
-    }
-    this._queue.push({ data, ref, bytes });
-    this._queueBytes += bytes;
+    this._requests.enqueue(data, ref);
   }
 
   _envelope(type, payload, opts = {}, ref) {
@@ -614,26 +580,14 @@ export class Client {
    */
   request(type, payload = {}, opts = {}) {
     const timeout = opts.timeout ?? this.options.requestTimeout;
-    const seq = this._nextId++;
-    const ref = `r${this._refPrefix}.${seq}`;
+    const ref = this._requests.newRef();
     const data = this._envelope(type, payload, opts, ref);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this._pending.delete(ref);
-        // Not sent yet (offline): take it out of the queue too.
-        const i = this._queue.findIndex((q) => q.ref === ref);
-        if (i >= 0) {
-          this._queueBytes -= this._queue[i].bytes;
-          this._queue.splice(i, 1);
-        }
-        reject(new TimeoutError(timeout));
-      }, timeout);
-      this._pending.set(ref, { resolve, reject, timer, written: false, data, seq });
+      this._requests.start(ref, data, timeout, resolve, reject);
       try {
         this._enqueue(data, ref);
       } catch (e) {
-        clearTimeout(timer);
-        this._pending.delete(ref);
+        this._requests.cancel(ref);
         reject(e);
       }
     });

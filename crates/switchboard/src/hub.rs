@@ -23,12 +23,13 @@ const ADMIN: &str = include_str!("../assets/admin.html");
 const CLIENT_JS: &str = include_str!("../assets/switchboard.js");
 /// The modules `client.js` imports from beside it (`./msgpack.js`, ...), served at
 /// those paths.
-const CLIENT_MODULES: [(&str, &str); 5] = [
+const CLIENT_MODULES: [(&str, &str); 6] = [
     ("/msgpack.js", include_str!("../assets/msgpack.js")),
     ("/errors.js", include_str!("../assets/errors.js")),
     ("/reconnect.js", include_str!("../assets/reconnect.js")),
     ("/positions.js", include_str!("../assets/positions.js")),
     ("/handlers.js", include_str!("../assets/handlers.js")),
+    ("/requests.js", include_str!("../assets/requests.js")),
 ];
 const CLIENT_DTS: &str = include_str!("../assets/switchboard.d.ts");
 
