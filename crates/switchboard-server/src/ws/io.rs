@@ -47,6 +47,19 @@ impl Stream {
         read.map_ok(|()| buf.filled().len())
     }
 
+    /// Writes from one buffer (for TCP, one `send`).
+    pub(crate) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self {
+            Stream::Tcp(t) => Pin::new(t).poll_write(cx, buf),
+            Stream::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+            Stream::Other(o) => Pin::new(o.as_mut()).poll_write(cx, buf),
+        }
+    }
+
     pub(crate) fn poll_write_vectored(
         &mut self,
         cx: &mut Context<'_>,
