@@ -5,6 +5,12 @@ use std::sync::Arc;
 
 use crate::handler::ErasedHandler;
 
+/// A map keyed by the server's own names (message types, RPC methods), looked up once
+/// or twice per message. Hashed with foldhash rather than SipHash (about 4x fewer
+/// instructions for a short name): clients only look names up, never add them, so the
+/// table's shape is the server's and a client's choice of key cannot lengthen a probe.
+pub(crate) type ByName<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
 #[derive(Clone)]
 pub(crate) struct Route {
     pub(crate) priority: i32,
@@ -15,7 +21,7 @@ pub(crate) struct Route {
 /// in registration order).
 #[derive(Default, Clone)]
 pub(crate) struct HandlerTable {
-    routes: HashMap<Box<str>, Vec<Route>>,
+    routes: ByName<Vec<Route>>,
     pub(crate) binary: Vec<Route>,
 }
 

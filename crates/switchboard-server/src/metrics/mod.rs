@@ -11,7 +11,7 @@
 
 mod timing;
 
-use std::collections::HashMap;
+use crate::handler_table::ByName;
 use std::time::Instant;
 
 use switchboard_proto::types;
@@ -79,8 +79,8 @@ pub(crate) struct Metrics {
     dropped: IntCounter,
     rate_limited: IntCounter,
     resumes: IntCounterVec,
-    handlers: HashMap<String, Timing>,
-    rpc: HashMap<String, Timing>,
+    handlers: ByName<Timing>,
+    rpc: ByName<Timing>,
     gauges: Gauges,
 }
 
@@ -188,10 +188,10 @@ impl Metrics {
             "How long RPC calls took, by method and status (ok, error).",
             "method",
         );
-        let timings = |vec: &HistogramVec, names: &[String]| -> HashMap<String, Timing> {
+        let timings = |vec: &HistogramVec, names: &[String]| -> ByName<Timing> {
             names
                 .iter()
-                .map(|n| (n.clone(), Timing::new(vec, n)))
+                .map(|n| (n.as_str().into(), Timing::new(vec, n)))
                 .collect()
         };
         Metrics {
