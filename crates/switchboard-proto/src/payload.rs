@@ -18,12 +18,19 @@ use serde_json::value::RawValue;
 /// assert!(Payload::from_serialize(&42).is_err()); // a payload is always an object
 /// ```
 #[derive(Clone)]
-pub struct Payload(pub(crate) Box<RawValue>);
+pub struct Payload(Option<Box<RawValue>>);
+
+/// `{}`, validated once: the text of every payload made empty (most messages a server
+/// reads, `ping` among them, have none), which then allocates nothing.
+static EMPTY: std::sync::LazyLock<Box<RawValue>> = std::sync::LazyLock::new(|| {
+    // `{}` is valid JSON, so this cannot fail; `from_string` only validates.
+    RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| unreachable!())
+});
 
 /// Payloads compare by their JSON text: `{"a":1}` and `{ "a": 1 }` differ.
 impl PartialEq for Payload {
     fn eq(&self, other: &Self) -> bool {
-        self.0.get() == other.0.get()
+        self.get() == other.get()
     }
 }
 
@@ -32,8 +39,12 @@ impl Eq for Payload {}
 impl Payload {
     /// The empty payload, `{}`.
     pub fn empty() -> Payload {
-        // `{}` is valid JSON, so this cannot fail; `from_string` only validates.
-        Payload(RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| unreachable!()))
+        Payload(None)
+    }
+
+    /// Wraps the text of a JSON object already checked for depth (by the decoder).
+    pub(crate) fn checked(raw: Box<RawValue>) -> Payload {
+        Payload(Some(raw))
     }
 
     /// Serializes `value` into a payload. Fails unless it serializes to a JSON object.
@@ -58,7 +69,7 @@ impl Payload {
             });
         }
         if is_object(raw.get()) {
-            Ok(Payload(raw))
+            Ok(Payload(Some(raw)))
         } else {
             Err(PayloadError {
                 path: String::new(),
@@ -78,12 +89,12 @@ impl Payload {
 
     /// The payload's JSON text.
     pub fn get(&self) -> &str {
-        self.0.get()
+        self.as_raw().get()
     }
 
     /// The payload as a raw JSON value.
     pub fn as_raw(&self) -> &RawValue {
-        &self.0
+        self.0.as_deref().unwrap_or(&EMPTY)
     }
 
     /// Deserializes the payload into `T`; the error names the path of the field that
@@ -91,10 +102,10 @@ impl Payload {
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
         // Most payloads fit: read those at full speed, and track the path only to
         // explain one that does not.
-        if let Ok(value) = serde_json::from_str(self.0.get()) {
+        if let Ok(value) = serde_json::from_str(self.get()) {
             return Ok(value);
         }
-        let mut de = serde_json::Deserializer::from_str(self.0.get());
+        let mut de = serde_json::Deserializer::from_str(self.get());
         serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
@@ -108,12 +119,12 @@ impl Payload {
     /// The payload as a `serde_json::Value` tree.
     pub fn to_value(&self) -> serde_json::Value {
         // The text is valid JSON by construction.
-        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+        serde_json::from_str(self.get()).unwrap_or(serde_json::Value::Null)
     }
 
     /// True for `{}` (with or without whitespace inside).
     pub fn is_empty(&self) -> bool {
-        let text = self.0.get().trim();
+        let text = self.get().trim();
         // An object's text starts with `{` and ends with `}` (both ASCII).
         text.len() >= 2 && text[1..text.len() - 1].trim().is_empty()
     }
@@ -127,19 +138,19 @@ impl Default for Payload {
 
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.get())
+        f.write_str(self.get())
     }
 }
 
 impl fmt::Display for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.get())
+        f.write_str(self.get())
     }
 }
 
 impl Serialize for Payload {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
+        self.as_raw().serialize(s)
     }
 }
 

@@ -78,6 +78,7 @@ fn frames() -> Vec<(&'static str, String)> {
         })
         .collect();
     vec![
+        ("ping", r#"{"type":"ping"}"#.to_owned()),
         (
             "RPC call",
             r#"{"type":"rpc","ref":"1","payload":{"method":"echo","params":{"message":"hello"}}}"#
@@ -109,9 +110,15 @@ fn json(name: &str, frame: &str) -> anyhow::Result<()> {
         .payload;
     let rows: Rows<'_> = vec![
         (
-            "`Envelope::decode` (serde_json + every check)",
+            "`Envelope::decode` (the fast path for plain envelopes, every check)",
             Box::new(|| {
                 black_box(Envelope::decode(black_box(frame)).ok());
+            }),
+        ),
+        (
+            "`Envelope::decode_general` (serde_json + every check)",
+            Box::new(|| {
+                black_box(Envelope::decode_general(black_box(frame)).ok());
             }),
         ),
         (

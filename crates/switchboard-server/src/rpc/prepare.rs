@@ -26,13 +26,20 @@ struct CallPayload {
     params: Option<Value>,
 }
 
-/// The `payload` of an `rpc` message, borrowed from its text (the fast path).
-#[derive(Deserialize)]
-struct CallText<'a> {
-    #[serde(borrow)]
-    method: std::borrow::Cow<'a, str>,
-    #[serde(borrow, default)]
-    params: Option<&'a RawValue>,
+/// The `payload` of a plain `rpc` message, borrowed from its text (the fast path): the
+/// method's name without escapes, the params' text. `None` for anything else (a key
+/// given twice or unknown, a name with escapes), which the general path reads.
+fn call_text(payload: &str) -> Option<(&str, Option<&RawValue>)> {
+    let (mut method, mut params) = (None, None);
+    switchboard_proto::scan::members(payload, |key, value| {
+        match key {
+            "method" if method.is_none() => method = Some(value.plain()?),
+            "params" if params.is_none() => params = Some(value.raw()?),
+            _ => return None,
+        }
+        Some(())
+    })?;
+    Some((method?, params))
 }
 
 /// A parsed call: the method, and the params checked against its schema.
@@ -68,10 +75,10 @@ pub(crate) fn prepare(methods: &Methods, cx: &MessageContext) -> Result<Prepared
     // The fast path: named params whose schema asks nothing that deserializing does not
     // check are read straight from the text into the method's type. Anything else, and
     // anything that does not fit, takes the general path below, which explains errors.
-    if let Ok(call) = serde_json::from_str::<CallText<'_>>(cx.envelope.payload.get()) {
-        let compiled = find(methods, &call.method, cx)?;
+    if let Some((method, raw_params)) = call_text(cx.envelope.payload.get()) {
+        let compiled = find(methods, method, cx)?;
         if let Some(parse) = &compiled.method.parse_raw {
-            let params = match call.params.map(RawValue::get) {
+            let params = match raw_params.map(RawValue::get) {
                 None | Some("null") => "{}",
                 Some(text) => text,
             };

@@ -1,0 +1,291 @@
+//! A fast reader for the plain JSON objects nearly every message is made of: keys
+//! without escapes, and values that are plain strings or anything serde_json reads.
+//!
+//! serde_json reading an envelope into a struct matches every key through its visitor
+//! machinery and, for a field kept as raw text, scans a string twice (once to find its
+//! end, once to read it). This reads the object's structure by hand, hands out strings
+//! without escapes as they stand, and leaves every other value (a payload, a number, a
+//! string with escapes) to serde_json, which validates it. Anything unusual (a key with
+//! an escape, a byte that is not JSON) ends the fast path with `None`: the caller then
+//! reads the text with serde_json, which explains what is wrong. So the fast path never
+//! has to produce an error, only to be right about what it accepts.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// One member's value, as [`members`] reads it.
+#[derive(Debug, Clone, Copy)]
+pub enum Scanned<'a> {
+    /// A string without escapes or control characters: its text between the quotes.
+    Plain(&'a str),
+    /// Any other JSON value (a string with escapes among them), validated by
+    /// serde_json.
+    Raw(&'a RawValue),
+}
+
+impl<'a> Scanned<'a> {
+    /// The string, when the value is a plain one.
+    pub fn plain(self) -> Option<&'a str> {
+        match self {
+            Scanned::Plain(s) => Some(s),
+            Scanned::Raw(_) => None,
+        }
+    }
+
+    /// The value's raw text, when it is not a plain string.
+    pub fn raw(self) -> Option<&'a RawValue> {
+        match self {
+            Scanned::Raw(r) => Some(r),
+            Scanned::Plain(_) => None,
+        }
+    }
+}
+
+/// Calls `each` with every member of the JSON object that `text` is, in order.
+///
+/// `None` when this fast path does not read the text: it is not one JSON object (with
+/// JSON whitespace around it), a key has an escape, or `each` said `None`. What it
+/// accepts is valid JSON; what it refuses may be valid too, and is for serde_json to read.
+///
+/// ```
+/// use switchboard_proto::scan::members;
+///
+/// let mut seen = Vec::new();
+/// let read = members(r#"{"type":"chat","payload":{"n":1}}"#, |key, value| {
+///     seen.push((key, value));
+///     Some(())
+/// });
+/// assert!(read.is_some());
+/// assert_eq!((seen[0].0, seen[0].1.plain()), ("type", Some("chat")));
+/// assert_eq!(seen[1].1.raw().map(|r| r.get()), Some(r#"{"n":1}"#));
+/// // A key with an escape is left to serde_json.
+/// assert!(members(r#"{"typ\u0065":"chat"}"#, |_, _| Some(())).is_none());
+/// ```
+pub fn members<'a>(
+    text: &'a str,
+    mut each: impl FnMut(&'a str, Scanned<'a>) -> Option<()>,
+) -> Option<()> {
+    let b = text.as_bytes();
+    let mut at = skip_whitespace(b, 0);
+    if b.get(at) != Some(&b'{') {
+        return None;
+    }
+    at = skip_whitespace(b, at + 1);
+    if b.get(at) == Some(&b'}') {
+        return (skip_whitespace(b, at + 1) == b.len()).then_some(());
+    }
+    loop {
+        let (key, after) = plain_string(text, at)?;
+        at = skip_whitespace(b, after);
+        if b.get(at) != Some(&b':') {
+            return None;
+        }
+        at = skip_whitespace(b, at + 1);
+        let value = match plain_string(text, at) {
+            Some((s, after)) => {
+                at = after;
+                Scanned::Plain(s)
+            }
+            None => {
+                let (raw, after) = raw_value(text, at)?;
+                at = after;
+                Scanned::Raw(raw)
+            }
+        };
+        each(key, value)?;
+        at = skip_whitespace(b, at);
+        match b.get(at)? {
+            b',' => at = skip_whitespace(b, at + 1),
+            b'}' => return (skip_whitespace(b, at + 1) == b.len()).then_some(()),
+            _ => return None,
+        }
+    }
+}
+
+/// The index of the first byte at or after `at` that is not JSON whitespace.
+fn skip_whitespace(b: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(at) {
+        at += 1;
+    }
+    at
+}
+
+/// The string starting at `at` (its opening quote), when it has no escape and no
+/// control character: its text, and the index after its closing quote.
+fn plain_string(text: &str, at: usize) -> Option<(&str, usize)> {
+    let b = text.as_bytes();
+    if b.get(at) != Some(&b'"') {
+        return None;
+    }
+    let start = at + 1;
+    let len = b
+        .get(start..)?
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    let end = start + len;
+    // Stopped at the closing quote, not at an escape or a control character.
+    (b[end] == b'"').then(|| (&text[start..end], end + 1))
+}
+
+/// The JSON value starting at `at`, read and validated by serde_json, and the index
+/// after it.
+fn raw_value(text: &str, at: usize) -> Option<(&RawValue, usize)> {
+    let rest = text.get(at..)?;
+    let mut de = serde_json::Deserializer::from_str(rest);
+    let raw = <&RawValue>::deserialize(&mut de).ok()?;
+    // The value is a slice of `rest`: where it ends there is where the object goes on.
+    let end = (raw.get().as_ptr() as usize - rest.as_ptr() as usize) + raw.get().len();
+    Some((raw, at + end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Option<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        members(text, |k, v| {
+            let v = match v {
+                Scanned::Plain(s) => format!("plain:{s}"),
+                Scanned::Raw(r) => format!("raw:{}", r.get()),
+            };
+            out.push((k.to_owned(), v));
+            Some(())
+        })?;
+        Some(out)
+    }
+
+    #[test]
+    fn plain_objects_are_read_member_by_member() {
+        let got =
+            read(" {\"a\" : \"x\" ,\n\"b\":[1, {\"c\":\"\\n\"}],\"d\":\"q\\\"\", \"e\":-1.5e3}\t")
+                .unwrap();
+        let want = [
+            ("a", "plain:x"),
+            ("b", r#"raw:[1, {"c":"\n"}]"#),
+            ("d", r#"raw:"q\"""#),
+            ("e", "raw:-1.5e3"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(read("{}"), Some(vec![]));
+        assert_eq!(read(" { } "), Some(vec![]));
+    }
+
+    #[test]
+    fn anything_not_plain_or_not_json_is_refused() {
+        for text in [
+            "",
+            "[]",
+            "{",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "{\"a\":1 \"b\":2}",
+            "{\"a\":1}x",
+            "{\"a\":1}}",
+            "{\"a\\n\":1}",
+            "{\"a\":\"tab\there\"}",
+            "{\"a\":01}",
+            "{\"a\":tru}",
+            "{'a':1}",
+            "\u{a0}{}",
+            "{\"a\":1}\u{a0}",
+        ] {
+            assert_eq!(read(text), None, "{text:?}");
+        }
+    }
+
+    /// Whatever the fast path reads, serde_json reads alike: the same members with the
+    /// same values, on objects built from JSON's pieces, a fifth of them then broken
+    /// by a piece put in at a random place.
+    #[test]
+    fn agrees_with_serde_json_on_generated_texts() {
+        let keys = [
+            "\"a\"",
+            "\"b\"",
+            "\"k\\\"\"",
+            "\"\\u00e9\"",
+            "\"é\"",
+            "\"\"",
+            "a",
+        ];
+        let values = [
+            "\"x\"",
+            "\"y\\n\"",
+            "\"t\tab\"",
+            "1",
+            "-0.5",
+            "1e9",
+            "01",
+            "-",
+            "true",
+            "nul",
+            "null",
+            "[1,[2]]",
+            "[1,]",
+            "{\"c\":{}}",
+            "{\"c\":}",
+            "\"é\"",
+            "\"\\u00e9\"",
+            "[]",
+        ];
+        let noise = ["{", "}", ",", ":", " ", "\"", "\\", "\n", "x", "\u{a0}"];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut read_some, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let mut text = String::from(if next(8) == 0 { " {" } else { "{" });
+            for i in 0..next(5) {
+                if i > 0 {
+                    text.push_str(if next(6) == 0 { " , " } else { "," });
+                }
+                text.push_str(keys[next(keys.len())]);
+                text.push_str(if next(6) == 0 { " :\n" } else { ":" });
+                text.push_str(values[next(values.len())]);
+            }
+            text.push('}');
+            if next(5) == 0 {
+                let mut at = next(text.len() + 1);
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                text.insert_str(at, noise[next(noise.len())]);
+            }
+            let serde: Option<serde_json::Map<String, serde_json::Value>> =
+                serde_json::from_str(&text).ok();
+            let Some(ours) = read(&text) else {
+                refused += 1;
+                continue;
+            };
+            read_some += 1;
+            let serde = serde.unwrap_or_else(|| panic!("accepted invalid {text:?}"));
+            // serde's map keeps the last of a repeated key: compare the last of each.
+            let mut last = std::collections::BTreeMap::new();
+            for (k, v) in &ours {
+                let value: serde_json::Value = match v.split_once(':') {
+                    Some(("plain", s)) => serde_json::Value::String(s.to_owned()),
+                    Some((_, raw)) => serde_json::from_str(raw).unwrap(),
+                    None => unreachable!(),
+                };
+                last.insert(k.clone(), value);
+            }
+            assert_eq!(last.len(), serde.len(), "{text:?}");
+            for (k, v) in &last {
+                assert_eq!(serde.get(k), Some(v), "{text:?}");
+            }
+        }
+        assert!(
+            read_some > 3_000 && refused > 3_000,
+            "{read_some} read, {refused} refused"
+        );
+    }
+}
