@@ -134,6 +134,37 @@ pub(crate) fn stamp(frame: &str) -> Option<u64> {
         .unwrap_or(digits.len());
     digits[..end].parse().ok()
 }
+/// What a connection sends for its `n`th round trip: the same frame each time, or,
+/// where the template has `{n}`, a frame with that connection's next number there (a
+/// request's `ref`, Socket.IO's ack id), as a real client numbers its requests.
+#[derive(Clone)]
+pub(crate) struct Request {
+    target: Target,
+    template: Arc<str>,
+    fixed: Option<Message>,
+}
+
+impl Request {
+    pub(crate) fn new(target: Target, template: &str) -> Request {
+        let fixed = (!template.contains("{n}")).then(|| wire(target, Message::text(template)));
+        Request {
+            target,
+            template: template.into(),
+            fixed,
+        }
+    }
+
+    pub(crate) fn nth(&self, n: u64) -> Message {
+        match &self.fixed {
+            Some(frame) => frame.clone(),
+            None => wire(
+                self.target,
+                Message::text(self.template.replace("{n}", &n.to_string())),
+            ),
+        }
+    }
+}
+
 /// Round trips: each connection sends `request` and waits for any answer, until the deadline.
 pub(crate) async fn round_trips(
     target: Target,
@@ -142,7 +173,7 @@ pub(crate) async fn round_trips(
     tasks: usize,
     duration: Duration,
     rate: u64,
-    request: Message,
+    request: Request,
 ) -> anyhow::Result<Report> {
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
@@ -174,10 +205,9 @@ pub(crate) async fn round_trips(
                                 Err(_) => break,
                             }
                         }
+                        let frame = request.nth(ops + 1);
                         let sent = Instant::now();
-                        if ws.send(request.clone()).await.is_err()
-                            || next_text(&mut ws).await.is_err()
-                        {
+                        if ws.send(frame).await.is_err() || next_text(&mut ws).await.is_err() {
                             break;
                         }
                         hist.record(sent.elapsed().as_micros() as u64);

@@ -22,7 +22,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio_tungstenite::tungstenite::Message;
 
 use load::round_trips;
 use report::{Report, print, print_medians};
@@ -305,14 +304,14 @@ pub(crate) async fn measure(target: Target, args: &BenchArgs) -> anyhow::Result<
         Scenario::Echo | Scenario::Rpc => {
             let server = ServerProc::start(target, &[], args)?;
             let request = match (args.scenario, target.protocol()) {
-                (Scenario::Echo, Protocol::Switchboard) => Message::text(r#"{"type":"ping"}"#),
-                (Scenario::Rpc, Protocol::Switchboard) => Message::text(
-                    r#"{"type":"rpc","ref":"1","payload":{"method":"echo","params":{"message":"hello"}}}"#,
-                ),
+                (Scenario::Echo, Protocol::Switchboard) => r#"{"type":"ping"}"#,
+                (Scenario::Rpc, Protocol::Switchboard) => {
+                    r#"{"type":"rpc","ref":"{n}","payload":{"method":"echo","params":{"message":"hello"}}}"#
+                }
                 // An RPC is an event answered by its ack.
-                (Scenario::Rpc, Protocol::Socketio) => Message::text(r#"421["rpc","hello"]"#),
-                (_, Protocol::Socketio) => Message::text(r#"42["echo","hello"]"#),
-                _ => Message::text(r#"{"type":"ping","payload":{"p":"hello"}}"#),
+                (Scenario::Rpc, Protocol::Socketio) => r#"42{n}["rpc","hello"]"#,
+                (_, Protocol::Socketio) => r#"42["echo","hello"]"#,
+                _ => r#"{"type":"ping","payload":{"p":"hello"}}"#,
             };
             round_trips(
                 target,
@@ -321,7 +320,7 @@ pub(crate) async fn measure(target: Target, args: &BenchArgs) -> anyhow::Result<
                 args.tasks,
                 args.duration,
                 args.rate,
-                load::wire(target, request),
+                load::Request::new(target, request),
             )
             .await?
         }
