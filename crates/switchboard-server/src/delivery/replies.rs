@@ -2,7 +2,7 @@
 //! the client sends again after a reconnect (it had not seen the answer) is answered
 //! with the first answer instead of being handled twice.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 
 use crate::ws::Text;
 
@@ -20,11 +20,18 @@ pub(crate) enum Seen {
     InProgress,
 }
 
-/// The last `capacity` refs of one session and their answers, oldest dropped first.
+/// The last `capacity` messages with a `ref` of one session, and their answers, oldest
+/// dropped first.
+///
+/// A ring, searched from its newest end: an answer is nearly always to the message
+/// just begun, so recording one compares a single ref, and a lookup by ref happens only
+/// for the refs a resume said are coming again. No hashing and one allocation per
+/// message (a `HashMap` with an order queue took two and three hash lookups). A ref
+/// used again while still in the ring takes a second place; a lookup finds the newest.
 #[derive(Debug, Default)]
 pub(crate) struct Replies {
-    answers: HashMap<Box<str>, Option<Text>>,
-    order: VecDeque<Box<str>>,
+    /// Oldest first: each ref begun, and its answer once given.
+    recent: VecDeque<(Box<str>, Option<Text>)>,
     capacity: usize,
     /// The refs the client said (in its `resume`) it is sending again.
     resending: HashSet<Box<str>>,
@@ -51,38 +58,41 @@ impl Replies {
             return Seen::New;
         }
         let resent = !self.resending.is_empty() && self.resending.remove(ref_id);
-        if let Some(slot) = self.answers.get_mut(ref_id) {
-            if resent {
-                return match slot {
+        if resent {
+            if let Some(answer) = self.newest(ref_id) {
+                return match answer {
                     Some(answer) => Seen::Answered(answer.clone()),
                     None => Seen::InProgress,
                 };
             }
-            // A ref used again once answered: a new message.
-            *slot = None;
-            return Seen::New;
         }
-        if self.order.len() >= self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.answers.remove(&old);
-            }
+        // New, or a ref used again once answered: a new message.
+        if self.recent.len() >= self.capacity {
+            self.recent.pop_front();
         }
-        let key: Box<str> = ref_id.into();
-        self.order.push_back(key.clone());
-        self.answers.insert(key, None);
+        self.recent.push_back((ref_id.into(), None));
         Seen::New
     }
 
     /// Records the answer to `ref_id` (only for a ref that [`begin`](Self::begin) took).
     pub(crate) fn answer(&mut self, ref_id: &str, frame: &Text) {
-        if let Some(slot) = self.answers.get_mut(ref_id) {
+        if let Some(slot) = self.newest(ref_id) {
             *slot = Some(frame.clone());
         }
     }
 
+    /// The answer slot of the newest message with `ref_id`.
+    fn newest(&mut self, ref_id: &str) -> Option<&mut Option<Text>> {
+        self.recent
+            .iter_mut()
+            .rev()
+            .find(|(r, _)| **r == *ref_id)
+            .map(|(_, answer)| answer)
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.order.len()
+        self.recent.len()
     }
 }
 
@@ -137,5 +147,22 @@ mod tests {
         let mut off = Replies::new(0);
         assert_eq!(off.begin("a"), Seen::New);
         assert_eq!(off.begin("a"), Seen::New);
+    }
+
+    #[test]
+    fn a_ref_used_again_is_answered_with_its_newest_answer() {
+        let mut r = Replies::new(8);
+        assert_eq!(r.begin("x"), Seen::New);
+        r.answer("x", &Text::from("first".to_owned()));
+        assert_eq!(r.begin("y"), Seen::New);
+        assert_eq!(r.begin("x"), Seen::New);
+        r.answer("x", &Text::from("second".to_owned()));
+        r.answer("y", &Text::from("why".to_owned()));
+        resend(&mut r, &["x", "y"]);
+        assert_eq!(
+            r.begin("x"),
+            Seen::Answered(Text::from("second".to_owned()))
+        );
+        assert_eq!(r.begin("y"), Seen::Answered(Text::from("why".to_owned())));
     }
 }

@@ -72,12 +72,20 @@ pub(crate) fn start_call(
     // A slot first: at most `max_calls_in_flight` calls run at once, counting this one.
     let calls =
         calls.get_or_insert_with(|| Box::new(Calls::new(server.config().max_calls_in_flight)));
-    match calls.semaphore.clone().try_acquire_owned() {
-        Ok(permit) => {
-            begin_call(cx, prepared, ref_id, permit, &calls.cancel);
+    // Only a call that has to wait takes a slot (see `begin_call`); one is free if any
+    // is, since only this connection's task takes them.
+    match calls.semaphore.available_permits() {
+        1.. => {
+            begin_call(
+                cx,
+                prepared,
+                ref_id,
+                Slot::Free(&calls.semaphore),
+                &calls.cancel,
+            );
             None
         }
-        Err(_) => {
+        0 => {
             // Every slot is taken: wait for one before reading on (back-pressure
             // instead of an unbounded backlog), unless the connection closes.
             let slots = calls.semaphore.clone();
@@ -93,21 +101,31 @@ pub(crate) fn start_call(
                 })
                 .await;
                 if let Some(permit) = permit {
-                    begin_call(cx, prepared, ref_id, permit, &cancel);
+                    begin_call(cx, prepared, ref_id, Slot::Held(permit), &cancel);
                 }
             }))
         }
     }
 }
 
-/// Runs a call that holds its slot. Most methods finish without waiting (a
-/// computation, a lookup): those are answered at once. Only a call that has to wait
-/// runs in a task of its own, so it holds up neither the connection nor other calls.
+/// A call's slot among the connection's `max_calls_in_flight`.
+enum Slot<'a> {
+    /// One is free: taken only if the call has to wait. (A call answered at once ends
+    /// before the connection reads on, so it never runs beside more than the calls
+    /// holding slots; taking and giving back a slot costs the semaphore's lock.)
+    Free(&'a Arc<Semaphore>),
+    /// Taken while every slot was busy.
+    Held(OwnedSemaphorePermit),
+}
+
+/// Runs a call. Most methods finish without waiting (a computation, a lookup): those
+/// are answered at once. Only a call that has to wait takes its slot and runs in a
+/// task of its own, so it holds up neither the connection nor other calls.
 fn begin_call(
     cx: MessageContext,
     prepared: Prepared,
     ref_id: Option<String>,
-    permit: OwnedSemaphorePermit,
+    slot: Slot<'_>,
     cancel: &CancellationToken,
 ) {
     let (server, conn) = (cx.server.clone(), cx.conn.clone());
@@ -123,9 +141,13 @@ fn begin_call(
         Err(panic) => return call.reply(&server, method.name(), Err(panic)),
     };
     if let Some(outcome) = (&mut fut).now_or_never() {
-        drop(permit);
         return call.reply(&server, method.name(), outcome);
     }
+    let permit = match slot {
+        // Free a moment ago, and only this connection's task takes slots.
+        Slot::Free(slots) => slots.clone().try_acquire_owned().ok(),
+        Slot::Held(permit) => Some(permit),
+    };
     // A call that waits runs in a task of its own, in the message's span. (Only it
     // holds a clone of the token: cloning and dropping one takes the token's lock.)
     let cancel = cancel.clone();
