@@ -28,13 +28,15 @@ struct CallPayload {
 
 /// The `payload` of a plain `rpc` message, borrowed from its text (the fast path): the
 /// method's name without escapes, the params' text. `None` for anything else (a key
-/// given twice or unknown, a name with escapes), which the general path reads.
-fn call_text(payload: &str) -> Option<(&str, Option<&RawValue>)> {
+/// given twice or unknown, a name with escapes), which the general path reads. The
+/// payload was validated when its envelope was read, so its values are only skipped.
+fn call_text(payload: &str) -> Option<(&str, Option<&str>)> {
+    use switchboard_proto::scan::{members_of_valid, plain};
     let (mut method, mut params) = (None, None);
-    switchboard_proto::scan::members(payload, |key, value| {
+    members_of_valid(payload, |key, value| {
         match key {
-            "method" if method.is_none() => method = Some(value.plain()?),
-            "params" if params.is_none() => params = Some(value.raw()?),
+            "method" if method.is_none() => method = Some(plain(value)?),
+            "params" if params.is_none() => params = Some(value),
             _ => return None,
         }
         Some(())
@@ -78,7 +80,7 @@ pub(crate) fn prepare(methods: &Methods, cx: &MessageContext) -> Result<Prepared
     if let Some((method, raw_params)) = call_text(cx.envelope.payload.get()) {
         let compiled = find(methods, method, cx)?;
         if let Some(parse) = &compiled.method.parse_raw {
-            let params = match raw_params.map(RawValue::get) {
+            let params = match raw_params {
                 None | Some("null") => "{}",
                 Some(text) => text,
             };
