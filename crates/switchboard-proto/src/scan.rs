@@ -63,7 +63,7 @@ impl<'a> Scanned<'a> {
 /// ```
 pub fn members<'a>(
     text: &'a str,
-    mut each: impl FnMut(&'a str, Scanned<'a>) -> Option<()>,
+    each: impl FnMut(&'a str, Scanned<'a>) -> Option<()>,
 ) -> Option<()> {
     walk(
         text,
@@ -71,7 +71,7 @@ pub fn members<'a>(
             Some((s, after)) => Some((Scanned::Plain(s), after)),
             None => raw_value(text, at).map(|(raw, after)| (Scanned::Raw(raw), after)),
         },
-        |key, value| each(key, value),
+        each,
     )
 }
 
