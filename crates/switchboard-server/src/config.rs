@@ -198,9 +198,10 @@ pub struct ServerConfig {
     /// with its `resume_token` gets its client id, identity and rooms back, and what it
     /// missed. 0 turns resume off. Default 2 minutes.
     pub session_ttl: Duration,
-    /// How many answers to a client's `ref`s a session remembers, so that a message the
-    /// client sends again after a reconnect is answered with its first answer instead
-    /// of being handled twice. Default 256.
+    /// How many answers to a client's `ref`s a session remembers (those of its last
+    /// messages with a `ref`; for a `ref` used more than once, the newest), so that a
+    /// message the client sends again after a reconnect is answered with its first
+    /// answer instead of being handled twice. Default 256.
     pub session_replies: usize,
 }
 
