@@ -69,7 +69,7 @@ pub(crate) fn start_call(
             return None;
         }
     };
-    // A slot first: at most `max_calls_in_flight` calls run at once, counting this one.
+    // At most `max_calls_in_flight` calls run at once, counting this one.
     let calls =
         calls.get_or_insert_with(|| Box::new(Calls::new(server.config().max_calls_in_flight)));
     // Only a call that has to wait takes a slot (see `begin_call`); one is free if any
