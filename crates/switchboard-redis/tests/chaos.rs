@@ -65,6 +65,19 @@ impl Received {
     }
 }
 
+/// The runs of `0..total` not in `got`, as `(first, last)` pairs.
+fn missing(got: &[u64], total: u64) -> Vec<(u64, u64)> {
+    let seen: std::collections::HashSet<u64> = got.iter().copied().collect();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for i in (0..total).filter(|i| !seen.contains(i)) {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == i => *last = i,
+            _ => runs.push((i, i)),
+        }
+    }
+    runs
+}
+
 /// Sends `room` messages to the room and `direct` ones to `to`, interleaved, in a
 /// steady stream.
 async fn send(mut sender: RawClient, tag: u64, to: Option<String>, room: u64) -> RawClient {
@@ -177,18 +190,38 @@ async fn a_client_cut_100_times_and_resumed_on_any_node_loses_and_duplicates_not
         s.await.unwrap();
     }
 
-    tokio::time::timeout(TIMEOUT * 6, done.recv())
+    if tokio::time::timeout(TIMEOUT * 6, done.recv())
         .await
-        .unwrap_or_else(|_| {
-            let r = received.lock().unwrap();
-            let lost = lost.lock().unwrap();
-            panic!(
-                "got {}+{} of {ROOM_MESSAGES}x2 room and {} of {DIRECT_MESSAGES} direct messages; resumes that did not recover: {lost:?}",
-                r.room[0].len(),
-                r.room[1].len(),
-                r.direct.len()
-            )
-        });
+        .is_err()
+    {
+        let mut redis_conn = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let session_rooms: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("chaos:session:{id}:rooms"))
+            .query_async(&mut redis_conn)
+            .await
+            .unwrap_or_default();
+        let record: Vec<String> = redis::cmd("HGETALL")
+            .arg(format!("chaos:session:{id}"))
+            .query_async(&mut redis_conn)
+            .await
+            .unwrap_or_default();
+        let r = received.lock().unwrap();
+        let lost = lost.lock().unwrap();
+        panic!(
+            "got {}+{} of {ROOM_MESSAGES}x2 room and {} of {DIRECT_MESSAGES} direct messages; missing: room 0 {:?}, room 1 {:?}, direct {:?}; resumes that did not recover: {lost:?}; the client's rooms {:?}; its session's rooms in Redis {session_rooms:?}, its record {record:?}",
+            r.room[0].len(),
+            r.room[1].len(),
+            r.direct.len(),
+            missing(&r.room[0], ROOM_MESSAGES),
+            missing(&r.room[1], ROOM_MESSAGES),
+            missing(&r.direct, DIRECT_MESSAGES),
+            client.rooms(),
+        );
+    }
     {
         let r = received.lock().unwrap();
         let room: Vec<u64> = (0..ROOM_MESSAGES).collect();
