@@ -142,7 +142,6 @@ impl NatsBackplane {
                 peers: Mutex::new(HashMap::new()),
                 identities: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(HashMap::new()),
-                unwritten: Mutex::new(HashMap::new()),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -429,12 +428,13 @@ impl Backplane for NatsBackplane {
                     s.rooms.insert(room.clone());
                 });
             }
-            PresenceEvent::Left(id, room) => shared.change_session_later(*id, |s| {
+            PresenceEvent::Left(id, room) => shared.change_session(*id, |s| {
                 s.rooms.remove(room);
             }),
+            // The session keeps the room: its detachment, next, writes its rooms.
+            PresenceEvent::LeftOnClose(..) => {}
             PresenceEvent::Disconnected(id) => {
                 lock(&shared.identities).remove(id);
-                shared.connection_closed(*id);
             }
             PresenceEvent::Identified(id, user, info) => {
                 lock(&shared.identities).insert(*id, (user.clone(), info.clone()));

@@ -21,10 +21,6 @@ use tokio::sync::mpsc;
 
 use crate::shared::{SessionWrite, Shared, StoredSession, lock, now_ms};
 
-/// How long a room left waits before it is written, at least (see
-/// `change_session_later`); the check runs as often.
-const LEAVES_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
-
 fn key(client: ConnId) -> String {
     format!("s.{client}")
 }
@@ -75,62 +71,11 @@ impl Shared {
             return;
         };
         drop(sessions);
-        lock(&self.unwritten).remove(&client);
         self.write_session(SessionWrite::Put(client, value.into()));
-    }
-
-    /// A room left: written a little later, unless the session's connection closes
-    /// meanwhile. A closing connection leaves its rooms just before its session
-    /// detaches with them (or ends): writing those leaves would let a resume
-    /// elsewhere, in between, find the session in no room, so its `Disconnected`
-    /// cancels them ([`connection_closed`](Self::connection_closed)).
-    pub(crate) fn change_session_later(
-        &self,
-        client: ConnId,
-        change: impl FnOnce(&mut StoredSession),
-    ) {
-        if let Some(stored) = lock(&self.sessions).get_mut(&client) {
-            change(stored);
-            lock(&self.unwritten)
-                .entry(client)
-                .or_insert_with(std::time::Instant::now);
-        }
-    }
-
-    /// A connection closed: the leaves it just made are not written (its session's
-    /// detachment or end, which follows, is).
-    pub(crate) fn connection_closed(&self, client: ConnId) {
-        lock(&self.unwritten).remove(&client);
-    }
-
-    /// Writes the leaves [`change_session_later`](Self::change_session_later) kept,
-    /// once no close came for them.
-    fn write_unwritten(&self) {
-        let due: Vec<ConnId> = {
-            let mut unwritten = lock(&self.unwritten);
-            let due = unwritten
-                .iter()
-                .filter(|(_, at)| at.elapsed() >= LEAVES_AFTER)
-                .map(|(c, _)| *c)
-                .collect::<Vec<_>>();
-            for c in &due {
-                unwritten.remove(c);
-            }
-            due
-        };
-        for client in due {
-            let value = lock(&self.sessions)
-                .get(&client)
-                .and_then(|s| serde_json::to_vec(s).ok());
-            if let Some(value) = value {
-                self.write_session(SessionWrite::Put(client, value.into()));
-            }
-        }
     }
 
     /// A session ended for good: its record goes, and its kept direct messages.
     pub(crate) fn end_session_soon(&self, client: ConnId) {
-        lock(&self.unwritten).remove(&client);
         if lock(&self.sessions).remove(&client).is_some() {
             self.write_session(SessionWrite::End(client));
         }
@@ -150,16 +95,10 @@ impl Shared {
         self: std::sync::Arc<Self>,
         mut rx: mpsc::Receiver<SessionWrite>,
     ) {
-        let mut tick = tokio::time::interval(LEAVES_AFTER);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
                 () = self.stop.cancelled() => return,
                 w = rx.recv() => w,
-                _ = tick.tick() => {
-                    self.write_unwritten();
-                    continue;
-                }
             };
             let Some(first) = first else { return };
             let mut batch = vec![first];

@@ -116,8 +116,6 @@ pub(crate) struct Shared {
     pub(crate) identities: Mutex<HashMap<ConnId, UserTag>>,
     /// The sessions this node serves or keeps, as the cluster keeps them.
     pub(crate) sessions: Mutex<HashMap<ConnId, StoredSession>>,
-    /// Sessions whose rooms left are not written yet, since when.
-    pub(crate) unwritten: Mutex<HashMap<ConnId, std::time::Instant>>,
     pub(crate) stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
 }

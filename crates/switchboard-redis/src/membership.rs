@@ -207,6 +207,18 @@ impl Shared {
         pipe.zadd(self.nodes_key(), me, now_ms()).ignore();
     }
 
+    /// Takes a connection of this node out of a room's members here.
+    fn leave_room_pipe(&self, pipe: &mut redis::Pipeline, id: ConnId, room: &str) {
+        pipe.cmd("EVAL")
+            .arg(LEAVE_ROOM)
+            .arg(2)
+            .arg(self.room_key(&self.node, room))
+            .arg(self.rooms_key(&self.node))
+            .arg(id.to_string())
+            .arg(room)
+            .ignore();
+    }
+
     pub(crate) fn presence_pipe(&self, pipe: &mut redis::Pipeline, event: &PresenceEvent) {
         let me = &self.node;
         match event {
@@ -223,16 +235,11 @@ impl Shared {
                 self.session_room_pipe(pipe, *id, room, true);
             }
             PresenceEvent::Left(id, room) => {
-                pipe.cmd("EVAL")
-                    .arg(LEAVE_ROOM)
-                    .arg(2)
-                    .arg(self.room_key(me, room))
-                    .arg(self.rooms_key(me))
-                    .arg(id.to_string())
-                    .arg(room)
-                    .ignore();
+                self.leave_room_pipe(pipe, *id, room);
                 self.session_room_pipe(pipe, *id, room, false);
             }
+            // The session keeps the room: its detachment, next, writes its rooms.
+            PresenceEvent::LeftOnClose(id, room) => self.leave_room_pipe(pipe, *id, room),
             PresenceEvent::SessionDetached { client, ttl, rooms } => {
                 self.session_detached_pipe(pipe, *client, *ttl, rooms);
             }

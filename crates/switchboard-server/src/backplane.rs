@@ -169,8 +169,15 @@ pub enum PresenceEvent {
     Disconnected(ConnId),
     /// A connection joined a room.
     Joined(ConnId, String),
-    /// A connection left a room.
+    /// A connection left a room (it asked to, or the server took it out): its session
+    /// is no longer in the room either.
     Left(ConnId, String),
+    /// A closing connection was taken out of a room: the node's membership changes,
+    /// its session's rooms do not. The [`SessionDetached`](Self::SessionDetached) (or
+    /// [`SessionEnded`](Self::SessionEnded)) that follows says what becomes of the
+    /// session. A backplane that treated this as [`Left`](Self::Left) would let a
+    /// resume on another node, between the two, find the session in no room.
+    LeftOnClose(ConnId, String),
     /// A session's connection dropped; the session waits `ttl` for a resume, in these
     /// rooms.
     SessionDetached {

@@ -162,12 +162,21 @@ impl Server {
 
     /// Tells the backplane and the room's remaining members that `conn` left.
     pub(super) fn announce_leave(&self, conn: &Conn, room: &str) {
+        self.announce_departure(conn, room, PresenceEvent::Left(conn.id(), room.to_owned()));
+    }
+
+    /// Tells the backplane and the room's remaining members that `conn`, closing, is
+    /// out of `room` (its session keeps the room: [`PresenceEvent::LeftOnClose`]).
+    pub(super) fn announce_leave_on_close(&self, conn: &Conn, room: &str) {
+        let event = PresenceEvent::LeftOnClose(conn.id(), room.to_owned());
+        self.announce_departure(conn, room, event);
+    }
+
+    fn announce_departure(&self, conn: &Conn, room: &str, event: PresenceEvent) {
         if let Some(stream) = self.inner.streams.existing_room(room) {
             lock(&stream).touch(now_ms());
         }
-        self.inner
-            .backplane
-            .presence(&PresenceEvent::Left(conn.id(), room.to_owned()));
+        self.inner.backplane.presence(&event);
         self.notify_room(types::USER_LEFT, room, conn.id());
     }
 

@@ -371,7 +371,7 @@ impl Server {
         if current {
             for room in &rooms {
                 if self.inner.registry.leave(room, conn) {
-                    self.announce_leave(conn, room);
+                    self.announce_leave_on_close(conn, room);
                 }
             }
             let backplane = &self.inner.backplane;
