@@ -88,7 +88,9 @@ export type RecoveryGap =
   | "session_expired"
   | "no_position"
   | "offset_ahead"
-  | "no_history";
+  | "no_history"
+  /** Said by the client: the resumed session lacked this room; it joined it again. */
+  | "not_restored";
 
 /** One stream's outcome of a resume: all or nothing. */
 export interface Recovery {

@@ -321,11 +321,18 @@ export class Client {
       // Rooms first (unless the resumed session has them), then what was in flight,
       // then the queue: the server handles a connection's messages in order, so the
       // rooms are joined before anything queued for them arrives.
-      if (!(session.resumed && session.resumed.resumed)) {
-        for (const room of this._rooms) {
-          this._streams.forgetRoom(room);
-          this._sendOn(this._ws, JSON.stringify({ type: "join_room", ref: `rejoin:${room}`, payload: { room_id: room } }));
+      const outcome = session.resumed && session.resumed.resumed ? session.resumed : null;
+      for (const room of this._rooms) {
+        if (outcome) {
+          // A resumed session has its rooms back; one it lacks (no server of ours
+          // does that, but the client must not stay out of a room without a word) is
+          // joined again and reported as not recovered.
+          outcome.rooms = outcome.rooms || {};
+          if (room in outcome.rooms) continue;
+          outcome.rooms[room] = { recovered: false, missed: 0, reason: "not_restored", position: { epoch: "", offset: 0 } };
         }
+        this._streams.forgetRoom(room);
+        this._sendOn(this._ws, JSON.stringify({ type: "join_room", ref: `rejoin:${room}`, payload: { room_id: room } }));
       }
       for (const [, p] of this._inFlight()) this._sendOn(this._ws, p.data);
     }

@@ -556,3 +556,65 @@ test("a message's trace reaches the room's other members", async () => {
   await a.close();
   await b.close();
 });
+
+/** A socket the test scripts, passed as `{ WebSocket }`: it records what the client sends. */
+class ScriptedSocket {
+  static opened = recorder();
+  constructor(url) {
+    this.url = url;
+    this.protocol = "";
+    this.sent = recorder();
+    queueMicrotask(() => {
+      this.onopen?.();
+      ScriptedSocket.opened.push(this);
+    });
+  }
+  send(data) {
+    this.sent.push(JSON.parse(data));
+  }
+  close(code = 1000, reason = "") {
+    queueMicrotask(() => this.onclose?.({ code, reason }));
+  }
+  deliver(frame) {
+    this.onmessage?.({ data: JSON.stringify(frame) });
+  }
+}
+
+test("a room the resumed session lacks is joined again and reported as not recovered", async () => {
+  const position = (offset) => ({ epoch: "00000000000000aa", offset });
+  const connected = (resumed) => ({
+    type: "connected",
+    payload: { client_id: "c1", session_id: "c1.s", resume_token: "t", server: "script", streams: { session: position(0) }, resumed },
+  });
+  const c = new Client("ws://scripted/ws", { WebSocket: ScriptedSocket, reconnect: quick });
+  const connecting = c.connect();
+  let ws = await ScriptedSocket.opened.next();
+  ws.deliver(connected(undefined));
+  await connecting;
+  const outcomes = recorder();
+  c.onResume((o) => outcomes.push(o));
+  const joining = c.join("kept");
+  const join = await ws.sent.next();
+  assert.equal(join.type, "join_room");
+  ws.deliver({ type: "ack", payload: { ref: join.ref, status: "ok", result: { room_id: "kept", position: position(4) } } });
+  await joining;
+
+  ws.onclose({ code: 1006, reason: "" }); // cut
+  ws = await ScriptedSocket.opened.next();
+  const resume = await ws.sent.next();
+  assert.equal(resume.type, "resume");
+  assert.deepEqual(resume.payload.streams.rooms.kept, position(4), "the client asks for the room");
+  // The session comes back without the room (no server of ours does that since the
+  // closing connection's leaves stopped reaching the session).
+  ws.deliver(connected({ resumed: true, session: { recovered: true, missed: 0, position: position(0) }, rooms: {} }));
+  const rejoin = await ws.sent.next();
+  assert.equal(rejoin.type, "join_room");
+  assert.equal(rejoin.payload.room_id, "kept");
+  const outcome = await outcomes.next();
+  assert.equal(outcome.resumed, true);
+  assert.equal(outcome.rooms.kept.recovered, false);
+  assert.equal(outcome.rooms.kept.reason, "not_restored");
+  assert.deepEqual(c.rooms(), ["kept"]);
+  ws.deliver({ type: "ack", payload: { ref: rejoin.ref, status: "ok", result: { room_id: "kept", position: position(9) } } });
+  await c.close();
+});

@@ -7,7 +7,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use switchboard_proto::{
-    Ack, Envelope, ErrorBody, Parts, Payload, Reconnect, encode_parts, reconnect_hint, types,
+    Ack, Envelope, ErrorBody, Parts, Payload, Position, Reconnect, Recovery, RecoveryGap,
+    ResumeOutcome, encode_parts, reconnect_hint, types,
 };
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -74,7 +75,7 @@ async fn reconnect_loop(inner: &Arc<Inner>, hint: Reconnect) -> Option<Ws> {
             None
         };
         match connect::open(&inner.url, &inner.config, resume.as_ref()).await {
-            Ok((mut ws, session, positions, token)) => {
+            Ok((mut ws, mut session, positions, token)) => {
                 if token.is_some() {
                     *lock(&inner.token) = token;
                 }
@@ -83,10 +84,15 @@ async fn reconnect_loop(inner: &Arc<Inner>, hint: Reconnect) -> Option<Ws> {
                 // Rooms first (unless the resumed session has them), then what was in
                 // flight, then what was queued: the server handles a connection's
                 // messages in order, so the rooms are joined before anything sent to them.
-                let rejoined = if resumed {
-                    Ok(())
-                } else {
-                    rejoin(inner, &mut ws).await
+                let rejoined = match session.resumed.as_mut().filter(|_| resumed) {
+                    Some(outcome) => {
+                        let missing = rooms_not_restored(inner, outcome);
+                        rejoin(inner, &mut ws, &missing).await
+                    }
+                    None => {
+                        let rooms: Vec<String> = lock(&inner.rooms).iter().cloned().collect();
+                        rejoin(inner, &mut ws, &rooms).await
+                    }
                 };
                 if rejoined.is_err() || resend(&mut ws, &in_flight).await.is_err() {
                     inner.report(&ClientError::Connection {
@@ -190,9 +196,32 @@ async fn resend(
     ws.flush().await
 }
 
-async fn rejoin(inner: &Inner, ws: &mut Ws) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    let rooms: Vec<String> = lock(&inner.rooms).iter().cloned().collect();
-    for room in &rooms {
+/// The rooms this client was in that a resumed session did not give back: each is
+/// added to the outcome as not recovered ([`RecoveryGap::NotRestored`]), to be joined
+/// again. A server gives every room back; this keeps a client from staying out of a
+/// room without a word if one does not.
+fn rooms_not_restored(inner: &Inner, outcome: &mut ResumeOutcome) -> Vec<String> {
+    let missing: Vec<String> = lock(&inner.rooms)
+        .iter()
+        .filter(|room| !outcome.rooms.contains_key(*room))
+        .cloned()
+        .collect();
+    for room in &missing {
+        tracing::warn!(%room, "the resumed session is not in a room this client was in: joining it again");
+        let lost = Recovery::lost(RecoveryGap::NotRestored, Position::new("", 0));
+        outcome.rooms.insert(room.clone(), lost);
+    }
+    missing
+}
+
+/// Joins `rooms` again on a new connection (a fresh session's, or those a resumed one
+/// did not give back).
+async fn rejoin(
+    inner: &Inner,
+    ws: &mut Ws,
+    rooms: &[String],
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    for room in rooms {
         // A fresh start in the room: its position comes with the answer.
         lock(&inner.streams).forget_room(room);
         let payload = Payload::from_serialize(&json!({ "room_id": room }))

@@ -89,6 +89,9 @@ pub enum RecoveryGap {
     OffsetAhead,
     /// The stream keeps no history (its room's policy is off).
     NoHistory,
+    /// The resumed session did not have this room the client was in; the client
+    /// joined it again (said by the client, never by the server).
+    NotRestored,
 }
 
 /// One stream's outcome of a resume: all or nothing.
