@@ -254,7 +254,20 @@ impl Backplane for RedisBackplane {
     }
 
     fn presence(&self, event: &PresenceEvent) {
-        self.enqueue(Out::Presence(event.clone()));
+        // A session's change carries the generation of this node's copy now: written
+        // later (after an outage), it must not undo a newer claim of the session.
+        let client = match event {
+            PresenceEvent::Joined(id, _)
+            | PresenceEvent::Left(id, _)
+            | PresenceEvent::SessionEnded(id)
+            | PresenceEvent::SessionDetached { client: id, .. } => Some(*id),
+            _ => None,
+        };
+        let generation = client.and_then(|client| {
+            let node = self.shared.node_handle.get()?;
+            node.session_generation(client)
+        });
+        self.enqueue(Out::Presence(event.clone(), generation));
     }
 
     fn open_session(&self, record: &SessionRecord) -> BoxFuture<'_, Result<(), BackplaneError>> {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::RedisConfig;
+use crate::sessions::SessionCopy;
 
 /// What the writer task sends to Redis.
 pub(crate) enum Out {
@@ -23,7 +24,9 @@ pub(crate) enum Out {
         log: String,
         keys: Vec<String>,
     },
-    Presence(PresenceEvent),
+    /// A presence change, with the generation this node had of the session it
+    /// concerns, if any, when it was made (see `sessions.rs`, `CHANGE`).
+    Presence(PresenceEvent, Option<u64>),
 }
 
 impl Out {
@@ -31,7 +34,7 @@ impl Out {
     pub(crate) fn bytes(&self) -> usize {
         match self {
             Out::Publish { data, .. } => data.len(),
-            Out::Presence(_) => 64,
+            Out::Presence(..) => 64,
         }
     }
 }
@@ -219,7 +222,16 @@ impl Shared {
             .ignore();
     }
 
-    pub(crate) fn presence_pipe(&self, pipe: &mut redis::Pipeline, event: &PresenceEvent) {
+    pub(crate) fn presence_pipe(
+        &self,
+        pipe: &mut redis::Pipeline,
+        event: &PresenceEvent,
+        generation: Option<u64>,
+    ) {
+        let copy = |client: &ConnId| SessionCopy {
+            client: *client,
+            generation,
+        };
         let me = &self.node;
         match event {
             PresenceEvent::Connected(id) => {
@@ -232,18 +244,18 @@ impl Shared {
             PresenceEvent::Joined(id, room) => {
                 pipe.sadd(self.rooms_key(me), room).ignore();
                 pipe.sadd(self.room_key(me, room), id.to_string()).ignore();
-                self.session_room_pipe(pipe, *id, room, true);
+                self.session_room_pipe(pipe, copy(id), room, true);
             }
             PresenceEvent::Left(id, room) => {
                 self.leave_room_pipe(pipe, *id, room);
-                self.session_room_pipe(pipe, *id, room, false);
+                self.session_room_pipe(pipe, copy(id), room, false);
             }
             // The session keeps the room: its detachment, next, writes its rooms.
             PresenceEvent::LeftOnClose(id, room) => self.leave_room_pipe(pipe, *id, room),
             PresenceEvent::SessionDetached { client, ttl, rooms } => {
-                self.session_detached_pipe(pipe, *client, *ttl, rooms);
+                self.session_detached_pipe(pipe, copy(client), *ttl, rooms);
             }
-            PresenceEvent::SessionEnded(id) => self.session_ended_pipe(pipe, *id),
+            PresenceEvent::SessionEnded(id) => self.session_ended_pipe(pipe, copy(id)),
             PresenceEvent::SessionMoved(id, generation) => {
                 self.moved_pipe(pipe, *id, *generation);
             }

@@ -40,27 +40,31 @@ for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do table.insert(reply, ro
 return reply
 ";
 
-/// Changes a session's record only from the node that has it (a node that lost it
-/// to a resume elsewhere may still report its old connection's end). KEYS: the
-/// record, its rooms. ARGV: node, what (`join`, `leave`, `detach`, `end`), then the
+/// Changes a session's record only from the copy that has it: the node the record
+/// names, in the generation the record has (a node that lost it to a resume
+/// elsewhere may still report its old connection's end, and one whose writes waited
+/// out an outage may write them after the session came back to it in a newer
+/// generation). KEYS: the record, its rooms. ARGV: node, the generation of the copy
+/// that changed (empty: not known), what (`join`, `leave`, `detach`, `end`), then the
 /// room (join, leave), or the ttl in ms and the rooms (detach).
 const CHANGE: &str = r"
 if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return 0 end
-local what = ARGV[2]
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'gen') ~= ARGV[2] then return 0 end
+local what = ARGV[3]
 if what == 'join' then
-  redis.call('SADD', KEYS[2], ARGV[3])
+  redis.call('SADD', KEYS[2], ARGV[4])
   redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
 elseif what == 'leave' then
-  redis.call('SREM', KEYS[2], ARGV[3])
+  redis.call('SREM', KEYS[2], ARGV[4])
 elseif what == 'detach' then
   -- The record and the client's stream live as long as the wait for a resume (the
   -- stream's history, `log_window` at most, also goes by then).
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
   redis.call('DEL', KEYS[2])
-  if #ARGV > 3 then
-    redis.call('SADD', KEYS[2], unpack(ARGV, 4))
-    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  if #ARGV > 4 then
+    redis.call('SADD', KEYS[2], unpack(ARGV, 5))
+    redis.call('PEXPIRE', KEYS[2], ARGV[4])
   end
 else
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
@@ -87,6 +91,14 @@ if ttl then
 end
 return 1
 ";
+
+/// Which copy of a session a change comes from: its client, and the generation this
+/// node had of it when the change was made (`None`: this node keeps no copy).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionCopy {
+    pub(crate) client: ConnId,
+    pub(crate) generation: Option<u64>,
+}
 
 impl Shared {
     pub(crate) fn session_key(&self, client: ConnId) -> String {
@@ -133,13 +145,15 @@ impl Shared {
         }
     }
 
-    /// A change to a session's record from this node (see [`CHANGE`]).
+    /// A change to a session's record from this node's copy of it (see [`CHANGE`]).
     fn change_pipe<'p>(
         &self,
         pipe: &'p mut redis::Pipeline,
-        client: ConnId,
+        session: SessionCopy,
         what: &str,
     ) -> &'p mut redis::Pipeline {
+        let client = session.client;
+        let generation = session.generation.map(|g| g.to_string());
         pipe.cmd("EVAL")
             .arg(CHANGE)
             .arg(4)
@@ -148,6 +162,7 @@ impl Shared {
             .arg(self.client_stream_key(client))
             .arg(self.client_history_key(client))
             .arg(&self.node)
+            .arg(generation.unwrap_or_default())
             .arg(what)
     }
 
@@ -155,24 +170,24 @@ impl Shared {
     pub(crate) fn session_room_pipe(
         &self,
         pipe: &mut redis::Pipeline,
-        client: ConnId,
+        session: SessionCopy,
         room: &str,
         joined: bool,
     ) {
         let what = if joined { "join" } else { "leave" };
-        self.change_pipe(pipe, client, what).arg(room).ignore();
+        self.change_pipe(pipe, session, what).arg(room).ignore();
     }
 
     /// A session's connection dropped: the record waits `ttl` for a resume, with the
-    /// rooms it was in (its connection's leaving them took them out).
+    /// rooms it was in.
     pub(crate) fn session_detached_pipe(
         &self,
         pipe: &mut redis::Pipeline,
-        client: ConnId,
+        session: SessionCopy,
         ttl: std::time::Duration,
         rooms: &[String],
     ) {
-        self.change_pipe(pipe, client, "detach")
+        self.change_pipe(pipe, session, "detach")
             .arg(millis(ttl).max(1))
             .arg(rooms)
             .ignore();
@@ -242,8 +257,8 @@ impl Shared {
     }
 
     /// A session ended for good: nothing of it stays.
-    pub(crate) fn session_ended_pipe(&self, pipe: &mut redis::Pipeline, client: ConnId) {
-        self.change_pipe(pipe, client, "end").ignore();
+    pub(crate) fn session_ended_pipe(&self, pipe: &mut redis::Pipeline, session: SessionCopy) {
+        self.change_pipe(pipe, session, "end").ignore();
     }
 
     /// The sessions of a dead node's connections wait their `ttl` from now.

@@ -125,7 +125,9 @@ impl Shared {
                 Out::Publish { data, log, keys } => {
                     self.append_pipe(&mut pipe, sha, *number, data, (log, keys));
                 }
-                Out::Presence(event) => self.presence_pipe(&mut pipe, event),
+                Out::Presence(event, generation) => {
+                    self.presence_pipe(&mut pipe, event, *generation);
+                }
             }
         }
         if pipe.is_empty() {

@@ -6,8 +6,8 @@ mod common;
 use serde_json::json;
 use switchboard_redis::RedisBackplane;
 use switchboard_server::{Backplane, ConnId, PresenceEvent};
-use switchboard_test::RedisServer;
 use switchboard_test::cluster::eventually;
+use switchboard_test::{RawClient, RedisServer};
 
 /// The rooms the session of `client` has in Redis, under `prefix`.
 async fn session_rooms(redis: &RedisServer, prefix: &str, client: ConnId) -> Vec<String> {
@@ -25,6 +25,18 @@ async fn session_rooms(redis: &RedisServer, prefix: &str, client: ConnId) -> Vec
     rooms
 }
 
+/// Joins the room `kept` and waits until the session's record in Redis has it.
+async fn join_kept(client: &mut RawClient, redis: &RedisServer, prefix: &str, id: ConnId) {
+    client
+        .send(json!({"type":"join_room","ref":"j","payload":{"room_id":"kept"}}))
+        .await;
+    client.recv_type("ack").await;
+    eventually("the join is in the session's record", || async {
+        session_rooms(redis, prefix, id).await == ["kept"]
+    })
+    .await;
+}
+
 /// A closing connection leaves its rooms just before its session's detachment is
 /// written. Had the leaves been written to the session, a resume on another node in
 /// between would have found it in no room, and its client would have missed every
@@ -37,14 +49,7 @@ async fn a_closing_connection_leaves_its_session_in_its_rooms() {
     let node = common::node_over(backplane.clone()).await;
     let mut client = node.raw().await;
     let id: ConnId = client.id.parse().unwrap();
-    client
-        .send(json!({"type":"join_room","ref":"j","payload":{"room_id":"kept"}}))
-        .await;
-    client.recv_type("ack").await;
-    eventually("the join is in the session's record", || async {
-        session_rooms(&redis, prefix, id).await == ["kept"]
-    })
-    .await;
+    join_kept(&mut client, &redis, prefix, id).await;
 
     // What the node says first when the connection closes; then a join of another
     // room, so that once it is written, everything before it is.
@@ -68,5 +73,74 @@ async fn a_closing_connection_leaves_its_session_in_its_rooms() {
         session_rooms(&redis, prefix, id).await == ["later"]
     })
     .await;
+    node.stop().await;
+}
+
+/// A client on the node, and what its `connected` said: (client, id, session id, token).
+async fn session_on(node: &switchboard_test::TestServer) -> (RawClient, ConnId, String, String) {
+    let mut client = RawClient::connect(&node.url()).await;
+    let hello = client.recv_type("connected").await;
+    let p = &hello["payload"];
+    let id = p["client_id"].as_str().unwrap().parse().unwrap();
+    let sid = p["session_id"].as_str().unwrap().to_owned();
+    let token = p["resume_token"].as_str().unwrap().to_owned();
+    (client, id, sid, token)
+}
+
+/// A node whose writes waited out an outage writes them after the session was claimed
+/// again (a resume, here on this same node, in a newer generation). Its old
+/// connection's detachment must not then cut the live session's record down to its
+/// wait for a resume, nor put back rooms it had left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_from_an_older_generation_of_a_session_is_not_written() {
+    let redis = RedisServer::start();
+    let prefix = "stale";
+    let backplane = RedisBackplane::with_config(&redis.url(), common::config(prefix)).unwrap();
+    let node = common::node_over(backplane.clone()).await;
+    let (mut client, id, sid, token) = session_on(&node).await;
+    join_kept(&mut client, &redis, prefix, id).await;
+
+    // The session is claimed again (generation 2); this node's copy is still the first.
+    let (record, rooms) = backplane
+        .claim_session(id, &sid, &token)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (record.generation, rooms.as_slice()),
+        (2, &["kept".to_owned()][..])
+    );
+    let detached = PresenceEvent::SessionDetached {
+        client: id,
+        ttl: std::time::Duration::from_secs(1),
+        rooms: vec!["gone".into()],
+    };
+    backplane.presence(&detached);
+    // Another session's join, written after it: once it is there, so is the above.
+    let (_other, other, ..) = session_on(&node).await;
+    backplane.presence(&PresenceEvent::Joined(other, "marker".into()));
+    eventually("the writer got past the old detachment", || async {
+        session_rooms(&redis, prefix, other).await == ["marker"]
+    })
+    .await;
+    assert_eq!(
+        session_rooms(&redis, prefix, id).await,
+        ["kept"],
+        "the claimed session's rooms are its own"
+    );
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let life: i64 = redis::cmd("PTTL")
+        .arg(format!("{prefix}:session:{id}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        life > 60_000,
+        "the claimed session lives as connected, not 1 s: {life} ms"
+    );
     node.stop().await;
 }

@@ -306,6 +306,16 @@ impl NodeHandle {
         }
     }
 
+    /// The generation of the session of `client` as this node has it (its
+    /// connection's, or one waiting here for a resume), or `None` if it has none. A
+    /// backplane that keeps sessions writes a change of one only while the cluster's
+    /// record is still in that generation, so a change written late (after an outage)
+    /// never undoes a newer claim ([`ClaimedSession`]).
+    pub fn session_generation(&self, client: ConnId) -> Option<u64> {
+        let server = self.server.upgrade()?;
+        server.session_generation(client)
+    }
+
     /// What this node needs from the cluster now (see [`Interests`]).
     pub fn interests(&self) -> Interests {
         match self.server.upgrade() {

@@ -150,6 +150,11 @@ impl Server {
         }
     }
 
+    /// The generation of the session of client `id` here, if it has one.
+    pub(crate) fn session_generation(&self, id: ConnId) -> Option<u64> {
+        self.session_of(id).map(|s| s.generation())
+    }
+
     /// The session of client `id` here: its connection's, or one waiting for a resume.
     pub(super) fn session_of(
         &self,
