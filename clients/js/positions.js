@@ -14,6 +14,8 @@ export class StreamPositions {
     this.session = null;
     this.all = null;
     this.rooms = new Map();
+    // The resumes of this session attempted so far (each `resume` counts one more).
+    this.resumeAttempts = 0;
   }
 
   /** A `connected` payload: a fresh session, or a resumed one. */
@@ -24,6 +26,7 @@ export class StreamPositions {
     const outcome = payload.resumed;
     const at = (p) => (p ? { epoch: p.epoch, offset: p.offset } : null);
     if (!outcome || !outcome.resumed) {
+      this.resumeAttempts = 0;
       this.session = at(streams.session);
       this.all = at(streams.all);
       this.rooms.clear();
@@ -79,6 +82,7 @@ export class StreamPositions {
     if (this.session) streams.session = out(this.session);
     if (this.all) streams.all = out(this.all);
     for (const [room, p] of this.rooms) streams.rooms[room] = out(p);
-    return { session_id: this.sessionId, token: this.token, streams, resend };
+    this.resumeAttempts += 1;
+    return { session_id: this.sessionId, token: this.token, streams, resend, attempt: this.resumeAttempts };
   }
 }

@@ -474,6 +474,7 @@ test("stream positions: duplicates dropped per stream, resume keeps recovered po
   assert.deepEqual(r.streams.rooms.a, { epoch: "ea", offset: 9 });
   assert.deepEqual(r.streams.session, { epoch: "e1", offset: 1 });
   assert.deepEqual(r.resend, ["r1"]);
+  assert.equal(r.attempt, 1, "each attempt to resume is counted");
   // A resume: recovered streams keep their position (the replay follows), others jump.
   s.connected({
     session_id: "s",
@@ -488,12 +489,14 @@ test("stream positions: duplicates dropped per stream, resume keeps recovered po
   assert.equal(s.accept({ type: "dm", offset: 2 }), true, "replayed");
   assert.equal(s.accept({ type: "news", to: "all", offset: 50 }), false, "jumped");
   r = s.resumeRequest([]);
+  assert.equal(r.attempt, 2, "counted on across a resumed session");
   assert.equal(r.token, "t2");
   assert.ok(!("b" in r.streams.rooms), "not restored: forgotten");
   // A fresh session starts over.
   s.connected({ session_id: "s2", resume_token: "t3", resumed: { resumed: false, reason: "session_expired", rooms: {} } });
   r = s.resumeRequest([]);
   assert.equal(r.session_id, "s2");
+  assert.equal(r.attempt, 1, "a fresh session counts from 1");
   assert.deepEqual(r.streams.rooms, {});
 });
 

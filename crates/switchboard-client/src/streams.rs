@@ -56,6 +56,8 @@ pub(crate) struct Streams {
     session: Option<Seen>,
     all: Option<Seen>,
     rooms: BTreeMap<String, Seen>,
+    /// The resumes of this session attempted so far.
+    resume_attempts: u64,
 }
 
 /// The part of `connected` that concerns streams.
@@ -76,6 +78,7 @@ impl Streams {
         self.session_id = c.session_id.clone();
         self.token = c.resume_token.clone();
         let Some(outcome) = c.resumed.as_ref().filter(|o| o.resumed) else {
+            self.resume_attempts = 0;
             self.session = c.streams.session.as_ref().map(Seen::from_position);
             self.all = c.streams.all.as_ref().map(Seen::from_position);
             self.rooms.clear();
@@ -129,10 +132,13 @@ impl Streams {
     }
 
     /// The `resume` to send, when there is a session to resume.
-    pub(crate) fn resume_request(&self, resend: Vec<String>) -> Option<ResumeRequest> {
+    /// The `resume` for the next attempt (each counted, see
+    /// [`ResumeRequest::attempt`]).
+    pub(crate) fn resume_request(&mut self, resend: Vec<String>) -> Option<ResumeRequest> {
         let (Some(session_id), Some(token)) = (&self.session_id, &self.token) else {
             return None;
         };
+        self.resume_attempts += 1;
         Some(ResumeRequest {
             session_id: session_id.clone(),
             token: token.clone(),
@@ -146,6 +152,7 @@ impl Streams {
                     .collect(),
             },
             resend,
+            attempt: self.resume_attempts,
         })
     }
 }
@@ -192,6 +199,9 @@ mod tests {
         assert_eq!(r.streams.session, Some(Position::new("e1", 1)));
         assert_eq!(r.streams.all, Some(Position::new("e2", 6)));
         assert_eq!(r.resend, ["r1"]);
+        assert_eq!(r.attempt, 1, "each attempt to resume is counted");
+        let again = s.resume_request(Vec::new()).unwrap();
+        assert_eq!(again.attempt, 2);
     }
 
     #[test]
@@ -231,6 +241,7 @@ mod tests {
         })));
         let r = s.resume_request(vec![]).unwrap();
         assert_eq!(r.session_id, "s2");
+        assert_eq!(r.attempt, 1, "a fresh session counts from 1");
         assert!(r.streams.rooms.is_empty() && r.streams.all.is_none());
     }
 }

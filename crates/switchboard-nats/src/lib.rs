@@ -476,11 +476,10 @@ impl Backplane for NatsBackplane {
     fn claim_session(
         &self,
         client: ConnId,
-        session_id: &str,
-        token: &str,
+        resume: &switchboard_server::proto::ResumeRequest,
     ) -> BoxFuture<'_, Result<Option<ClaimedSession>, BackplaneError>> {
-        let (session_id, token) = (session_id.to_owned(), token.to_owned());
-        Box::pin(async move { self.shared.claim_session(client, &session_id, &token).await })
+        let resume = resume.clone();
+        Box::pin(async move { self.shared.claim_session(client, &resume).await })
     }
 
     fn identities(

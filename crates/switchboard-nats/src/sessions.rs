@@ -38,6 +38,7 @@ impl Shared {
             record: record.clone(),
             rooms: BTreeSet::new(),
             expires_ms: None,
+            attempt: 0,
         };
         let value = serde_json::to_vec(&stored).map_err(|e| nats_err("encoding", e))?;
         link.sessions
@@ -192,9 +193,9 @@ impl Shared {
     pub(crate) async fn claim_session(
         &self,
         client: ConnId,
-        session_id: &str,
-        token: &str,
+        resume: &switchboard_server::proto::ResumeRequest,
     ) -> Result<Option<ClaimedSession>, BackplaneError> {
+        let (session_id, token) = (resume.session_id.as_str(), resume.token.as_str());
         let link = self.link()?;
         for _ in 0..10 {
             let entry = link
@@ -211,9 +212,12 @@ impl Shared {
             let record = &stored.record;
             let token_ok: bool = record.token.as_bytes().ct_eq(token.as_bytes()).into();
             let expired = stored.expires_ms.is_some_and(|at| at < now_ms());
-            if record.session_id != session_id || !token_ok || expired {
+            // An attempt the client gave up on comes after a newer one: not claimed.
+            let stale = resume.attempt > 0 && stored.attempt >= resume.attempt;
+            if record.session_id != session_id || !token_ok || expired || stale {
                 return Ok(None);
             }
+            stored.attempt = stored.attempt.max(resume.attempt);
             stored.record.generation += 1;
             stored.expires_ms = None;
             let value = serde_json::to_vec(&stored).map_err(|e| nats_err("encoding", e))?;

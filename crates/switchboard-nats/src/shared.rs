@@ -78,6 +78,9 @@ pub(crate) struct StoredSession {
     /// while a connection serves it.
     #[serde(default)]
     pub(crate) expires_ms: Option<u64>,
+    /// The highest resume attempt claimed (`ResumeRequest::attempt`).
+    #[serde(default)]
+    pub(crate) attempt: u64,
 }
 
 pub(crate) struct Shared {

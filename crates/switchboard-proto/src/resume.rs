@@ -69,6 +69,17 @@ pub struct ResumeRequest {
     /// again instead of being handled twice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resend: Vec<String>,
+    /// The client's count of its attempts to resume this session: one more each
+    /// attempt. A resume whose count is not above one the server already took for the
+    /// session is one the client gave up on (its connection failed during the
+    /// handshake): it is refused, so it never takes the session from the connection
+    /// the client went on with. 0 (or absent): not counted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Why a stream could not be recovered.

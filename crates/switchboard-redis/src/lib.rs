@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use switchboard_server::handler::BoxFuture;
-use switchboard_server::proto::Position;
+use switchboard_server::proto::{Position, ResumeRequest};
 use switchboard_server::{
     Backplane, BackplaneError, ClaimedSession, ConnId, Delivery, NodeHandle, PresenceEvent,
     SessionHistory, SessionRecord, StreamHistory, Target, UserTag,
@@ -283,13 +283,13 @@ impl Backplane for RedisBackplane {
     fn claim_session(
         &self,
         client: ConnId,
-        session_id: &str,
-        token: &str,
+        resume: &ResumeRequest,
     ) -> BoxFuture<'_, Result<Option<ClaimedSession>, BackplaneError>> {
-        let (session_id, token) = (session_id.to_owned(), token.to_owned());
+        let (session_id, token) = (resume.session_id.clone(), resume.token.clone());
+        let attempt = resume.attempt;
         Box::pin(async move {
             self.shared
-                .claim_session(client, &session_id, &token)
+                .claim_session(client, &session_id, &token, attempt)
                 .await
                 .map_err(|e| BackplaneError::with_source("Redis read failed", e))
         })

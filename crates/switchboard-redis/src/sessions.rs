@@ -22,13 +22,20 @@ if ARGV[3] ~= '' then
 end
 ";
 
-/// Claims a session for a node: if the session id and token are the record's, its
-/// generation goes up by one, the node is written, and it lives as connected again.
-/// KEYS: the record, its rooms, its stream's meta. ARGV: session id, token, node, life
-/// while connected in ms. Returns `[generation, epoch, identity, ttl, rooms...]` or nil.
+/// Claims a session for a node: if the session id and token are the record's, and the
+/// resume's attempt (when counted) is above every one claimed before, its generation
+/// goes up by one, the node is written, and it lives as connected again. KEYS: the
+/// record, its rooms, its stream's meta. ARGV: session id, token, node, life while
+/// connected in ms, the attempt (0: not counted). Returns
+/// `[generation, epoch, identity, ttl, rooms...]` or nil.
 const CLAIM: &str = r"
-local sid, token = unpack(redis.call('HMGET', KEYS[1], 'sid', 'token'))
+local sid, token, last = unpack(redis.call('HMGET', KEYS[1], 'sid', 'token', 'attempt'))
 if sid ~= ARGV[1] or token ~= ARGV[2] then return nil end
+local attempt = tonumber(ARGV[5])
+if attempt > 0 then
+  if tonumber(last or '0') >= attempt then return nil end
+  redis.call('HSET', KEYS[1], 'attempt', ARGV[5])
+end
 local generation = redis.call('HINCRBY', KEYS[1], 'gen', 1)
 redis.call('HSET', KEYS[1], 'node', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -289,6 +296,7 @@ impl Shared {
         client: ConnId,
         session_id: &str,
         token: &str,
+        attempt: u64,
     ) -> redis::RedisResult<Option<(SessionRecord, Vec<String>)>> {
         let script = redis::Script::new(CLAIM);
         let mut claim = script.prepare_invoke();
@@ -299,12 +307,13 @@ impl Shared {
             .arg(session_id)
             .arg(token)
             .arg(&self.node)
-            .arg(millis(self.config.stream_ttl));
-        let mut attempt = 0;
+            .arg(millis(self.config.stream_ttl))
+            .arg(attempt);
+        let mut tries = 0;
         let reply: Option<Vec<String>> = loop {
             let mut conn = self.reader_or_err().await?;
             match claim.invoke_async(&mut conn).await {
-                Err(e) if again(&e, &mut attempt).await => {}
+                Err(e) if again(&e, &mut tries).await => {}
                 done => break done?,
             }
         };

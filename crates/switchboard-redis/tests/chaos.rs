@@ -3,56 +3,24 @@
 //! and direct messages stream to it from clients on the nodes. The client comes back
 //! through a load balancer without sticky sessions: each reconnect lands on the next
 //! node. Every message arrives exactly once, in order: none lost, none duplicated,
-//! none out of order. And a client that joins and leaves a room while cut ends in
-//! exactly the rooms it chose, as its session and every node see it.
+//! none out of order.
 #![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{LinkedCluster, linked_cluster, random_below};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_client::{
-    Client, ClientConfig, ConnectionState, Envelope, ReconnectConfig, ResumeOutcome,
-};
-use switchboard_redis::{RedisBackplane, RedisConfig};
-use switchboard_server::{Server, ServerConfig};
-use switchboard_test::cluster::eventually;
-use switchboard_test::{Proxy, RawClient, RedisServer, TIMEOUT, TestServer};
+use switchboard_client::{ConnectionState, Envelope, ResumeOutcome};
+use switchboard_test::{RawClient, RedisServer, TIMEOUT};
 use tokio::sync::mpsc;
 
 const ROOM_MESSAGES: u64 = 1_500;
 const DIRECT_MESSAGES: u64 = 500;
 const CUTS: usize = 100;
-
-fn random_below(n: u64) -> u64 {
-    switchboard_server::proto::random_u64() % n
-}
-
-/// A node whose link to Redis goes through a proxy the test can cut.
-async fn node(redis: &RedisServer) -> (TestServer, Proxy) {
-    let link = Proxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
-    let backplane = RedisBackplane::with_config(
-        &format!("redis://{}", link.addr),
-        RedisConfig {
-            prefix: "chaos".into(),
-            heartbeat: Duration::from_millis(100),
-            node_ttl: Duration::from_secs(2),
-            ..RedisConfig::default()
-        },
-    )
-    .unwrap();
-    let server = TestServer::start(
-        Server::builder()
-            .config(ServerConfig {
-                relay_unhandled: true,
-                rate_limit: 0,
-                ..TestServer::config()
-            })
-            .backplane(backplane),
-    )
-    .await;
-    (server, link)
-}
 
 #[derive(Default)]
 struct Received {
@@ -112,21 +80,12 @@ async fn send(mut sender: RawClient, tag: u64, to: Option<String>, room: u64) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cut_100_times_and_resumed_on_any_node_loses_and_duplicates_nothing() {
     let redis = RedisServer::start();
-    let (n0, link0) = node(&redis).await;
-    let (n1, link1) = node(&redis).await;
-    let (n2, link2) = node(&redis).await;
-    let proxy = Proxy::round_robin(vec![n2.addr, n0.addr, n1.addr]).await;
-    let client = Client::connect_with(
-        &proxy.url("/ws"),
-        ClientConfig::default().reconnect(ReconnectConfig {
-            initial_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(50),
-            jitter: 0.5,
-            ..ReconnectConfig::default()
-        }),
-    )
-    .await
-    .unwrap();
+    let LinkedCluster {
+        nodes: [n0, n1, n2],
+        links: [link0, link1, link2],
+        proxy,
+        client,
+    } = linked_cluster(&redis).await;
     let total = 2 * ROOM_MESSAGES + DIRECT_MESSAGES;
     let received = Arc::new(Mutex::new(Received::default()));
     let (done_tx, mut done) = mpsc::unbounded_channel::<()>();
@@ -245,122 +204,6 @@ async fn a_client_cut_100_times_and_resumed_on_any_node_loses_and_duplicates_not
     assert_eq!(client.id(), id, "one session throughout");
     let lost = lost.lock().unwrap().clone();
     assert!(lost.is_empty(), "every resume recovered: {lost:?}");
-    client.close().await;
-    for n in [n0, n1, n2] {
-        n.stop().await;
-    }
-}
-
-/// The rooms the session of `client` has in Redis (under the prefix `chaos`), sorted.
-async fn session_rooms(redis: &RedisServer, client: &str) -> Vec<String> {
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let mut rooms: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(format!("chaos:session:{client}:rooms"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    rooms.sort();
-    rooms
-}
-
-/// A client joins and leaves a room 60 times, each time while its connection is cut
-/// at a random moment (and now and then a node's link to Redis), each resume on the
-/// next node. It ends in exactly the rooms it chose: in its session's record, in the
-/// cluster's membership as every node reads it, and in what one more resume gives
-/// back. (A close's leaves once reached the session: a resume in between restored it
-/// in no room.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_joining_and_leaving_while_cut_ends_in_the_rooms_it_chose() {
-    let redis = RedisServer::start();
-    let (n0, link0) = node(&redis).await;
-    let (n1, link1) = node(&redis).await;
-    let (n2, link2) = node(&redis).await;
-    let proxy = Proxy::round_robin(vec![n2.addr, n0.addr, n1.addr]).await;
-    let client = Client::connect_with(
-        &proxy.url("/ws"),
-        ClientConfig::default().reconnect(ReconnectConfig {
-            initial_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(50),
-            jitter: 0.5,
-            ..ReconnectConfig::default()
-        }),
-    )
-    .await
-    .unwrap();
-    let (outcomes, mut resumed) = mpsc::unbounded_channel::<ResumeOutcome>();
-    client.on_resume(move |o| {
-        let _ = outcomes.send(o.clone());
-    });
-    client.join("stay").await.unwrap();
-    let id = client.id();
-    let (opens, mut opened) = mpsc::unbounded_channel::<()>();
-    client.on_open(move |_| {
-        let _ = opens.send(());
-    });
-    let links = [&link0, &link1, &link2];
-    let mut joined = false;
-    for step in 0..60 {
-        let change = async {
-            if joined {
-                client.leave("flip").await
-            } else {
-                client.join("flip").await
-            }
-        };
-        let cut = async {
-            tokio::time::sleep(Duration::from_micros(random_below(10_000))).await;
-            if step % 10 == 3 {
-                links[random_below(3) as usize].cut();
-            }
-            proxy.cut();
-        };
-        // A request cut off is sent again after the resume and answered once.
-        let (changed, ()) = tokio::join!(change, cut);
-        if let Err(e) = changed {
-            panic!(
-                "step {step}: {e}; the connection ended: {:?}",
-                client.close_info()
-            );
-        }
-        joined = !joined;
-        // The resume after the cut done (the cut may be noticed after the answer): the
-        // next cut lands on the new connection, not on a reconnect under way.
-        tokio::time::timeout(TIMEOUT, opened.recv())
-            .await
-            .expect("reconnected");
-    }
-    let mut expected = vec!["stay".to_owned()];
-    if joined {
-        expected.insert(0, "flip".to_owned());
-    }
-    assert_eq!(client.rooms(), expected);
-    assert_eq!(client.id(), id, "one session throughout");
-    let me: switchboard_server::ConnId = id.parse().unwrap();
-    eventually("the session's record has the client's rooms", || async {
-        session_rooms(&redis, &id).await == expected
-    })
-    .await;
-    for n in [&n0, &n1, &n2] {
-        eventually("every node counts the client where it is", || async {
-            let flip = n.server.cluster_room_members("flip").await.contains(&me);
-            let stay = n.server.cluster_room_members("stay").await.contains(&me);
-            flip == joined && stay
-        })
-        .await;
-    }
-    while resumed.try_recv().is_ok() {}
-    proxy.cut();
-    let outcome = tokio::time::timeout(TIMEOUT, resumed.recv())
-        .await
-        .expect("resumed once more")
-        .unwrap();
-    assert!(outcome.fully_recovered(), "{outcome:?}");
-    let rooms: Vec<&String> = outcome.rooms.keys().collect();
-    assert_eq!(rooms, expected.iter().collect::<Vec<_>>());
     client.close().await;
     for n in [n0, n1, n2] {
         n.stop().await;

@@ -3,27 +3,14 @@
 
 mod common;
 
+use common::session_rooms;
+
 use serde_json::json;
 use switchboard_redis::RedisBackplane;
+use switchboard_server::proto::ResumeRequest;
 use switchboard_server::{Backplane, ConnId, PresenceEvent};
 use switchboard_test::cluster::eventually;
 use switchboard_test::{RawClient, RedisServer};
-
-/// The rooms the session of `client` has in Redis, under `prefix`.
-async fn session_rooms(redis: &RedisServer, prefix: &str, client: ConnId) -> Vec<String> {
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let mut rooms: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(format!("{prefix}:session:{client}:rooms"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    rooms.sort();
-    rooms
-}
 
 /// Joins the room `kept` and waits until the session's record in Redis has it.
 async fn join_kept(client: &mut RawClient, redis: &RedisServer, prefix: &str, id: ConnId) {
@@ -101,11 +88,14 @@ async fn a_change_from_an_older_generation_of_a_session_is_not_written() {
     join_kept(&mut client, &redis, prefix, id).await;
 
     // The session is claimed again (generation 2); this node's copy is still the first.
-    let (record, rooms) = backplane
-        .claim_session(id, &sid, &token)
-        .await
-        .unwrap()
-        .unwrap();
+    let resume = ResumeRequest {
+        session_id: sid,
+        token,
+        streams: Default::default(),
+        resend: Vec::new(),
+        attempt: 0,
+    };
+    let (record, rooms) = backplane.claim_session(id, &resume).await.unwrap().unwrap();
     assert_eq!(
         (record.generation, rooms.as_slice()),
         (2, &["kept".to_owned()][..])

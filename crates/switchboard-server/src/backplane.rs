@@ -414,16 +414,18 @@ pub trait Backplane: Send + Sync + 'static {
     }
 
     /// Claims for this node the session the cluster keeps for `client`
-    /// ([`open_session`](Backplane::open_session)), if `session_id` and `token` are its own: its
-    /// generation goes up by one, atomically, so the notice that it moved reaches every
-    /// older copy and no newer one. Returns the record (with the new generation) and
-    /// the rooms it is in; `None` when there is no such session (or the token is
-    /// wrong), and by default (no cluster view).
+    /// ([`open_session`](Backplane::open_session)), if the `resume`'s session id and
+    /// token are its own and its `attempt` (when counted) is above every one claimed
+    /// before ([`ResumeRequest::attempt`](switchboard_proto::ResumeRequest::attempt)):
+    /// its generation goes up by one, atomically, so the notice that it moved reaches
+    /// every older copy and no newer one. Returns the record (with the new generation)
+    /// and the rooms it is in; `None` when there is no such session (or the token is
+    /// wrong, or the attempt is one the client gave up on), and by default (no cluster
+    /// view).
     fn claim_session(
         &self,
         _client: ConnId,
-        _session_id: &str,
-        _token: &str,
+        _resume: &switchboard_proto::ResumeRequest,
     ) -> BoxFuture<'_, Result<Option<ClaimedSession>, BackplaneError>> {
         Box::pin(std::future::ready(Ok(None)))
     }

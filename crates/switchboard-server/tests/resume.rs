@@ -510,6 +510,43 @@ async fn resuming_a_session_still_connected_takes_it_over() {
     s.stop().await;
 }
 
+/// A client whose connection failed during a resume's handshake tries again; the
+/// server may take the attempt it gave up on after the newer one (it was slow to read
+/// it). That one must not take the session from the connection the client went on
+/// with: it would close it with `SESSION_TAKEN`, which tells a client never to
+/// reconnect (the Redis chaos test saw a client end so).
+#[tokio::test]
+async fn a_resume_the_client_gave_up_on_does_not_take_the_session_from_a_newer_one() {
+    let s = TestServer::with_config(hub_config()).await;
+    let (a, ra) = connect(&s, &["general"]).await;
+    drop(a);
+    let attempt = |n: u64| {
+        let mut request = ra.request(&[]);
+        request["payload"]["attempt"] = json!(n);
+        request
+    };
+    let (mut live, connected) = resume(&s, attempt(2)).await;
+    assert_eq!(connected["payload"]["resumed"]["resumed"], true);
+
+    let (_stale, connected) = resume(&s, attempt(1)).await;
+    assert_eq!(
+        connected["payload"]["resumed"]["resumed"], false,
+        "{connected}"
+    );
+    assert_ne!(connected["payload"]["client_id"], ra.client_id.as_str());
+    let pong = live.roundtrip(json!({"type":"ping","ref":"p"})).await;
+    assert_eq!(
+        pong["type"], "pong",
+        "the newer connection still has the session"
+    );
+
+    // A newer attempt still takes it over, as a resume does.
+    let (_newest, connected) = resume(&s, attempt(3)).await;
+    assert_eq!(connected["payload"]["resumed"]["resumed"], true);
+    assert_eq!(live.closed().await.code, 4009);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_room_that_keeps_its_latest_gives_it_to_each_joiner() {
     let s = TestServer::with_config(ServerConfig {

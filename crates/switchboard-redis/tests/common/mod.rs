@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use switchboard_redis::{RedisBackplane, RedisConfig};
 use switchboard_server::{Server, ServerConfig};
-use switchboard_test::{RedisServer, TestServer};
+use switchboard_test::{Proxy, RedisServer, TestServer};
 
 /// Settings for tests: fast heartbeats, nodes dead after 800 ms.
 pub fn config(prefix: &str) -> RedisConfig {
@@ -34,4 +34,92 @@ pub async fn node_over(backplane: RedisBackplane) -> TestServer {
             .backplane(backplane),
     )
     .await
+}
+
+/// A random number below `n`.
+pub fn random_below(n: u64) -> u64 {
+    switchboard_server::proto::random_u64() % n
+}
+
+/// A node (keys under `chaos`) whose link to Redis goes through a proxy the test can
+/// cut.
+pub async fn linked_node(redis: &RedisServer) -> (TestServer, Proxy) {
+    let link = Proxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+    let backplane = RedisBackplane::with_config(
+        &format!("redis://{}", link.addr),
+        RedisConfig {
+            prefix: "chaos".into(),
+            heartbeat: Duration::from_millis(100),
+            node_ttl: Duration::from_secs(2),
+            ..RedisConfig::default()
+        },
+    )
+    .unwrap();
+    let server = TestServer::start(
+        Server::builder()
+            .config(ServerConfig {
+                relay_unhandled: true,
+                rate_limit: 0,
+                ..TestServer::config()
+            })
+            .backplane(backplane),
+    )
+    .await;
+    (server, link)
+}
+
+/// Three linked nodes ([`linked_node`]), a load balancer without sticky sessions in
+/// front (each connection goes to the next node), and a client through it that
+/// reconnects within 5-50 ms.
+pub struct LinkedCluster {
+    pub nodes: [TestServer; 3],
+    pub links: [Proxy; 3],
+    pub proxy: Proxy,
+    pub client: switchboard_client::Client,
+}
+
+pub async fn linked_cluster(redis: &RedisServer) -> LinkedCluster {
+    let (n0, link0) = linked_node(redis).await;
+    let (n1, link1) = linked_node(redis).await;
+    let (n2, link2) = linked_node(redis).await;
+    let proxy = Proxy::round_robin(vec![n2.addr, n0.addr, n1.addr]).await;
+    let client = switchboard_client::Client::connect_with(
+        &proxy.url("/ws"),
+        switchboard_client::ClientConfig::default().reconnect(
+            switchboard_client::ReconnectConfig {
+                initial_delay: Duration::from_millis(5),
+                max_delay: Duration::from_millis(50),
+                jitter: 0.5,
+                ..switchboard_client::ReconnectConfig::default()
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    LinkedCluster {
+        nodes: [n0, n1, n2],
+        links: [link0, link1, link2],
+        proxy,
+        client,
+    }
+}
+
+/// The rooms the session of `client` has in Redis, under `prefix`, sorted.
+pub async fn session_rooms(
+    redis: &RedisServer,
+    prefix: &str,
+    client: impl std::fmt::Display,
+) -> Vec<String> {
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut rooms: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("{prefix}:session:{client}:rooms"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    rooms.sort();
+    rooms
 }

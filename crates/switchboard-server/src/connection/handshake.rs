@@ -169,7 +169,13 @@ pub(super) async fn open(
             let build = |p: &StreamPositions, o: Option<&ResumeOutcome>| {
                 connected_frame_for(&conn, &server, p, o)
             };
-            let outcome = server.register_resumed(&conn, request, &build);
+            let Some(outcome) = server.register_resumed(&conn, request, &build) else {
+                // A newer attempt of the client's has the session: this one, which it
+                // gave up on, ends here.
+                tracing::debug!(conn = %conn.id(), "a resume the client gave up on came late");
+                server.release_admission();
+                return None;
+            };
             tracing::debug!(conn = %conn.id(), recovered = outcome.fully_recovered(), "session resumed");
             if let Some(metrics) = server.metrics() {
                 metrics.resumed(if outcome.fully_recovered() {

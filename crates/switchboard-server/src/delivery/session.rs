@@ -58,6 +58,9 @@ pub(crate) struct SessionState {
     ended: bool,
     /// Resumed on another node: this node's copy is not the session any more.
     moved: bool,
+    /// The highest resume attempt taken here (`ResumeRequest::attempt`; in the
+    /// padding after the flags, so a session costs nothing more).
+    resume_attempt: u32,
     replies: Option<Box<Replies>>,
 }
 
@@ -87,6 +90,7 @@ impl Session {
                 detached: None,
                 ended: false,
                 moved: false,
+                resume_attempt: 0,
                 replies: None,
             }),
         }
@@ -128,6 +132,7 @@ impl Session {
                 })),
                 ended: false,
                 moved: false,
+                resume_attempt: 0,
                 replies: None,
             }),
         })
@@ -482,6 +487,27 @@ impl SessionState {
         self.ended
     }
 
+    /// Takes a resume's attempt (`ResumeRequest::attempt`): false when it is not above
+    /// one taken before, i.e. an attempt the client gave up on arrived after a newer
+    /// one. 0 (not counted) is always taken.
+    pub(crate) fn take_attempt(&mut self, attempt: u64) -> bool {
+        if attempt == 0 {
+            return true;
+        }
+        let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
+        if attempt <= self.resume_attempt {
+            return false;
+        }
+        self.resume_attempt = attempt;
+        true
+    }
+
+    /// Whether `attempt` is the newest taken (or not counted): a resume found before
+    /// a newer one was taken is not registered.
+    pub(crate) fn is_newest_attempt(&self, attempt: u64) -> bool {
+        attempt == 0 || u32::try_from(attempt).unwrap_or(u32::MAX) >= self.resume_attempt
+    }
+
     /// Whether the session was resumed on another node (its end here is not its end).
     pub(crate) fn has_moved(&self) -> bool {
         self.moved
@@ -501,5 +527,24 @@ mod tests {
     fn an_idle_session_stays_small() {
         assert!(std::mem::size_of::<super::SessionState>() <= 40);
         assert!(std::mem::size_of::<super::Session>() <= 120);
+    }
+
+    /// Resumes are taken in the order the client attempted them: one it gave up on,
+    /// found or registered after a newer one, is refused.
+    #[test]
+    fn a_resume_attempt_older_than_one_taken_is_refused() {
+        let config = crate::ServerConfig::default();
+        let session = super::Session::new(crate::ConnId::from_u64(7), &config);
+        let mut state = session.lock();
+        assert!(state.take_attempt(2));
+        assert!(!state.take_attempt(1), "found after a newer one");
+        assert!(!state.take_attempt(2), "the same attempt twice");
+        assert!(!state.is_newest_attempt(1), "registered after a newer one");
+        assert!(state.is_newest_attempt(2));
+        assert!(state.take_attempt(3));
+        assert!(
+            state.take_attempt(0) && state.is_newest_attempt(0),
+            "not counted"
+        );
     }
 }

@@ -95,9 +95,7 @@ impl Server {
             return self.find_session(request, identity);
         };
         let backplane = &self.inner.backplane;
-        let claimed = backplane
-            .claim_session(client, &request.session_id, &request.token)
-            .await;
+        let claimed = backplane.claim_session(client, request).await;
         let (record, rooms) = match claimed {
             Ok(Some(found)) => found,
             Ok(None) => return self.find_session(request, identity),
@@ -129,6 +127,8 @@ impl Server {
         let Some(session) = Session::restored(&record, rooms, history, now) else {
             return self.find_session(request, identity);
         };
+        // Its claim took the attempt in the cluster; here too, for a later stale one.
+        session.lock().take_attempt(request.attempt);
         let session = Arc::new(session);
         // Kept here first: numbered direct messages for it now reach it here too.
         self.inner.sessions.keep(session.clone());
@@ -182,9 +182,13 @@ impl Server {
         if session.id() != request.session_id || !token_ok {
             return Err(expired);
         }
-        let state = session.lock();
+        let mut state = session.lock();
         if state.is_ended() {
             return Err(expired);
+        }
+        if !state.take_attempt(request.attempt) {
+            let stale = "a newer attempt to resume this session came first";
+            return Err((ErrorCode::ResumeFailed, stale, RecoveryGap::SessionExpired));
         }
         let owner = match (state.live(), state.detached()) {
             (Some(live), _) => live.identity().map(|i| i.id.clone()),
@@ -224,16 +228,23 @@ impl Server {
     /// the session's and the streams' locks throughout, so `connected`, the replay
     /// and the live messages reach the client in that order, with no gap and no
     /// duplicate. A connection still serving the session is closed (`SESSION_TAKEN`).
+    ///
+    /// `None` (nothing registered) when a newer attempt to resume the session was
+    /// taken since this one was found ([`ResumeRequest::attempt`]): the client gave
+    /// this one up, and the connection it went on with keeps the session.
     pub(crate) fn register_resumed(
         &self,
         conn: &Conn,
         request: &ResumeRequest,
         connected: ConnectedFrame<'_>,
-    ) -> ResumeOutcome {
+    ) -> Option<ResumeOutcome> {
         let now = now_ms();
         let me = conn.id();
         let session = conn.session();
         let mut state = session.lock();
+        if !state.is_newest_attempt(request.attempt) {
+            return None;
+        }
         let (old, rooms, identity) = match (state.live(), state.detached()) {
             (Some(live), _) => (
                 Some(live.clone()),
@@ -347,7 +358,7 @@ impl Server {
                 }
             }
         }
-        outcome
+        Some(outcome)
     }
 
     /// Takes a closed connection out of the registry and its rooms. Its session is kept
