@@ -482,6 +482,10 @@ impl Backplane for NatsBackplane {
         Box::pin(async move { self.shared.claim_session(client, &resume).await })
     }
 
+    fn session_changes_written(&self, _client: ConnId) -> BoxFuture<'_, ()> {
+        Box::pin(self.shared.session_writes_done())
+    }
+
     fn identities(
         &self,
         clients: &[ConnId],

@@ -82,6 +82,16 @@ impl Shared {
         }
     }
 
+    /// Resolves once every session write queued before it is done (at once if the
+    /// queue is full).
+    pub(crate) fn session_writes_done(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let (written, wait) = tokio::sync::oneshot::channel();
+        let _ = self.session_writes.try_send(SessionWrite::Written(written));
+        async move {
+            let _ = wait.await;
+        }
+    }
+
     fn write_session(&self, write: SessionWrite) {
         if self.session_writes.try_send(write).is_err() {
             self.dropped
@@ -102,18 +112,20 @@ impl Shared {
                 w = rx.recv() => w,
             };
             let Some(first) = first else { return };
+            // A batch ends at a mark: what it waits for is all before it.
             let mut batch = vec![first];
-            while let Ok(w) = rx.try_recv() {
-                batch.push(w);
-                if batch.len() >= 1024 {
-                    break;
+            while !matches!(batch.last(), Some(SessionWrite::Written(_))) && batch.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
                 }
             }
             // The last write per session wins.
             let mut last: HashMap<ConnId, usize> = HashMap::new();
             for (i, w) in batch.iter().enumerate() {
-                let (SessionWrite::Put(c, _) | SessionWrite::End(c)) = w;
-                last.insert(*c, i);
+                if let SessionWrite::Put(c, _) | SessionWrite::End(c) = w {
+                    last.insert(*c, i);
+                }
             }
             for (i, w) in batch.into_iter().enumerate() {
                 match w {
@@ -121,6 +133,9 @@ impl Shared {
                         self.put_session(c, value).await;
                     }
                     SessionWrite::End(c) if last.get(&c) == Some(&i) => self.end_session(c).await,
+                    SessionWrite::Written(waiting) => {
+                        let _ = waiting.send(());
+                    }
                     _ => {}
                 }
             }

@@ -56,6 +56,8 @@ pub(crate) enum SessionWrite {
     Put(ConnId, Bytes),
     /// The session ended: its record and its direct messages go.
     End(ConnId),
+    /// Told once every write queued before it is done.
+    Written(tokio::sync::oneshot::Sender<()>),
 }
 
 impl Out {

@@ -6,63 +6,21 @@
 //! none out of order.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{LinkedCluster, linked_cluster, random_below};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_client::{
-    Client, ClientConfig, ConnectionState, Envelope, ReconnectConfig, ResumeOutcome,
-};
-use switchboard_nats::{NatsBackplane, NatsConfig};
-use switchboard_server::{HistoryPolicy, Server, ServerConfig};
-use switchboard_test::{NatsServer, Proxy, RawClient, TIMEOUT, TestServer};
+use switchboard_client::{ConnectionState, Envelope, ResumeOutcome};
+use switchboard_test::{NatsServer, RawClient, TIMEOUT};
 use tokio::sync::mpsc;
 
 const ROOM_MESSAGES: u64 = 1_500;
 const DIRECT_MESSAGES: u64 = 500;
 const CUTS: usize = 100;
-
-/// Messages each stream keeps. The senders flood one room at about 16,000 messages a
-/// second, and a resume on another node over NATS asks the cluster for the session and
-/// what it missed (a few round trips; longer while that node's own link is cut): the
-/// history must cover the messages sent meanwhile. With the default 1,000, a resume
-/// slower than ~60 ms under this flood is `recovered: false`, as documented.
-const HISTORY: usize = 5_000;
-
-fn random_below(n: u64) -> u64 {
-    switchboard_server::proto::random_u64() % n
-}
-
-/// A node whose link to NATS goes through a proxy the test can cut.
-async fn node(nats: &NatsServer) -> (TestServer, Proxy) {
-    let link = Proxy::start(nats.addr()).await;
-    let backplane = NatsBackplane::with_config(
-        &format!("nats://{}", link.addr),
-        NatsConfig {
-            prefix: "chaos".into(),
-            heartbeat: Duration::from_millis(100),
-            node_ttl: Duration::from_secs(2),
-            history: HISTORY as i64,
-            ..NatsConfig::default()
-        },
-    )
-    .unwrap();
-    let server = TestServer::start(
-        Server::builder()
-            .config(ServerConfig {
-                relay_unhandled: true,
-                rate_limit: 0,
-                history: HistoryPolicy {
-                    size: HISTORY,
-                    ..HistoryPolicy::default()
-                },
-                ..TestServer::config()
-            })
-            .backplane(backplane),
-    )
-    .await;
-    (server, link)
-}
 
 #[derive(Default)]
 struct Received {
@@ -109,21 +67,12 @@ async fn send(mut sender: RawClient, tag: u64, to: Option<String>, room: u64) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cut_100_times_and_resumed_on_any_node_loses_and_duplicates_nothing() {
     let nats = NatsServer::start();
-    let (n0, link0) = node(&nats).await;
-    let (n1, link1) = node(&nats).await;
-    let (n2, link2) = node(&nats).await;
-    let proxy = Proxy::round_robin(vec![n2.addr, n0.addr, n1.addr]).await;
-    let client = Client::connect_with(
-        &proxy.url("/ws"),
-        ClientConfig::default().reconnect(ReconnectConfig {
-            initial_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(50),
-            jitter: 0.5,
-            ..ReconnectConfig::default()
-        }),
-    )
-    .await
-    .unwrap();
+    let LinkedCluster {
+        nodes: [n0, n1, n2],
+        links: [link0, link1, link2],
+        proxy,
+        client,
+    } = linked_cluster(&nats).await;
     let total = 2 * ROOM_MESSAGES + DIRECT_MESSAGES;
     let received = Arc::new(Mutex::new(Received::default()));
     let (done_tx, mut done) = mpsc::unbounded_channel::<()>();

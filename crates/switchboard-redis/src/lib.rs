@@ -295,6 +295,17 @@ impl Backplane for RedisBackplane {
         })
     }
 
+    fn session_changes_written(&self, _client: ConnId) -> BoxFuture<'_, ()> {
+        // The writer is one ordered queue: once a mark queued now is written, so is
+        // every change queued before it (a full queue, or a refused batch, ends the
+        // wait at once).
+        let (written, wait) = tokio::sync::oneshot::channel();
+        self.enqueue(Out::Written(written));
+        Box::pin(async move {
+            let _ = wait.await;
+        })
+    }
+
     fn identities(
         &self,
         clients: &[ConnId],

@@ -27,6 +27,8 @@ pub(crate) enum Out {
     /// A presence change, with the generation this node had of the session it
     /// concerns, if any, when it was made (see `sessions.rs`, `CHANGE`).
     Presence(PresenceEvent, Option<u64>),
+    /// Told once everything queued before it is written.
+    Written(tokio::sync::oneshot::Sender<()>),
 }
 
 impl Out {
@@ -35,6 +37,7 @@ impl Out {
         match self {
             Out::Publish { data, .. } => data.len(),
             Out::Presence(..) => 64,
+            Out::Written(_) => 16,
         }
     }
 }

@@ -75,7 +75,11 @@ impl Shared {
                     self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                     self.published
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    batch.clear();
+                    for (_, item) in batch.drain(..) {
+                        if let Out::Written(waiting) = item {
+                            let _ = waiting.send(());
+                        }
+                    }
                     backoff = Duration::from_millis(50);
                 }
                 Err(e) if !worth_retrying(&e) => {
@@ -128,6 +132,7 @@ impl Shared {
                 Out::Presence(event, generation) => {
                     self.presence_pipe(&mut pipe, event, *generation);
                 }
+                Out::Written(_) => {}
             }
         }
         if pipe.is_empty() {

@@ -134,3 +134,31 @@ async fn a_change_from_an_older_generation_of_a_session_is_not_written() {
     );
     node.stop().await;
 }
+
+/// A join or leave is answered only once the session's record has it: a resume on
+/// another node right after the answer restores the session as the client left it
+/// (an answered leave was once lost so, and the room came back with the resume).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_or_leave_is_answered_once_the_session_has_it() {
+    let redis = RedisServer::start();
+    let prefix = "answered";
+    let node = common::node(&redis, prefix).await;
+    let (mut client, id, ..) = session_on(&node).await;
+    for round in 0..20 {
+        let room = format!("r{round}");
+        client
+            .send(json!({"type":"join_room","ref":"j","payload":{"room_id":room}}))
+            .await;
+        client.recv_type("ack").await;
+        assert_eq!(
+            session_rooms(&redis, prefix, id).await,
+            std::slice::from_ref(&room)
+        );
+        client
+            .send(json!({"type":"leave_room","ref":"l","payload":{"room_id":room}}))
+            .await;
+        client.recv_type("ack").await;
+        assert!(session_rooms(&redis, prefix, id).await.is_empty());
+    }
+    node.stop().await;
+}

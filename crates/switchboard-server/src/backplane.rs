@@ -430,6 +430,17 @@ pub trait Backplane: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(None)))
     }
 
+    /// Resolves once the changes to `client`'s session this node has given the
+    /// backplane so far (its joins and leaves, by [`presence`](Backplane::presence))
+    /// are written where a resume on another node reads them. A join or leave is
+    /// answered only then (within a bound), so no resume can restore the session as it
+    /// was before an answered change. At once by default (no sessions kept), and when
+    /// the backplane cannot queue the wait; never resolving is fine (the server bounds
+    /// the wait).
+    fn session_changes_written(&self, _client: ConnId) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// The user (and `info`) each of these clients authenticated as, in order (`None`
     /// for one that did not, or is unknown), for presence by user across the cluster.
     /// `None` by default (no cluster view).

@@ -20,6 +20,10 @@ use crate::{ConnId, Identity};
 /// How long a new connection waits for the backplane to keep its session.
 const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long a join or leave waits for its session change to be written in the
+/// cluster before it is answered anyway (the backplane is away).
+const SESSION_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Builds the `connected` frame from the positions the client starts at and, for a
 /// resume, its outcome.
 pub(crate) type ConnectedFrame<'a> = &'a dyn Fn(&StreamPositions, Option<&ResumeOutcome>) -> String;
@@ -50,6 +54,22 @@ impl Server {
             .backplane
             .presence(&PresenceEvent::Connected(conn.id()));
         self.announce_identity(conn);
+    }
+
+    /// In a cluster, waits (up to [`SESSION_WRITE_WAIT`]) until the backplane has
+    /// written the changes to `conn`'s session made so far: a join or leave is answered
+    /// after, so a resume on another node never restores the session without it.
+    pub(crate) async fn session_changes_written(&self, conn: &Conn) {
+        if !self.inner.sequenced || self.inner.config.session_ttl.is_zero() {
+            return;
+        }
+        let written = self.inner.backplane.session_changes_written(conn.id());
+        if tokio::time::timeout(SESSION_WRITE_WAIT, written)
+            .await
+            .is_err()
+        {
+            tracing::debug!(conn = %conn.id(), "a session's change is not written yet; answered anyway");
+        }
     }
 
     /// In a cluster, the backplane keeps a new session too, so its client may resume
