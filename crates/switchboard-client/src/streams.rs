@@ -131,9 +131,8 @@ impl Streams {
         self.rooms.remove(room);
     }
 
-    /// The `resume` to send, when there is a session to resume.
-    /// The `resume` for the next attempt (each counted, see
-    /// [`ResumeRequest::attempt`]).
+    /// The `resume` for the next attempt, when there is a session to resume (each
+    /// attempt counted, see [`ResumeRequest::attempt`]).
     pub(crate) fn resume_request(&mut self, resend: Vec<String>) -> Option<ResumeRequest> {
         let (Some(session_id), Some(token)) = (&self.session_id, &self.token) else {
             return None;

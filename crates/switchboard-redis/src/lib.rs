@@ -157,11 +157,15 @@ impl RedisBackplane {
                 (queued + bytes <= shared.config.queue_bytes.max(1)).then_some(queued + bytes)
             })
             .is_ok();
+        let mark = matches!(item, Out::Written(_));
         if reserved && shared.out.try_send(item).is_ok() {
             return;
         }
         if reserved {
             shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        if mark {
+            return; // a mark, not traffic: its wait ends at once (its sender is dropped)
         }
         let n = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_power_of_two() {
