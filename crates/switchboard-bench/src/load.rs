@@ -286,13 +286,21 @@ impl Drop for Pacer {
 }
 
 /// The frame a publisher sends, stamped with the send time.
-pub(crate) fn tick(target: Target, pad: &str) -> Message {
+///
+/// The floor relays what it is sent as it is: unless `bare_floor` it is sent a frame
+/// shaped like switchboard's delivery of the same tick (`to`, `from`, `offset` added),
+/// so that both servers' receivers read the same bytes.
+pub(crate) fn tick(target: Target, pad: &str, bare_floor: bool, number: u64) -> Message {
     let t = now_us();
     let frame = match target.protocol() {
         Protocol::Switchboard => Message::text(format!(
             r#"{{"type":"tick","to":"others","payload":{{"t":{t},"p":"{pad}"}}}}"#
         )),
-        Protocol::Floor => Message::text(format!(r#"{{"t":{t},"p":"{pad}"}}"#)),
+        Protocol::Floor if bare_floor => Message::text(format!(r#"{{"t":{t},"p":"{pad}"}}"#)),
+        Protocol::Floor => Message::text(format!(
+            r#"{{"type":"tick","payload":{{"t":{t},"p":"{pad}"}},"to":"all","from":"0000000000000001","offset":{}}}"#,
+            number + 1
+        )),
         Protocol::Socketio => Message::text(format!(r#"42["tick",{{"t":{t},"p":"{pad}"}}]"#)),
     };
     wire(target, frame)

@@ -162,6 +162,13 @@ pub struct BenchArgs {
     /// About how many bytes each broadcast message has (fanout, storm).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// Fan-out: the floor broadcasts only the payload (`{"t":…,"p":…}`, about 45 bytes
+    /// at the default size). Without it, the publisher sends the floor a frame with the
+    /// fields switchboard's deliveries carry (`type`, `payload`, `to`, `from`, `offset`:
+    /// about 120 bytes), which the floor relays as it is, so both servers' receivers
+    /// read the same bytes and the rates compare the servers, not the load's parsing.
+    #[arg(long)]
+    pub bare_floor_frames: bool,
     /// Total calls or messages per second to pace at (latency runs); 0 is as fast as possible.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,

@@ -198,7 +198,9 @@ pub(crate) async fn publish(
             (sent + 64).min(messages)
         };
         while sent < due {
-            publisher.feed(tick(target, &pad)).await?;
+            publisher
+                .feed(tick(target, &pad, args.bare_floor_frames, sent))
+                .await?;
             sent += 1;
         }
         publisher.flush().await?;

@@ -9,9 +9,15 @@ use futures_util::{SinkExt, StreamExt};
 use socket_config::ws_config;
 use tokio_tungstenite::tungstenite::Message;
 
+/// The start of a fan-out tick the floor broadcasts: the bare payload.
+const BARE_TICK: &str = r#"{"t":"#;
+/// The start of a fan-out tick shaped like switchboard's delivery of it.
+const ENVELOPED_TICK: &str = r#"{"type":"tick","payload":"#;
+
 /// `switchboard bench-floor`: a bare tokio-tungstenite server with 4 KiB buffers. It
-/// echoes every text frame to its sender, except frames starting with `{"t":`, which it
-/// broadcasts to every other connection (the floor for fan-out).
+/// echoes every text frame to its sender, except fan-out ticks (frames starting with
+/// `{"t":` or `{"type":"tick","payload":`), which it broadcasts as they are to every
+/// other connection (the floor for fan-out).
 pub async fn floor(port: u16) -> anyhow::Result<()> {
     use std::collections::HashMap;
     use std::sync::Mutex;
@@ -55,7 +61,8 @@ pub async fn floor(port: u16) -> anyhow::Result<()> {
             });
             while let Some(Ok(msg)) = stream.next().await {
                 if let Message::Text(t) = &msg {
-                    if t.as_str().starts_with("{\"t\":") {
+                    let text = t.as_str();
+                    if text.starts_with(BARE_TICK) || text.starts_with(ENVELOPED_TICK) {
                         let targets: Vec<_> = peers
                             .lock()
                             .map(|p| {
