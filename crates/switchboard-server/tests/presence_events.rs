@@ -3,8 +3,12 @@
 //! (`LeftOnClose`), since its session waits with them for a resume. A backplane that
 //! wrote the close's leaves let a resume on another node, before the detachment was
 //! written, find the session in no room: the client lost every later room message
-//! without a word (the Redis chaos test caught it).
+//! without a word (the Redis chaos test caught it). And a join or leave waits for the
+//! session's change to be written only when it changed the client's rooms.
 #![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
 use switchboard_server::handler::BoxFuture;
@@ -14,8 +18,24 @@ use switchboard_server::{
 use switchboard_test::{TIMEOUT, TestServer};
 use tokio::sync::mpsc;
 
-/// A backplane that only records the presence events it hears.
-struct Recorder(mpsc::UnboundedSender<PresenceEvent>);
+/// A backplane that only records the presence events it hears, and counts the waits
+/// for a session's changes to be written (it writes nothing). `sequences`: it numbers
+/// the cluster's messages, as Redis and NATS do (only then does a join wait).
+struct Recorder {
+    events: mpsc::UnboundedSender<PresenceEvent>,
+    sequences: bool,
+    waits: Arc<AtomicUsize>,
+}
+
+impl Recorder {
+    fn new(events: mpsc::UnboundedSender<PresenceEvent>) -> Recorder {
+        Recorder {
+            events,
+            sequences: false,
+            waits: Arc::default(),
+        }
+    }
+}
 
 impl Backplane for Recorder {
     fn name(&self) -> &'static str {
@@ -29,7 +49,16 @@ impl Backplane for Recorder {
     fn publish(&self, _delivery: &Delivery) {}
 
     fn presence(&self, event: &PresenceEvent) {
-        let _ = self.0.send(event.clone());
+        let _ = self.events.send(event.clone());
+    }
+
+    fn sequences(&self) -> bool {
+        self.sequences
+    }
+
+    fn session_changes_written(&self, _client: ConnId) -> BoxFuture<'_, ()> {
+        self.waits.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {})
     }
 
     fn connection_count(&self) -> BoxFuture<'_, Result<Option<usize>, BackplaneError>> {
@@ -73,7 +102,7 @@ async fn a_closing_connection_leaves_its_rooms_without_taking_them_from_its_sess
     let server = TestServer::start(
         Server::builder()
             .config(TestServer::config())
-            .backplane(Recorder(tx)),
+            .backplane(Recorder::new(tx)),
     )
     .await;
     let mut client = server.raw().await;
@@ -114,5 +143,43 @@ async fn a_closing_connection_leaves_its_rooms_without_taking_them_from_its_sess
         unreachable!("events_until stops at the detachment");
     };
     assert_eq!((*client, rooms.as_slice()), (id, &["kept".to_owned()][..]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn only_a_join_or_leave_that_changes_the_rooms_waits_for_the_session_write() {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let backplane = Recorder {
+        sequences: true,
+        ..Recorder::new(tx)
+    };
+    let waits = backplane.waits.clone();
+    let server = TestServer::start(
+        Server::builder()
+            .config(TestServer::config())
+            .backplane(backplane),
+    )
+    .await;
+    let mut client = server.raw().await;
+    let mut ask = async |kind: &str, room: &str| {
+        client
+            .send(json!({"type":kind,"ref":"r","payload":{"room_id":room}}))
+            .await;
+        let ack = client.recv_type("ack").await;
+        assert_eq!(ack["payload"]["status"], "ok", "{ack}");
+        waits.load(Ordering::SeqCst)
+    };
+    assert_eq!(ask("join_room", "a").await, 1, "a join waits");
+    assert_eq!(
+        ask("join_room", "a").await,
+        1,
+        "joined already: nothing to wait for"
+    );
+    assert_eq!(
+        ask("leave_room", "b").await,
+        1,
+        "not a member: nothing to wait for"
+    );
+    assert_eq!(ask("leave_room", "a").await, 2, "a leave waits");
     server.stop().await;
 }

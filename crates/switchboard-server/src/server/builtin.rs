@@ -148,7 +148,10 @@ async fn join_room(server: Server, conn: Conn, env: Envelope) -> Result<Json<Val
         .learn_positions([crate::backplane::Target::Room(room.clone())])
         .await;
     let joined = server.join_room(&conn, &room).map_err(room_error)?;
-    server.session_changes_written(&conn).await;
+    if joined.added {
+        // A join that changed nothing has nothing to wait for.
+        server.session_changes_written(&conn).await;
+    }
     let members = server.room_size(&room);
     let mut answer = json!({ "room_id": room, "members": members });
     if let Some(position) = joined.position {
@@ -164,8 +167,9 @@ async fn leave_room(
     env: Envelope,
 ) -> Result<Json<Value>, HandlerError> {
     let room = room_of(&env)?;
-    server.leave(&conn, &room);
-    server.session_changes_written(&conn).await;
+    if server.leave(&conn, &room) {
+        server.session_changes_written(&conn).await;
+    }
     let members = server.room_size(&room);
     Ok(Json(json!({ "room_id": room, "members": members })))
 }

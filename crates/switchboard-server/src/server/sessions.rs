@@ -57,8 +57,9 @@ impl Server {
     }
 
     /// In a cluster, waits (up to [`SESSION_WRITE_WAIT`]) until the backplane has
-    /// written the changes to `conn`'s session made so far: a join or leave is answered
-    /// after, so a resume on another node never restores the session without it.
+    /// written the changes to `conn`'s session made so far: a join or leave that changed
+    /// the rooms is answered after, so a resume on another node never restores the
+    /// session without it.
     pub(crate) async fn session_changes_written(&self, conn: &Conn) {
         if !self.inner.sequenced || self.inner.config.session_ttl.is_zero() {
             return;
