@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use switchboard_redis::{RedisBackplane, RedisConfig};
-use switchboard_server::{Server, ServerConfig};
+use switchboard_server::{HistoryPolicy, Server, ServerConfig};
 use switchboard_test::{Proxy, RedisServer, TestServer};
 
 /// Settings for tests: fast heartbeats, nodes dead after 800 ms.
@@ -41,6 +41,13 @@ pub fn random_below(n: u64) -> u64 {
     switchboard_server::proto::random_u64() % n
 }
 
+/// The history the linked nodes keep, per stream: more than a chaos test sends to a
+/// room, so that a resume never outruns it. (With the default 1,000, a client that
+/// had resumed onto a node lagging 1,483 messages behind, its link to Redis just cut,
+/// was told `history_gap` at its next resume elsewhere: the right answer, but not
+/// what the test is about.)
+pub const HISTORY: usize = 5_000;
+
 /// A node (keys under `chaos`) whose link to Redis goes through a proxy the test can
 /// cut.
 pub async fn linked_node(redis: &RedisServer) -> (TestServer, Proxy) {
@@ -60,6 +67,10 @@ pub async fn linked_node(redis: &RedisServer) -> (TestServer, Proxy) {
             .config(ServerConfig {
                 relay_unhandled: true,
                 rate_limit: 0,
+                history: HistoryPolicy {
+                    size: HISTORY,
+                    ..HistoryPolicy::default()
+                },
                 ..TestServer::config()
             })
             .backplane(backplane),
