@@ -34,7 +34,8 @@ const LOG_MIN: usize = 4096;
 /// `capacity` calls ago is read (keeping each ref in a `Box<str>` and each answer as a
 /// shared frame, dropped oldest first, cost an RPC call about 11% of its server CPU,
 /// most of it cache misses on the frees; this costs about 4%). Once the log is twice
-/// what it held after it was last compacted, its dropped front is cut off.
+/// what it held after it was last compacted, or `capacity` messages after that, its
+/// dropped front is cut off, and memory far beyond what it holds is given back.
 ///
 /// An answer is nearly always to the message just begun, so recording one compares a
 /// single ref, and a lookup by ref happens only for the refs a resume said are coming
@@ -54,6 +55,9 @@ pub(crate) struct Replies {
     cut: usize,
     /// The log's length that makes the next message compact it.
     compact_at: usize,
+    /// The message that compacts the log even if it has not grown: once every
+    /// `capacity` messages, so that a burst of long answers gone by is let go.
+    check_at: usize,
     /// The refs the client said (in its `resume`) it is sending again.
     resending: HashSet<Box<str>>,
 }
@@ -75,6 +79,7 @@ impl Replies {
         Replies {
             capacity,
             compact_at: LOG_MIN,
+            check_at: capacity,
             ..Replies::default()
         }
     }
@@ -106,7 +111,7 @@ impl Replies {
         let Ok(ref_len) = u32::try_from(ref_id.len()) else {
             return Seen::New;
         };
-        if self.log.len() >= self.compact_at {
+        if self.log.len() >= self.compact_at || self.begun >= self.check_at {
             self.compact();
         }
         let slot = Slot {
@@ -182,6 +187,11 @@ impl Replies {
         self.log.drain(..dead);
         self.cut = live_from;
         self.compact_at = (2 * self.log.len()).max(LOG_MIN);
+        self.check_at = self.begun + self.capacity;
+        // A burst of long answers gone by gives its memory back.
+        if self.log.capacity() > 2 * self.compact_at {
+            self.log.shrink_to(self.compact_at);
+        }
     }
 
     #[cfg(test)]
@@ -192,6 +202,11 @@ impl Replies {
     #[cfg(test)]
     fn log_len(&self) -> usize {
         self.log.len()
+    }
+
+    #[cfg(test)]
+    fn log_capacity(&self) -> usize {
+        self.log.capacity()
     }
 }
 
@@ -292,6 +307,27 @@ mod tests {
         assert_eq!(r.begin("19998"), Seen::InProgress);
         assert_eq!(r.begin("19999"), Seen::InProgress);
         assert_eq!(r.begin("19743"), Seen::New, "fell out of the window");
+    }
+
+    #[test]
+    fn the_memory_of_long_answers_is_given_back_once_they_are_dropped() {
+        let mut r = Replies::new(8);
+        let long = Text::from("x".repeat(100_000));
+        for k in 0..8 {
+            r.begin(&format!("long{k}"));
+            r.answer(&format!("long{k}"), &long);
+        }
+        assert!(r.log_capacity() >= 800_000);
+        let short = Text::from("y".to_owned());
+        for k in 0..100 {
+            r.begin(&k.to_string());
+            r.answer(&k.to_string(), &short);
+        }
+        assert!(
+            r.log_capacity() <= 2 * LOG_MIN,
+            "still {} bytes",
+            r.log_capacity()
+        );
     }
 
     #[test]
