@@ -33,6 +33,10 @@ return redis.call('GET', KEYS[1])
 /// How long one read waits for new entries before asking again.
 const BLOCK: Duration = Duration::from_secs(1);
 
+/// A reading connection up this long before it dropped is connected again at once; one
+/// that dropped sooner (a link that keeps failing) is retried after a backoff.
+const STEADY: Duration = Duration::from_secs(1);
+
 /// Entries read at once, per log.
 const BATCH: usize = 512;
 
@@ -219,6 +223,7 @@ impl Shared {
                     // Redis may have lost (or never had) our membership: write it again.
                     self.resync.store(true, Ordering::Release);
                     self.resync_now.notify_one();
+                    let up_since = Instant::now();
                     self.read_on(conn, &mut last_read).await;
                     self.follows.reader_id.store(0, Ordering::Release);
                     if self.stop.is_cancelled() {
@@ -226,6 +231,12 @@ impl Shared {
                     }
                     self.subscribed.store(false, Ordering::Release);
                     self.set_healthy(false);
+                    if up_since.elapsed() >= STEADY {
+                        // A link that had been working dropped: connect again at once
+                        // (every moment away is messages this node's clients wait
+                        // for); only a link that keeps failing is waited for.
+                        continue;
+                    }
                 }
                 Err(e) => {
                     self.set_healthy(false);
