@@ -234,11 +234,15 @@ async fn a_client_resumes_on_another_node_with_everything_it_missed() {
     x.drop_connection();
     watcher.recv_type("user_left").await;
 
-    // Sent on node b while x is away: room messages, and direct ones to x's id.
+    // Sent on node b while x is away: direct messages to x's id, and room messages.
+    // Each direct one goes first: node b writes to Redis in order, so once the watcher
+    // has the last room message, every direct one is in Redis too (the other way
+    // round, a resume could come before the last direct message was written; it then
+    // arrives live, not among the missed, and CI saw `missed: 4`).
     for i in 0..5 {
-        y.send(json!({"type":"chat","room":"r","payload":{"i":i}}))
-            .await;
         y.send(json!({"type":"dm","to":hello["client_id"],"payload":{"i":i}}))
+            .await;
+        y.send(json!({"type":"chat","room":"r","payload":{"i":i}}))
             .await;
     }
     for i in 0..5 {
