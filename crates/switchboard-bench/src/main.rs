@@ -77,6 +77,11 @@ pub enum Target {
     /// A bare tokio-tungstenite server that only echoes, one task per connection: the
     /// floor for echo and RPC (ratios are to it when it runs).
     EchoFloor,
+    /// The server a user would write by hand with tokio-tungstenite and serde_json,
+    /// speaking switchboard's envelope: `ping` answered by `pong`, an `rpc` call of
+    /// `echo` by its ack, each frame decoded into typed structs and nothing else
+    /// checked (the floor for what a typed JSON message costs).
+    JsonFloor,
     /// Node's Socket.IO 4 (needs `npm install` in bench/socketio).
     Socketio,
     /// socketioxide, the Rust Socket.IO server (`switchboard-socketioxide`, built with
@@ -102,9 +107,10 @@ impl Target {
     /// The protocol this target speaks (a baseline speaks switchboard's).
     pub fn protocol(self) -> Protocol {
         match self {
-            Target::Switchboard | Target::Baseline | Target::SwitchboardMsgpack => {
-                Protocol::Switchboard
-            }
+            Target::Switchboard
+            | Target::Baseline
+            | Target::SwitchboardMsgpack
+            | Target::JsonFloor => Protocol::Switchboard,
             Target::Floor | Target::EchoFloor => Protocol::Floor,
             Target::Socketio | Target::Socketioxide => Protocol::Socketio,
         }
@@ -240,6 +246,15 @@ async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
             args.scenario
         );
         args.targets.retain(|t| *t != Target::EchoFloor);
+    }
+    if !matches!(args.scenario, Scenario::Echo | Scenario::Rpc)
+        && args.targets.contains(&Target::JsonFloor)
+    {
+        eprintln!(
+            "(the JSON floor answers `ping` and `rpc` only; skipped for {:?})",
+            args.scenario
+        );
+        args.targets.retain(|t| *t != Target::JsonFloor);
     }
     if matches!(args.scenario, Scenario::Rooms) && args.targets.contains(&Target::Floor) {
         eprintln!("(the floor has no rooms; skipped for `rooms`)");

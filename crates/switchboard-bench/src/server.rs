@@ -100,6 +100,10 @@ impl ServerProc {
                 let floor = sibling("switchboard-floor")?;
                 ServerProc::spawn(&floor, &["--port", "0", "--plain"], &[], "/", wrap)
             }
+            Target::JsonFloor => {
+                let floor = sibling("switchboard-floor")?;
+                ServerProc::spawn(&floor, &["--port", "0", "--json"], &[], "/", wrap)
+            }
             Target::Socketioxide => {
                 let server = sibling("switchboard-socketioxide").map_err(|e| {
                     e.context("build it with `cargo build --release -p switchboard-bench --features socketioxide`")

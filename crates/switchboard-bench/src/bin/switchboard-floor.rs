@@ -1,5 +1,7 @@
 //! `switchboard-floor`: the floor the benchmarks compare against.
 
+#[path = "../json_floor.rs"]
+mod json_floor;
 #[path = "../socket_config.rs"]
 mod socket_config;
 
@@ -7,6 +9,8 @@ use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use socket_config::ws_config;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 /// The start of a fan-out tick the floor broadcasts: the bare payload.
@@ -93,21 +97,33 @@ pub async fn floor(port: u16) -> anyhow::Result<()> {
 /// `--plain`: a bare tokio-tungstenite server that only echoes, one task per
 /// connection reading a frame and writing it back (the floor for echo and RPC).
 pub async fn plain(port: u16) -> anyhow::Result<()> {
+    accept_each(port, |mut ws| async move {
+        while let Some(Ok(msg)) = ws.next().await {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// Accepts WebSocket connections on `port`, each served by `serve` in a task of its own.
+pub async fn accept_each<F, Serving>(port: u16, serve: F) -> anyhow::Result<()>
+where
+    F: Fn(WebSocketStream<TcpStream>) -> Serving + Clone + Send + 'static,
+    Serving: Future<Output = ()> + Send,
+{
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("floor listening on ws://{}/", listener.local_addr()?);
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
+        let serve = serve.clone();
         tokio::spawn(async move {
-            let Ok(mut ws) =
+            if let Ok(ws) =
                 tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await
-            else {
-                return;
-            };
-            while let Some(Ok(msg)) = ws.next().await {
-                if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                    return;
-                }
+            {
+                serve(ws).await;
             }
         });
     }
@@ -122,6 +138,8 @@ async fn main() -> std::process::ExitCode {
         .unwrap_or(0);
     let served = if std::env::args().any(|a| a == "--plain") {
         plain(port).await
+    } else if std::env::args().any(|a| a == "--json") {
+        json_floor::json(port).await
     } else {
         floor(port).await
     };
