@@ -27,6 +27,11 @@ const ONES: u64 = 0x0101_0101_0101_0101;
 #[doc(hidden)]
 pub fn nests_deeper_than(text: &str, limit: usize) -> bool {
     let bytes = text.as_bytes();
+    // Nesting deeper than `limit` takes `limit + 1` opening brackets and as many
+    // closing ones: a shorter text (most payloads) cannot.
+    if bytes.len() < limit.saturating_add(1).saturating_mul(2) {
+        return false;
+    }
     let opening = bytes.iter().filter(|&&b| b == b'{' || b == b'[').count();
     if opening <= limit {
         return false;
@@ -272,6 +277,19 @@ mod tests {
             walked += usize::from(text.len() >= 64);
         }
         assert!(walked > 1000, "long texts walked by blocks: {walked}");
+    }
+
+    #[test]
+    fn the_shortest_text_deep_enough_is_caught() {
+        // `limit + 1` levels take exactly `2 * (limit + 1)` bytes: the length check
+        // lets it through to the walk.
+        for limit in 0..80 {
+            let deep = format!("{}{}", "[".repeat(limit + 1), "]".repeat(limit + 1));
+            assert!(nests_deeper_than(&deep, limit), "{limit}");
+            let level = format!("{}{}", "[".repeat(limit), "]".repeat(limit));
+            assert!(!nests_deeper_than(&level, limit), "{limit}");
+        }
+        assert!(!nests_deeper_than("", usize::MAX));
     }
 
     #[test]

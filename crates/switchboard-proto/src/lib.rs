@@ -50,7 +50,9 @@ pub use limits::{
     DEFAULT_MAX_MESSAGE_SIZE, MAX_ID_LEN, MAX_PAYLOAD_DEPTH, MAX_TYPE_LEN, PROTOCOL_VERSION,
 };
 pub use random::random_u64;
-pub use reply::{Ack, AckStatus, ErrorBody, ack_error, ack_ok, error_frame, error_reply};
+pub use reply::{
+    Ack, AckStatus, ErrorBody, ack_error, ack_ok, ack_ok_text, error_frame, error_reply,
+};
 pub use resume::{Position, Recovery, RecoveryGap, ResumeOutcome, ResumeRequest, StreamPositions};
 pub use trace::is_traceparent;
 

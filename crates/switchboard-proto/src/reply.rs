@@ -182,6 +182,18 @@ fn frame(kind: &str, payload: &impl Serialize) -> String {
 /// assert_eq!(frame, r#"{"type":"ack","payload":{"ref":"m1","status":"ok"}}"#);
 /// ```
 pub fn ack_ok(ref_id: &str, result: Option<&RawValue>) -> String {
+    ack_ok_text(ref_id, result.map(RawValue::get))
+}
+
+/// [`ack_ok`] with the result given as JSON text, written as it stands: the caller
+/// vouches that it is one valid JSON value (say, what `serde_json::to_string` wrote),
+/// which spares making it a `RawValue` first.
+///
+/// ```
+/// let frame = switchboard_proto::ack_ok_text("7", Some(r#"{"sum":3}"#));
+/// assert_eq!(frame, r#"{"type":"ack","payload":{"ref":"7","status":"ok","result":{"sum":3}}}"#);
+/// ```
+pub fn ack_ok_text(ref_id: &str, result: Option<&str>) -> String {
     // Every acknowledged message and RPC call is answered through here: written by
     // hand, at its exact size (the same text serde_json writes for an `AckOut`).
     use crate::encode::{push_quoted, quoted_len};
@@ -191,7 +203,7 @@ pub fn ack_ok(ref_id: &str, result: Option<&RawValue>) -> String {
     let len = HEAD.len()
         + quoted_len(ref_id)
         + OK.len()
-        + result.map_or(0, |r| RESULT.len() + r.get().len())
+        + result.map_or(0, |r| RESULT.len() + r.len())
         + 2;
     let mut out = String::with_capacity(len);
     out.push_str(HEAD);
@@ -199,7 +211,7 @@ pub fn ack_ok(ref_id: &str, result: Option<&RawValue>) -> String {
     out.push_str(OK);
     if let Some(result) = result {
         out.push_str(RESULT);
-        out.push_str(result.get());
+        out.push_str(result);
     }
     out.push_str("}}");
     out

@@ -8,6 +8,7 @@ use switchboard_proto::types;
 
 /// The duration histograms of one message type or RPC method, `ok` and `error`,
 /// resolved when the server is built so observing takes no lock.
+#[derive(Clone)]
 pub(crate) struct Timing {
     ok: Histogram,
     error: Histogram,

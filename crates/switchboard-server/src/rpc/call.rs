@@ -8,12 +8,13 @@ use std::task::Poll;
 use futures_util::FutureExt;
 use serde_json::json;
 use switchboard_proto::{
-    Envelope, ErrorBody, ErrorCode, RawValue, ack_ok, encode_payload_frame, error_reply,
+    Envelope, ErrorBody, ErrorCode, RawValue, ack_ok_text, encode_payload_frame, error_reply,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::method::Compiled;
 use super::prepare::{Prepared, prepare};
 use crate::Server;
 use crate::connection::{Conn, Rest, panic_text, send_error, send_reply};
@@ -128,21 +129,24 @@ fn begin_call(
     slot: Slot<'_>,
     cancel: &CancellationToken,
 ) {
-    let (server, conn) = (cx.server.clone(), cx.conn.clone());
     let method = prepared.method();
     let call = Call {
-        conn,
+        conn: cx.conn.clone(),
         ref_id,
         started: cx.started,
     };
     let running = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.run(cx)));
     let mut fut = match running {
         Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
-        Err(panic) => return call.reply(&server, method.name(), Err(panic)),
+        Err(panic) => return call.reply(&method, Err(panic)),
     };
     if let Some(outcome) = (&mut fut).now_or_never() {
-        return call.reply(&server, method.name(), outcome);
+        return call.reply(&method, outcome);
     }
+    // (The server is looked up only for a call that waits: most do not.)
+    let Some(server) = call.conn.server() else {
+        return; // shut down: nobody is left to answer
+    };
     let permit = match slot {
         // Free a moment ago, and only this connection's task takes slots.
         Slot::Free(slots) => slots.clone().try_acquire_owned().ok(),
@@ -152,14 +156,14 @@ fn begin_call(
     // holds a clone of the token: cloning and dropping one takes the token's lock.)
     let cancel = cancel.clone();
     let span = tracing::Span::current();
-    server.clone().spawn_tracked(
+    server.spawn_tracked(
         async move {
             let outcome = tokio::select! {
                 biased;
                 () = cancel.cancelled() => return,
                 r = fut => r,
             };
-            call.reply(&server, method.name(), outcome);
+            call.reply(&method, outcome);
             drop(permit);
         }
         .instrument(span),
@@ -175,23 +179,27 @@ struct Call {
 
 impl Call {
     /// Answers the call and records its duration.
-    fn reply(&self, server: &Server, method: &str, outcome: CallOutcome) {
-        if let (Some(metrics), Some(started)) = (server.metrics(), self.started) {
-            metrics.called(method, started, matches!(outcome, Ok(Ok(_))));
+    fn reply(&self, method: &Compiled, outcome: CallOutcome) {
+        if let Some(started) = self.started {
+            method.observe(started, matches!(outcome, Ok(Ok(_))));
         }
-        rpc_reply(&self.conn, self.ref_id.as_deref(), method, outcome);
+        rpc_reply(&self.conn, self.ref_id.as_deref(), method.name(), outcome);
     }
 }
 
-type CallOutcome =
-    Result<Result<Box<RawValue>, crate::HandlerError>, Box<dyn std::any::Any + Send>>;
+/// How a call ended: its result's JSON text, its error, or its panic.
+type CallOutcome = Result<Result<String, crate::HandlerError>, Box<dyn std::any::Any + Send>>;
 
 /// Queues a call's answer: the ack of its `ref`, or `rpc_response`, or the error.
 fn rpc_reply(conn: &Conn, ref_id: Option<&str>, method: &str, outcome: CallOutcome) {
     let frame = match outcome {
         Ok(Ok(result)) => match ref_id {
-            Some(r) => ack_ok(r, Some(&result)),
+            // serde_json wrote the result: valid JSON.
+            Some(r) => ack_ok_text(r, Some(&result)),
             None => {
+                let Ok(result) = RawValue::from_string(result) else {
+                    return;
+                };
                 let payload = json!({ "method": method, "result": result });
                 match serde_json::value::to_raw_value(&payload) {
                     Ok(p) => encode_payload_frame(RPC_RESPONSE, &p),

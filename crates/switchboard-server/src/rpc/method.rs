@@ -4,18 +4,19 @@
 use std::any::{Any, TypeId};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use switchboard_proto::{MAX_TYPE_LEN, RawValue};
+use switchboard_proto::MAX_TYPE_LEN;
 
 use crate::HandlerError;
 use crate::extract::{FromMessage, Json, MessageContext};
 use crate::handler::BoxFuture;
+use crate::metrics::{Metrics, Timing};
 
 use super::schema::{invalid_params, serde_checks_all, struct_fields};
 
@@ -162,7 +163,7 @@ rpc_handler!(E1, E2, E3, E4);
 rpc_handler!(E1, E2, E3, E4, E5);
 
 /// Type-erased method body: validated params in, encoded result or error out.
-type Call = dyn Fn(MessageContext, Params) -> BoxFuture<'static, Result<Box<RawValue>, HandlerError>>
+type Call = dyn Fn(MessageContext, Params) -> BoxFuture<'static, Result<String, HandlerError>>
     + Send
     + Sync;
 
@@ -290,7 +291,9 @@ impl RpcMethod {
             let fut = parsed.map(|p| handler.call(&cx, p));
             Box::pin(async move {
                 let result = fut?.await.into_rpc_result()?;
-                serde_json::value::to_raw_value(&result)
+                // The text as serde_json writes it (a `RawValue` would be copied once
+                // more, to fit its buffer to its length).
+                serde_json::to_string(&result)
                     .map_err(|e| HandlerError::internal(format!("the result did not encode: {e}")))
             })
         });
@@ -362,6 +365,8 @@ extractor_list!(E1, E2, E3, E4, E5);
 pub(crate) struct Compiled {
     pub(super) method: RpcMethod,
     pub(super) validator: Option<jsonschema::Validator>,
+    /// Its duration histograms, when the server counts metrics (set once it is built).
+    pub(super) timing: OnceLock<Timing>,
 }
 
 /// Every method of a server, and `listall`.
@@ -399,8 +404,21 @@ impl Methods {
         };
         self.by_name.insert(
             method.name.clone(),
-            Arc::new(Compiled { method, validator }),
+            Arc::new(Compiled {
+                method,
+                validator,
+                timing: OnceLock::new(),
+            }),
         );
+    }
+
+    /// Gives each method its duration histograms.
+    pub(crate) fn time_with(&self, metrics: &Metrics) {
+        for compiled in self.by_name.values() {
+            if let Some(timing) = metrics.rpc_timing(&compiled.method.name) {
+                let _ = compiled.timing.set(timing);
+            }
+        }
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Compiled>> {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
+use switchboard_proto::ErrorCode;
 use switchboard_proto::reply::excerpt;
-use switchboard_proto::{ErrorCode, RawValue};
 
 /// The longest `reason` of one params error (it may quote the value).
 const MAX_REASON: usize = 256;
@@ -208,6 +208,13 @@ impl Compiled {
     pub(crate) fn name(&self) -> &str {
         &self.method.name
     }
+
+    /// Records how long a call took (`ok`: without an error), when metrics are counted.
+    pub(crate) fn observe(&self, started: std::time::Instant, ok: bool) {
+        if let Some(timing) = self.timing.get() {
+            timing.observe(started, ok);
+        }
+    }
 }
 
 impl Prepared {
@@ -220,7 +227,7 @@ impl Prepared {
     pub(crate) fn run(
         self,
         cx: MessageContext,
-    ) -> BoxFuture<'static, Result<Box<RawValue>, HandlerError>> {
+    ) -> BoxFuture<'static, Result<String, HandlerError>> {
         (self.compiled.method.call)(cx, self.params)
     }
 }

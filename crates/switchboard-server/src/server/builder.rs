@@ -352,7 +352,9 @@ impl ServerBuilder {
             if !self.handlers.binary.is_empty() {
                 types.push("binary".to_owned());
             }
-            crate::metrics::Metrics::new(&types, &methods.names())
+            let metrics = crate::metrics::Metrics::new(&types, &methods.names());
+            methods.time_with(&metrics);
+            metrics
         });
         Server {
             inner: Arc::new(ServerInner {
