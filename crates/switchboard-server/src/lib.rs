@@ -55,6 +55,7 @@ mod registry;
 pub mod rpc;
 mod server;
 mod slots;
+mod spare;
 mod telemetry;
 mod timed_io;
 mod ws;

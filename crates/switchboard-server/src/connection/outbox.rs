@@ -1,6 +1,7 @@
 //! A connection's bounded outbound queue of pre-encoded frames, its closing state, and
 //! the wake-ups of the connection's task.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,8 +13,14 @@ use switchboard_proto::{ErrorBody, ErrorCode, error_frame};
 use super::Closing;
 use crate::config::SlowConsumerPolicy;
 use crate::locks::lock;
+use crate::spare;
 use crate::ws::Frame;
 use crate::{ConnId, SendError, ServerConfig};
+
+thread_local! {
+    /// The thread's spare queue buffer (see [`crate::spare`]).
+    static SPARE_FRAMES: Cell<VecDeque<Frame>> = const { Cell::new(VecDeque::new()) };
+}
 
 #[derive(Debug, Default)]
 struct OutboxState {
@@ -123,6 +130,9 @@ impl Outbox {
             }
         }
         st.bytes += len;
+        if st.frames.capacity() == 0 {
+            st.frames = spare::take(&SPARE_FRAMES);
+        }
         st.frames.push_back(frame);
         drop(st);
         self.wake();
@@ -239,23 +249,25 @@ impl Outbox {
         self.closing.store(true, Ordering::Release);
     }
 
-    /// Moves queued frames into `batch`, or says to wait or finish.
+    /// Moves queued frames into `batch` (the written batch it held goes back to the
+    /// thread's spare), or says to wait or finish.
     pub(crate) fn take_batch(&self, batch: &mut VecDeque<Frame>) -> WriterStep {
         let mut st = lock(&self.state);
         if let Some(c) = cut_off(&mut st) {
             return WriterStep::Finish(c);
         }
         if !st.frames.is_empty() {
-            std::mem::swap(&mut st.frames, batch);
+            let written = std::mem::replace(batch, std::mem::take(&mut st.frames));
+            spare::give(&SPARE_FRAMES, written);
             st.bytes = 0;
             st.exempt = 0;
             st.exempt_bytes = 0;
             return WriterStep::Write;
         }
         // Going idle: no queue buffer is kept (an idle connection holds none); the
-        // next frame queued allocates a small one.
+        // next frame queued takes the thread's spare one.
         st.frames = VecDeque::new();
-        *batch = VecDeque::new();
+        spare::give(&SPARE_FRAMES, std::mem::take(batch));
         match &st.closing {
             Some(c) if st.reader_done => {
                 let c = c.clone();

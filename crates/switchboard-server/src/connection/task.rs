@@ -346,6 +346,9 @@ impl ConnectionTask {
     /// Writes what is queued (moved out of the outbox in one go), then flushes once.
     /// Ready when the connection is to close.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Closing> {
+        // Kept across turns: the outbox gives a written batch's buffer to the thread's
+        // spare when it hands out the next (see `crate::spare`).
+        let mut batch = VecDeque::new();
         loop {
             // While the socket takes nothing more, frames wait in the outbox, where
             // they count against its bounds: a client that stops reading meets the
@@ -361,7 +364,6 @@ impl ConnectionTask {
                 Poll::Ready(Err(e)) => self.write_failed(&e),
                 Poll::Ready(Ok(())) => {}
             }
-            let mut batch = VecDeque::new();
             match self.conn.outbox().take_batch(&mut batch) {
                 WriterStep::Finish(closing) => return Poll::Ready(closing),
                 WriterStep::Wait => {
@@ -383,7 +385,7 @@ impl ConnectionTask {
             }
             if !batch.is_empty() {
                 // The socket wakes the task when it takes more.
-                self.conn.outbox().put_back(batch);
+                self.conn.outbox().put_back(std::mem::take(&mut batch));
                 return Poll::Pending;
             }
         }

@@ -14,6 +14,7 @@ use switchboard_proto::websocket::{Kind, MAX_SERVER_HEADER, header};
 
 use super::frame::WriteError;
 use super::io::Stream;
+use crate::spare;
 
 /// The most frames one vectored write takes (two slices each, under Linux's 1,024).
 const FRAMES_PER_WRITE: usize = 64;
@@ -27,6 +28,9 @@ thread_local! {
     /// The worker thread's buffer for gathered writes (see [`GATHER_MAX`]).
     static GATHERED: std::cell::RefCell<Vec<u8>> =
         std::cell::RefCell::new(Vec::with_capacity(GATHER_MAX));
+    /// The thread's spare write queue (see [`crate::spare`]).
+    static SPARE_QUEUE: std::cell::Cell<VecDeque<Queued>> =
+        const { std::cell::Cell::new(VecDeque::new()) };
 }
 
 /// One frame waiting for the socket.
@@ -89,6 +93,9 @@ impl Writer {
             written: 0,
         };
         self.queued += frame.len();
+        if self.queue.capacity() == 0 {
+            self.queue = spare::take(&SPARE_QUEUE);
+        }
         self.queue.push_back(frame);
         Ok(())
     }
@@ -127,8 +134,9 @@ impl Writer {
                 Err(e) => return Poll::Ready(Err(WriteError(e.to_string()))),
             }
         }
-        // Written: the queue's allocation goes too, so an idle connection keeps none.
-        self.queue = VecDeque::new();
+        // Written: the queue's buffer goes to the thread's spare, so an idle
+        // connection keeps none.
+        spare::give(&SPARE_QUEUE, std::mem::take(&mut self.queue));
         stream.poll_flush(cx).map_err(|e| WriteError(e.to_string()))
     }
 
