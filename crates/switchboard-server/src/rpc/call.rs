@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::method::Compiled;
+use super::method::{Answer, Compiled, Running};
 use super::prepare::{Prepared, prepare};
 use crate::Server;
 use crate::connection::{Conn, Rest, panic_text, send_error, send_reply};
@@ -62,11 +62,10 @@ pub(crate) fn start_call(
     calls: &mut Option<Box<Calls>>,
 ) -> Option<Rest> {
     let cx = MessageContext::new(server, conn, env, None);
-    let ref_id = cx.envelope.ref_id.clone();
     let prepared = match prepare(server.rpc_methods(), &cx) {
         Ok(p) => p,
         Err(e) => {
-            send_error(conn, ref_id.as_deref(), e.body());
+            send_error(conn, cx.envelope.ref_id.as_deref(), e.body());
             return None;
         }
     };
@@ -77,13 +76,7 @@ pub(crate) fn start_call(
     // is, since only this connection's task takes them.
     match calls.semaphore.available_permits() {
         1.. => {
-            begin_call(
-                cx,
-                prepared,
-                ref_id,
-                Slot::Free(&calls.semaphore),
-                &calls.cancel,
-            );
+            begin_call(cx, prepared, Slot::Free(&calls.semaphore), &calls.cancel);
             None
         }
         0 => {
@@ -102,7 +95,7 @@ pub(crate) fn start_call(
                 })
                 .await;
                 if let Some(permit) = permit {
-                    begin_call(cx, prepared, ref_id, Slot::Held(permit), &cancel);
+                    begin_call(cx, prepared, Slot::Held(permit), &cancel);
                 }
             }))
         }
@@ -123,28 +116,23 @@ enum Slot<'a> {
 /// are answered at once. Only a call that has to wait takes its slot and runs in a
 /// task of its own, so it holds up neither the connection nor other calls.
 fn begin_call(
-    cx: MessageContext,
+    mut cx: MessageContext,
     prepared: Prepared,
-    ref_id: Option<String>,
     slot: Slot<'_>,
     cancel: &CancellationToken,
 ) {
-    let method = prepared.method();
-    let call = Call {
-        conn: cx.conn.clone(),
-        ref_id,
-        started: cx.started,
+    let (method, params) = prepared.into_parts();
+    let running = std::panic::catch_unwind(AssertUnwindSafe(|| method.run(&cx, params)));
+    let waiting = match running {
+        Ok(Running::Done(answer)) => {
+            let caller = Caller::of(&cx);
+            return caller.reply(&method, Ok(answer));
+        }
+        Ok(Running::Waiting(fut)) => AssertUnwindSafe(fut).catch_unwind(),
+        Err(panic) => return Caller::of(&cx).reply(&method, Err(panic)),
     };
-    let running = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.run(cx)));
-    let mut fut = match running {
-        Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
-        Err(panic) => return call.reply(&method, Err(panic)),
-    };
-    if let Some(outcome) = (&mut fut).now_or_never() {
-        return call.reply(&method, outcome);
-    }
     // (The server is looked up only for a call that waits: most do not.)
-    let Some(server) = call.conn.server() else {
+    let Some(server) = cx.conn.server() else {
         return; // shut down: nobody is left to answer
     };
     let permit = match slot {
@@ -152,6 +140,14 @@ fn begin_call(
         Slot::Free(slots) => slots.clone().try_acquire_owned().ok(),
         Slot::Held(permit) => Some(permit),
     };
+    // The waiting call keeps who to answer, not the message (its payload can be large;
+    // the method has what it needs).
+    let caller = Owned {
+        conn: cx.conn.clone(),
+        ref_id: cx.envelope.ref_id.take(),
+        started: cx.started,
+    };
+    drop(cx);
     // A call that waits runs in a task of its own, in the message's span. (Only it
     // holds a clone of the token: cloning and dropping one takes the token's lock.)
     let cancel = cancel.clone();
@@ -161,34 +157,59 @@ fn begin_call(
             let outcome = tokio::select! {
                 biased;
                 () = cancel.cancelled() => return,
-                r = fut => r,
+                r = waiting => r,
             };
-            call.reply(&method, outcome);
+            caller.borrowed().reply(&method, outcome);
             drop(permit);
         }
         .instrument(span),
     );
 }
 
-/// Who a running call answers, and when it began.
-struct Call {
-    conn: Conn,
-    ref_id: Option<String>,
+/// Who a call answers, and when it began.
+struct Caller<'a> {
+    conn: &'a Conn,
+    ref_id: Option<&'a str>,
     started: Option<std::time::Instant>,
 }
 
-impl Call {
+impl<'a> Caller<'a> {
+    fn of(cx: &'a MessageContext) -> Caller<'a> {
+        Caller {
+            conn: &cx.conn,
+            ref_id: cx.envelope.ref_id.as_deref(),
+            started: cx.started,
+        }
+    }
+
     /// Answers the call and records its duration.
     fn reply(&self, method: &Compiled, outcome: CallOutcome) {
         if let Some(started) = self.started {
             method.observe(started, matches!(outcome, Ok(Ok(_))));
         }
-        rpc_reply(&self.conn, self.ref_id.as_deref(), method.name(), outcome);
+        rpc_reply(self.conn, self.ref_id, method.name(), outcome);
     }
 }
 
-/// How a call ended: its result's JSON text, its error, or its panic.
-type CallOutcome = Result<Result<String, crate::HandlerError>, Box<dyn std::any::Any + Send>>;
+/// A [`Caller`] kept by a call that waits.
+struct Owned {
+    conn: Conn,
+    ref_id: Option<String>,
+    started: Option<std::time::Instant>,
+}
+
+impl Owned {
+    fn borrowed(&self) -> Caller<'_> {
+        Caller {
+            conn: &self.conn,
+            ref_id: self.ref_id.as_deref(),
+            started: self.started,
+        }
+    }
+}
+
+/// How a call ended: its answer, or its panic.
+type CallOutcome = Result<Answer, Box<dyn std::any::Any + Send>>;
 
 /// Queues a call's answer: the ack of its `ref`, or `rpc_response`, or the error.
 fn rpc_reply(conn: &Conn, ref_id: Option<&str>, method: &str, outcome: CallOutcome) {

@@ -4,6 +4,9 @@
 use std::any::{Any, TypeId};
 use std::collections::BTreeMap;
 use std::future::Future;
+
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use std::sync::{Arc, OnceLock};
 
 use schemars::generate::SchemaSettings;
@@ -106,8 +109,11 @@ impl<T: Serialize + JsonSchema + Send + 'static> IntoRpcResult for BTreeMap<Stri
 pub trait RpcHandler<T, Args>: Clone + Send + Sync + 'static {
     /// What the method returns.
     type Output: IntoRpcResult;
+    /// The running method (not boxed: the server boxes it once, with the encoding of
+    /// its result).
+    type Future: Future<Output = Self::Output> + Send + 'static;
     /// Runs the method.
-    fn call(&self, cx: &MessageContext, params: T) -> BoxFuture<'static, Self::Output>;
+    fn call(&self, cx: &MessageContext, params: T) -> Self::Future;
 }
 
 impl<F, Fut, O> RpcHandler<(), ()> for F
@@ -117,8 +123,9 @@ where
     O: IntoRpcResult,
 {
     type Output = O;
-    fn call(&self, _cx: &MessageContext, _params: ()) -> BoxFuture<'static, O> {
-        Box::pin((self)())
+    type Future = Fut;
+    fn call(&self, _cx: &MessageContext, _params: ()) -> Fut {
+        (self)()
     }
 }
 
@@ -140,16 +147,17 @@ macro_rules! rpc_handler {
             $($e: FromMessage,)*
         {
             type Output = O;
-            fn call(&self, cx: &MessageContext, params: T) -> BoxFuture<'static, O> {
+            type Future = Either<Fut, std::future::Pending<O>>;
+            fn call(&self, cx: &MessageContext, params: T) -> Self::Future {
                 $(
                     // Extractors are checked before the call (see `Method::extract`); a
                     // failure here cannot happen, but never panic on it.
                     let $e = match $e::from_message(cx) {
                         Ok(v) => v,
-                        Err(_) => return Box::pin(std::future::pending()),
+                        Err(_) => return Either::Right(std::future::pending()),
                     };
                 )*
-                Box::pin((self)(params, $($e,)*))
+                Either::Left((self)(params, $($e,)*))
             }
         }
     };
@@ -162,10 +170,20 @@ rpc_handler!(E1, E2, E3);
 rpc_handler!(E1, E2, E3, E4);
 rpc_handler!(E1, E2, E3, E4, E5);
 
-/// Type-erased method body: validated params in, encoded result or error out.
-type Call = dyn Fn(MessageContext, Params) -> BoxFuture<'static, Result<String, HandlerError>>
-    + Send
-    + Sync;
+/// Type-erased method body: validated params in, encoded result or error out, polled
+/// once where it starts.
+type Call = dyn Fn(&MessageContext, Params) -> Running + Send + Sync;
+
+/// What a method gives back: its answer (the result's JSON text, or the error).
+pub(crate) type Answer = Result<String, HandlerError>;
+
+/// A method after its first poll.
+pub(crate) enum Running {
+    /// It finished at once (most do: a computation, a lookup).
+    Done(Answer),
+    /// It waits for something.
+    Waiting(BoxFuture<'static, Answer>),
+}
 
 /// Reads params straight from their JSON text into the method's type; `None` if they
 /// do not fit (the slow path then says why).
@@ -270,7 +288,7 @@ impl RpcMethod {
                         .map(|t| Box::new(t) as Box<dyn Any + Send>)
                 }) as Arc<ParseRaw>
             });
-        let call: Arc<Call> = Arc::new(move |cx: MessageContext, params: Params| {
+        let call: Arc<Call> = Arc::new(move |cx: &MessageContext, params: Params| {
             let parsed: Result<T, HandlerError> = match params {
                 // Read by the fast path; always of type T.
                 Params::Typed(typed) => typed
@@ -288,14 +306,18 @@ impl RpcMethod {
                     })
                 }),
             };
-            let fut = parsed.map(|p| handler.call(&cx, p));
-            Box::pin(async move {
-                let result = fut?.await.into_rpc_result()?;
-                // The text as serde_json writes it (a `RawValue` would be copied once
-                // more, to fit its buffer to its length).
-                serde_json::to_string(&result)
-                    .map_err(|e| HandlerError::internal(format!("the result did not encode: {e}")))
-            })
+            let running = match parsed {
+                Ok(p) => handler.call(cx, p),
+                Err(e) => return Running::Done(Err(e)),
+            };
+            // One box, the method's future inside (it is not `Unpin`: polled in place,
+            // it could not move to a task after).
+            let mut fut: BoxFuture<'static, Answer> =
+                Box::pin(async move { encode_result(running.await) });
+            match (&mut fut).now_or_never() {
+                Some(answer) => Running::Done(answer),
+                None => Running::Waiting(fut),
+            }
         });
         RpcMethod {
             name: name.into(),
@@ -327,6 +349,14 @@ impl RpcMethod {
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// A method's output as its answer: the result as the text serde_json writes (a
+/// `RawValue` would be copied once more, to fit its buffer to its length), or the error.
+fn encode_result(output: impl IntoRpcResult) -> Answer {
+    let result = output.into_rpc_result()?;
+    serde_json::to_string(&result)
+        .map_err(|e| HandlerError::internal(format!("the result did not encode: {e}")))
 }
 
 /// The extractor arguments of an [`RpcHandler`], checked before the method runs so a

@@ -12,11 +12,10 @@ use switchboard_proto::reply::excerpt;
 /// The longest `reason` of one params error (it may quote the value).
 const MAX_REASON: usize = 256;
 
-use super::method::{Compiled, Methods, Params, RpcMethod};
+use super::method::{Compiled, Methods, Params, RpcMethod, Running};
 use super::schema::{invalid_params, readable_path};
 use crate::HandlerError;
 use crate::extract::MessageContext;
-use crate::handler::BoxFuture;
 
 /// The `payload` of an `rpc` message.
 #[derive(Deserialize)]
@@ -209,6 +208,11 @@ impl Compiled {
         &self.method.name
     }
 
+    /// Runs the method, polling it once.
+    pub(crate) fn run(&self, cx: &MessageContext, params: Params) -> Running {
+        (self.method.call)(cx, params)
+    }
+
     /// Records how long a call took (`ok`: without an error), when metrics are counted.
     pub(crate) fn observe(&self, started: std::time::Instant, ok: bool) {
         if let Some(timing) = self.timing.get() {
@@ -218,16 +222,8 @@ impl Compiled {
 }
 
 impl Prepared {
-    /// The method, to answer the call once it ran.
-    pub(crate) fn method(&self) -> Arc<Compiled> {
-        self.compiled.clone()
-    }
-
-    /// Runs the method.
-    pub(crate) fn run(
-        self,
-        cx: MessageContext,
-    ) -> BoxFuture<'static, Result<String, HandlerError>> {
-        (self.compiled.method.call)(cx, self.params)
+    /// The method, and the params to run it with.
+    pub(crate) fn into_parts(self) -> (Arc<Compiled>, Params) {
+        (self.compiled, self.params)
     }
 }
