@@ -124,10 +124,7 @@ fn begin_call(
     let (method, params) = prepared.into_parts();
     let running = std::panic::catch_unwind(AssertUnwindSafe(|| method.run(&cx, params)));
     let waiting = match running {
-        Ok(Running::Done(answer)) => {
-            let caller = Caller::of(&cx);
-            return caller.reply(&method, Ok(answer));
-        }
+        Ok(Running::Done(answer)) => return Caller::of(&cx).reply(&method, Ok(answer)),
         Ok(Running::Waiting(fut)) => AssertUnwindSafe(fut).catch_unwind(),
         Err(panic) => return Caller::of(&cx).reply(&method, Err(panic)),
     };
@@ -142,7 +139,7 @@ fn begin_call(
     };
     // The waiting call keeps who to answer, not the message (its payload can be large;
     // the method has what it needs).
-    let caller = Owned {
+    let caller = KeptCaller {
         conn: cx.conn.clone(),
         ref_id: cx.envelope.ref_id.take(),
         started: cx.started,
@@ -192,13 +189,13 @@ impl<'a> Caller<'a> {
 }
 
 /// A [`Caller`] kept by a call that waits.
-struct Owned {
+struct KeptCaller {
     conn: Conn,
     ref_id: Option<String>,
     started: Option<std::time::Instant>,
 }
 
-impl Owned {
+impl KeptCaller {
     fn borrowed(&self) -> Caller<'_> {
         Caller {
             conn: &self.conn,
