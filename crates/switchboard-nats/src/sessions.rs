@@ -21,6 +21,9 @@ use tokio::sync::mpsc;
 
 use crate::shared::{SessionWrite, Shared, StoredSession, lock, now_ms};
 
+/// The first wait before a session write is tried again (it doubles up to a second).
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn key(client: ConnId) -> String {
     format!("s.{client}")
 }
@@ -144,18 +147,23 @@ impl Shared {
 
     /// Writes a session's record, unless another node claimed the session meanwhile
     /// (a newer generation there): a late write from its old node must not undo the
-    /// claim.
+    /// claim. A write that fails (the link is down, or another write came first) is
+    /// tried again until it is done or the node stops: a room change dropped here
+    /// would be undone by the client's next resume on another node. (The writes after
+    /// it wait meanwhile, in order.)
     pub(crate) async fn put_session(&self, client: ConnId, value: Bytes) {
         let Ok(link) = self.link() else { return };
         let Ok(mine) = serde_json::from_slice::<StoredSession>(&value) else {
             return;
         };
-        for _ in 0..5 {
+        let mut backoff = RETRY_FIRST;
+        while !self.stop.is_cancelled() {
             let entry = match link.sessions.entry(key(client)).await {
                 Ok(e) => e,
                 Err(e) => {
-                    tracing::debug!(error = %e, "cannot read a session's record");
-                    return;
+                    tracing::debug!(error = %e, "cannot read a session's record; again soon");
+                    self.pause(&mut backoff).await;
+                    continue;
                 }
             };
             let (revision, theirs) = match &entry {
@@ -186,16 +194,26 @@ impl Shared {
             match written {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::debug!(error = %e, "a session's record changed meanwhile; again")
+                    tracing::debug!(error = %e, "a session's record was not written; again");
+                    self.pause(&mut backoff).await;
                 }
             }
         }
     }
 
+    /// Removes an ended session's record (tried again until done or the node stops: a
+    /// record left behind could be resumed) and its kept messages.
     pub(crate) async fn end_session(&self, client: ConnId) {
         let Ok(link) = self.link() else { return };
-        if let Err(e) = link.sessions.purge(key(client)).await {
-            tracing::debug!(error = %e, "cannot remove a session's record");
+        let mut backoff = RETRY_FIRST;
+        while !self.stop.is_cancelled() {
+            match link.sessions.purge(key(client)).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot remove a session's record; again soon");
+                    self.pause(&mut backoff).await;
+                }
+            }
         }
         if let Some(subject) = self.subjects.stored(&Target::Conns(vec![client])) {
             if let Err(e) = link.stream.purge().filter(subject).await {

@@ -247,7 +247,8 @@ impl Shared {
         })
     }
 
-    async fn pause(&self, backoff: &mut Duration) {
+    /// Waits `backoff` (or until the node stops), and doubles it up to a second.
+    pub(crate) async fn pause(&self, backoff: &mut Duration) {
         tokio::select! {
             () = self.stop.cancelled() => {}
             () = tokio::time::sleep(*backoff) => {}

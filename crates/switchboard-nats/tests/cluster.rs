@@ -289,3 +289,67 @@ async fn two_nodes_flooding_one_room_give_every_member_one_order() {
         n.stop().await;
     }
 }
+
+/// The rooms of a client's session as NATS keeps them: the record a resume on another
+/// node reads (`prefix` is the nodes' `NatsConfig::prefix`).
+async fn kept_rooms(nats: &NatsServer, prefix: &str, client: &str) -> Vec<String> {
+    let link = async_nats::connect(nats.url()).await.unwrap();
+    let sessions = async_nats::jetstream::new(link)
+        .get_key_value(format!("{prefix}-sessions"))
+        .await
+        .unwrap();
+    let Some(value) = sessions.get(format!("s.{client}")).await.unwrap() else {
+        return Vec::new();
+    };
+    let record: serde_json::Value = serde_json::from_slice(&value).unwrap();
+    record["rooms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A room joined while the node's link to NATS is down reaches the session's record
+/// once the link is back, so a resume on another node gives it back. The record's
+/// write used to be dropped at its first error (the rooms chaos test saw a client
+/// resume into a room it had left, and out of one it had joined).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_joined_while_the_link_is_down_is_kept_once_it_is_back() {
+    let nats = NatsServer::start();
+    let common::LinkedCluster {
+        nodes,
+        links,
+        proxy: _proxy,
+        client,
+    } = common::linked_cluster(&nats).await;
+    client.join("stay").await.unwrap();
+    let id = client.id();
+    let me: ConnId = id.parse().unwrap();
+    let serving = nodes
+        .iter()
+        .position(|n| n.server.connection_ids().contains(&me))
+        .expect("a node serves the client");
+    eventually("the session is kept in NATS", || async {
+        kept_rooms(&nats, "chaos", &id).await == ["stay"]
+    })
+    .await;
+
+    links[serving].block();
+    // Answered once the write is done, or after the node's wait for it (2 s).
+    client.join("flip").await.unwrap();
+    assert_eq!(
+        kept_rooms(&nats, "chaos", &id).await,
+        ["stay"],
+        "not written while the link is down"
+    );
+    links[serving].unblock();
+    eventually("the join reaches the session's record", || async {
+        kept_rooms(&nats, "chaos", &id).await == ["flip", "stay"]
+    })
+    .await;
+    client.close().await;
+    for n in nodes {
+        n.stop().await;
+    }
+}
