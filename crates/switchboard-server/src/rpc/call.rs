@@ -124,9 +124,9 @@ fn begin_call(
     let (method, params) = prepared.into_parts();
     let running = std::panic::catch_unwind(AssertUnwindSafe(|| method.run(&cx, params)));
     let waiting = match running {
-        Ok(Running::Done(answer)) => return Caller::of(&cx).reply(&method, Ok(answer)),
+        Ok(Running::Done(answer)) => return answer_from(&cx, &method, Ok(answer)),
         Ok(Running::Waiting(fut)) => AssertUnwindSafe(fut).catch_unwind(),
-        Err(panic) => return Caller::of(&cx).reply(&method, Err(panic)),
+        Err(panic) => return answer_from(&cx, &method, Err(panic)),
     };
     // (The server is looked up only for a call that waits: most do not.)
     let Some(server) = cx.conn.server() else {
@@ -139,11 +139,7 @@ fn begin_call(
     };
     // The waiting call keeps who to answer, not the message (its payload can be large;
     // the method has what it needs).
-    let caller = KeptCaller {
-        conn: cx.conn.clone(),
-        ref_id: cx.envelope.ref_id.take(),
-        started: cx.started,
-    };
+    let (conn, ref_id, started) = (cx.conn.clone(), cx.envelope.ref_id.take(), cx.started);
     drop(cx);
     // A call that waits runs in a task of its own, in the message's span. (Only it
     // holds a clone of the token: cloning and dropping one takes the token's lock.)
@@ -156,60 +152,35 @@ fn begin_call(
                 () = cancel.cancelled() => return,
                 r = waiting => r,
             };
-            caller.borrowed().reply(&method, outcome);
+            answer_call(&conn, ref_id.as_deref(), started, &method, outcome);
             drop(permit);
         }
         .instrument(span),
     );
 }
 
-/// Who a call answers, and when it began.
-struct Caller<'a> {
-    conn: &'a Conn,
-    ref_id: Option<&'a str>,
-    started: Option<std::time::Instant>,
-}
-
-impl<'a> Caller<'a> {
-    fn of(cx: &'a MessageContext) -> Caller<'a> {
-        Caller {
-            conn: &cx.conn,
-            ref_id: cx.envelope.ref_id.as_deref(),
-            started: cx.started,
-        }
-    }
-
-    /// Answers the call and records its duration.
-    fn reply(&self, method: &Compiled, outcome: CallOutcome) {
-        if let Some(started) = self.started {
-            method.observe(started, matches!(outcome, Ok(Ok(_))));
-        }
-        rpc_reply(self.conn, self.ref_id, method.name(), outcome);
-    }
-}
-
-/// A [`Caller`] kept by a call that waits.
-struct KeptCaller {
-    conn: Conn,
-    ref_id: Option<String>,
-    started: Option<std::time::Instant>,
-}
-
-impl KeptCaller {
-    fn borrowed(&self) -> Caller<'_> {
-        Caller {
-            conn: &self.conn,
-            ref_id: self.ref_id.as_deref(),
-            started: self.started,
-        }
-    }
+/// [`answer_call`] for a call that finished where it started, from its message.
+fn answer_from(cx: &MessageContext, method: &Compiled, outcome: CallOutcome) {
+    let ref_id = cx.envelope.ref_id.as_deref();
+    answer_call(&cx.conn, ref_id, cx.started, method, outcome);
 }
 
 /// How a call ended: its answer, or its panic.
 type CallOutcome = Result<Answer, Box<dyn std::any::Any + Send>>;
 
-/// Queues a call's answer: the ack of its `ref`, or `rpc_response`, or the error.
-fn rpc_reply(conn: &Conn, ref_id: Option<&str>, method: &str, outcome: CallOutcome) {
+/// Records how long the call took (from `started`, when metrics are counted) and queues
+/// its answer: the ack of its `ref`, or `rpc_response`, or the error.
+fn answer_call(
+    conn: &Conn,
+    ref_id: Option<&str>,
+    started: Option<std::time::Instant>,
+    compiled: &Compiled,
+    outcome: CallOutcome,
+) {
+    if let Some(started) = started {
+        compiled.observe(started, matches!(outcome, Ok(Ok(_))));
+    }
+    let method = compiled.name();
     let frame = match outcome {
         Ok(Ok(result)) => match ref_id {
             // serde_json wrote the result: valid JSON.
