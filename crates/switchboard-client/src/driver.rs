@@ -228,7 +228,7 @@ async fn rejoin(
             .unwrap_or_else(|_| Payload::empty());
         let text = encode_parts(&Parts {
             kind: types::JOIN_ROOM,
-            payload: payload.as_raw(),
+            payload: &payload,
             ref_id: Some(&format!("rejoin:{room}")),
             room: None,
             to: None,

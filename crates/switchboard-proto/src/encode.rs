@@ -1,7 +1,7 @@
 //! Encoding frames: written by hand at their exact size, the same text serde_json writes.
 
+use crate::Payload;
 use serde::Serialize;
-use serde_json::value::RawValue;
 
 /// The borrowed fields of one outgoing frame, for encoding without building an
 /// [`Envelope`](crate::Envelope).
@@ -11,7 +11,7 @@ pub struct Parts<'a> {
     #[serde(rename = "type")]
     pub kind: &'a str,
     /// The payload, a JSON object.
-    pub payload: &'a RawValue,
+    pub payload: &'a Payload,
     /// The correlation id, if any.
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub ref_id: Option<&'a str>,
@@ -35,7 +35,7 @@ pub struct Parts<'a> {
 
 impl<'a> Parts<'a> {
     /// A frame with a type and a payload and nothing else.
-    pub fn new(kind: &'a str, payload: &'a RawValue) -> Parts<'a> {
+    pub fn new(kind: &'a str, payload: &'a Payload) -> Parts<'a> {
         Parts {
             kind,
             payload,
@@ -53,11 +53,11 @@ impl<'a> Parts<'a> {
 /// and a payload.
 ///
 /// ```
-/// let payload = serde_json::value::to_raw_value(&serde_json::json!({"n": 1})).unwrap();
+/// let payload = switchboard_proto::Payload::from_json(r#"{"n":1}"#).unwrap();
 /// let frame = switchboard_proto::encode_payload_frame("tick", &payload);
 /// assert_eq!(frame, r#"{"type":"tick","payload":{"n":1}}"#);
 /// ```
-pub fn encode_payload_frame(kind: &str, payload: &RawValue) -> String {
+pub fn encode_payload_frame(kind: &str, payload: &Payload) -> String {
     encode_parts(&Parts::new(kind, payload))
 }
 
@@ -164,7 +164,7 @@ mod tests {
 
     #[test]
     fn hand_written_frames_are_what_serde_json_writes() {
-        let payload = RawValue::from_string(r#"{"a":[1,"x\"y"],"b":{}}"#.to_owned()).unwrap();
+        let payload = Payload::from_json(r#"{"a":[1,"x\"y"],"b":{}}"#).unwrap();
         let cases = [
             ("chat", None, None, None, None, None),
             (

@@ -161,7 +161,7 @@ impl Envelope {
                 if nests_deeper_than(raw.get(), MAX_PAYLOAD_DEPTH) {
                     return Err(with_ref(DecodeErrorKind::PayloadTooDeep));
                 }
-                Payload::checked(raw.to_owned())
+                Payload::checked(raw.get().into())
             }
             Some(_) => return Err(with_ref(DecodeErrorKind::PayloadNotObject)),
         };
@@ -210,7 +210,7 @@ impl Envelope {
     pub fn encode(&self) -> String {
         let frame = encode_parts(&Parts {
             kind: &self.kind,
-            payload: self.payload.as_raw(),
+            payload: &self.payload,
             ref_id: self.ref_id.as_deref(),
             room: self.room.as_deref(),
             to: self.to.as_deref(),

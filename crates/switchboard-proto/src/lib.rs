@@ -38,6 +38,7 @@ pub mod resume;
 pub mod scan;
 pub mod trace;
 pub mod types;
+mod validate;
 pub mod websocket;
 
 pub use code::{ErrorCode, Reconnect, close_reason, reconnect_hint};

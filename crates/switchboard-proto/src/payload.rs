@@ -18,14 +18,11 @@ use serde_json::value::RawValue;
 /// assert!(Payload::from_serialize(&42).is_err()); // a payload is always an object
 /// ```
 #[derive(Clone)]
-pub struct Payload(Option<Box<RawValue>>);
+pub struct Payload(Option<Box<str>>);
 
-/// `{}`, validated once: the text of every payload made empty (most messages a server
-/// reads, `ping` among them, have none), which then allocates nothing.
-static EMPTY: std::sync::LazyLock<Box<RawValue>> = std::sync::LazyLock::new(|| {
-    // `{}` is valid JSON, so this cannot fail; `from_string` only validates.
-    RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| unreachable!())
-});
+/// The text of the empty payload: every payload made empty (most messages a server
+/// reads, `ping` among them, have none) allocates nothing.
+const EMPTY: &str = "{}";
 
 /// Payloads compare by their JSON text: `{"a":1}` and `{ "a": 1 }` differ.
 impl PartialEq for Payload {
@@ -42,9 +39,10 @@ impl Payload {
         Payload(None)
     }
 
-    /// Wraps the text of a JSON object already checked for depth (by the decoder).
-    pub(crate) fn checked(raw: Box<RawValue>) -> Payload {
-        Payload(Some(raw))
+    /// Wraps the text of a JSON object already validated and checked for depth (by
+    /// the decoder).
+    pub(crate) fn checked(text: Box<str>) -> Payload {
+        Payload(Some(text))
     }
 
     /// Serializes `value` into a payload. Fails unless it serializes to a JSON object.
@@ -69,7 +67,7 @@ impl Payload {
             });
         }
         if is_object(raw.get()) {
-            Ok(Payload(Some(raw)))
+            Ok(Payload(Some(raw.into())))
         } else {
             Err(PayloadError {
                 path: String::new(),
@@ -89,12 +87,22 @@ impl Payload {
 
     /// The payload's JSON text.
     pub fn get(&self) -> &str {
-        self.as_raw().get()
+        self.0.as_deref().unwrap_or(EMPTY)
     }
 
-    /// The payload as a raw JSON value.
+    /// The payload as a raw JSON value, for a struct that serializes it as it stands.
+    ///
+    /// The payload keeps its text as a `str`, so this reads it through serde_json once
+    /// more (without copying it); [`get`](Payload::get) is free.
+    ///
+    /// ```
+    /// let p = switchboard_proto::Payload::from_json(r#"{"n":1}"#).unwrap();
+    /// assert_eq!(p.as_raw().get(), p.get());
+    /// ```
     pub fn as_raw(&self) -> &RawValue {
-        self.0.as_deref().unwrap_or(&EMPTY)
+        // The text is valid JSON by construction; the fallback is never taken.
+        serde_json::from_str(self.get())
+            .unwrap_or_else(|_| serde_json::from_str(EMPTY).unwrap_or_else(|_| unreachable!()))
     }
 
     /// Deserializes the payload into `T`; the error names the path of the field that

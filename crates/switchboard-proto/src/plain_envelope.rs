@@ -6,7 +6,7 @@
 //! accepts, and what it accepts decodes exactly as the general path decodes it.
 
 use crate::envelope::{Envelope, Payload};
-use crate::limits::{MAX_ID_LEN, MAX_PAYLOAD_DEPTH, MAX_TYPE_LEN, PROTOCOL_VERSION};
+use crate::limits::{MAX_ID_LEN, MAX_TYPE_LEN, PROTOCOL_VERSION};
 use crate::scan::members;
 use crate::trace::is_traceparent;
 
@@ -30,19 +30,17 @@ pub(crate) fn decode_plain(text: &str) -> Option<Envelope> {
             "from" => &mut from,
             "trace" => &mut trace,
             "payload" => {
-                // An object, once, within the depth limit.
-                let raw = value.raw().filter(|r| r.get().starts_with('{'))?;
-                if payload.is_some()
-                    || crate::depth::nests_deeper_than(raw.get(), MAX_PAYLOAD_DEPTH)
-                {
+                // An object, once (`members` refused it if it nests too deep).
+                let raw = value.raw().filter(|r| r.starts_with('{'))?;
+                if payload.is_some() {
                     return None;
                 }
-                payload = Some(Payload::checked(raw.to_owned()));
+                payload = Some(Payload::checked(raw.into()));
                 return Some(());
             }
             "v" if v.is_none() => {
                 // A positive integer that fits in 32 bits (1 when null).
-                v = Some(match value.raw()?.get() {
+                v = Some(match value.raw()? {
                     "null" => PROTOCOL_VERSION,
                     n => serde_json::from_str::<u64>(n)
                         .ok()
@@ -53,7 +51,7 @@ pub(crate) fn decode_plain(text: &str) -> Option<Envelope> {
             }
             "offset" if offset.is_none() => {
                 // A non-negative integer, or null.
-                offset = Some(match value.raw()?.get() {
+                offset = Some(match value.raw()? {
                     "null" => None,
                     n => Some(serde_json::from_str::<u64>(n).ok()?),
                 });

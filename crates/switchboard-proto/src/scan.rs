@@ -1,26 +1,26 @@
 //! A fast reader for the plain JSON objects nearly every message is made of: keys
-//! without escapes, and values that are plain strings or anything serde_json reads.
+//! without escapes, and values that are plain strings or any valid JSON.
 //!
 //! serde_json reading an envelope into a struct matches every key through its visitor
 //! machinery and, for a field kept as raw text, scans a string twice (once to find its
 //! end, once to read it). This reads the object's structure by hand, hands out strings
-//! without escapes as they stand, and leaves every other value (a payload, a number, a
-//! string with escapes) to serde_json, which validates it. Anything unusual (a key with
-//! an escape, a byte that is not JSON) ends the fast path with `None`: the caller then
+//! without escapes as they stand, and every other value (a payload, a number, a string
+//! with escapes) as its text, its grammar checked by hand in one pass.
+//! Anything unusual (a key with an escape, a byte that is not JSON, a value nested
+//! deeper than [`MAX_PAYLOAD_DEPTH`]) ends the fast path with `None`: the caller then
 //! reads the text with serde_json, which explains what is wrong. So the fast path never
 //! has to produce an error, only to be right about what it accepts.
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use crate::limits::MAX_PAYLOAD_DEPTH;
+use crate::validate::value_end;
 
 /// One member's value, as [`members`] reads it.
 #[derive(Debug, Clone, Copy)]
 pub enum Scanned<'a> {
     /// A string without escapes or control characters: its text between the quotes.
     Plain(&'a str),
-    /// Any other JSON value (a string with escapes among them), validated by
-    /// serde_json.
-    Raw(&'a RawValue),
+    /// Any other JSON value (a string with escapes among them), validated: its text.
+    Raw(&'a str),
 }
 
 impl<'a> Scanned<'a> {
@@ -33,7 +33,7 @@ impl<'a> Scanned<'a> {
     }
 
     /// The value's raw text, when it is not a plain string.
-    pub fn raw(self) -> Option<&'a RawValue> {
+    pub fn raw(self) -> Option<&'a str> {
         match self {
             Scanned::Raw(r) => Some(r),
             Scanned::Plain(_) => None,
@@ -44,8 +44,9 @@ impl<'a> Scanned<'a> {
 /// Calls `each` with every member of the JSON object that `text` is, in order.
 ///
 /// `None` when this fast path does not read the text: it is not one JSON object (with
-/// JSON whitespace around it), a key has an escape, or `each` said `None`. What it
-/// accepts is valid JSON; what it refuses may be valid too, and is for serde_json to read.
+/// JSON whitespace around it), a key has an escape, a value nests deeper than
+/// [`MAX_PAYLOAD_DEPTH`], or `each` said `None`. What it accepts is valid JSON; what it
+/// refuses may be valid too, and is for serde_json to read.
 ///
 /// ```
 /// use switchboard_proto::scan::members;
@@ -57,7 +58,7 @@ impl<'a> Scanned<'a> {
 /// });
 /// assert!(read.is_some());
 /// assert_eq!((seen[0].0, seen[0].1.plain()), ("type", Some("chat")));
-/// assert_eq!(seen[1].1.raw().map(|r| r.get()), Some(r#"{"n":1}"#));
+/// assert_eq!(seen[1].1.raw(), Some(r#"{"n":1}"#));
 /// // A key with an escape is left to serde_json.
 /// assert!(members(r#"{"typ\u0065":"chat"}"#, |_, _| Some(())).is_none());
 /// ```
@@ -69,7 +70,10 @@ pub fn members<'a>(
         text,
         |at| match plain_string(text, at) {
             Some((s, after)) => Some((Scanned::Plain(s), after)),
-            None => raw_value(text, at).map(|(raw, after)| (Scanned::Raw(raw), after)),
+            None => {
+                let end = value_end(text.as_bytes(), at, MAX_PAYLOAD_DEPTH)?;
+                Some((Scanned::Raw(text.get(at..end)?), end))
+            }
         },
         each,
     )
@@ -192,7 +196,7 @@ fn skip_valid_string(b: &[u8], at: usize) -> Option<usize> {
 }
 
 /// The index of the first byte at or after `at` that is not JSON whitespace.
-fn skip_whitespace(b: &[u8], mut at: usize) -> usize {
+pub(crate) fn skip_whitespace(b: &[u8], mut at: usize) -> usize {
     while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(at) {
         at += 1;
     }
@@ -216,17 +220,6 @@ fn plain_string(text: &str, at: usize) -> Option<(&str, usize)> {
     (b[end] == b'"').then(|| (&text[start..end], end + 1))
 }
 
-/// The JSON value starting at `at`, read and validated by serde_json, and the index
-/// after it.
-fn raw_value(text: &str, at: usize) -> Option<(&RawValue, usize)> {
-    let rest = text.get(at..)?;
-    let mut de = serde_json::Deserializer::from_str(rest);
-    let raw = <&RawValue>::deserialize(&mut de).ok()?;
-    // The value is a slice of `rest`: where it ends there is where the object goes on.
-    let end = (raw.get().as_ptr() as usize - rest.as_ptr() as usize) + raw.get().len();
-    Some((raw, at + end))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,7 +229,7 @@ mod tests {
         members(text, |k, v| {
             let v = match v {
                 Scanned::Plain(s) => format!("plain:{s}"),
-                Scanned::Raw(r) => format!("raw:{}", r.get()),
+                Scanned::Raw(r) => format!("raw:{r}"),
             };
             out.push((k.to_owned(), v));
             Some(())

@@ -82,7 +82,7 @@ impl Client {
             Payload::from_serialize(payload).map_err(|e| SendError::Encode(e.to_string()))?;
         let text = encode_parts(&Parts {
             kind,
-            payload: payload.as_raw(),
+            payload: &payload,
             ref_id,
             room,
             to,
@@ -183,7 +183,7 @@ impl Client {
             Payload::from_serialize(payload).map_err(|e| RequestError::Encode(e.to_string()))?;
         let frame = Message::text(encode_parts(&Parts {
             kind,
-            payload: payload.as_raw(),
+            payload: &payload,
             ref_id: Some(&ref_id),
             room,
             to,

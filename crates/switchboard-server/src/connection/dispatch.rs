@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use serde_json::json;
 use switchboard_proto::{
-    DecodeError, Envelope, ErrorBody, ErrorCode, PROTOCOL_VERSION, RawValue, ack_ok,
+    DecodeError, Envelope, ErrorBody, ErrorCode, PROTOCOL_VERSION, Payload, RawValue, ack_ok,
     encode_payload_frame, error_reply, types,
 };
 use tracing::Instrument;
@@ -241,14 +241,12 @@ fn answer(cx: &MessageContext, reply: Option<Box<RawValue>>) {
         (None, Some(value)) => {
             let kind = types::response_type(&cx.envelope.kind);
             let payload = if value.get().trim_start().starts_with('{') {
-                value
+                Payload::from_raw(value)
             } else {
                 // A payload is always an object: wrap scalars and arrays.
-                match serde_json::value::to_raw_value(&json!({ "result": value })) {
-                    Ok(p) => p,
-                    Err(_) => return,
-                }
+                Payload::from_serialize(&json!({ "result": value }))
             };
+            let Ok(payload) = payload else { return };
             encode_payload_frame(&kind, &payload)
         }
         (None, None) => return,

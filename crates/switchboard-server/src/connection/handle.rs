@@ -244,7 +244,7 @@ impl Conn {
     ) -> Result<(), SendError> {
         let payload =
             Payload::from_serialize(payload).map_err(|e| SendError::Encode(e.to_string()))?;
-        self.send_in_session(&encode_payload_frame(kind, payload.as_raw()))
+        self.send_in_session(&encode_payload_frame(kind, &payload))
     }
 
     /// Sends a whole envelope to this client, in its session's stream (its `offset`

@@ -8,7 +8,7 @@ use std::panic::AssertUnwindSafe;
 use futures_util::FutureExt;
 use serde_json::json;
 use switchboard_proto::{
-    Dialect, Envelope, ErrorBody, ErrorCode, RecoveryGap, ResumeOutcome, ResumeRequest,
+    Dialect, Envelope, ErrorBody, ErrorCode, Payload, RecoveryGap, ResumeOutcome, ResumeRequest,
     StreamPositions, ack_ok, encode_payload_frame, error_reply, types,
 };
 
@@ -302,8 +302,8 @@ fn connected_frame_for(
     if let Some(resumed) = resumed {
         payload["resumed"] = json!(resumed);
     }
-    match serde_json::value::to_raw_value(&payload) {
-        Ok(raw) => encode_payload_frame(types::CONNECTED, &raw),
+    match Payload::from_serialize(&payload) {
+        Ok(payload) => encode_payload_frame(types::CONNECTED, &payload),
         Err(_) => String::new(),
     }
 }

@@ -8,7 +8,8 @@ use std::task::Poll;
 use futures_util::FutureExt;
 use serde_json::json;
 use switchboard_proto::{
-    Envelope, ErrorBody, ErrorCode, RawValue, ack_ok_text, encode_payload_frame, error_reply,
+    Envelope, ErrorBody, ErrorCode, Payload, RawValue, ack_ok_text, encode_payload_frame,
+    error_reply,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -190,7 +191,7 @@ fn answer_call(
                     return;
                 };
                 let payload = json!({ "method": method, "result": result });
-                match serde_json::value::to_raw_value(&payload) {
+                match Payload::from_serialize(&payload) {
                     Ok(p) => encode_payload_frame(RPC_RESPONSE, &p),
                     Err(_) => return,
                 }

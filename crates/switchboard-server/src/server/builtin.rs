@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn the_prepared_pong_is_what_the_encoder_writes() {
         let payload = Payload::empty();
-        let encoded = encode_payload_frame(types::PONG, payload.as_raw());
+        let encoded = encode_payload_frame(types::PONG, &payload);
         assert_eq!(super::PONG, encoded);
     }
 }

@@ -265,7 +265,7 @@ fn traced_frame_text(
     };
     encode_parts(&Parts {
         kind,
-        payload: payload.as_raw(),
+        payload,
         ref_id: None,
         room,
         to,
