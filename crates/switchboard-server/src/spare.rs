@@ -7,7 +7,7 @@
 //! same thread that queues something. A thread keeps at most one of each kind, and
 //! only a small one.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::thread::LocalKey;
 
@@ -15,27 +15,43 @@ use std::thread::LocalKey;
 const MAX_KEPT: usize = 64;
 
 /// A thread's spare buffer of one kind.
-pub(crate) type Spare<T> = LocalKey<Cell<VecDeque<T>>>;
+pub(crate) type Spare<T> = LocalKey<RefCell<VecDeque<T>>>;
 
-/// The thread's spare buffer (empty), or a new one, which allocates nothing until used.
-pub(crate) fn take<T: 'static>(spare: &'static Spare<T>) -> VecDeque<T> {
-    spare.try_with(Cell::take).unwrap_or_default()
-}
-
-/// Keeps an emptied buffer for the next queue on this thread (or frees it: a large
-/// one, or when the thread keeps one already).
-pub(crate) fn give<T: 'static>(spare: &'static Spare<T>, buffer: VecDeque<T>) {
-    if buffer.capacity() == 0 || buffer.capacity() > MAX_KEPT || !buffer.is_empty() {
+/// Gives `queue`, empty and without a buffer, the thread's spare buffer if it keeps one.
+///
+/// Buffers move by swapping: no empty queue is built or dropped on the way (each drop
+/// of one is a call that checks it holds nothing, several per message).
+pub(crate) fn take<T: 'static>(spare: &'static Spare<T>, queue: &mut VecDeque<T>) {
+    if queue.capacity() != 0 {
         return;
     }
     let _ = spare.try_with(|slot| {
-        let kept = slot.take();
-        if kept.capacity() == 0 {
-            slot.set(buffer);
-        } else {
-            slot.set(kept);
+        if let Ok(mut kept) = slot.try_borrow_mut() {
+            std::mem::swap(&mut *kept, queue);
         }
     });
+}
+
+/// Takes `queue`'s emptied buffer, leaving it without one: kept for the next queue on
+/// this thread, or freed (a large one, or when the thread keeps one already). A queue
+/// that is not empty is left as it is.
+pub(crate) fn give<T: 'static>(spare: &'static Spare<T>, queue: &mut VecDeque<T>) {
+    if queue.capacity() == 0 || !queue.is_empty() {
+        return;
+    }
+    if queue.capacity() <= MAX_KEPT {
+        let kept = spare.try_with(|slot| match slot.try_borrow_mut() {
+            Ok(mut kept) if kept.capacity() == 0 => {
+                std::mem::swap(&mut *kept, queue);
+                true
+            }
+            _ => false,
+        });
+        if kept == Ok(true) {
+            return;
+        }
+    }
+    *queue = VecDeque::new();
 }
 
 #[cfg(test)]
@@ -43,40 +59,62 @@ mod tests {
     use super::*;
 
     thread_local! {
-        static SPARE: Cell<VecDeque<u32>> = const { Cell::new(VecDeque::new()) };
+        static SPARE: RefCell<VecDeque<u32>> = const { RefCell::new(VecDeque::new()) };
+    }
+
+    /// What a new queue gets from the thread's spare.
+    fn taken() -> VecDeque<u32> {
+        let mut q = VecDeque::new();
+        take(&SPARE, &mut q);
+        q
     }
 
     #[test]
     fn an_emptied_buffer_is_given_to_the_next_taker_on_the_thread() {
-        let mut q = take(&SPARE);
+        let mut q = taken();
         assert_eq!(q.capacity(), 0, "none kept yet");
         q.extend([1, 2, 3]);
         q.clear();
         let room = q.capacity();
-        give(&SPARE, q);
-        let again = take(&SPARE);
-        assert_eq!(again.capacity(), room, "the same buffer back");
-        assert_eq!(take(&SPARE).capacity(), 0, "taken once only");
+        give(&SPARE, &mut q);
+        assert_eq!(q.capacity(), 0, "the queue keeps no buffer");
+        assert_eq!(taken().capacity(), room, "the same buffer back");
+        assert_eq!(taken().capacity(), 0, "taken once only");
     }
 
     #[test]
-    fn a_large_or_unemptied_buffer_is_not_kept() {
+    fn a_large_buffer_is_freed_and_an_unemptied_one_left_alone() {
         let mut big = VecDeque::with_capacity(MAX_KEPT * 2);
         big.push_back(1);
         big.clear();
-        give(&SPARE, big);
-        assert_eq!(take(&SPARE).capacity(), 0);
+        give(&SPARE, &mut big);
+        assert_eq!(big.capacity(), 0, "freed");
+        assert_eq!(taken().capacity(), 0, "not kept");
         let mut full = VecDeque::with_capacity(4);
         full.push_back(1);
-        give(&SPARE, full);
-        assert_eq!(take(&SPARE).capacity(), 0);
+        give(&SPARE, &mut full);
+        assert_eq!(full, [1], "left as it is");
+        assert_eq!(taken().capacity(), 0);
     }
 
     #[test]
     fn the_thread_keeps_one() {
-        give(&SPARE, VecDeque::with_capacity(4));
-        give(&SPARE, VecDeque::with_capacity(8));
-        assert_eq!(take(&SPARE).capacity(), 4, "the first kept");
-        assert_eq!(take(&SPARE).capacity(), 0);
+        let (mut a, mut b) = (VecDeque::with_capacity(4), VecDeque::with_capacity(8));
+        give(&SPARE, &mut a);
+        give(&SPARE, &mut b);
+        assert_eq!(b.capacity(), 0, "freed: the thread keeps one already");
+        assert_eq!(taken().capacity(), 4, "the first kept");
+        assert_eq!(taken().capacity(), 0);
+    }
+
+    #[test]
+    fn a_queue_with_a_buffer_takes_none() {
+        let mut kept = VecDeque::with_capacity(4);
+        give(&SPARE, &mut kept);
+        let mut q = VecDeque::with_capacity(2);
+        let room = q.capacity();
+        take(&SPARE, &mut q);
+        assert_eq!(q.capacity(), room);
+        assert_eq!(taken().capacity(), 4, "still the thread's");
     }
 }

@@ -1,7 +1,7 @@
 //! A connection's bounded outbound queue of pre-encoded frames, its closing state, and
 //! the wake-ups of the connection's task.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +19,7 @@ use crate::{ConnId, SendError, ServerConfig};
 
 thread_local! {
     /// The thread's spare queue buffer (see [`crate::spare`]).
-    static SPARE_FRAMES: Cell<VecDeque<Frame>> = const { Cell::new(VecDeque::new()) };
+    static SPARE_FRAMES: RefCell<VecDeque<Frame>> = const { RefCell::new(VecDeque::new()) };
 }
 
 #[derive(Debug, Default)]
@@ -130,9 +130,7 @@ impl Outbox {
             }
         }
         st.bytes += len;
-        if st.frames.capacity() == 0 {
-            st.frames = spare::take(&SPARE_FRAMES);
-        }
+        spare::take(&SPARE_FRAMES, &mut st.frames);
         st.frames.push_back(frame);
         drop(st);
         self.wake();
@@ -257,8 +255,9 @@ impl Outbox {
             return WriterStep::Finish(c);
         }
         if !st.frames.is_empty() {
-            let written = std::mem::replace(batch, std::mem::take(&mut st.frames));
-            spare::give(&SPARE_FRAMES, written);
+            // The written batch's buffer to the spare; the queued frames become the batch.
+            spare::give(&SPARE_FRAMES, batch);
+            std::mem::swap(batch, &mut st.frames);
             st.bytes = 0;
             st.exempt = 0;
             st.exempt_bytes = 0;
@@ -266,8 +265,8 @@ impl Outbox {
         }
         // Going idle: no queue buffer is kept (an idle connection holds none); the
         // next frame queued takes the thread's spare one.
-        st.frames = VecDeque::new();
-        spare::give(&SPARE_FRAMES, std::mem::take(batch));
+        spare::give(&SPARE_FRAMES, &mut st.frames);
+        spare::give(&SPARE_FRAMES, batch);
         match &st.closing {
             Some(c) if st.reader_done => {
                 let c = c.clone();

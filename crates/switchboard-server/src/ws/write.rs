@@ -29,8 +29,8 @@ thread_local! {
     static GATHERED: std::cell::RefCell<Vec<u8>> =
         std::cell::RefCell::new(Vec::with_capacity(GATHER_MAX));
     /// The thread's spare write queue (see [`crate::spare`]).
-    static SPARE_QUEUE: std::cell::Cell<VecDeque<Queued>> =
-        const { std::cell::Cell::new(VecDeque::new()) };
+    static SPARE_QUEUE: std::cell::RefCell<VecDeque<Queued>> =
+        const { std::cell::RefCell::new(VecDeque::new()) };
 }
 
 /// One frame waiting for the socket.
@@ -93,9 +93,7 @@ impl Writer {
             written: 0,
         };
         self.queued += frame.len();
-        if self.queue.capacity() == 0 {
-            self.queue = spare::take(&SPARE_QUEUE);
-        }
+        spare::take(&SPARE_QUEUE, &mut self.queue);
         self.queue.push_back(frame);
         Ok(())
     }
@@ -136,7 +134,7 @@ impl Writer {
         }
         // Written: the queue's buffer goes to the thread's spare, so an idle
         // connection keeps none.
-        spare::give(&SPARE_QUEUE, std::mem::take(&mut self.queue));
+        spare::give(&SPARE_QUEUE, &mut self.queue);
         stream.poll_flush(cx).map_err(|e| WriteError(e.to_string()))
     }
 
