@@ -55,7 +55,7 @@ pub(crate) fn value_end(b: &[u8], at: usize, max_depth: usize) -> Option<usize> 
                     }
                     continue;
                 }
-                // Empty: closed below.
+                // Empty: closed at once, a whole value; what follows it is read below.
                 depth -= 1;
                 open >>= 1;
                 i += 1;
