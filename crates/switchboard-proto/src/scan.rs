@@ -12,7 +12,7 @@
 //! has to produce an error, only to be right about what it accepts.
 
 use crate::limits::MAX_PAYLOAD_DEPTH;
-use crate::validate::value_end;
+use crate::validate::{run_end, value_end};
 
 /// One member's value, as [`members`] reads it.
 #[derive(Debug, Clone, Copy)]
@@ -187,11 +187,12 @@ fn skip_valid_value(b: &[u8], at: usize) -> Option<usize> {
 fn skip_valid_string(b: &[u8], at: usize) -> Option<usize> {
     let mut i = at + 1;
     loop {
-        i += b.get(i..)?.iter().position(|&c| c == b'"' || c == b'\\')?;
-        if b[i] == b'"' {
-            return Some(i + 1);
+        i = run_end(b, i);
+        match *b.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2, // an escape: the backslash and the byte it escapes
+            _ => i += 1,     // a control character: not in valid JSON, passed over
         }
-        i += 2; // an escape: the backslash and the byte it escapes
     }
 }
 
@@ -211,13 +212,9 @@ fn plain_string(text: &str, at: usize) -> Option<(&str, usize)> {
         return None;
     }
     let start = at + 1;
-    let len = b
-        .get(start..)?
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-    let end = start + len;
-    // Stopped at the closing quote, not at an escape or a control character.
-    (b[end] == b'"').then(|| (&text[start..end], end + 1))
+    let end = run_end(b, start);
+    // Stopped at the closing quote, not at an escape or a control character (or the end).
+    (b.get(end) == Some(&b'"')).then(|| (&text[start..end], end + 1))
 }
 
 #[cfg(test)]
