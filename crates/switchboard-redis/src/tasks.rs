@@ -158,13 +158,22 @@ impl Shared {
                 self.set_healthy(false);
                 continue;
             };
-            let beat: redis::RedisResult<()> =
+            // How many nodes the beat added: 1 when this node was not listed, because a
+            // peer took it for dead (its link down longer than `node_ttl`) and removed
+            // its keys, or because Redis restarted empty.
+            let beat: redis::RedisResult<i64> =
                 conn.zadd(self.nodes_key(), &self.node, now_ms()).await;
             match beat {
-                Ok(()) => {
+                Ok(added) => {
                     // Redis answers again: healthy, if the subscription held (a stall
                     // breaks the heartbeat, not always the subscription).
                     self.set_healthy(self.subscribed.load(Ordering::Acquire));
+                    if added > 0 {
+                        // Listed anew: this node's membership is written again, or its
+                        // clients would count in no room across the cluster.
+                        tracing::info!(node = %self.node, "not listed in Redis: writing this node's membership again");
+                        self.resync.store(true, Ordering::Release);
+                    }
                     // A rewrite that failed (Redis was still coming back) is retried here.
                     if self.resync.load(Ordering::Acquire) {
                         self.resync_now.notify_one();

@@ -297,3 +297,40 @@ async fn a_write_redis_refuses_for_good_is_dropped_and_counted_not_retried_forev
     assert_eq!(c.recv_type("after").await["type"], "after");
     n.stop().await;
 }
+
+/// A node whose link to Redis is down longer than `node_ttl` is taken for dead by its
+/// peers, which remove its keys. Once its link is back it writes its membership again
+/// (it learns it was removed from its heartbeat), so its clients count in their rooms
+/// across the cluster again. Before, it wrote it again only after a write of its own
+/// had failed: a node with nothing to write while it was cut stayed out of every room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_taken_for_dead_while_cut_writes_its_membership_again() {
+    let redis = RedisServer::start();
+    let (a, _link_a) = node_behind(&redis, "reaped").await;
+    let (b, link_b) = node_behind(&redis, "reaped").await;
+    let mut listener = b.raw().await;
+    let me: switchboard_server::ConnId = listener.id.parse().unwrap();
+    listener
+        .send(json!({"type":"join_room","ref":"j","payload":{"room_id":"r"}}))
+        .await;
+    listener.recv_type("ack").await;
+    let counted_on_a = || async { a.server.cluster_room_members("r").await.contains(&me) };
+    switchboard_test::cluster::eventually("a counts b's client in the room", counted_on_a).await;
+    link_b.block();
+    // b's heartbeat stops: after `node_ttl` (3 s) a reaps it, keys and all.
+    tokio::time::timeout(TIMEOUT * 2, async {
+        while counted_on_a().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a reaps b");
+    link_b.unblock();
+    switchboard_test::cluster::eventually("a counts b's client again", counted_on_a).await;
+    assert!(
+        b.server.cluster_room_members("r").await.contains(&me),
+        "and b does too"
+    );
+    a.stop().await;
+    b.stop().await;
+}
