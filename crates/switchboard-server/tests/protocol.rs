@@ -42,6 +42,14 @@ async fn server() -> TestServer {
                 Json(v["a"].as_i64().unwrap_or(0) + v["b"].as_i64().unwrap_or(0))
             })
             .on("nothing", |_c: Conn| async {})
+            .on("deep", || async {
+                // An object nested past the payload depth limit: no payload can carry it.
+                let mut v = json!({});
+                for _ in 0..70 {
+                    v = json!({ "a": v });
+                }
+                Json(v)
+            })
     })
     .await
 }
@@ -246,6 +254,13 @@ async fn return_values_come_back_as_response_or_ack_result() {
         .roundtrip(json!({"type":"add","payload":{"a":2,"b":3}}))
         .await;
     assert_eq!(reply, json!({"type":"add_response","payload":{"result":5}}));
+    // A reply no payload can carry (nested past the depth limit) is an error, not a
+    // silence.
+    let reply = c.roundtrip(json!({"type":"deep"})).await;
+    let (code, message) = error_of(&reply);
+    assert_eq!(code, "INTERNAL", "{reply}");
+    assert!(message.contains("deeper than 64"), "{message}");
+    assert_alive(&mut c).await;
     // No return value: nothing without a ref, a bare ok ack with one.
     c.send(json!({"type":"nothing"})).await;
     assert_alive(&mut c).await;

@@ -246,8 +246,20 @@ fn answer(cx: &MessageContext, reply: Option<Box<RawValue>>) {
                 // A payload is always an object: wrap scalars and arrays.
                 Payload::from_serialize(&json!({ "result": value }))
             };
-            let Ok(payload) = payload else { return };
-            encode_payload_frame(&kind, &payload)
+            match payload {
+                Ok(payload) => encode_payload_frame(&kind, &payload),
+                Err(e) => {
+                    // Never a silent drop: the client hears the reply could not be sent.
+                    tracing::warn!(conn = %cx.conn.id(), kind = %cx.envelope.kind, error = %e, "a handler's reply is not a payload");
+                    let message = format!("the handler's reply cannot be sent: {e}");
+                    send_error(
+                        &cx.conn,
+                        None,
+                        &ErrorBody::new(ErrorCode::Internal, message),
+                    );
+                    return;
+                }
+            }
         }
         (None, None) => return,
     };
