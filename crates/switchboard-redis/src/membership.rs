@@ -182,7 +182,10 @@ impl Shared {
         Ok(())
     }
 
-    /// Writes this node's whole membership again (after an outage, or at start).
+    /// Writes this node's whole membership again (after an outage, or at start): its
+    /// connections, its rooms and their members, who its identified clients are, and
+    /// the connected life of its clients' session records (a peer that took this node
+    /// for dead removed the first three and set the records to wait as if dropped).
     pub(crate) fn resync_pipe(&self, pipe: &mut redis::Pipeline) {
         let Some(node) = self.node_handle.get() else {
             return;
@@ -209,6 +212,12 @@ impl Shared {
                 )
                 .ignore();
             }
+        }
+        for (client, user, info) in node.identities() {
+            self.identity_pipe(pipe, client, &user, &info);
+        }
+        for client in &conns {
+            self.keep_connected_pipe(pipe, *client);
         }
         pipe.zadd(self.nodes_key(), me, now_ms()).ignore();
     }

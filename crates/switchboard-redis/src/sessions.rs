@@ -99,6 +99,18 @@ end
 return 1
 ";
 
+/// A connected client's session: its record lives as a connected one's again, if this
+/// node still has it (a peer that took this node for dead set it to wait as if
+/// dropped). KEYS: the record, its rooms, its stream's meta. ARGV: this node, the
+/// record's life while connected in ms.
+const KEEP_CONNECTED: &str = r"
+if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+return 1
+";
+
 /// Which copy of a session a change comes from: its client, and the generation this
 /// node had of it when the change was made (`None`: this node keeps no copy).
 #[derive(Debug, Clone, Copy)]
@@ -288,6 +300,20 @@ impl Shared {
                 .arg(node)
                 .ignore();
         }
+    }
+
+    /// The session record of `client`, connected here, lives as a connected one's
+    /// (see [`KEEP_CONNECTED`]).
+    pub(crate) fn keep_connected_pipe(&self, pipe: &mut redis::Pipeline, client: ConnId) {
+        pipe.cmd("EVAL")
+            .arg(KEEP_CONNECTED)
+            .arg(3)
+            .arg(self.session_key(client))
+            .arg(self.session_rooms_key(client))
+            .arg(self.client_stream_key(client))
+            .arg(&self.node)
+            .arg(millis(self.config.stream_ttl))
+            .ignore();
     }
 
     /// Claims a session for this node (see [`CLAIM`]): its record and rooms.

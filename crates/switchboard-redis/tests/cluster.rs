@@ -311,14 +311,10 @@ async fn a_client_resumes_on_another_node_with_everything_it_missed() {
 async fn node_with_users(redis: &RedisServer, prefix: &str) -> TestServer {
     let backplane = RedisBackplane::with_config(&redis.url(), config(prefix)).unwrap();
     TestServer::start(
-        Server::builder()
+        common::token_users(Server::builder())
             .config(switchboard_server::ServerConfig {
                 relay_unhandled: true,
                 ..TestServer::config()
-            })
-            .authenticator(|c: switchboard_server::Credentials| async move {
-                let user = c.token().unwrap_or_default().to_owned();
-                Ok::<_, switchboard_server::AuthRejected>(switchboard_server::Identity::new(user))
             })
             .backplane(backplane),
     )

@@ -122,7 +122,18 @@ async fn node_behind(redis: &RedisServer, prefix: &str) -> (TestServer, Proxy) {
         },
     )
     .unwrap();
-    (common::node_over(bp).await, link)
+    // Clients may authenticate later, as the user their token names.
+    let node = TestServer::start(
+        common::token_users(switchboard_server::Server::builder())
+            .config(switchboard_server::ServerConfig {
+                relay_unhandled: true,
+                auth_required: false,
+                ..TestServer::config()
+            })
+            .backplane(bp),
+    )
+    .await;
+    (node, link)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,10 +310,14 @@ async fn a_write_redis_refuses_for_good_is_dropped_and_counted_not_retried_forev
 }
 
 /// A node whose link to Redis is down longer than `node_ttl` is taken for dead by its
-/// peers, which remove its keys. Once its link is back it writes its membership again
-/// (it learns it was removed from its heartbeat), so its clients count in their rooms
-/// across the cluster again. Before, it wrote it again only after a write of its own
-/// had failed: a node with nothing to write while it was cut stayed out of every room.
+/// peers, which remove its keys: its membership, its clients' identities, and the
+/// connected life of its clients' session records (they wait `session_ttl` from then,
+/// as if their clients had dropped). Once its link is back it learns it was removed
+/// (from its heartbeat) and writes all three again, so its clients count in their
+/// rooms, under their user, and can still resume on any node when they drop later.
+/// Before, it wrote its membership again only after a write of its own had failed (a
+/// node with nothing to write while it was cut stayed out of every room), and it never
+/// wrote its clients' identities or their records' life again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_taken_for_dead_while_cut_writes_its_membership_again() {
     let redis = RedisServer::start();
@@ -311,11 +326,26 @@ async fn a_node_taken_for_dead_while_cut_writes_its_membership_again() {
     let mut listener = b.raw().await;
     let me: switchboard_server::ConnId = listener.id.parse().unwrap();
     listener
+        .send(json!({"type":"auth","ref":"a","payload":{"token":"bob"}}))
+        .await;
+    listener.recv_type("ack").await;
+    listener
         .send(json!({"type":"join_room","ref":"j","payload":{"room_id":"r"}}))
         .await;
     listener.recv_type("ack").await;
     let counted_on_a = || async { a.server.cluster_room_members("r").await.contains(&me) };
+    let bob_on_a = || async {
+        let p = a.server.room_presence("r").await;
+        p.anonymous == 0 && p.users.len() == 1 && p.users[0].user == "bob"
+    };
     switchboard_test::cluster::eventually("a counts b's client in the room", counted_on_a).await;
+    switchboard_test::cluster::eventually("a sees bob in the room", bob_on_a).await;
+    let record = format!("reaped{}:session:{me}", std::process::id());
+    let connected_life = record_life_ms(&redis, &record).await;
+    assert!(
+        connected_life > 3_600_000,
+        "a connected client's record lives long: {connected_life} ms"
+    );
     link_b.block();
     // b's heartbeat stops: after `node_ttl` (3 s) a reaps it, keys and all.
     tokio::time::timeout(TIMEOUT * 2, async {
@@ -325,12 +355,41 @@ async fn a_node_taken_for_dead_while_cut_writes_its_membership_again() {
     })
     .await
     .expect("a reaps b");
+    // (a stops counting b's clients once b's heartbeat is stale; the reap follows.)
+    switchboard_test::cluster::eventually("the reap sets bob's record to wait session_ttl", || {
+        let record = record.clone();
+        let redis = &redis;
+        async move { (1..=120_000).contains(&record_life_ms(redis, &record).await) }
+    })
+    .await;
     link_b.unblock();
     switchboard_test::cluster::eventually("a counts b's client again", counted_on_a).await;
     assert!(
         b.server.cluster_room_members("r").await.contains(&me),
         "and b does too"
     );
+    switchboard_test::cluster::eventually("a sees bob again, not an anonymous client", bob_on_a)
+        .await;
+    switchboard_test::cluster::eventually("bob's record lives as a connected one again", || {
+        let record = record.clone();
+        let redis = &redis;
+        async move { record_life_ms(redis, &record).await > 3_600_000 }
+    })
+    .await;
     a.stop().await;
     b.stop().await;
+}
+
+/// How many milliseconds a Redis key has left to live (`PTTL`: -1 none, -2 no key).
+async fn record_life_ms(redis: &RedisServer, key: &str) -> i64 {
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
 }

@@ -350,6 +350,16 @@ impl NodeHandle {
             .unwrap_or_default()
     }
 
+    /// Who this node's identified clients are now: each one's id, user and token's
+    /// `info`, as [`PresenceEvent::Identified`] announced them (for a backplane writing
+    /// its state again after an outage).
+    pub fn identities(&self) -> Vec<(ConnId, String, serde_json::Value)> {
+        self.server
+            .upgrade()
+            .map(|s| s.identities_here())
+            .unwrap_or_default()
+    }
+
     /// This node's rooms and their members now.
     pub fn rooms(&self) -> Vec<(String, Vec<ConnId>)> {
         match self.server.upgrade() {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use switchboard_redis::{RedisBackplane, RedisConfig};
-use switchboard_server::{HistoryPolicy, Server, ServerConfig};
+use switchboard_server::{HistoryPolicy, Server, ServerBuilder, ServerConfig};
 use switchboard_test::{Proxy, RedisServer, TestServer};
 
 /// Settings for tests: fast heartbeats, nodes dead after 800 ms.
@@ -34,6 +34,14 @@ pub async fn node_over(backplane: RedisBackplane) -> TestServer {
             .backplane(backplane),
     )
     .await
+}
+
+/// `builder` with clients authenticated as the user their token names.
+pub fn token_users(builder: ServerBuilder) -> ServerBuilder {
+    builder.authenticator(|c: switchboard_server::Credentials| async move {
+        let user = c.token().unwrap_or_default().to_owned();
+        Ok::<_, switchboard_server::AuthRejected>(switchboard_server::Identity::new(user))
+    })
 }
 
 /// A random number below `n`.

@@ -153,6 +153,18 @@ impl Server {
         })
     }
 
+    /// Who each identified client of this node is: its id, user and token's `info`
+    /// (what [`announce_identity`](Self::announce_identity) told the cluster).
+    pub(crate) fn identities_here(&self) -> Vec<(ConnId, String, Value)> {
+        let mut identified = Vec::new();
+        self.inner.registry.for_each(|c| {
+            if let Some((user, info)) = tag(c) {
+                identified.push((c.id(), user, info));
+            }
+        });
+        identified
+    }
+
     /// Tells the backplane who `conn` is (for presence by user on other nodes).
     pub(crate) fn announce_identity(&self, conn: &Conn) {
         if !self.inner.clustered {
