@@ -128,6 +128,9 @@ export class Client {
     this._closeInfo = null;
     this._requests = new Requests({ maxFrames: this.options.offlineQueue, maxBytes: this.options.offlineQueueBytes });
     this._rooms = new Set();
+    // Rooms whose last join or leave the server answered before the cluster had kept it
+    // (`durable: false`): after a resume, each is set as this client has it again.
+    this._unsettled = new Set();
     this._streams = new StreamPositions();
     this._userClosed = false;
     this._everOpen = false;
@@ -205,6 +208,7 @@ export class Client {
     if (this._state === ConnectionState.OPEN) return Promise.resolve(this._session);
     if (this._state === ConnectionState.CLOSED && this._everOpen) {
       this._rooms.clear();
+      this._unsettled.clear();
       this._streams = new StreamPositions();
     }
     this._userClosed = false;
@@ -334,6 +338,18 @@ export class Client {
         this._streams.forgetRoom(room);
         this._sendOn(this._ws, JSON.stringify({ type: "join_room", ref: `rejoin:${room}`, payload: { room_id: room } }));
       }
+      if (outcome) {
+        // A room this client left in a leave the cluster had not kept when it was
+        // answered, which the resumed session has (it came back from before the leave):
+        // left again, and not reported (the client is not in it).
+        for (const room of this._unsettled) {
+          if (this._rooms.has(room) || !outcome.rooms || !(room in outcome.rooms)) continue;
+          delete outcome.rooms[room];
+          this._sendOn(this._ws, JSON.stringify({ type: "leave_room", ref: `releave:${room}`, payload: { room_id: room } }));
+        }
+      }
+      // Set as this client has them; the answers to what was just sent say again.
+      this._unsettled.clear();
       for (const [, p] of this._inFlight()) this._sendOn(this._ws, p.data);
     }
     this._setState(ConnectionState.OPEN);
@@ -509,13 +525,18 @@ export class Client {
       if (result && typeof result.room_id === "string" && result.position) {
         this._streams.joined(result.room_id, result.position);
       }
+      if (result && typeof result.room_id === "string" && typeof result.members === "number") {
+        // A join or leave's answer: was the change kept by the cluster before it?
+        if (result.durable === false) this._unsettled.add(result.room_id);
+        else this._unsettled.delete(result.room_id);
+      }
       const ack =
         env.payload.status === "ok"
           ? { ok: true, result: env.payload.result === undefined ? null : env.payload.result }
           : { ok: false, error: new RemoteError(env.payload.code, env.payload.message, env.payload.details) };
       if (this._requests.settle(ref, ack)) {
         // Answered.
-      } else if (typeof ref === "string" && (ref.startsWith("rejoin:") || ref.startsWith("refresh:") || ref === "auth") && env.payload.status === "error") {
+      } else if (typeof ref === "string" && (ref.startsWith("rejoin:") || ref.startsWith("releave:") || ref.startsWith("refresh:") || ref === "auth") && env.payload.status === "error") {
         this._emit("error", { kind: "message", code: env.payload.code, message: env.payload.message, details: env.payload.details });
       }
     } else if (env.type === "error") {

@@ -583,19 +583,29 @@ class ScriptedSocket {
   }
 }
 
-test("a room the resumed session lacks is joined again and reported as not recovered", async () => {
-  const position = (offset) => ({ epoch: "00000000000000aa", offset });
-  const connected = (resumed) => ({
-    type: "connected",
-    payload: { client_id: "c1", session_id: "c1.s", resume_token: "t", server: "script", streams: { session: position(0) }, resumed },
-  });
+/** A position in the scripted server's streams, and its `connected` frame. */
+const position = (offset) => ({ epoch: "00000000000000aa", offset });
+const connected = (resumed) => ({
+  type: "connected",
+  payload: { client_id: "c1", session_id: "c1.s", resume_token: "t", server: "script", streams: { session: position(0) }, resumed },
+});
+
+/** A client opened on a scripted socket, its resume outcomes recorded. */
+async function scriptedClient() {
   const c = new Client("ws://scripted/ws", { WebSocket: ScriptedSocket, reconnect: quick });
   const connecting = c.connect();
-  let ws = await ScriptedSocket.opened.next();
+  const ws = await ScriptedSocket.opened.next();
   ws.deliver(connected(undefined));
   await connecting;
   const outcomes = recorder();
   c.onResume((o) => outcomes.push(o));
+  return { c, ws, outcomes };
+}
+
+test("a room the resumed session lacks is joined again and reported as not recovered", async () => {
+  const opened = await scriptedClient();
+  const { c, outcomes } = opened;
+  let ws = opened.ws;
   const joining = c.join("kept");
   const join = await ws.sent.next();
   assert.equal(join.type, "join_room");
@@ -619,5 +629,39 @@ test("a room the resumed session lacks is joined again and reported as not recov
   assert.equal(outcome.rooms.kept.reason, "not_restored");
   assert.deepEqual(c.rooms(), ["kept"]);
   ws.deliver({ type: "ack", payload: { ref: rejoin.ref, status: "ok", result: { room_id: "kept", position: position(9) } } });
+  await c.close();
+});
+
+test("a room left in a leave the cluster had not kept is left again when the resumed session has it", async () => {
+  const opened = await scriptedClient();
+  const { c, outcomes } = opened;
+  let ws = opened.ws;
+  for (const room of ["stay", "flip"]) {
+    const joining = c.join(room);
+    const join = await ws.sent.next();
+    ws.deliver({ type: "ack", payload: { ref: join.ref, status: "ok", result: { room_id: room, members: 1, position: position(1) } } });
+    await joining;
+  }
+  // The leave is answered after the node's wait, before the cluster kept it.
+  const leaving = c.leave("flip");
+  const leave = await ws.sent.next();
+  assert.equal(leave.type, "leave_room");
+  ws.deliver({ type: "ack", payload: { ref: leave.ref, status: "ok", result: { room_id: "flip", members: 0, durable: false } } });
+  await leaving;
+
+  ws.onclose({ code: 1006, reason: "" }); // cut
+  ws = await ScriptedSocket.opened.next();
+  const resume = await ws.sent.next();
+  assert.equal(resume.type, "resume");
+  // Another node resumes the session from the cluster's record: from before the leave.
+  const restored = { recovered: true, missed: 0, position: position(1) };
+  ws.deliver(connected({ resumed: true, session: restored, rooms: { stay: restored, flip: restored } }));
+  const again = await ws.sent.next();
+  assert.equal(again.type, "leave_room");
+  assert.equal(again.payload.room_id, "flip");
+  const outcome = await outcomes.next();
+  assert.deepEqual(Object.keys(outcome.rooms), ["stay"], "the outcome lists the rooms the client is in");
+  assert.deepEqual(c.rooms(), ["stay"]);
+  ws.deliver({ type: "ack", payload: { ref: again.ref, status: "ok", result: { room_id: "flip", members: 0 } } });
   await c.close();
 });

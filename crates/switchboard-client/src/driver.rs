@@ -1,6 +1,7 @@
 //! The task behind a client: runs one connection at a time, and between connections
 //! reconnects with backoff, authenticates, rejoins rooms and flushes the offline queue.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,10 +85,17 @@ async fn reconnect_loop(inner: &Arc<Inner>, hint: Reconnect) -> Option<Ws> {
                 // Rooms first (unless the resumed session has them), then what was in
                 // flight, then what was queued: the server handles a connection's
                 // messages in order, so the rooms are joined before anything sent to them.
+                // Rooms whose last change may not have reached the session are set
+                // again; their answers say whether they are kept now.
+                let unsettled = lock(&inner.unsettled).clone();
                 let rejoined = match session.resumed.as_mut().filter(|_| resumed) {
                     Some(outcome) => {
                         let missing = rooms_not_restored(inner, outcome);
-                        rejoin(inner, &mut ws, &missing).await
+                        let left = rooms_left_but_restored(inner, outcome, &unsettled);
+                        match rejoin(inner, &mut ws, &missing).await {
+                            Ok(()) => leave_again(&mut ws, &left).await,
+                            Err(e) => Err(e),
+                        }
                     }
                     None => {
                         let rooms: Vec<String> = lock(&inner.rooms).iter().cloned().collect();
@@ -102,6 +110,9 @@ async fn reconnect_loop(inner: &Arc<Inner>, hint: Reconnect) -> Option<Ws> {
                     });
                     continue;
                 }
+                // Set as this client has them (the answers to what was just sent, read
+                // from here on, unsettle a room again if need be).
+                lock(&inner.unsettled).clear();
                 tracing::info!(url = %inner.url, attempt, client_id = %session.client_id, "reconnected");
                 *lock(&inner.session) = session.clone();
                 let closing = {
@@ -214,6 +225,60 @@ fn rooms_not_restored(inner: &Inner, outcome: &mut ResumeOutcome) -> Vec<String>
     missing
 }
 
+/// The rooms a resumed session gave back that this client left, in a leave the server
+/// answered before the cluster had kept it (`unsettled`): the session came back from
+/// before the leave (it moved to another node before the leave was written). Taken out
+/// of the outcome (the client is not in them), to be left again.
+fn rooms_left_but_restored(
+    inner: &Inner,
+    outcome: &mut ResumeOutcome,
+    unsettled: &BTreeSet<String>,
+) -> Vec<String> {
+    let rooms = lock(&inner.rooms);
+    let left: Vec<String> = unsettled
+        .iter()
+        .filter(|room| !rooms.contains(*room) && outcome.rooms.contains_key(*room))
+        .cloned()
+        .collect();
+    for room in &left {
+        tracing::info!(%room, "the resumed session is in a room this client left: leaving it again");
+        outcome.rooms.remove(room);
+    }
+    left
+}
+
+/// Leaves `rooms` again on a new connection (see [`rooms_left_but_restored`]).
+async fn leave_again(
+    ws: &mut Ws,
+    rooms: &[String],
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    for room in rooms {
+        ws.feed(room_change(
+            types::LEAVE_ROOM,
+            &format!("releave:{room}"),
+            room,
+        ))
+        .await?;
+    }
+    ws.flush().await
+}
+
+/// A `join_room` or `leave_room` frame the client sends of itself.
+fn room_change(kind: &str, ref_id: &str, room: &str) -> Message {
+    let payload =
+        Payload::from_serialize(&json!({ "room_id": room })).unwrap_or_else(|_| Payload::empty());
+    Message::text(encode_parts(&Parts {
+        kind,
+        payload: &payload,
+        ref_id: Some(ref_id),
+        room: None,
+        to: None,
+        from: None,
+        trace: None,
+        offset: None,
+    }))
+}
+
 /// Joins `rooms` again on a new connection (a fresh session's, or those a resumed one
 /// did not give back).
 async fn rejoin(
@@ -224,19 +289,12 @@ async fn rejoin(
     for room in rooms {
         // A fresh start in the room: its position comes with the answer.
         lock(&inner.streams).forget_room(room);
-        let payload = Payload::from_serialize(&json!({ "room_id": room }))
-            .unwrap_or_else(|_| Payload::empty());
-        let text = encode_parts(&Parts {
-            kind: types::JOIN_ROOM,
-            payload: &payload,
-            ref_id: Some(&format!("rejoin:{room}")),
-            room: None,
-            to: None,
-            from: None,
-            trace: None,
-            offset: None,
-        });
-        ws.feed(Message::text(text)).await?;
+        ws.feed(room_change(
+            types::JOIN_ROOM,
+            &format!("rejoin:{room}"),
+            room,
+        ))
+        .await?;
     }
     ws.flush().await
 }
@@ -438,9 +496,13 @@ fn dispatch(inner: &Inner, text: &str) {
         types::ACK => {
             if let Ok(ack) = env.payload_as::<Ack>() {
                 note_join(inner, &ack);
+                note_room_kept(inner, &ack);
                 if let Some(p) = lock(&inner.pending).remove(&ack.ref_id) {
                     let _ = p.tx.send(ack.into_result().map_err(RequestError::from));
-                } else if ack.ref_id.starts_with("rejoin:") || ack.ref_id == AUTH_REF {
+                } else if ack.ref_id.starts_with("rejoin:")
+                    || ack.ref_id.starts_with("releave:")
+                    || ack.ref_id == AUTH_REF
+                {
                     if let Err(e) = ack.into_result() {
                         tracing::warn!(code = %e.code, message = %e.message, "rejoin or auth refused");
                         inner.report(&ClientError::from(e));
@@ -490,6 +552,22 @@ fn dispatch(inner: &Inner, text: &str) {
 
 /// The answer to a join gives the room stream's position: where the member's
 /// messages start.
+/// The answer to a join or leave (`{room_id, members}`) says whether the cluster kept
+/// the change before it was sent: a room whose change it did not (`durable: false`) is
+/// set again after the next resume; a later answer for the room settles it.
+fn note_room_kept(inner: &Inner, ack: &Ack) {
+    let Some(result) = &ack.result else { return };
+    let (Some(room), true) = (result["room_id"].as_str(), result["members"].is_u64()) else {
+        return;
+    };
+    let mut unsettled = lock(&inner.unsettled);
+    if result["durable"] == false {
+        unsettled.insert(room.to_owned());
+    } else {
+        unsettled.remove(room);
+    }
+}
+
 fn note_join(inner: &Inner, ack: &Ack) {
     let Some(result) = &ack.result else { return };
     let (Some(room), Some(position)) = (result["room_id"].as_str(), result.get("position")) else {

@@ -59,6 +59,10 @@ pub(crate) struct Inner {
     pub(crate) handlers: Arc<Mutex<Handlers>>,
     pub(crate) pending: Mutex<HashMap<String, Pending>>,
     pub(crate) rooms: Mutex<BTreeSet<String>>,
+    /// The rooms whose last join or leave the server answered before the cluster had
+    /// kept it (`durable: false`): after a resume, each is made as this client has it
+    /// again, in case the session came back from before the change.
+    pub(crate) unsettled: Mutex<BTreeSet<String>>,
     pub(crate) state: watch::Sender<ConnectionState>,
     pub(crate) close_info: Mutex<Option<CloseInfo>>,
     pub(crate) session: Mutex<Session>,

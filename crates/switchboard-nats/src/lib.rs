@@ -482,7 +482,7 @@ impl Backplane for NatsBackplane {
         Box::pin(async move { self.shared.claim_session(client, &resume).await })
     }
 
-    fn session_changes_written(&self, _client: ConnId) -> BoxFuture<'_, ()> {
+    fn session_changes_written(&self, _client: ConnId) -> BoxFuture<'_, bool> {
         Box::pin(self.shared.session_writes_done())
     }
 

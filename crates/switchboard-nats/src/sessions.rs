@@ -85,14 +85,12 @@ impl Shared {
         }
     }
 
-    /// Resolves once every session write queued before it is done (at once if the
-    /// queue is full).
-    pub(crate) fn session_writes_done(&self) -> impl std::future::Future<Output = ()> + use<> {
+    /// Resolves once every session write queued before it is done: `true`; `false` at
+    /// once if the queue is full.
+    pub(crate) fn session_writes_done(&self) -> impl std::future::Future<Output = bool> + use<> {
         let (written, wait) = tokio::sync::oneshot::channel();
         let _ = self.session_writes.try_send(SessionWrite::Written(written));
-        async move {
-            let _ = wait.await;
-        }
+        async move { wait.await.is_ok() }
     }
 
     fn write_session(&self, write: SessionWrite) {

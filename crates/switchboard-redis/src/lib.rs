@@ -299,15 +299,13 @@ impl Backplane for RedisBackplane {
         })
     }
 
-    fn session_changes_written(&self, _client: ConnId) -> BoxFuture<'_, ()> {
+    fn session_changes_written(&self, _client: ConnId) -> BoxFuture<'_, bool> {
         // The writer is one ordered queue: once a mark queued now is written, so is
-        // every change queued before it (a full queue, or a refused batch, ends the
-        // wait at once).
+        // every change queued before it (a full queue, or a refused batch, drops the
+        // mark: not written).
         let (written, wait) = tokio::sync::oneshot::channel();
         self.enqueue(Out::Written(written));
-        Box::pin(async move {
-            let _ = wait.await;
-        })
+        Box::pin(async move { wait.await.is_ok() })
     }
 
     fn identities(

@@ -442,13 +442,15 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Resolves once the changes to `client`'s session this node has given the
     /// backplane so far (its joins and leaves, by [`presence`](Backplane::presence))
-    /// are written where a resume on another node reads them. A join or leave is
-    /// answered only then (within a bound), so no resume can restore the session as it
-    /// was before an answered change. At once by default (no sessions kept), and when
-    /// the backplane cannot queue the wait; never resolving is fine (the server bounds
-    /// the wait).
-    fn session_changes_written(&self, _client: ConnId) -> BoxFuture<'_, ()> {
-        Box::pin(std::future::ready(()))
+    /// are written where a resume on another node reads them: `true`. `false` at once
+    /// when they cannot be (the backplane's queue is full, or it refused a write). A
+    /// join or leave is answered only then (within a bound), so no resume can restore
+    /// the session as it was before an answered change; when the answer comes first,
+    /// it says so (`durable: false`), and the client makes the change again after its
+    /// next resume. Never resolving is fine (the server bounds the wait). `true` at
+    /// once by default (no sessions kept).
+    fn session_changes_written(&self, _client: ConnId) -> BoxFuture<'_, bool> {
+        Box::pin(std::future::ready(true))
     }
 
     /// The user (and `info`) each of these clients authenticated as, in order (`None`

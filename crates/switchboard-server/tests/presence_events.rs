@@ -4,7 +4,8 @@
 //! wrote the close's leaves let a resume on another node, before the detachment was
 //! written, find the session in no room: the client lost every later room message
 //! without a word (the Redis chaos test caught it). And a join or leave waits for the
-//! session's change to be written only when it changed the client's rooms.
+//! session's changes to be written, even one that changed nothing (it may repeat a
+//! change not written yet), and its answer says when they were not (`durable: false`).
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -19,11 +20,13 @@ use switchboard_test::{TIMEOUT, TestServer};
 use tokio::sync::mpsc;
 
 /// A backplane that only records the presence events it hears, and counts the waits
-/// for a session's changes to be written (it writes nothing). `sequences`: it numbers
-/// the cluster's messages, as Redis and NATS do (only then does a join wait).
+/// for a session's changes to be written (it writes nothing; `written`: what it says
+/// of them). `sequences`: it numbers the cluster's messages, as Redis and NATS do
+/// (only then does a join wait).
 struct Recorder {
     events: mpsc::UnboundedSender<PresenceEvent>,
     sequences: bool,
+    written: bool,
     waits: Arc<AtomicUsize>,
 }
 
@@ -32,6 +35,7 @@ impl Recorder {
         Recorder {
             events,
             sequences: false,
+            written: true,
             waits: Arc::default(),
         }
     }
@@ -56,9 +60,10 @@ impl Backplane for Recorder {
         self.sequences
     }
 
-    fn session_changes_written(&self, _client: ConnId) -> BoxFuture<'_, ()> {
+    fn session_changes_written(&self, _client: ConnId) -> BoxFuture<'_, bool> {
         self.waits.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async {})
+        let written = self.written;
+        Box::pin(async move { written })
     }
 
     fn connection_count(&self) -> BoxFuture<'_, Result<Option<usize>, BackplaneError>> {
@@ -146,40 +151,44 @@ async fn a_closing_connection_leaves_its_rooms_without_taking_them_from_its_sess
     server.stop().await;
 }
 
+/// Each join or leave waits for the session's changes, and its answer says
+/// `durable: false` when the backplane did not write them.
 #[tokio::test]
-async fn only_a_join_or_leave_that_changes_the_rooms_waits_for_the_session_write() {
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let backplane = Recorder {
-        sequences: true,
-        ..Recorder::new(tx)
-    };
-    let waits = backplane.waits.clone();
-    let server = TestServer::start(
-        Server::builder()
-            .config(TestServer::config())
-            .backplane(backplane),
-    )
-    .await;
-    let mut client = server.raw().await;
-    let mut ask = async |kind: &str, room: &str| {
-        client
-            .send(json!({"type":kind,"ref":"r","payload":{"room_id":room}}))
-            .await;
-        let ack = client.recv_type("ack").await;
-        assert_eq!(ack["payload"]["status"], "ok", "{ack}");
-        waits.load(Ordering::SeqCst)
-    };
-    assert_eq!(ask("join_room", "a").await, 1, "a join waits");
-    assert_eq!(
-        ask("join_room", "a").await,
-        1,
-        "joined already: nothing to wait for"
-    );
-    assert_eq!(
-        ask("leave_room", "b").await,
-        1,
-        "not a member: nothing to wait for"
-    );
-    assert_eq!(ask("leave_room", "a").await, 2, "a leave waits");
-    server.stop().await;
+async fn a_join_or_leave_waits_for_the_session_write_and_says_when_it_was_not_kept() {
+    for written in [true, false] {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let backplane = Recorder {
+            sequences: true,
+            written,
+            ..Recorder::new(tx)
+        };
+        let waits = backplane.waits.clone();
+        let server = TestServer::start(
+            Server::builder()
+                .config(TestServer::config())
+                .backplane(backplane),
+        )
+        .await;
+        let mut client = server.raw().await;
+        let mut ask = async |kind: &str, room: &str| {
+            client
+                .send(json!({"type":kind,"ref":"r","payload":{"room_id":room}}))
+                .await;
+            let ack = client.recv_type("ack").await;
+            assert_eq!(ack["payload"]["status"], "ok", "{ack}");
+            let durable = ack["payload"]["result"].get("durable").cloned();
+            assert_eq!(
+                durable,
+                (!written).then_some(json!(false)),
+                "{kind} {room}: {ack}"
+            );
+            waits.load(Ordering::SeqCst)
+        };
+        assert_eq!(ask("join_room", "a").await, 1, "a join waits");
+        // A change that changes nothing may repeat one not written yet.
+        assert_eq!(ask("join_room", "a").await, 2, "joined already: waits too");
+        assert_eq!(ask("leave_room", "b").await, 3, "not a member: waits too");
+        assert_eq!(ask("leave_room", "a").await, 4, "a leave waits");
+        server.stop().await;
+    }
 }

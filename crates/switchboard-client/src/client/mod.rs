@@ -109,6 +109,7 @@ impl Client {
             handlers: Arc::new(Mutex::new(Handlers::default())),
             pending: Mutex::new(HashMap::new()),
             rooms: Mutex::new(BTreeSet::new()),
+            unsettled: Mutex::new(BTreeSet::new()),
             state,
             close_info: Mutex::new(None),
             session: Mutex::new(Session::default()),
@@ -167,6 +168,7 @@ impl Client {
         *lock(&inner.streams) = Streams::default();
         lock(&inner.streams).connected(&positions);
         lock(&inner.rooms).clear();
+        lock(&inner.unsettled).clear();
         *lock(&inner.outbox) = Outbox {
             online: true,
             ..Outbox::default()

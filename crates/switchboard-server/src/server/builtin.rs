@@ -148,15 +148,16 @@ async fn join_room(server: Server, conn: Conn, env: Envelope) -> Result<Json<Val
         .learn_positions([crate::backplane::Target::Room(room.clone())])
         .await;
     let joined = server.join_room(&conn, &room).map_err(room_error)?;
-    if joined.added {
-        // A join that changed nothing has nothing to wait for.
-        server.session_changes_written(&conn).await;
-    }
+    // Even a join that changed nothing waits: the join it repeats may not be written.
+    let durable = server.session_changes_written(&conn).await;
     let members = server.room_size(&room);
     let mut answer = json!({ "room_id": room, "members": members });
     if let Some(position) = joined.position {
         // Where the room's stream is: the member's messages start after it.
         answer["position"] = json!(position);
+    }
+    if !durable {
+        answer["durable"] = json!(false);
     }
     Ok(Json(answer))
 }
@@ -167,11 +168,15 @@ async fn leave_room(
     env: Envelope,
 ) -> Result<Json<Value>, HandlerError> {
     let room = room_of(&env)?;
-    if server.leave(&conn, &room) {
-        server.session_changes_written(&conn).await;
-    }
+    server.leave(&conn, &room);
+    // Even a leave that changed nothing waits: the leave it repeats may not be written.
+    let durable = server.session_changes_written(&conn).await;
     let members = server.room_size(&room);
-    Ok(Json(json!({ "room_id": room, "members": members })))
+    let mut answer = json!({ "room_id": room, "members": members });
+    if !durable {
+        answer["durable"] = json!(false);
+    }
+    Ok(Json(answer))
 }
 
 #[cfg(test)]

@@ -57,20 +57,23 @@ impl Server {
     }
 
     /// In a cluster, waits (up to [`SESSION_WRITE_WAIT`]) until the backplane has
-    /// written the changes to `conn`'s session made so far: a join or leave that changed
-    /// the rooms is answered after, so a resume on another node never restores the
-    /// session without it.
-    pub(crate) async fn session_changes_written(&self, conn: &Conn) {
+    /// written the changes to `conn`'s session made so far: a join or leave is answered
+    /// after, so a resume on another node never restores the session without it.
+    /// `false` when they are not written (the backplane is away, or dropped them): the
+    /// answer then says so (`durable: false`), and the client makes the change again
+    /// after its next resume. `true` on one node.
+    pub(crate) async fn session_changes_written(&self, conn: &Conn) -> bool {
         if !self.inner.sequenced || self.inner.config.session_ttl.is_zero() {
-            return;
+            return true;
         }
         let written = self.inner.backplane.session_changes_written(conn.id());
-        if tokio::time::timeout(SESSION_WRITE_WAIT, written)
+        let kept = tokio::time::timeout(SESSION_WRITE_WAIT, written)
             .await
-            .is_err()
-        {
+            .unwrap_or(false);
+        if !kept {
             tracing::debug!(conn = %conn.id(), "a session's change is not written yet; answered anyway");
         }
+        kept
     }
 
     /// In a cluster, the backplane keeps a new session too, so its client may resume
