@@ -173,8 +173,9 @@ impl Shared {
                 None => (0, None),
             };
             if theirs.is_some_and(|t| t.record.generation > mine.record.generation) {
-                lock(&self.sessions).remove(&client);
-                return; // claimed elsewhere: not ours to write
+                // Claimed elsewhere: not ours to write.
+                forget_superseded(&mut lock(&self.sessions), client, mine.record.generation);
+                return;
             }
             let written = if revision == 0 {
                 link.sessions
@@ -330,4 +331,62 @@ pub(crate) fn detached(stored: &mut StoredSession, ttl: std::time::Duration, roo
     let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     stored.expires_ms = Some(now_ms().saturating_add(ttl));
     stored.rooms = rooms.into_iter().collect();
+}
+
+/// Forgets this node's copy of `client`'s session after a write of its `generation`
+/// was refused (another node claimed it since), unless this node has claimed it again
+/// in the meantime: a newer copy serves the client now, and its changes must go on
+/// being written. (A write queued in an older generation, tried again until the link
+/// came back, once removed the copy of a session that had come back to this node: its
+/// later joins and leaves were answered but never written, and the client's next
+/// resume elsewhere restored the rooms from before them.)
+fn forget_superseded(
+    sessions: &mut HashMap<ConnId, StoredSession>,
+    client: ConnId,
+    generation: u64,
+) {
+    if sessions
+        .get(&client)
+        .is_some_and(|kept| kept.record.generation <= generation)
+    {
+        sessions.remove(&client);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(client: ConnId, generation: u64) -> StoredSession {
+        StoredSession {
+            record: SessionRecord {
+                client,
+                session_id: format!("{client}.s"),
+                token: "t".into(),
+                epoch: String::new(),
+                identity: None,
+                ttl: std::time::Duration::from_secs(60),
+                generation,
+            },
+            rooms: BTreeSet::new(),
+            expires_ms: None,
+            attempt: 0,
+        }
+    }
+
+    #[test]
+    fn a_refused_write_forgets_only_a_copy_no_newer_than_itself() {
+        let client = ConnId::from_u64(7);
+        // The copy the write came from, or an older one: forgotten.
+        for kept in [2, 3] {
+            let mut sessions = HashMap::from([(client, stored(client, kept))]);
+            forget_superseded(&mut sessions, client, 3);
+            assert!(sessions.is_empty(), "a copy of generation {kept}");
+        }
+        // The session came back to this node (generation 5) before the refused write
+        // of generation 3 was tried again: its copy stays.
+        let mut sessions = HashMap::from([(client, stored(client, 5))]);
+        forget_superseded(&mut sessions, client, 3);
+        assert_eq!(sessions[&client].record.generation, 5);
+    }
 }
