@@ -73,7 +73,8 @@ pub struct ServerBuilder {
     hooks: Hooks,
     backplane: Arc<dyn Backplane>,
     authenticator: Option<Arc<dyn Authenticator>>,
-    policy: Arc<dyn crate::Policy>,
+    /// `None`: everything is allowed ([`OpenPolicy`](crate::OpenPolicy)).
+    policy: Option<Arc<dyn crate::Policy>>,
     methods: crate::rpc::Methods,
 }
 
@@ -104,7 +105,7 @@ impl ServerBuilder {
             hooks: Hooks::default(),
             backplane: Arc::new(LocalBackplane),
             authenticator: None,
-            policy: Arc::new(crate::OpenPolicy),
+            policy: None,
             methods: crate::rpc::Methods::default(),
         };
         builtin::register(builder)
@@ -280,7 +281,7 @@ impl ServerBuilder {
     ///     .build();
     /// ```
     pub fn policy(mut self, policy: impl crate::Policy) -> ServerBuilder {
-        self.policy = Arc::new(policy);
+        self.policy = Some(Arc::new(policy));
         self
     }
 
