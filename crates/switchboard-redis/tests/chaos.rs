@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard_client::{ConnectionState, Envelope, ResumeOutcome};
+use switchboard_test::cluster::sequence_faults;
 use switchboard_test::{RawClient, RedisServer, TIMEOUT};
 use tokio::sync::mpsc;
 
@@ -185,20 +186,14 @@ async fn a_client_cut_100_times_and_resumed_on_any_node_loses_and_duplicates_not
     }
     {
         let r = received.lock().unwrap();
-        let room: Vec<u64> = (0..ROOM_MESSAGES).collect();
-        let direct: Vec<u64> = (0..DIRECT_MESSAGES).collect();
-        assert!(
-            r.room[0] == room,
-            "node 0's room messages lost, duplicated or out of order"
-        );
-        assert!(
-            r.room[1] == room,
-            "node 1's room messages lost, duplicated or out of order"
-        );
-        assert!(
-            r.direct == direct,
-            "direct messages lost, duplicated or out of order"
-        );
+        let faults = [
+            ("node 0's room messages", sequence_faults(&r.room[0], ROOM_MESSAGES)),
+            ("node 1's room messages", sequence_faults(&r.room[1], ROOM_MESSAGES)),
+            ("direct messages", sequence_faults(&r.direct, DIRECT_MESSAGES)),
+        ];
+        for (what, fault) in faults {
+            assert!(fault.is_none(), "{what}: {}", fault.unwrap_or_default());
+        }
     }
     assert!(proxy.accepted() > CUTS, "every cut was a reconnect");
     assert_eq!(client.id(), id, "one session throughout");

@@ -49,3 +49,30 @@ pub fn sample(node: &TestServer, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(-1.0)
 }
+
+/// What is wrong with `got`, the numbers a chaos test's client received of `0..total`
+/// in the order they came (`None`: each once, in order): the runs missing, the numbers
+/// that came twice, and where the order first broke, with what came around it.
+pub fn sequence_faults(got: &[u64], total: u64) -> Option<String> {
+    if got.iter().copied().eq(0..total) {
+        return None;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let twice: Vec<u64> = got.iter().copied().filter(|i| !seen.insert(*i)).collect();
+    let mut missing: Vec<(u64, u64)> = Vec::new();
+    for i in (0..total).filter(|i| !seen.contains(i)) {
+        match missing.last_mut() {
+            Some((_, last)) if *last + 1 == i => *last = i,
+            _ => missing.push((i, i)),
+        }
+    }
+    let broke = got.windows(2).position(|w| w[1] <= w[0]).map(|at| {
+        let around = &got[at.saturating_sub(3)..(at + 5).min(got.len())];
+        format!("at place {} of {}: {around:?}", at + 1, got.len())
+    });
+    Some(format!(
+        "{} received of {total}; missing {missing:?}; twice {twice:?}; order first broken {}",
+        got.len(),
+        broke.as_deref().unwrap_or("nowhere")
+    ))
+}
