@@ -252,8 +252,9 @@ export declare class Client {
   request<R = unknown>(type: string, payload?: Record<string, unknown>, opts?: RequestOptions): Promise<R>;
   call<R = unknown>(method: string, params?: Record<string, unknown> | unknown[], opts?: RequestOptions): Promise<R>;
   methods(opts?: RequestOptions): Promise<MethodInfo[]>;
-  join(room: string): Promise<{ room_id: string; members: number; position?: Position }>;
-  leave(room: string): Promise<{ room_id: string; members: number }>;
+  /** `durable: false`: in a cluster, answered before the change was kept where a resume on another node reads it (the client sets it again after its next resume). */
+  join(room: string): Promise<{ room_id: string; members: number; position?: Position; durable?: false }>;
+  leave(room: string): Promise<{ room_id: string; members: number; durable?: false }>;
   rooms(): string[];
   isInRoom(room: string): boolean;
   on(type: string, fn: (msg: Envelope) => void): Handle;
