@@ -68,6 +68,8 @@ impl Shared {
     pub(crate) fn change_session(&self, client: ConnId, change: impl FnOnce(&mut StoredSession)) {
         let mut sessions = lock(&self.sessions);
         let Some(stored) = sessions.get_mut(&client) else {
+            drop(sessions);
+            self.write_session(SessionWrite::NotKept);
             return;
         };
         change(stored);
@@ -90,7 +92,7 @@ impl Shared {
     pub(crate) fn session_writes_done(&self) -> impl std::future::Future<Output = bool> + use<> {
         let (written, wait) = tokio::sync::oneshot::channel();
         let _ = self.session_writes.try_send(SessionWrite::Written(written));
-        async move { wait.await.is_ok() }
+        async move { wait.await.unwrap_or(false) }
     }
 
     fn write_session(&self, write: SessionWrite) {
@@ -102,11 +104,13 @@ impl Shared {
     }
 
     /// Writes the sessions' changes in order; of several for one session waiting at
-    /// once, only the last record is written.
+    /// once, only the last record is written. A mark is told whether every write since
+    /// the mark before was made.
     pub(crate) async fn session_loop(
         self: std::sync::Arc<Self>,
         mut rx: mpsc::Receiver<SessionWrite>,
     ) {
+        let mut all_made = true;
         loop {
             let first = tokio::select! {
                 () = self.stop.cancelled() => return,
@@ -131,11 +135,12 @@ impl Shared {
             for (i, w) in batch.into_iter().enumerate() {
                 match w {
                     SessionWrite::Put(c, value) if last.get(&c) == Some(&i) => {
-                        self.put_session(c, value).await;
+                        all_made &= self.put_session(c, value).await;
                     }
                     SessionWrite::End(c) if last.get(&c) == Some(&i) => self.end_session(c).await,
+                    SessionWrite::NotKept => all_made = false,
                     SessionWrite::Written(waiting) => {
-                        let _ = waiting.send(());
+                        let _ = waiting.send(std::mem::replace(&mut all_made, true));
                     }
                     _ => {}
                 }
@@ -148,11 +153,13 @@ impl Shared {
     /// claim. A write that fails (the link is down, or another write came first) is
     /// tried again until it is done or the node stops: a room change dropped here
     /// would be undone by the client's next resume on another node. (The writes after
-    /// it wait meanwhile, in order.)
-    pub(crate) async fn put_session(&self, client: ConnId, value: Bytes) {
-        let Ok(link) = self.link() else { return };
+    /// it wait meanwhile, in order.) True when it was written; false when it was
+    /// refused (the session moved: the change it carries is not in the cluster's
+    /// record, and the join or leave that made it says `durable: false`).
+    pub(crate) async fn put_session(&self, client: ConnId, value: Bytes) -> bool {
+        let Ok(link) = self.link() else { return false };
         let Ok(mine) = serde_json::from_slice::<StoredSession>(&value) else {
-            return;
+            return false;
         };
         let mut backoff = RETRY_FIRST;
         while !self.stop.is_cancelled() {
@@ -175,7 +182,7 @@ impl Shared {
             if theirs.is_some_and(|t| t.record.generation > mine.record.generation) {
                 // Claimed elsewhere: not ours to write.
                 forget_superseded(&mut lock(&self.sessions), client, mine.record.generation);
-                return;
+                return false;
             }
             let written = if revision == 0 {
                 link.sessions
@@ -191,13 +198,14 @@ impl Shared {
                     .map_err(|e| e.to_string())
             };
             match written {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(e) => {
                     tracing::debug!(error = %e, "a session's record was not written; again");
                     self.pause(&mut backoff).await;
                 }
             }
         }
+        false
     }
 
     /// Removes an ended session's record (tried again until done or the node stops: a

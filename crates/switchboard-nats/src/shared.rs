@@ -56,8 +56,13 @@ pub(crate) enum SessionWrite {
     Put(ConnId, Bytes),
     /// The session ended: its record and its direct messages go.
     End(ConnId),
-    /// Told once every write queued before it is done.
-    Written(tokio::sync::oneshot::Sender<()>),
+    /// A change to a session this node keeps no copy of (it never kept it in the
+    /// cluster, or let it go when another node claimed it): nothing to write, and the
+    /// next mark says the changes were not all made.
+    NotKept,
+    /// Told once every write queued before it is done: whether they all were made
+    /// (`false` when one was refused since the last mark: the session had moved).
+    Written(tokio::sync::oneshot::Sender<bool>),
 }
 
 impl Out {

@@ -154,9 +154,18 @@ async fn a_client_cut_100_times_and_resumed_on_any_node_loses_and_duplicates_not
     {
         let r = received.lock().unwrap();
         let faults = [
-            ("node 0's room messages", sequence_faults(&r.room[0], ROOM_MESSAGES)),
-            ("node 1's room messages", sequence_faults(&r.room[1], ROOM_MESSAGES)),
-            ("direct messages", sequence_faults(&r.direct, DIRECT_MESSAGES)),
+            (
+                "node 0's room messages",
+                sequence_faults(&r.room[0], ROOM_MESSAGES),
+            ),
+            (
+                "node 1's room messages",
+                sequence_faults(&r.room[1], ROOM_MESSAGES),
+            ),
+            (
+                "direct messages",
+                sequence_faults(&r.direct, DIRECT_MESSAGES),
+            ),
         ];
         for (what, fault) in faults {
             assert!(fault.is_none(), "{what}: {}", fault.unwrap_or_default());

@@ -8,7 +8,7 @@ mod common;
 use common::node;
 use serde_json::json;
 use switchboard_nats::NatsBackplane;
-use switchboard_server::{ConnId, Server};
+use switchboard_server::{Backplane, ConnId, Server};
 use switchboard_test::cluster::{connect, eventually, join, sample};
 use switchboard_test::routing;
 use switchboard_test::{NatsServer, TIMEOUT, TestServer};
@@ -416,4 +416,49 @@ async fn a_leave_nats_had_not_kept_is_made_again_after_a_resume_elsewhere() {
     for n in nodes {
         n.stop().await;
     }
+}
+
+/// A join or leave whose record write NATS refused (the session was claimed on another
+/// node meanwhile, a notice this node has not heard) is answered `durable: false`: the
+/// change is not in the cluster's record. It was answered as kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_refused_because_the_session_moved_is_answered_not_durable() {
+    let nats = NatsServer::start();
+    let prefix = "refused";
+    let a = node(&nats.url(), prefix).await;
+    let other = NatsBackplane::with_config(&nats.url(), common::config(prefix)).unwrap();
+    let b = common::node_over(other.clone()).await;
+    let (mut client, hello) = connect(&a).await;
+    let id: ConnId = client.id.parse().unwrap();
+    let answer = |r: serde_json::Value| r["payload"]["result"].clone();
+    client
+        .send(json!({"type":"join_room","ref":"j","payload":{"room_id":"kept"}}))
+        .await;
+    let joined = answer(client.recv_type("ack").await);
+    assert_eq!(joined.get("durable"), None, "written: {joined}");
+
+    // Node b claims the session (generation 2) through its backplane, as a resume there
+    // would, without telling node a.
+    let resume = switchboard_server::proto::ResumeRequest {
+        session_id: hello["session_id"].as_str().unwrap().to_owned(),
+        token: hello["resume_token"].as_str().unwrap().to_owned(),
+        streams: Default::default(),
+        resend: Vec::new(),
+        attempt: 0,
+    };
+    let (record, _) = other.claim_session(id, &resume).await.unwrap().unwrap();
+    assert_eq!(record.generation, 2);
+    client
+        .send(json!({"type":"leave_room","ref":"l","payload":{"room_id":"kept"}}))
+        .await;
+    let left = answer(client.recv_type("ack").await);
+    assert_eq!(left["durable"], false, "refused: {left}");
+    // And so is every later change from this copy (node a let it go).
+    client
+        .send(json!({"type":"join_room","ref":"j2","payload":{"room_id":"later"}}))
+        .await;
+    let later = answer(client.recv_type("ack").await);
+    assert_eq!(later["durable"], false, "not kept: {later}");
+    a.stop().await;
+    b.stop().await;
 }

@@ -91,7 +91,10 @@ async fn a_client_joining_and_leaving_while_cut_ends_in_the_rooms_it_chose() {
         .await
         .expect("resumed once more")
         .unwrap();
-    assert!(outcome.fully_recovered(), "{outcome:?}");
+    assert!(
+        outcome.fully_recovered(),
+        "the client is in {expected:?}: {outcome:?}"
+    );
     let rooms: Vec<&String> = outcome.rooms.keys().collect();
     assert_eq!(rooms, expected.iter().collect::<Vec<_>>());
     client.close().await;
