@@ -92,6 +92,24 @@ export function tokenExpiry(token) {
  *   client.sendTo("general", "chat", { text: "hello" });
  *   const sum = await client.call("sum", { numbers: [1, 2] });
  */
+// The rooms the requests in flight (`[ref, {data}]`, oldest first) join.
+function roomsBeingJoined(inFlight) {
+  const rooms = new Set();
+  for (const [, p] of inFlight) {
+    if (typeof p.data !== "string") continue;
+    let env;
+    try {
+      env = JSON.parse(p.data);
+    } catch {
+      continue;
+    }
+    if (!env || (env.type !== "join_room" && env.type !== "subscribe")) continue;
+    const room = env.payload && (env.payload.room_id ?? env.payload.topic);
+    if (typeof room === "string") rooms.add(room);
+  }
+  return rooms;
+}
+
 export class Client {
   /** Creates a client without connecting; call `connect()`. */
   constructor(url, options = {}) {
@@ -341,9 +359,12 @@ export class Client {
       if (outcome) {
         // A room this client left in a leave the cluster had not kept when it was
         // answered, which the resumed session has (it came back from before the leave):
-        // left again, and not reported (the client is not in it).
+        // left again, and not reported (the client is not in it). Not a room being
+        // joined: its join, sent again below, may be answered from the server's record
+        // of answers without being made again.
+        const joining = roomsBeingJoined(this._inFlight());
         for (const room of this._unsettled) {
-          if (this._rooms.has(room) || !outcome.rooms || !(room in outcome.rooms)) continue;
+          if (this._rooms.has(room) || joining.has(room) || !outcome.rooms || !(room in outcome.rooms)) continue;
           delete outcome.rooms[room];
           this._sendOn(this._ws, JSON.stringify({ type: "leave_room", ref: `releave:${room}`, payload: { room_id: room } }));
         }

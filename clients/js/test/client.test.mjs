@@ -665,3 +665,35 @@ test("a room left in a leave the cluster had not kept is left again when the res
   ws.deliver({ type: "ack", payload: { ref: again.ref, status: "ok", result: { room_id: "flip", members: 0 } } });
   await c.close();
 });
+
+test("a room being joined again is not left after a resume, whatever its last leave said", async () => {
+  const opened = await scriptedClient();
+  const { c } = opened;
+  let ws = opened.ws;
+  const joining = c.join("flip");
+  const join = await ws.sent.next();
+  ws.deliver({ type: "ack", payload: { ref: join.ref, status: "ok", result: { room_id: "flip", members: 1 } } });
+  await joining;
+  const leaving = c.leave("flip");
+  const leave = await ws.sent.next();
+  ws.deliver({ type: "ack", payload: { ref: leave.ref, status: "ok", result: { room_id: "flip", members: 0, durable: false } } });
+  await leaving;
+  // Joined again; the connection drops before the answer.
+  const rejoining = c.join("flip");
+  const again = await ws.sent.next();
+  assert.equal(again.type, "join_room");
+  ws.onclose({ code: 1006, reason: "" });
+  ws = await ScriptedSocket.opened.next();
+  const resume = await ws.sent.next();
+  assert.deepEqual(resume.payload.resend, [again.ref]);
+  const restored = { recovered: true, missed: 0, position: position(1) };
+  ws.deliver(connected({ resumed: true, session: restored, rooms: { flip: restored } }));
+  // The join is sent again, and no leave before it.
+  const next = await ws.sent.next();
+  assert.equal(next.type, "join_room");
+  assert.equal(next.ref, again.ref);
+  ws.deliver({ type: "ack", payload: { ref: again.ref, status: "ok", result: { room_id: "flip", members: 1 } } });
+  await rejoining;
+  assert.deepEqual(c.rooms(), ["flip"]);
+  await c.close();
+});

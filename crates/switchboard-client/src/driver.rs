@@ -91,7 +91,8 @@ async fn reconnect_loop(inner: &Arc<Inner>, hint: Reconnect) -> Option<Ws> {
                 let rejoined = match session.resumed.as_mut().filter(|_| resumed) {
                     Some(outcome) => {
                         let missing = rooms_not_restored(inner, outcome);
-                        let left = rooms_left_but_restored(inner, outcome, &unsettled);
+                        let joining = rooms_being_joined(&in_flight);
+                        let left = rooms_left_but_restored(inner, outcome, &unsettled, &joining);
                         match rejoin(inner, &mut ws, &missing).await {
                             Ok(()) => leave_again(&mut ws, &left).await,
                             Err(e) => Err(e),
@@ -233,11 +234,13 @@ fn rooms_left_but_restored(
     inner: &Inner,
     outcome: &mut ResumeOutcome,
     unsettled: &BTreeSet<String>,
+    joining: &BTreeSet<String>,
 ) -> Vec<String> {
     let rooms = lock(&inner.rooms);
     let left: Vec<String> = unsettled
         .iter()
         .filter(|room| !rooms.contains(*room) && outcome.rooms.contains_key(*room))
+        .filter(|room| !joining.contains(*room))
         .cloned()
         .collect();
     for room in &left {
@@ -245,6 +248,24 @@ fn rooms_left_but_restored(
         outcome.rooms.remove(room);
     }
     left
+}
+
+/// The rooms the requests in flight join (`join_room`, `subscribe`). A room being joined
+/// is not yet among the client's rooms, and is never left again after a resume: the
+/// join, sent again after the leave, may be answered from the server's record of
+/// answers without being made again, and the client would end out of a room it then
+/// counts itself in.
+fn rooms_being_joined(in_flight: &[(String, Message)]) -> BTreeSet<String> {
+    in_flight
+        .iter()
+        .filter_map(|(_, frame)| Envelope::decode(frame.to_text().ok()?).ok())
+        .filter(|env| env.kind == types::JOIN_ROOM || env.kind == types::SUBSCRIBE)
+        .filter_map(|env| {
+            let payload: serde_json::Value = env.payload.deserialize().ok()?;
+            let room = payload.get("room_id").or_else(|| payload.get("topic"));
+            room?.as_str().map(str::to_owned)
+        })
+        .collect()
 }
 
 /// Leaves `rooms` again on a new connection (see [`rooms_left_but_restored`]).
@@ -575,5 +596,25 @@ fn note_join(inner: &Inner, ack: &Ack) {
     };
     if let Ok(position) = serde_json::from_value::<switchboard_proto::Position>(position.clone()) {
         lock(&inner.streams).joined(room, &position);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rooms_being_joined_are_those_of_the_joins_in_flight() {
+        let in_flight: Vec<(String, Message)> = [
+            r#"{"type":"join_room","ref":"a","payload":{"room_id":"one"}}"#,
+            r#"{"type":"subscribe","ref":"b","payload":{"topic":"two"}}"#,
+            r#"{"type":"leave_room","ref":"c","payload":{"room_id":"three"}}"#,
+            r#"{"type":"rpc","ref":"d","payload":{"method":"join_room","params":{"room_id":"four"}}}"#,
+        ]
+        .into_iter()
+        .map(|text| (String::new(), Message::text(text)))
+        .collect();
+        let joining: Vec<String> = rooms_being_joined(&in_flight).into_iter().collect();
+        assert_eq!(joining, ["one", "two"]);
     }
 }
