@@ -194,9 +194,7 @@ impl Shared {
         joined: bool,
     ) {
         let what = if joined { "join" } else { "leave" };
-        // Not ignored: the only answers a batch reads (1 made, 0 refused), so the
-        // join or leave can say whether its change is in the record.
-        self.change_pipe(pipe, session, what).arg(room);
+        self.change_pipe(pipe, session, what).arg(room).ignore();
     }
 
     /// A session's connection dropped: the record waits `ttl` for a resume, with the

@@ -27,8 +27,6 @@ impl Shared {
         let mut number: u64 = 0;
         let mut backoff = Duration::from_millis(50);
         let mut stopping = false;
-        // Every join and leave since the last mark was made (see `Out::Written`).
-        let mut all_made = true;
         loop {
             if batch.is_empty() {
                 if stopping {
@@ -72,15 +70,14 @@ impl Shared {
                 },
             };
             match written {
-                Ok(made) => {
-                    all_made &= made;
+                Ok(()) => {
                     let bytes: usize = batch.iter().map(|(_, o)| o.bytes()).sum();
                     self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                     self.published
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     for (_, item) in batch.drain(..) {
                         if let Out::Written(waiting) = item {
-                            let _ = waiting.send(std::mem::replace(&mut all_made, true));
+                            let _ = waiting.send(());
                         }
                     }
                     backoff = Duration::from_millis(50);
@@ -115,14 +112,13 @@ impl Shared {
         }
     }
 
-    /// One round trip: the membership rewrite if one is due, then the batch. True when
-    /// Redis made every join and leave in it (their changes' only answers read).
+    /// One round trip: the membership rewrite if one is due, then the batch.
     async fn write_batch(
         &self,
         conn: &mut redis::aio::ConnectionManager,
         sha: &str,
         batch: &[(u64, Out)],
-    ) -> redis::RedisResult<bool> {
+    ) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
         let resync = self.resync.swap(false, Ordering::AcqRel);
         if resync {
@@ -140,13 +136,13 @@ impl Shared {
             }
         }
         if pipe.is_empty() {
-            return Ok(true);
+            return Ok(());
         }
-        let written = pipe.query_async::<Vec<i64>>(conn).await;
+        let written = pipe.query_async::<()>(conn).await;
         if written.is_err() && resync {
             self.resync.store(true, Ordering::Release);
         }
-        written.map(|changes| !changes.contains(&0))
+        written
     }
 
     /// The heartbeat: this node is alive; dead ones are reaped.
