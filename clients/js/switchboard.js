@@ -83,15 +83,6 @@ export function tokenExpiry(token) {
   }
 }
 
-/**
- * A connection to a switchboard server.
- *
- *   const client = await Client.connect("ws://localhost:8080/ws");
- *   client.on("chat", (msg) => console.log(msg.from, msg.payload));
- *   await client.join("general");
- *   client.sendTo("general", "chat", { text: "hello" });
- *   const sum = await client.call("sum", { numbers: [1, 2] });
- */
 // The rooms the requests in flight (`[ref, {data}]`, oldest first) join.
 function roomsBeingJoined(inFlight) {
   const rooms = new Set();
@@ -110,6 +101,15 @@ function roomsBeingJoined(inFlight) {
   return rooms;
 }
 
+/**
+ * A connection to a switchboard server.
+ *
+ *   const client = await Client.connect("ws://localhost:8080/ws");
+ *   client.on("chat", (msg) => console.log(msg.from, msg.payload));
+ *   await client.join("general");
+ *   client.sendTo("general", "chat", { text: "hello" });
+ *   const sum = await client.call("sum", { numbers: [1, 2] });
+ */
 export class Client {
   /** Creates a client without connecting; call `connect()`. */
   constructor(url, options = {}) {
@@ -343,6 +343,7 @@ export class Client {
       // Rooms first (unless the resumed session has them), then what was in flight,
       // then the queue: the server handles a connection's messages in order, so the
       // rooms are joined before anything queued for them arrives.
+      const inFlight = this._inFlight();
       const outcome = session.resumed && session.resumed.resumed ? session.resumed : null;
       for (const room of this._rooms) {
         if (outcome) {
@@ -362,7 +363,7 @@ export class Client {
         // left again, and not reported (the client is not in it). Not a room being
         // joined: its join, sent again below, may be answered from the server's record
         // of answers without being made again.
-        const joining = roomsBeingJoined(this._inFlight());
+        const joining = roomsBeingJoined(inFlight);
         for (const room of this._unsettled) {
           if (this._rooms.has(room) || joining.has(room) || !outcome.rooms || !(room in outcome.rooms)) continue;
           delete outcome.rooms[room];
@@ -371,7 +372,7 @@ export class Client {
       }
       // Set as this client has them; the answers to what was just sent say again.
       this._unsettled.clear();
-      for (const [, p] of this._inFlight()) this._sendOn(this._ws, p.data);
+      for (const [, p] of inFlight) this._sendOn(this._ws, p.data);
     }
     this._setState(ConnectionState.OPEN);
     this._scheduleRefresh();

@@ -1,16 +1,11 @@
 //! The task behind a client: runs one connection at a time, and between connections
 //! reconnects with backoff, authenticates, rejoins rooms and flushes the offline queue.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
-use switchboard_proto::{
-    Ack, Envelope, ErrorBody, Parts, Payload, Position, Reconnect, Recovery, RecoveryGap,
-    ResumeOutcome, encode_parts, reconnect_hint, types,
-};
+use switchboard_proto::{Ack, Envelope, ErrorBody, Reconnect, reconnect_hint, types};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -18,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::connect::{self, AUTH_REF, Ws};
 use crate::handlers::{ReconnectAttempt, call_all, snapshot};
 use crate::locks::lock;
+use crate::room_sync;
 use crate::state::{Inner, Outgoing};
 use crate::{ClientError, ConnectError, RequestError};
 use crate::{CloseInfo, ConnectionState};
@@ -85,24 +81,8 @@ async fn reconnect_loop(inner: &Arc<Inner>, hint: Reconnect) -> Option<Ws> {
                 // Rooms first (unless the resumed session has them), then what was in
                 // flight, then what was queued: the server handles a connection's
                 // messages in order, so the rooms are joined before anything sent to them.
-                // Rooms whose last change may not have reached the session are set
-                // again; their answers say whether they are kept now.
-                let unsettled = lock(&inner.unsettled).clone();
-                let rejoined = match session.resumed.as_mut().filter(|_| resumed) {
-                    Some(outcome) => {
-                        let missing = rooms_not_restored(inner, outcome);
-                        let joining = rooms_being_joined(&in_flight);
-                        let left = rooms_left_but_restored(inner, outcome, &unsettled, &joining);
-                        match rejoin(inner, &mut ws, &missing).await {
-                            Ok(()) => leave_again(&mut ws, &left).await,
-                            Err(e) => Err(e),
-                        }
-                    }
-                    None => {
-                        let rooms: Vec<String> = lock(&inner.rooms).iter().cloned().collect();
-                        rejoin(inner, &mut ws, &rooms).await
-                    }
-                };
+                let outcome = session.resumed.as_mut().filter(|_| resumed);
+                let rejoined = room_sync::set_rooms(inner, &mut ws, outcome, &in_flight).await;
                 if rejoined.is_err() || resend(&mut ws, &in_flight).await.is_err() {
                     inner.report(&ClientError::Connection {
                         attempt,
@@ -111,9 +91,7 @@ async fn reconnect_loop(inner: &Arc<Inner>, hint: Reconnect) -> Option<Ws> {
                     });
                     continue;
                 }
-                // Set as this client has them (the answers to what was just sent, read
-                // from here on, unsettle a room again if need be).
-                lock(&inner.unsettled).clear();
+                room_sync::settled(inner);
                 tracing::info!(url = %inner.url, attempt, client_id = %session.client_id, "reconnected");
                 *lock(&inner.session) = session.clone();
                 let closing = {
@@ -204,118 +182,6 @@ async fn resend(
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     for (_, frame) in frames {
         ws.feed(frame.clone()).await?;
-    }
-    ws.flush().await
-}
-
-/// The rooms this client was in that a resumed session did not give back: each is
-/// added to the outcome as not recovered ([`RecoveryGap::NotRestored`]), to be joined
-/// again. A server gives every room back; this keeps a client from staying out of a
-/// room without a word if one does not.
-fn rooms_not_restored(inner: &Inner, outcome: &mut ResumeOutcome) -> Vec<String> {
-    let missing: Vec<String> = lock(&inner.rooms)
-        .iter()
-        .filter(|room| !outcome.rooms.contains_key(*room))
-        .cloned()
-        .collect();
-    for room in &missing {
-        tracing::warn!(%room, "the resumed session is not in a room this client was in: joining it again");
-        let lost = Recovery::lost(RecoveryGap::NotRestored, Position::new("", 0));
-        outcome.rooms.insert(room.clone(), lost);
-    }
-    missing
-}
-
-/// The rooms a resumed session gave back that this client left, in a leave the server
-/// answered before the cluster had kept it (`unsettled`): the session came back from
-/// before the leave (it moved to another node before the leave was written). Taken out
-/// of the outcome (the client is not in them), to be left again.
-fn rooms_left_but_restored(
-    inner: &Inner,
-    outcome: &mut ResumeOutcome,
-    unsettled: &BTreeSet<String>,
-    joining: &BTreeSet<String>,
-) -> Vec<String> {
-    let rooms = lock(&inner.rooms);
-    let left: Vec<String> = unsettled
-        .iter()
-        .filter(|room| !rooms.contains(*room) && outcome.rooms.contains_key(*room))
-        .filter(|room| !joining.contains(*room))
-        .cloned()
-        .collect();
-    for room in &left {
-        tracing::info!(%room, "the resumed session is in a room this client left: leaving it again");
-        outcome.rooms.remove(room);
-    }
-    left
-}
-
-/// The rooms the requests in flight join (`join_room`, `subscribe`). A room being joined
-/// is not yet among the client's rooms, and is never left again after a resume: the
-/// join, sent again after the leave, may be answered from the server's record of
-/// answers without being made again, and the client would end out of a room it then
-/// counts itself in.
-fn rooms_being_joined(in_flight: &[(String, Message)]) -> BTreeSet<String> {
-    in_flight
-        .iter()
-        .filter_map(|(_, frame)| Envelope::decode(frame.to_text().ok()?).ok())
-        .filter(|env| env.kind == types::JOIN_ROOM || env.kind == types::SUBSCRIBE)
-        .filter_map(|env| {
-            let payload: serde_json::Value = env.payload.deserialize().ok()?;
-            let room = payload.get("room_id").or_else(|| payload.get("topic"));
-            room?.as_str().map(str::to_owned)
-        })
-        .collect()
-}
-
-/// Leaves `rooms` again on a new connection (see [`rooms_left_but_restored`]).
-async fn leave_again(
-    ws: &mut Ws,
-    rooms: &[String],
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    for room in rooms {
-        ws.feed(room_change(
-            types::LEAVE_ROOM,
-            &format!("releave:{room}"),
-            room,
-        ))
-        .await?;
-    }
-    ws.flush().await
-}
-
-/// A `join_room` or `leave_room` frame the client sends of itself.
-fn room_change(kind: &str, ref_id: &str, room: &str) -> Message {
-    let payload =
-        Payload::from_serialize(&json!({ "room_id": room })).unwrap_or_else(|_| Payload::empty());
-    Message::text(encode_parts(&Parts {
-        kind,
-        payload: &payload,
-        ref_id: Some(ref_id),
-        room: None,
-        to: None,
-        from: None,
-        trace: None,
-        offset: None,
-    }))
-}
-
-/// Joins `rooms` again on a new connection (a fresh session's, or those a resumed one
-/// did not give back).
-async fn rejoin(
-    inner: &Inner,
-    ws: &mut Ws,
-    rooms: &[String],
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    for room in rooms {
-        // A fresh start in the room: its position comes with the answer.
-        lock(&inner.streams).forget_room(room);
-        ws.feed(room_change(
-            types::JOIN_ROOM,
-            &format!("rejoin:{room}"),
-            room,
-        ))
-        .await?;
     }
     ws.flush().await
 }
@@ -516,8 +382,7 @@ fn dispatch(inner: &Inner, text: &str) {
         }
         types::ACK => {
             if let Ok(ack) = env.payload_as::<Ack>() {
-                note_join(inner, &ack);
-                note_room_kept(inner, &ack);
+                room_sync::note_answer(inner, &ack);
                 if let Some(p) = lock(&inner.pending).remove(&ack.ref_id) {
                     let _ = p.tx.send(ack.into_result().map_err(RequestError::from));
                 } else if ack.ref_id.starts_with("rejoin:")
@@ -568,53 +433,5 @@ fn dispatch(inner: &Inner, text: &str) {
         if s.try_send(env.clone()).is_err() && !s.is_closed() {
             tracing::warn!(kind = %env.kind, "a message stream is full; message dropped for it");
         }
-    }
-}
-
-/// The answer to a join gives the room stream's position: where the member's
-/// messages start.
-/// The answer to a join or leave (`{room_id, members}`) says whether the cluster kept
-/// the change before it was sent: a room whose change it did not (`durable: false`) is
-/// set again after the next resume; a later answer for the room settles it.
-fn note_room_kept(inner: &Inner, ack: &Ack) {
-    let Some(result) = &ack.result else { return };
-    let (Some(room), true) = (result["room_id"].as_str(), result["members"].is_u64()) else {
-        return;
-    };
-    let mut unsettled = lock(&inner.unsettled);
-    if result["durable"] == false {
-        unsettled.insert(room.to_owned());
-    } else {
-        unsettled.remove(room);
-    }
-}
-
-fn note_join(inner: &Inner, ack: &Ack) {
-    let Some(result) = &ack.result else { return };
-    let (Some(room), Some(position)) = (result["room_id"].as_str(), result.get("position")) else {
-        return;
-    };
-    if let Ok(position) = serde_json::from_value::<switchboard_proto::Position>(position.clone()) {
-        lock(&inner.streams).joined(room, &position);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_rooms_being_joined_are_those_of_the_joins_in_flight() {
-        let in_flight: Vec<(String, Message)> = [
-            r#"{"type":"join_room","ref":"a","payload":{"room_id":"one"}}"#,
-            r#"{"type":"subscribe","ref":"b","payload":{"topic":"two"}}"#,
-            r#"{"type":"leave_room","ref":"c","payload":{"room_id":"three"}}"#,
-            r#"{"type":"rpc","ref":"d","payload":{"method":"join_room","params":{"room_id":"four"}}}"#,
-        ]
-        .into_iter()
-        .map(|text| (String::new(), Message::text(text)))
-        .collect();
-        let joining: Vec<String> = rooms_being_joined(&in_flight).into_iter().collect();
-        assert_eq!(joining, ["one", "two"]);
     }
 }

@@ -35,6 +35,7 @@ mod driver;
 mod error;
 mod handlers;
 mod locks;
+mod room_sync;
 mod socket;
 mod state;
 mod status;

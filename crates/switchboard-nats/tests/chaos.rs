@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard_client::{ConnectionState, Envelope, ResumeOutcome};
-use switchboard_test::cluster::sequence_faults;
+use switchboard_test::cluster::assert_each_once_in_order;
 use switchboard_test::{NatsServer, RawClient, TIMEOUT};
 use tokio::sync::mpsc;
 
@@ -153,23 +153,9 @@ async fn a_client_cut_100_times_and_resumed_on_any_node_loses_and_duplicates_not
         });
     {
         let r = received.lock().unwrap();
-        let faults = [
-            (
-                "node 0's room messages",
-                sequence_faults(&r.room[0], ROOM_MESSAGES),
-            ),
-            (
-                "node 1's room messages",
-                sequence_faults(&r.room[1], ROOM_MESSAGES),
-            ),
-            (
-                "direct messages",
-                sequence_faults(&r.direct, DIRECT_MESSAGES),
-            ),
-        ];
-        for (what, fault) in faults {
-            assert!(fault.is_none(), "{what}: {}", fault.unwrap_or_default());
-        }
+        assert_each_once_in_order("node 0's room messages", &r.room[0], ROOM_MESSAGES);
+        assert_each_once_in_order("node 1's room messages", &r.room[1], ROOM_MESSAGES);
+        assert_each_once_in_order("direct messages", &r.direct, DIRECT_MESSAGES);
     }
     assert!(proxy.accepted() > CUTS, "every cut was a reconnect");
     assert_eq!(client.id(), id, "one session throughout");

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard_client::{ConnectionState, Envelope, ResumeOutcome};
-use switchboard_test::cluster::sequence_faults;
+use switchboard_test::cluster::{assert_each_once_in_order, sequence_faults};
 use switchboard_test::{RawClient, RedisServer, TIMEOUT};
 use tokio::sync::mpsc;
 
@@ -34,19 +34,6 @@ impl Received {
     fn count(&self) -> u64 {
         (self.room[0].len() + self.room[1].len() + self.direct.len()) as u64
     }
-}
-
-/// The runs of `0..total` not in `got`, as `(first, last)` pairs.
-fn missing(got: &[u64], total: u64) -> Vec<(u64, u64)> {
-    let seen: std::collections::HashSet<u64> = got.iter().copied().collect();
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    for i in (0..total).filter(|i| !seen.contains(i)) {
-        match runs.last_mut() {
-            Some((_, last)) if *last + 1 == i => *last = i,
-            _ => runs.push((i, i)),
-        }
-    }
-    runs
 }
 
 /// Sends `room` messages to the room and `direct` ones to `to`, interleaved, in a
@@ -174,35 +161,18 @@ async fn a_client_cut_100_times_and_resumed_on_any_node_loses_and_duplicates_not
         let r = received.lock().unwrap();
         let lost = lost.lock().unwrap();
         panic!(
-            "got {}+{} of {ROOM_MESSAGES}x2 room and {} of {DIRECT_MESSAGES} direct messages; missing: room 0 {:?}, room 1 {:?}, direct {:?}; resumes that did not recover: {lost:?}; the client's rooms {:?}; its session's rooms in Redis {session_rooms:?}, its record {record:?}",
-            r.room[0].len(),
-            r.room[1].len(),
-            r.direct.len(),
-            missing(&r.room[0], ROOM_MESSAGES),
-            missing(&r.room[1], ROOM_MESSAGES),
-            missing(&r.direct, DIRECT_MESSAGES),
+            "not everything came: room 0 {:?}, room 1 {:?}, direct {:?}; resumes that did not recover: {lost:?}; the client's rooms {:?}; its session's rooms in Redis {session_rooms:?}, its record {record:?}",
+            sequence_faults(&r.room[0], ROOM_MESSAGES),
+            sequence_faults(&r.room[1], ROOM_MESSAGES),
+            sequence_faults(&r.direct, DIRECT_MESSAGES),
             client.rooms(),
         );
     }
     {
         let r = received.lock().unwrap();
-        let faults = [
-            (
-                "node 0's room messages",
-                sequence_faults(&r.room[0], ROOM_MESSAGES),
-            ),
-            (
-                "node 1's room messages",
-                sequence_faults(&r.room[1], ROOM_MESSAGES),
-            ),
-            (
-                "direct messages",
-                sequence_faults(&r.direct, DIRECT_MESSAGES),
-            ),
-        ];
-        for (what, fault) in faults {
-            assert!(fault.is_none(), "{what}: {}", fault.unwrap_or_default());
-        }
+        assert_each_once_in_order("node 0's room messages", &r.room[0], ROOM_MESSAGES);
+        assert_each_once_in_order("node 1's room messages", &r.room[1], ROOM_MESSAGES);
+        assert_each_once_in_order("direct messages", &r.direct, DIRECT_MESSAGES);
     }
     assert!(proxy.accepted() > CUTS, "every cut was a reconnect");
     assert_eq!(client.id(), id, "one session throughout");

@@ -50,9 +50,17 @@ pub fn sample(node: &TestServer, name: &str) -> f64 {
         .unwrap_or(-1.0)
 }
 
-/// What is wrong with `got`, the numbers a chaos test's client received of `0..total`
-/// in the order they came (`None`: each once, in order): the runs missing, the numbers
-/// that came twice, and where the order first broke, with what came around it.
+/// Asserts that `got`, the numbers a chaos test's client received of `0..total` (its
+/// `what`) in the order they came, holds each once, in order; otherwise it says what is
+/// wrong: the runs missing, the numbers that came twice, and where the order first
+/// broke, with what came around it.
+pub fn assert_each_once_in_order(what: &str, got: &[u64], total: u64) {
+    if let Some(faults) = sequence_faults(got, total) {
+        panic!("{what}: {faults}");
+    }
+}
+
+/// What is wrong with `got` (see [`assert_each_once_in_order`]); `None`: nothing.
 pub fn sequence_faults(got: &[u64], total: u64) -> Option<String> {
     if got.iter().copied().eq(0..total) {
         return None;
@@ -75,4 +83,19 @@ pub fn sequence_faults(got: &[u64], total: u64) -> Option<String> {
         got.len(),
         broke.as_deref().unwrap_or("nowhere")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sequence_says_what_is_missing_twice_and_out_of_order() {
+        assert_eq!(sequence_faults(&[0, 1, 2], 3), None);
+        let faults = sequence_faults(&[0, 2, 1, 2], 5).unwrap_or_default();
+        assert_eq!(
+            faults,
+            "4 received of 5; missing [(3, 4)]; twice [2]; order first broken at place 2 of 4: [0, 2, 1, 2]"
+        );
+    }
 }

@@ -150,14 +150,10 @@ async fn join_room(server: Server, conn: Conn, env: Envelope) -> Result<Json<Val
     let joined = server.join_room(&conn, &room).map_err(room_error)?;
     // Even a join that changed nothing waits: the join it repeats may not be written.
     let durable = server.session_changes_written(&conn).await;
-    let members = server.room_size(&room);
-    let mut answer = json!({ "room_id": room, "members": members });
+    let mut answer = room_answer(&server, &room, durable);
     if let Some(position) = joined.position {
         // Where the room's stream is: the member's messages start after it.
         answer["position"] = json!(position);
-    }
-    if !durable {
-        answer["durable"] = json!(false);
     }
     Ok(Json(answer))
 }
@@ -171,12 +167,17 @@ async fn leave_room(
     server.leave(&conn, &room);
     // Even a leave that changed nothing waits: the leave it repeats may not be written.
     let durable = server.session_changes_written(&conn).await;
-    let members = server.room_size(&room);
-    let mut answer = json!({ "room_id": room, "members": members });
+    Ok(Json(room_answer(&server, &room, durable)))
+}
+
+/// A join's or leave's answer: the room and its members now, and `durable: false` when
+/// the cluster had not kept the change by then.
+fn room_answer(server: &Server, room: &str, durable: bool) -> Value {
+    let mut answer = json!({ "room_id": room, "members": server.room_size(room) });
     if !durable {
         answer["durable"] = json!(false);
     }
-    Ok(Json(answer))
+    answer
 }
 
 #[cfg(test)]
