@@ -170,6 +170,7 @@ pub(crate) fn note_answer(inner: &Inner, ack: &Ack) {
     if result["members"].is_u64() {
         let mut unsettled = lock(&inner.unsettled);
         if result["durable"] == false {
+            tracing::debug!(%room, ack = %ack.ref_id, "a room change the cluster has not kept");
             unsettled.insert(room.to_owned());
         } else {
             unsettled.remove(room);

@@ -9,9 +9,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{LinkedCluster, linked_cluster, random_below, session_rooms};
+use common::{LinkedCluster, linked_cluster, random_below, session_record, session_rooms};
 use switchboard_client::{ConnectionState, ResumeOutcome};
-use switchboard_test::cluster::eventually;
+use switchboard_test::cluster::{eventually, eventually_ok};
 use switchboard_test::{RedisServer, TIMEOUT};
 use tokio::sync::mpsc;
 
@@ -77,8 +77,15 @@ async fn a_client_joining_and_leaving_while_cut_ends_in_the_rooms_it_chose() {
     assert_eq!(client.rooms(), expected);
     assert_eq!(client.id(), id, "one session throughout");
     let me: switchboard_server::ConnId = id.parse().unwrap();
-    eventually("the session's record has the client's rooms", || async {
-        session_rooms(&redis, "chaos", &id).await == expected
+    eventually_ok("the session's record has the client's rooms", || async {
+        let rooms = session_rooms(&redis, "chaos", &id).await;
+        if rooms == expected {
+            return Ok(());
+        }
+        let record = session_record(&redis, "chaos", &id).await;
+        Err(format!(
+            "it has {rooms:?}, the client {expected:?}; the record {record:?}"
+        ))
     })
     .await;
     for n in [&n0, &n1, &n2] {

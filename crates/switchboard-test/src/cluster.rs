@@ -42,6 +42,24 @@ where
     }
 }
 
+/// Waits (re-checking, bounded by [`TIMEOUT`]) until `check` says `Ok`; on timeout it
+/// panics with what the last check said was wrong (what it saw against what it wanted).
+pub async fn eventually_ok<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let Err(wrong) = check().await else { return };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out: {what}: {wrong}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A metric's value in a node's `/metrics` text (-1 when absent).
 pub fn sample(node: &TestServer, name: &str) -> f64 {
     let text = node.server.render_metrics().unwrap_or_default();

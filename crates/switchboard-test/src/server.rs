@@ -60,6 +60,7 @@ impl TestServer {
 
     /// Builds and serves on `addr` (to restart a server where its clients expect it).
     pub async fn start_on(addr: SocketAddr, builder: ServerBuilder) -> TestServer {
+        log_if_asked();
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind the address");
@@ -211,4 +212,16 @@ fn failed(e: &dyn std::error::Error) -> ! {
         cause = c.source();
     }
     panic!("server failed: {why}");
+}
+
+/// With `RUST_LOG` set (`RUST_LOG=switchboard_redis=debug`), what the servers and
+/// clients of a test log is printed with the test's output (shown when it fails), to
+/// follow a failure the stress runs of a chaos test found.
+fn log_if_asked() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
 }

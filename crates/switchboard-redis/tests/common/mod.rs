@@ -129,11 +129,7 @@ pub async fn session_rooms(
     prefix: &str,
     client: impl std::fmt::Display,
 ) -> Vec<String> {
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = connection(redis).await;
     let mut rooms: Vec<String> = redis::cmd("SMEMBERS")
         .arg(format!("{prefix}:session:{client}:rooms"))
         .query_async(&mut conn)
@@ -141,4 +137,28 @@ pub async fn session_rooms(
         .unwrap();
     rooms.sort();
     rooms
+}
+
+/// The fields of the session record of `client` in Redis, under `prefix` (node,
+/// generation, ...), for a failing test to show.
+pub async fn session_record(
+    redis: &RedisServer,
+    prefix: &str,
+    client: impl std::fmt::Display,
+) -> Vec<String> {
+    let mut conn = connection(redis).await;
+    redis::cmd("HGETALL")
+        .arg(format!("{prefix}:session:{client}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default()
+}
+
+/// A connection to `redis`, for a test to read what the nodes wrote.
+pub async fn connection(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }
