@@ -160,7 +160,7 @@ pub(super) async fn open(
     let mut resume_error = None;
     let mut resume_ack = None;
     match (found, &resume) {
-        (Some(Ok(session)), Some((Ok(request), ref_id))) => {
+        (Some(Ok((session, rooms_from_record))), Some((Ok(request), ref_id))) => {
             server.learn_positions(server.streams_of(&session)).await;
             conn = Conn::with_session(session, remote, &server, dialect);
             if let Some(identity) = identity {
@@ -169,7 +169,8 @@ pub(super) async fn open(
             let build = |p: &StreamPositions, o: Option<&ResumeOutcome>| {
                 connected_frame_for(&conn, &server, p, o)
             };
-            let Some(outcome) = server.register_resumed(&conn, request, &build) else {
+            let resumed = server.register_resumed(&conn, request, rooms_from_record, &build);
+            let Some(outcome) = resumed else {
                 // A newer attempt of the client's has the session: this one, which it
                 // gave up on, ends here.
                 tracing::debug!(conn = %conn.id(), "a resume the client gave up on came late");

@@ -87,9 +87,10 @@ impl Server {
     }
 }
 
-/// Waits between tries of a history read: a resume that lands on a node while its link
-/// to the backplane is coming back (a dropped connection being remade) gets the history
-/// a moment later instead of being told its messages are lost. 775 ms in all at most.
+/// Waits between tries of a history read (or of a claim, for a session with no copy
+/// here): a resume that lands on a node while its link to the backplane is coming back
+/// (a dropped connection being remade) gets the history a moment later instead of being
+/// told its messages are lost. 775 ms in all at most.
 const RETRY_WAITS: [Duration; 5] = [
     Duration::from_millis(25),
     Duration::from_millis(50),

@@ -16,6 +16,7 @@ mod room_updates;
 mod rooms;
 mod send;
 mod sessions;
+mod unclaimed;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -106,6 +107,8 @@ pub(crate) struct ServerInner {
     streams: Streams,
     /// Sessions without a connection, waiting for a resume.
     sessions: Sessions,
+    /// Sessions resumed from this node's copy, to claim in the cluster when it answers.
+    unclaimed: unclaimed::Unclaimed,
     /// The rooms inside their `room_update` interval.
     room_updates: room_updates::RoomUpdates,
 }

@@ -110,10 +110,16 @@ impl Server {
                 return; // a stale notice: the session came here since
             }
             conn.session().lock().set_moved();
-            conn.close(
-                ErrorCode::SessionTaken,
-                "the session was resumed on another node",
-            );
+            if self.inner.unclaimed.take(client) {
+                // Served from this node's copy, unclaimed (the cluster could not be
+                // asked): this is likely the client's own connection, on an old copy.
+                conn.close(ErrorCode::StreamReset, super::unclaimed::OLDER_COPY);
+            } else {
+                conn.close(
+                    ErrorCode::SessionTaken,
+                    "the session was resumed on another node",
+                );
+            }
         }
         if let Some(session) = self.inner.sessions.get(client) {
             if session.generation() >= generation {

@@ -31,6 +31,11 @@ pub(crate) type ConnectedFrame<'a> = &'a dyn Fn(&StreamPositions, Option<&Resume
 /// Why a resume found no session to restore: the error's code and message.
 pub(crate) type NoSession = (ErrorCode, &'static str, RecoveryGap);
 
+/// The session a resume found ([`Server::find_session_anywhere`]), and the rooms the
+/// cluster's record gives it when they win over what the copy here says (the session
+/// lived on another node since this copy).
+pub(crate) type FoundSession = (Arc<Session>, Option<Vec<String>>);
+
 impl Server {
     /// Registers a new connection, and queues `connected` (when `connected` is given)
     /// before anything else can reach it, with the positions it starts at.
@@ -66,14 +71,19 @@ impl Server {
         if !self.inner.sequenced || self.inner.config.session_ttl.is_zero() {
             return true;
         }
-        let written = self.inner.backplane.session_changes_written(conn.id());
-        let kept = tokio::time::timeout(SESSION_WRITE_WAIT, written)
-            .await
-            .unwrap_or(false);
+        let kept = self.changes_written_of(conn.id()).await == Some(true);
         if !kept {
             tracing::debug!(conn = %conn.id(), "a session's change is not written yet; answered anyway");
         }
         kept
+    }
+
+    /// Waits (up to [`SESSION_WRITE_WAIT`]) until the backplane is done with the
+    /// changes to `client`'s session this node made so far: whether all were kept
+    /// (`false`: one was refused, or dropped), or `None` when they are still waiting.
+    pub(super) async fn changes_written_of(&self, client: ConnId) -> Option<bool> {
+        let written = self.inner.backplane.session_changes_written(client);
+        tokio::time::timeout(SESSION_WRITE_WAIT, written).await.ok()
     }
 
     /// In a cluster, the backplane keeps a new session too, so its client may resume
@@ -111,34 +121,53 @@ impl Server {
         &self,
         request: &ResumeRequest,
         identity: Option<&Identity>,
-    ) -> Result<Arc<Session>, NoSession> {
+    ) -> Result<FoundSession, NoSession> {
+        let here_only = |found: Result<Arc<Session>, NoSession>| found.map(|s| (s, None));
         if !self.inner.sequenced || self.inner.config.session_ttl.is_zero() {
-            return self.find_session(request, identity);
+            return here_only(self.find_session(request, identity));
         }
         let Some(client) = Session::client_of(&request.session_id) else {
-            return self.find_session(request, identity);
+            return here_only(self.find_session(request, identity));
         };
         let backplane = &self.inner.backplane;
-        let claimed = backplane.claim_session(client, request).await;
+        // A copy here may have changes (joins, leaves) the backplane has not written
+        // yet (its writer waits out an outage): they go first, or the claim would read
+        // the record from before them, and the session would come back without them
+        // (a leave answered to the client, undone by its resume on this same node).
+        // Not written in time: this copy is served as it is, unclaimed, as when the
+        // backplane is away.
+        let copy_here = self.session_of(client).is_some();
+        if copy_here && backplane.is_healthy() && self.changes_written_of(client).await.is_none() {
+            tracing::debug!(%client, "a session's changes are not written: resumed from this node's copy");
+            return here_only(self.find_session_unclaimed(request, identity));
+        }
+        let claimed = if copy_here {
+            backplane.claim_session(client, request).await
+        } else {
+            // No copy here to fall back on: a link being remade gets a moment to come
+            // back (775 ms in all), or a brief cut would cost the client its session.
+            super::interests::patiently(|| backplane.claim_session(client, request)).await
+        };
         let (record, rooms) = match claimed {
             Ok(Some(found)) => found,
-            Ok(None) => return self.find_session(request, identity),
+            Ok(None) => return here_only(self.find_session(request, identity)),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot claim a session in the cluster");
-                return self.find_session(request, identity);
+                return here_only(self.find_session_unclaimed(request, identity));
             }
         };
         if let Ok(here) = self.find_session(request, identity) {
             // The session lived on another node since this copy: what was sent to it
-            // there is in the backplane, not here.
+            // there is in the backplane, not here, and its rooms are the record's (a
+            // connection here still serving this copy has the old ones).
             let moved_meanwhile = record.generation > here.generation() + 1;
-            here.claimed(record.generation, rooms);
+            here.claimed(record.generation, rooms.clone());
             if moved_meanwhile {
                 self.fill_from_backplane(&here, request).await;
             }
             self.fetch_missed(&here, &request.streams).await;
             self.catch_up_with(&here, &request.streams).await;
-            return Ok(here);
+            return Ok((here, moved_meanwhile.then_some(rooms)));
         }
         if let (Some(owner), Some(me)) = (&record.identity, identity) {
             if owner.id != me.id {
@@ -149,7 +178,7 @@ impl Server {
         let now = now_ms();
         let history = &self.inner.config.history;
         let Some(session) = Session::restored(&record, rooms, history, now) else {
-            return self.find_session(request, identity);
+            return here_only(self.find_session(request, identity));
         };
         // Its claim took the attempt in the cluster; here too, for a later stale one.
         session.lock().take_attempt(request.attempt);
@@ -159,6 +188,18 @@ impl Server {
         self.fill_from_backplane(&session, request).await;
         self.fetch_missed(&session, &request.streams).await;
         self.catch_up_with(&session, &request.streams).await;
+        Ok((session, None))
+    }
+
+    /// The copy here of the session a `resume` names, served without a claim in the
+    /// cluster (it could not be asked): claimed once it can be (`unclaimed.rs`).
+    fn find_session_unclaimed(
+        &self,
+        request: &ResumeRequest,
+        identity: Option<&Identity>,
+    ) -> Result<Arc<Session>, NoSession> {
+        let session = self.find_session(request, identity)?;
+        self.claim_later(&session, request);
         Ok(session)
     }
 
@@ -253,6 +294,9 @@ impl Server {
     /// and the live messages reach the client in that order, with no gap and no
     /// duplicate. A connection still serving the session is closed (`SESSION_TAKEN`).
     ///
+    /// `rooms_from_record`: the rooms the cluster's record gives the session, when they
+    /// win over those of a connection still serving it here ([`FoundSession`]).
+    ///
     /// `None` (nothing registered) when a newer attempt to resume the session was
     /// taken since this one was found ([`ResumeRequest::attempt`]): the client gave
     /// this one up, and the connection it went on with keeps the session.
@@ -260,6 +304,7 @@ impl Server {
         &self,
         conn: &Conn,
         request: &ResumeRequest,
+        rooms_from_record: Option<Vec<String>>,
         connected: ConnectedFrame<'_>,
     ) -> Option<ResumeOutcome> {
         let now = now_ms();
@@ -271,8 +316,8 @@ impl Server {
         }
         let (old, rooms, identity) = match (state.live(), state.detached()) {
             (Some(live), _) => (
-                Some(live.clone()),
-                live.rooms(),
+                Some((live.clone(), live.rooms())),
+                rooms_from_record.unwrap_or_else(|| live.rooms()),
                 live.identity().as_deref().cloned(),
             ),
             (None, Some(d)) => (
@@ -371,11 +416,22 @@ impl Server {
         }
         match old {
             // The old connection's memberships were handed over: nothing changed for
-            // the rooms' other members.
-            Some(old) => old.close(
-                ErrorCode::SessionTaken,
-                "the session was resumed on another connection",
-            ),
+            // the rooms' other members, but for the rooms the record took away or
+            // gave (the session lived on another node since that connection's copy).
+            Some((old, before)) => {
+                for room in before.iter().filter(|r| !rooms.contains(r)) {
+                    if self.inner.registry.leave(room, &old) {
+                        self.announce_leave(conn, room);
+                    }
+                }
+                for room in rooms.iter().filter(|r| !before.contains(r)) {
+                    self.announce_join(conn, room);
+                }
+                old.close(
+                    ErrorCode::SessionTaken,
+                    "the session was resumed on another connection",
+                );
+            }
             None => {
                 for room in &rooms {
                     self.announce_join(conn, room);
