@@ -305,7 +305,7 @@ impl Backplane for RedisBackplane {
         // mark: not written).
         let (written, wait) = tokio::sync::oneshot::channel();
         self.enqueue(Out::Written(written));
-        Box::pin(async move { wait.await.is_ok() })
+        Box::pin(async move { wait.await.unwrap_or(false) })
     }
 
     fn identities(

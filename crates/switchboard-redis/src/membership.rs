@@ -27,8 +27,10 @@ pub(crate) enum Out {
     /// A presence change, with the generation this node had of the session it
     /// concerns, if any, when it was made (see `sessions.rs`, `CHANGE`).
     Presence(PresenceEvent, Option<u64>),
-    /// Told once everything queued before it is written.
-    Written(tokio::sync::oneshot::Sender<()>),
+    /// Told once everything queued before it is written: whether every join and leave
+    /// since the mark before was made (`false` when Redis refused one: the session had
+    /// moved to another node, or its record was gone).
+    Written(tokio::sync::oneshot::Sender<bool>),
 }
 
 impl Out {

@@ -194,7 +194,9 @@ impl Shared {
         joined: bool,
     ) {
         let what = if joined { "join" } else { "leave" };
-        self.change_pipe(pipe, session, what).arg(room).ignore();
+        // Not ignored: the only answers a batch reads (1 made, 0 refused), so the
+        // join or leave can say whether its change is in the record.
+        self.change_pipe(pipe, session, what).arg(room);
     }
 
     /// A session's connection dropped: the record waits `ttl` for a resume, with the

@@ -27,6 +27,8 @@ impl Shared {
         let mut number: u64 = 0;
         let mut backoff = Duration::from_millis(50);
         let mut stopping = false;
+        // Every join and leave since the last mark was made (see `Out::Written`).
+        let mut all_made = true;
         loop {
             if batch.is_empty() {
                 if stopping {
@@ -70,14 +72,15 @@ impl Shared {
                 },
             };
             match written {
-                Ok(()) => {
+                Ok(made) => {
+                    all_made &= made;
                     let bytes: usize = batch.iter().map(|(_, o)| o.bytes()).sum();
                     self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                     self.published
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     for (_, item) in batch.drain(..) {
                         if let Out::Written(waiting) = item {
-                            let _ = waiting.send(());
+                            let _ = waiting.send(std::mem::replace(&mut all_made, true));
                         }
                     }
                     backoff = Duration::from_millis(50);
@@ -112,13 +115,14 @@ impl Shared {
         }
     }
 
-    /// One round trip: the membership rewrite if one is due, then the batch.
+    /// One round trip: the membership rewrite if one is due, then the batch. True when
+    /// Redis made every join and leave in it (their changes' only answers read).
     async fn write_batch(
         &self,
         conn: &mut redis::aio::ConnectionManager,
         sha: &str,
         batch: &[(u64, Out)],
-    ) -> redis::RedisResult<()> {
+    ) -> redis::RedisResult<bool> {
         let mut pipe = redis::pipe();
         let resync = self.resync.swap(false, Ordering::AcqRel);
         if resync {
@@ -136,13 +140,13 @@ impl Shared {
             }
         }
         if pipe.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
-        let written = pipe.query_async::<()>(conn).await;
+        let written = pipe.query_async::<Vec<i64>>(conn).await;
         if written.is_err() && resync {
             self.resync.store(true, Ordering::Release);
         }
-        written
+        written.map(|changes| !changes.contains(&0))
     }
 
     /// The heartbeat: this node is alive; dead ones are reaped.

@@ -236,3 +236,39 @@ async fn a_leave_the_cluster_had_not_kept_is_made_again_after_a_resume_elsewhere
         n.stop().await;
     }
 }
+
+/// A join or leave whose change Redis refused (the session was claimed again, in a
+/// newer generation, since this node's copy was made) is answered `durable: false`:
+/// the change is not in the session's record. It was answered as kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_refused_because_the_session_moved_is_answered_not_durable() {
+    let redis = RedisServer::start();
+    let prefix = "refused";
+    let backplane = RedisBackplane::with_config(&redis.url(), common::config(prefix)).unwrap();
+    let node = common::node_over(backplane.clone()).await;
+    let (mut client, id, sid, token) = session_on(&node).await;
+    let answer = |r: serde_json::Value| r["payload"]["result"].clone();
+    client
+        .send(json!({"type":"join_room","ref":"j","payload":{"room_id":"kept"}}))
+        .await;
+    let joined = answer(client.recv_type("ack").await);
+    assert_eq!(joined.get("durable"), None, "written: {joined}");
+
+    // The session is claimed again (generation 2); this node's copy is still the first.
+    let resume = ResumeRequest {
+        session_id: sid,
+        token,
+        streams: Default::default(),
+        resend: Vec::new(),
+        attempt: 0,
+    };
+    let (record, _) = backplane.claim_session(id, &resume).await.unwrap().unwrap();
+    assert_eq!(record.generation, 2);
+    client
+        .send(json!({"type":"leave_room","ref":"l","payload":{"room_id":"kept"}}))
+        .await;
+    let left = answer(client.recv_type("ack").await);
+    assert_eq!(left["durable"], false, "refused: {left}");
+    assert_eq!(session_rooms(&redis, prefix, id).await, ["kept"]);
+    node.stop().await;
+}
