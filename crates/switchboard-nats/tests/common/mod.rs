@@ -59,6 +59,8 @@ pub async fn linked_node(nats: &NatsServer) -> (TestServer, Proxy) {
     let server = TestServer::start(
         Server::builder()
             .config(ServerConfig {
+                // Each node by name in what the test logs (RUST_LOG).
+                name: format!("node-{}", link.addr.port()),
                 relay_unhandled: true,
                 rate_limit: 0,
                 history: HistoryPolicy {

@@ -177,7 +177,14 @@ pub(super) async fn open(
                 server.release_admission();
                 return None;
             };
-            tracing::debug!(conn = %conn.id(), recovered = outcome.fully_recovered(), "session resumed");
+            tracing::debug!(
+                conn = %conn.id(),
+                server = %server.config().name,
+                generation = conn.session().generation(),
+                rooms = ?outcome.rooms.keys().collect::<Vec<_>>(),
+                recovered = outcome.fully_recovered(),
+                "session resumed"
+            );
             if let Some(metrics) = server.metrics() {
                 metrics.resumed(if outcome.fully_recovered() {
                     "recovered"

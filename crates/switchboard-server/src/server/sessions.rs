@@ -138,7 +138,8 @@ impl Server {
         // backplane is away.
         let copy_here = self.session_of(client).is_some();
         if copy_here && backplane.is_healthy() && self.changes_written_of(client).await.is_none() {
-            tracing::debug!(%client, "a session's changes are not written: resumed from this node's copy");
+            let server = &self.inner.config.name;
+            tracing::debug!(%client, %server, "a session's changes are not written: resumed from this node's copy");
             return here_only(self.find_session_unclaimed(request, identity));
         }
         let claimed = if copy_here {
@@ -152,7 +153,8 @@ impl Server {
             Ok(Some(found)) => found,
             Ok(None) => return here_only(self.find_session(request, identity)),
             Err(e) => {
-                tracing::debug!(error = %e, "cannot claim a session in the cluster");
+                let server = &self.inner.config.name;
+                tracing::debug!(error = %e, %server, "cannot claim a session in the cluster");
                 return here_only(self.find_session_unclaimed(request, identity));
             }
         };
@@ -161,6 +163,8 @@ impl Server {
             // there is in the backplane, not here, and its rooms are the record's (a
             // connection here still serving this copy has the old ones).
             let moved_meanwhile = record.generation > here.generation() + 1;
+            let server = &self.inner.config.name;
+            tracing::debug!(%client, %server, copy = here.generation(), claimed = record.generation, ?rooms, "a session claimed, with a copy here");
             here.claimed(record.generation, rooms.clone());
             if moved_meanwhile {
                 self.fill_from_backplane(&here, request).await;
@@ -177,6 +181,8 @@ impl Server {
         }
         let now = now_ms();
         let history = &self.inner.config.history;
+        let server = &self.inner.config.name;
+        tracing::debug!(%client, %server, claimed = record.generation, ?rooms, "a session claimed, restored from its record");
         let Some(session) = Session::restored(&record, rooms, history, now) else {
             return here_only(self.find_session(request, identity));
         };
