@@ -3,6 +3,8 @@
 //! the direct messages numbered for it (`log.rs` appends them). A record lives while
 //! its connection does, then `ttl` once it drops, and goes when the session ends.
 
+use std::sync::LazyLock;
+
 use switchboard_server::proto::Position;
 use switchboard_server::{ConnId, SessionHistory, SessionRecord};
 
@@ -111,6 +113,15 @@ redis.call('PEXPIRE', KEYS[3], ARGV[2])
 return 1
 ";
 
+/// [`CHANGE`] and [`KEEP_CONNECTED`], sent by their hash (`EVALSHA`): a join or leave
+/// costs Redis its arguments, not the script's kilobyte. The writer loads them (with
+/// the append script) when it connects, and again after Redis answers `NOSCRIPT` (it
+/// restarted).
+pub(crate) static CHANGE_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(CHANGE));
+pub(crate) static KEEP_CONNECTED_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(KEEP_CONNECTED));
+
 /// Which copy of a session a change comes from: its client, and the generation this
 /// node had of it when the change was made (`None`: this node keeps no copy).
 #[derive(Debug, Clone, Copy)]
@@ -173,8 +184,8 @@ impl Shared {
     ) -> &'p mut redis::Pipeline {
         let client = session.client;
         let generation = session.generation.map(|g| g.to_string());
-        pipe.cmd("EVAL")
-            .arg(CHANGE)
+        pipe.cmd("EVALSHA")
+            .arg(CHANGE_SCRIPT.get_hash())
             .arg(4)
             .arg(self.session_key(client))
             .arg(self.session_rooms_key(client))
@@ -307,8 +318,8 @@ impl Shared {
     /// The session record of `client`, connected here, lives as a connected one's
     /// (see [`KEEP_CONNECTED`]).
     pub(crate) fn keep_connected_pipe(&self, pipe: &mut redis::Pipeline, client: ConnId) {
-        pipe.cmd("EVAL")
-            .arg(KEEP_CONNECTED)
+        pipe.cmd("EVALSHA")
+            .arg(KEEP_CONNECTED_SCRIPT.get_hash())
             .arg(3)
             .arg(self.session_key(client))
             .arg(self.session_rooms_key(client))

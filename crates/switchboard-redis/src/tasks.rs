@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::log::APPEND;
 use crate::membership::{Out, Shared, now_ms};
+use crate::sessions::{CHANGE_SCRIPT, KEEP_CONNECTED_SCRIPT};
 
 impl Shared {
     /// The writer: batches queued sends (appended to the cluster log) and presence
@@ -59,7 +60,7 @@ impl Shared {
                 Some(c) => {
                     let mut c = c.clone();
                     if !loaded {
-                        loaded = append.load_async(&mut c).await.is_ok();
+                        loaded = load_scripts(&mut c, &append).await.is_ok();
                     }
                     self.write_batch(&mut c, append.get_hash(), &batch).await
                 }
@@ -193,6 +194,18 @@ impl Shared {
             }
         }
     }
+}
+
+/// Loads the scripts the writer sends by their hash: the append, a session's change,
+/// a connected session's life.
+async fn load_scripts(
+    conn: &mut redis::aio::ConnectionManager,
+    append: &redis::Script,
+) -> redis::RedisResult<()> {
+    append.load_async(conn).await?;
+    CHANGE_SCRIPT.load_async(conn).await?;
+    KEEP_CONNECTED_SCRIPT.load_async(conn).await?;
+    Ok(())
 }
 
 /// Whether a failed write may succeed if written again: the link failed, or Redis was

@@ -272,3 +272,29 @@ async fn a_change_refused_because_the_session_moved_is_answered_not_durable() {
     assert_eq!(session_rooms(&redis, prefix, id).await, ["kept"]);
     node.stop().await;
 }
+
+/// A session's changes go to Redis as script hashes (`EVALSHA`). Redis forgetting its
+/// scripts (`SCRIPT FLUSH`, as a restart does) costs a retry: the writer loads them
+/// again, and the join is written and answered as kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_is_written_after_redis_forgets_the_scripts() {
+    let redis = RedisServer::start();
+    let prefix = "flushed";
+    let node = common::node(&redis, prefix).await;
+    let (mut client, id, ..) = session_on(&node).await;
+    join_kept(&mut client, &redis, prefix, id).await;
+
+    let mut conn = common::connection(&redis).await;
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    client
+        .send(json!({"type":"join_room","ref":"j2","payload":{"room_id":"later"}}))
+        .await;
+    let answer = client.recv_type("ack").await;
+    assert_eq!(answer["payload"]["result"].get("durable"), None, "{answer}");
+    assert_eq!(session_rooms(&redis, prefix, id).await, ["kept", "later"]);
+    node.stop().await;
+}
