@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use async_nats::jetstream::kv::Operation;
+use async_nats::jetstream::kv::{CreateErrorKind, Operation};
 use bytes::Bytes;
 use subtle::ConstantTimeEq;
 use switchboard_server::proto::Position;
@@ -44,10 +44,14 @@ impl Shared {
             attempt: 0,
         };
         let value = serde_json::to_vec(&stored).map_err(|e| nats_err("encoding", e))?;
-        link.sessions
-            .put(key(record.client), value.into())
-            .await
-            .map_err(|e| nats_err("keeping a session in NATS", e))?;
+        // Created, never overwritten: a record that exists is an earlier try of this
+        // one, written after all, and perhaps claimed since (then this node's writes
+        // of it are refused, as for any copy older than the record).
+        match link.sessions.create(key(record.client), value.into()).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(nats_err("keeping a session in NATS", e)),
+        }
         lock(&self.sessions).insert(record.client, stored);
         // Followed before the client hears its position: no direct message after it is
         // missed.

@@ -439,13 +439,7 @@ async fn a_change_refused_because_the_session_moved_is_answered_not_durable() {
 
     // Node b claims the session (generation 2) through its backplane, as a resume there
     // would, without telling node a.
-    let resume = switchboard_server::proto::ResumeRequest {
-        session_id: hello["session_id"].as_str().unwrap().to_owned(),
-        token: hello["resume_token"].as_str().unwrap().to_owned(),
-        streams: Default::default(),
-        resend: Vec::new(),
-        attempt: 0,
-    };
+    let resume = resume_of(&hello);
     let (record, _) = other.claim_session(id, &resume).await.unwrap().unwrap();
     assert_eq!(record.generation, 2);
     client
@@ -461,4 +455,43 @@ async fn a_change_refused_because_the_session_moved_is_answered_not_durable() {
     assert_eq!(later["durable"], false, "not kept: {later}");
     a.stop().await;
     b.stop().await;
+}
+
+/// The server opens a session's record again when its first try failed or timed out
+/// (it may have been written after all, and claimed since): the record is left as it
+/// is, so a claim made since stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_a_session_again_leaves_its_record_as_it_is() {
+    let nats = NatsServer::start();
+    let prefix = "reopen";
+    let a = node(&nats.url(), prefix).await;
+    let other = NatsBackplane::with_config(&nats.url(), common::config(prefix)).unwrap();
+    let b = common::node_over(other.clone()).await;
+    let (client, hello) = connect(&a).await;
+    let id: ConnId = client.id.parse().unwrap();
+    let resume = resume_of(&hello);
+    let (claimed, _) = other.claim_session(id, &resume).await.unwrap().unwrap();
+    assert_eq!(claimed.generation, 2);
+
+    let again = switchboard_server::SessionRecord {
+        generation: 1,
+        ..claimed
+    };
+    other.open_session(&again).await.unwrap();
+    // Claimed once more: from generation 2, not from a record opened anew.
+    let (record, _) = other.claim_session(id, &resume).await.unwrap().unwrap();
+    assert_eq!(record.generation, 3);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A resume of the session a `connected` payload gave, as another node would claim it.
+fn resume_of(hello: &serde_json::Value) -> switchboard_server::proto::ResumeRequest {
+    switchboard_server::proto::ResumeRequest {
+        session_id: hello["session_id"].as_str().unwrap().to_owned(),
+        token: hello["resume_token"].as_str().unwrap().to_owned(),
+        streams: Default::default(),
+        resend: Vec::new(),
+        attempt: 0,
+    }
 }

@@ -11,9 +11,12 @@ use switchboard_server::{ConnId, SessionHistory, SessionRecord};
 use crate::log::millis;
 use crate::membership::Shared;
 
-/// Keeps a new session. KEYS: the record, its stream's meta. ARGV: session id, token,
-/// epoch, identity, ttl in ms, node, the record's life while connected in ms.
+/// Keeps a new session, unless its record exists (an earlier try was written after
+/// all, and may have been claimed since). KEYS: the record, its stream's meta. ARGV:
+/// session id, token, epoch, identity, ttl in ms, node, the record's life while
+/// connected in ms.
 const OPEN: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'sid', ARGV[1], 'token', ARGV[2], 'epoch', ARGV[3],
   'identity', ARGV[4], 'ttl', ARGV[5], 'node', ARGV[6], 'gen', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[7])

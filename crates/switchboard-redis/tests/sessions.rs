@@ -298,3 +298,37 @@ async fn a_join_is_written_after_redis_forgets_the_scripts() {
     assert_eq!(session_rooms(&redis, prefix, id).await, ["kept", "later"]);
     node.stop().await;
 }
+
+/// The server opens a session's record again when its first try failed or timed out
+/// (it may have been written after all, and claimed since): the record is left as it
+/// is, so a claim made since stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_a_session_again_leaves_its_record_as_it_is() {
+    let redis = RedisServer::start();
+    let prefix = "reopen";
+    let backplane = RedisBackplane::with_config(&redis.url(), common::config(prefix)).unwrap();
+    let node = common::node_over(backplane.clone()).await;
+    let (_client, id, sid, token) = session_on(&node).await;
+    let resume = ResumeRequest {
+        session_id: sid.clone(),
+        token: token.clone(),
+        streams: Default::default(),
+        resend: Vec::new(),
+        attempt: 0,
+    };
+    let (claimed, _) = backplane.claim_session(id, &resume).await.unwrap().unwrap();
+    assert_eq!(claimed.generation, 2);
+
+    let again = switchboard_server::SessionRecord {
+        generation: 1,
+        ..claimed
+    };
+    backplane.open_session(&again).await.unwrap();
+    let record = common::session_record(&redis, prefix, id).await;
+    let generation = record
+        .iter()
+        .position(|f| f == "gen")
+        .map(|i| record[i + 1].clone());
+    assert_eq!(generation.as_deref(), Some("2"), "{record:?}");
+    node.stop().await;
+}

@@ -418,7 +418,10 @@ pub trait Backplane: Send + Sync + 'static {
     fn presence(&self, event: &PresenceEvent);
 
     /// Keeps a new session of this node, so its client may resume on any node.
-    /// Awaited before the client hears its token. Does nothing by default.
+    /// Awaited before the client hears its token. When it fails or takes too long, the
+    /// server asks again later, while the session's connection lasts: a record that
+    /// exists already (the first try was written after all, and perhaps claimed since)
+    /// must be left as it is. Does nothing by default.
     fn open_session(&self, _record: &SessionRecord) -> BoxFuture<'_, Result<(), BackplaneError>> {
         Box::pin(std::future::ready(Ok(())))
     }

@@ -84,6 +84,9 @@ impl Backplane for LateWriter {
         let generation = self.node.get().and_then(|n| n.session_generation(*client));
         let change = (room.clone(), joined, generation);
         self.store.lock().unwrap().pending.push(change);
+        if !self.held.load(Ordering::SeqCst) {
+            self.write_pending();
+        }
     }
 
     fn sequences(&self) -> bool {
@@ -91,6 +94,9 @@ impl Backplane for LateWriter {
     }
 
     fn open_session(&self, record: &SessionRecord) -> BoxFuture<'_, Result<(), BackplaneError>> {
+        if self.away.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(BackplaneError::new("away")) });
+        }
         self.store.lock().unwrap().record = Some(record.clone());
         Box::pin(async { Ok(()) })
     }
@@ -411,5 +417,53 @@ async fn a_claim_failing_while_the_link_is_remade_is_tried_again() {
         "{connected}"
     );
     assert_eq!(backplane.claims.load(Ordering::SeqCst), 1);
+    node.stop().await;
+}
+
+/// The backplane is away when a client connects: its session's record cannot be
+/// written then. It is written once the backplane answers, with the room the client
+/// joined meanwhile, so the client may resume on another node. Before, the session
+/// stayed this node's alone, and a resume elsewhere started the client afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_opened_while_the_backplane_is_away_is_kept_once_it_answers() {
+    let backplane = LateWriter::default();
+    let (node, _disconnected) = node_over(&backplane).await;
+    backplane.away.store(true, Ordering::SeqCst);
+    let mut client = RawClient::connect(&node.url()).await;
+    let hello = client.recv_type("connected").await;
+    let (sid, token) = (
+        hello["payload"]["session_id"].clone(),
+        hello["payload"]["resume_token"].clone(),
+    );
+    client
+        .send(json!({"type":"join_room","ref":"j","payload":{"room_id":"stay"}}))
+        .await;
+    client.recv_type("ack").await;
+    assert!(backplane.store.lock().unwrap().record.is_none());
+
+    backplane.away.store(false, Ordering::SeqCst);
+    eventually("the session's record is written, with its room", || async {
+        let store = backplane.store.lock().unwrap();
+        store.record.is_some() && store.rooms.contains("stay")
+    })
+    .await;
+    // Another node could claim it now.
+    let resume = ResumeRequest {
+        session_id: sid.as_str().unwrap().to_owned(),
+        token: token.as_str().unwrap().to_owned(),
+        streams: Default::default(),
+        resend: Vec::new(),
+        attempt: 0,
+    };
+    let me: ConnId = hello["payload"]["client_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let claimed = backplane.claim_session(me, &resume).await.unwrap();
+    assert_eq!(
+        claimed.map(|(_, rooms)| rooms),
+        Some(vec!["stay".to_owned()])
+    );
     node.stop().await;
 }

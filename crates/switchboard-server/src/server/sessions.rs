@@ -88,7 +88,8 @@ impl Server {
 
     /// In a cluster, the backplane keeps a new session too, so its client may resume
     /// on any node: written before `connected` gives the client its token, so no
-    /// resume can come before it. A backplane away only costs the resume elsewhere.
+    /// resume can come before it. With the backplane away, it is written once the
+    /// backplane answers (while the connection lasts), and its rooms with it.
     pub(crate) async fn open_in_cluster(&self, conn: &Conn) {
         if !self.inner.sequenced {
             return;
@@ -104,11 +105,14 @@ impl Server {
             .session()
             .record(conn.identity().as_deref().cloned(), ttl);
         let opened = self.inner.backplane.open_session(&record);
-        match tokio::time::timeout(OPEN_TIMEOUT, opened).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "cannot keep a session in the cluster"),
-            Err(_) => tracing::debug!("keeping a session in the cluster timed out"),
-        }
+        let failed = match tokio::time::timeout(OPEN_TIMEOUT, opened).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_owned(),
+        };
+        // Kept later, once the backplane answers (`unclaimed.rs`).
+        tracing::debug!(error = %failed, "cannot keep a session in the cluster yet");
+        self.open_later(conn.session());
     }
 
     /// The session a `resume` names. On one node, [`find_session`](Self::find_session).

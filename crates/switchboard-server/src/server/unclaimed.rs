@@ -1,11 +1,15 @@
-//! Sessions this node resumed from its own copy without claiming them in the cluster
-//! (the backplane was away, or the copy's changes were not yet written): each is
+//! Sessions this node serves that the cluster does not know as this node's: fresh ones
+//! whose record could not be written (the backplane was away when the client
+//! connected), and ones resumed from this node's own copy without a claim (the
+//! backplane was away, or the copy's changes were not yet written). Each is opened or
 //! claimed as soon as the backplane answers again, while its client is still served
-//! here. A copy may be older than the cluster's record: the session lived on another
-//! node meanwhile, and this node, cut off, missed the notice. Such a copy is not served
-//! on: its connection is closed with `STREAM_RESET`, so the client resumes again, from
-//! the record, and its changes made on the old copy (written under its old generation)
-//! are refused.
+//! here, so the client may resume on any node when it drops.
+//!
+//! A copy resumed unclaimed may be older than the cluster's record: the session lived
+//! on another node meanwhile, and this node, cut off, missed the notice. Such a copy is
+//! not served on: its connection is closed with `STREAM_RESET`, so the client resumes
+//! again, from the record, and its changes made on the old copy (written under its old
+//! generation) are refused.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +20,7 @@ use switchboard_proto::{ErrorCode, ResumeRequest};
 
 use super::Server;
 use crate::ConnId;
+use crate::backplane::PresenceEvent;
 use crate::delivery::Session;
 use crate::locks::lock;
 
@@ -36,13 +41,22 @@ pub(crate) struct Unclaimed {
     trying: AtomicBool,
 }
 
-/// What claiming a session needs: the resume that found it here (its session id,
-/// token and attempt), the copy it was served from, and that copy's generation then.
+/// A session waiting for the cluster: what it needs, the copy served here, and that
+/// copy's generation then.
 #[derive(Clone)]
 struct Waiting {
-    resume: ResumeRequest,
+    wanted: Wanted,
     session: Weak<Session>,
     generation: u64,
+}
+
+/// What a waiting session needs of the cluster.
+#[derive(Clone)]
+enum Wanted {
+    /// Its record written (a fresh session's; the cluster has none).
+    Open,
+    /// A claim, with the resume that found it here (its session id, token, attempt).
+    Claim(ResumeRequest),
 }
 
 impl Unclaimed {
@@ -93,8 +107,17 @@ impl Server {
             resend: Vec::new(),
             attempt: request.attempt,
         };
+        self.wait_for_cluster(session, Wanted::Claim(resume));
+    }
+
+    /// Writes later the record of `session`, a fresh one the backplane could not keep.
+    pub(crate) fn open_later(&self, session: &Arc<Session>) {
+        self.wait_for_cluster(session, Wanted::Open);
+    }
+
+    fn wait_for_cluster(&self, session: &Arc<Session>, wanted: Wanted) {
         let waiting = Waiting {
-            resume,
+            wanted,
             session: Arc::downgrade(session),
             generation: session.generation(),
         };
@@ -126,11 +149,11 @@ impl Server {
         }
     }
 
-    /// One try at claiming `client`'s session (see the module's doc).
+    /// One try at opening or claiming `client`'s session (see the module's doc).
     async fn claim_one(&self, client: ConnId, waiting: Waiting) {
         let unclaimed = &self.inner.unclaimed;
         let Waiting {
-            resume,
+            wanted,
             session,
             generation,
         } = waiting;
@@ -150,6 +173,22 @@ impl Server {
         if !backplane.is_healthy() || self.changes_written_of(client).await.is_none() {
             return;
         }
+        let resume = match wanted {
+            Wanted::Claim(resume) => resume,
+            Wanted::Open => {
+                let ttl = self.inner.config.session_ttl;
+                let record = session.record(conn.identity().as_deref().cloned(), ttl);
+                if let Err(e) = backplane.open_session(&record).await {
+                    return tracing::debug!(error = %e, %client, "keeping a session in the cluster failed again");
+                }
+                unclaimed.settle(client, generation);
+                // Its rooms, joined before the record was there, are written now.
+                for room in conn.rooms() {
+                    backplane.presence(&PresenceEvent::Joined(client, room));
+                }
+                return;
+            }
+        };
         match backplane.claim_session(client, &resume).await {
             Err(e) => tracing::debug!(error = %e, %client, "claiming a session again failed"),
             Ok(Some((record, rooms))) => {
