@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use switchboard_server::{BackplaneError, ConnId, Disconnect, UserTag};
 
+use crate::janitor;
 use crate::shared::{Shared, lock};
 
 /// A notice every node hears.
@@ -80,13 +81,21 @@ impl Shared {
         };
         let mut tick = tokio::time::interval(self.config.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sweep = Instant::now();
+        let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return,
                 _ = tick.tick() => {
                     let me = Bytes::from(self.node.clone().into_bytes());
                     let _ = client.publish(self.subjects.heartbeats(), me).await;
-                    self.forget_dead_peers();
+                    let peer_died = self.forget_dead_peers();
+                    let idle = sweeping.as_ref().is_none_or(|s| s.is_finished());
+                    if idle && janitor::sweep_due(last_sweep, peer_died) && self.is_janitor() {
+                        last_sweep = Instant::now();
+                        let sweep = Arc::clone(&self).sweep_sessions();
+                        sweeping = Some(self.tasks.spawn(sweep));
+                    }
                 }
                 Some(beat) = beats.next() => {
                     if let Ok(node) = std::str::from_utf8(&beat.payload) {
@@ -99,9 +108,13 @@ impl Shared {
         }
     }
 
-    fn forget_dead_peers(&self) {
+    /// Forgets the peers not heard within `node_ttl`; true when there were some.
+    fn forget_dead_peers(&self) -> bool {
         let ttl = self.config.node_ttl;
-        lock(&self.peers).retain(|_, seen| seen.elapsed() < ttl);
+        let mut peers = lock(&self.peers);
+        let before = peers.len();
+        peers.retain(|_, seen| seen.elapsed() < ttl);
+        peers.len() < before
     }
 
     /// The nodes heard within `node_ttl`, this one included.

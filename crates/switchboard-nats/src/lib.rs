@@ -38,6 +38,7 @@ mod batch;
 mod cluster;
 mod config;
 mod history;
+mod janitor;
 mod reader;
 mod sessions;
 mod shared;
@@ -140,6 +141,8 @@ impl NatsBackplane {
                 reconnected: Notify::new(),
                 node_handle: OnceLock::new(),
                 peers: Mutex::new(HashMap::new()),
+                link_up_since: Mutex::new(None),
+                link_down_since: Mutex::new(None),
                 identities: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(HashMap::new()),
                 stop: CancellationToken::new(),

@@ -42,6 +42,7 @@ impl Shared {
             rooms: BTreeSet::new(),
             expires_ms: None,
             attempt: 0,
+            node: self.node.clone(),
         };
         let value = serde_json::to_vec(&stored).map_err(|e| nats_err("encoding", e))?;
         // Created, never overwritten: a record that exists is an earlier try of this
@@ -99,7 +100,7 @@ impl Shared {
         async move { wait.await.unwrap_or(false) }
     }
 
-    fn write_session(&self, write: SessionWrite) {
+    pub(crate) fn write_session(&self, write: SessionWrite) {
         if self.session_writes.try_send(write).is_err() {
             self.dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -264,6 +265,7 @@ impl Shared {
             stored.attempt = stored.attempt.max(resume.attempt);
             stored.record.generation += 1;
             stored.expires_ms = None;
+            stored.node.clone_from(&self.node);
             let value = serde_json::to_vec(&stored).map_err(|e| nats_err("encoding", e))?;
             match link
                 .sessions
@@ -383,6 +385,7 @@ mod tests {
             rooms: BTreeSet::new(),
             expires_ms: None,
             attempt: 0,
+            node: String::new(),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
@@ -88,6 +88,10 @@ pub(crate) struct StoredSession {
     /// The highest resume attempt claimed (`ResumeRequest::attempt`).
     #[serde(default)]
     pub(crate) attempt: u64,
+    /// The node that opened or last claimed it: should that node die, the session
+    /// waits its `ttl` from then, as if its client had dropped (`janitor.rs`).
+    #[serde(default)]
+    pub(crate) node: String,
 }
 
 pub(crate) struct Shared {
@@ -122,6 +126,10 @@ pub(crate) struct Shared {
     pub(crate) node_handle: OnceLock<NodeHandle>,
     /// Live nodes and when each was last heard.
     pub(crate) peers: Mutex<HashMap<String, Instant>>,
+    /// Since when this node's link to NATS has been up (`None`: down), and since when
+    /// it was down.
+    pub(crate) link_up_since: Mutex<Option<Instant>>,
+    pub(crate) link_down_since: Mutex<Option<Instant>>,
     /// Who this node's clients authenticated as.
     pub(crate) identities: Mutex<HashMap<ConnId, UserTag>>,
     /// The sessions this node serves or keeps, as the cluster keeps them.
@@ -182,14 +190,26 @@ impl Shared {
         }
     }
 
-    pub(crate) fn set_connected(&self, connected: bool) {
+    pub(crate) fn set_connected(self: &Arc<Self>, connected: bool) {
         let was = self.connected.swap(connected, Ordering::AcqRel);
-        if was != connected {
-            if connected {
-                tracing::info!(node = %self.node, "NATS backplane connected");
-            } else {
-                tracing::warn!(node = %self.node, "NATS backplane unavailable: serving this node's clients only");
+        if was == connected {
+            return;
+        }
+        if connected {
+            tracing::info!(node = %self.node, "NATS backplane connected");
+            *lock(&self.link_up_since) = Some(Instant::now());
+            let away = lock(&self.link_down_since).take();
+            if away.is_some_and(|since| since.elapsed() >= self.config.node_ttl) {
+                // Away long enough for its peers to take it for dead: its clients'
+                // sessions may have been set to wait as if dropped (`janitor.rs`).
+                let shared = Arc::clone(self);
+                self.tasks
+                    .spawn(async move { shared.keep_connected_sessions().await });
             }
+        } else {
+            tracing::warn!(node = %self.node, "NATS backplane unavailable: serving this node's clients only");
+            *lock(&self.link_up_since) = None;
+            *lock(&self.link_down_since) = Some(Instant::now());
         }
     }
 }

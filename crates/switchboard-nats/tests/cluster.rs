@@ -495,3 +495,45 @@ fn resume_of(hello: &serde_json::Value) -> switchboard_server::proto::ResumeRequ
         attempt: 0,
     }
 }
+
+/// Whether the session record of `client` in the bucket of `prefix` waits as a dropped
+/// one's (`expires_ms` set), or `None` without a record.
+async fn session_waits(nats: &NatsServer, prefix: &str, client: &str) -> Option<bool> {
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let bucket = js
+        .get_key_value(format!("{prefix}-sessions"))
+        .await
+        .unwrap();
+    let entry = bucket.entry(format!("s.{client}")).await.unwrap()?;
+    let record: serde_json::Value = serde_json::from_slice(&entry.value).ok()?;
+    Some(!record["expires_ms"].is_null())
+}
+
+/// A node goes silent (its link to NATS down longer than `node_ttl`): its peers take it
+/// for dead, and the session of its connected client waits its `ttl` from then, as if
+/// the client had dropped. Before, it stayed resumable until the bucket's 7-day
+/// backstop. Once the node's link is back, it writes its client's session again as
+/// connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_sessions_wait_their_ttl_and_come_back_with_it() {
+    let nats = NatsServer::start();
+    let (a, link_a) = common::linked_node(&nats).await;
+    let (b, _link_b) = common::linked_node(&nats).await;
+    let (client, _) = connect(&a).await;
+    assert_eq!(session_waits(&nats, "chaos", &client.id).await, Some(false));
+
+    link_a.block();
+    eventually(
+        "the silent node's session waits as a dropped one's",
+        || async { session_waits(&nats, "chaos", &client.id).await == Some(true) },
+    )
+    .await;
+    link_a.unblock();
+    eventually(
+        "the node back writes its session as connected again",
+        || async { session_waits(&nats, "chaos", &client.id).await == Some(false) },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}

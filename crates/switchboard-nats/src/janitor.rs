@@ -1,0 +1,180 @@
+//! The sessions bucket's upkeep, done by one node: the live node with the lowest id,
+//! once its own link has been up for `node_ttl` (so it has heard every live peer).
+//! Every [`SWEEP_EVERY`], and as soon as a peer goes silent, it reads the records:
+//!
+//! - a session kept as connected by a node that is not alive waits its `ttl` from now,
+//!   as if its client had dropped (it stayed resumable until the bucket's 7-day
+//!   backstop, whatever `session_ttl` said);
+//! - a session past its wait is removed (it stayed in the bucket until the backstop).
+//!
+//! And a node whose link comes back after being down for `node_ttl` or more (its peers
+//! took it for dead) writes its connected clients' sessions again as connected.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::Operation;
+use futures_util::StreamExt;
+
+use crate::shared::{SessionWrite, Shared, StoredSession, lock, now_ms};
+
+/// How often the bucket is swept when no peer died.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// What a sweep does with one record, given the live nodes and the time.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Upkeep {
+    Keep,
+    /// Its node is gone: it waits its `ttl` from now (the new `expires_ms`).
+    WaitFrom(u64),
+    /// Past its wait: removed.
+    Remove,
+}
+
+/// What becomes of `stored` (see the module's doc).
+pub(crate) fn upkeep(stored: &StoredSession, alive: impl Fn(&str) -> bool, now: u64) -> Upkeep {
+    match stored.expires_ms {
+        Some(at) if at < now => Upkeep::Remove,
+        Some(_) => Upkeep::Keep,
+        // Written before records named their node: left to the backstop.
+        None if stored.node.is_empty() || alive(&stored.node) => Upkeep::Keep,
+        None => {
+            let ttl = u64::try_from(stored.record.ttl.as_millis()).unwrap_or(u64::MAX);
+            Upkeep::WaitFrom(now.saturating_add(ttl))
+        }
+    }
+}
+
+impl Shared {
+    /// Whether this node sweeps: its link has been up for `node_ttl`, and no live node
+    /// has a lower id.
+    pub(crate) fn is_janitor(&self) -> bool {
+        let steady =
+            lock(&self.link_up_since).is_some_and(|up| up.elapsed() >= self.config.node_ttl);
+        steady && self.live_nodes().iter().all(|n| *n >= self.node)
+    }
+
+    /// Reads every record once and tends it (see the module's doc).
+    pub(crate) async fn sweep_sessions(self: Arc<Self>) {
+        let Ok(link) = self.link() else { return };
+        let mut keys = match link.sessions.keys().await {
+            Ok(keys) => keys,
+            Err(e) => return tracing::debug!(error = %e, "cannot list the sessions"),
+        };
+        let live = self.live_nodes();
+        let (mut waiting, mut removed) = (0usize, 0usize);
+        while let Some(Ok(key)) = keys.next().await {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            let Ok(Some(entry)) = link.sessions.entry(key.as_str()).await else {
+                continue;
+            };
+            if entry.operation != Operation::Put {
+                continue;
+            }
+            let Ok(mut stored) = serde_json::from_slice::<StoredSession>(&entry.value) else {
+                continue;
+            };
+            match upkeep(&stored, |n| live.contains(n), now_ms()) {
+                Upkeep::Keep => {}
+                Upkeep::WaitFrom(at) => {
+                    stored.expires_ms = Some(at);
+                    let Ok(value) = serde_json::to_vec(&stored) else {
+                        continue;
+                    };
+                    // Written only over what was read: a claim since wins.
+                    let update = link
+                        .sessions
+                        .update(key.as_str(), value.into(), entry.revision);
+                    waiting += usize::from(update.await.is_ok());
+                }
+                Upkeep::Remove => {
+                    let purge = link
+                        .sessions
+                        .purge_expect_revision(key.as_str(), Some(entry.revision));
+                    removed += usize::from(purge.await.is_ok());
+                }
+            }
+        }
+        if waiting + removed > 0 {
+            tracing::info!(node = %self.node, waiting, removed, "swept the sessions of dead nodes and expired ones");
+        }
+    }
+
+    /// This node's link is back after its peers may have taken it for dead: the
+    /// sessions of its connected clients are written again as connected.
+    pub(crate) async fn keep_connected_sessions(self: Arc<Self>) {
+        let Some(node) = self.node_handle.get() else {
+            return;
+        };
+        let connected = node.connections();
+        let writes: Vec<SessionWrite> = {
+            let sessions = lock(&self.sessions);
+            connected
+                .iter()
+                .filter_map(|client| {
+                    let stored = sessions.get(client)?;
+                    let value = serde_json::to_vec(stored).ok()?;
+                    Some(SessionWrite::Put(*client, value.into()))
+                })
+                .collect()
+        };
+        tracing::info!(node = %self.node, sessions = writes.len(), "back after being taken for dead: writing its clients' sessions again");
+        for write in writes {
+            self.write_session(write);
+        }
+    }
+}
+
+/// When the next sweep is due: at once when a peer went silent, else [`SWEEP_EVERY`]
+/// after the last.
+pub(crate) fn sweep_due(last: Instant, peer_died: bool) -> bool {
+    peer_died || last.elapsed() >= SWEEP_EVERY
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use switchboard_server::{ConnId, SessionRecord};
+
+    fn stored(node: &str, expires_ms: Option<u64>) -> StoredSession {
+        StoredSession {
+            record: SessionRecord {
+                client: ConnId::from_u64(1),
+                session_id: "s".into(),
+                token: "t".into(),
+                epoch: String::new(),
+                identity: None,
+                ttl: Duration::from_secs(60),
+                generation: 1,
+            },
+            rooms: BTreeSet::new(),
+            expires_ms,
+            attempt: 0,
+            node: node.into(),
+        }
+    }
+
+    #[test]
+    fn a_dead_nodes_connected_session_waits_its_ttl_and_an_expired_one_goes() {
+        let alive = |n: &str| n == "a";
+        let now = 1_000_000;
+        assert_eq!(upkeep(&stored("a", None), alive, now), Upkeep::Keep);
+        assert_eq!(
+            upkeep(&stored("dead", None), alive, now),
+            Upkeep::WaitFrom(now + 60_000)
+        );
+        assert_eq!(
+            upkeep(&stored("dead", Some(now + 1)), alive, now),
+            Upkeep::Keep
+        );
+        assert_eq!(
+            upkeep(&stored("a", Some(now - 1)), alive, now),
+            Upkeep::Remove
+        );
+        // A record from before records named their node: left to the backstop.
+        assert_eq!(upkeep(&stored("", None), alive, now), Upkeep::Keep);
+    }
+}
