@@ -15,6 +15,7 @@ export function reconnectHint(code) {
     case 4008: // HEARTBEAT_TIMEOUT
     case 4010: // STREAM_RESET
       return "now";
+    case 4012: // RESUME_UNAVAILABLE: resume again later, the session is kept
     default:
       return "backoff";
   }

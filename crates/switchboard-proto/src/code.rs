@@ -131,6 +131,11 @@ error_codes! {
     /// The connection's token expired (its `exp`): get a new token, then reconnect
     /// with it.
     TokenExpired = "TOKEN_EXPIRED", close: Some(4011), reconnect: Backoff;
+    /// A `resume` reached a node that cannot ask the cluster's store for the session
+    /// now (its link is down) and holds no copy of it: the connection is closed, the
+    /// session is kept, and the client resumes again after backoff (on this node or
+    /// another). Only in a cluster.
+    ResumeUnavailable = "RESUME_UNAVAILABLE", close: Some(4012), reconnect: Backoff;
     /// An unexpected server-side failure (a handler panicked, for instance).
     Internal = "INTERNAL", close: None, reconnect: Backoff;
 }

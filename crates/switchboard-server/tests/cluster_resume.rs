@@ -201,6 +201,24 @@ async fn resume(node: &TestServer, sid: &Value, token: &Value) -> (RawClient, Ve
     (c, rooms)
 }
 
+/// A session another node opened, in the backplane's record: this node has no copy of
+/// it. Its client, session id and token.
+fn opened_elsewhere(backplane: &LateWriter) -> (ConnId, Value, Value) {
+    let client = ConnId::from_u64(0x00ab_cdef_0000_0001);
+    let record = SessionRecord {
+        client,
+        session_id: format!("{client}.0123456789abcdef"),
+        token: "0123456789abcdef0123456789abcdef".into(),
+        epoch: String::new(),
+        identity: None,
+        ttl: std::time::Duration::from_secs(60),
+        generation: 1,
+    };
+    let (sid, token) = (json!(record.session_id), json!(record.token));
+    backplane.store.lock().unwrap().record = Some(record);
+    (client, sid, token)
+}
+
 async fn ended(disconnected: &mut mpsc::UnboundedReceiver<ConnId>) {
     tokio::time::timeout(TIMEOUT, disconnected.recv())
         .await
@@ -376,19 +394,7 @@ async fn a_late_notice_of_a_claim_sends_an_unclaimed_connection_to_resume() {
 async fn a_claim_failing_while_the_link_is_remade_is_tried_again() {
     let backplane = LateWriter::default();
     let (node, _disconnected) = node_over(&backplane).await;
-    // A session another node opened: this node has no copy of it.
-    let client = ConnId::from_u64(0x00ab_cdef_0000_0001);
-    let record = SessionRecord {
-        client,
-        session_id: format!("{client}.0123456789abcdef"),
-        token: "0123456789abcdef0123456789abcdef".into(),
-        epoch: String::new(),
-        identity: None,
-        ttl: std::time::Duration::from_secs(60),
-        generation: 1,
-    };
-    let (sid, token) = (json!(record.session_id), json!(record.token));
-    backplane.store.lock().unwrap().record = Some(record);
+    let (client, sid, token) = opened_elsewhere(&backplane);
     backplane.store.lock().unwrap().rooms.insert("stay".into());
 
     backplane.away.store(true, Ordering::SeqCst);
@@ -465,5 +471,32 @@ async fn a_session_opened_while_the_backplane_is_away_is_kept_once_it_answers() 
         claimed.map(|(_, rooms)| rooms),
         Some(vec!["stay".to_owned()])
     );
+    node.stop().await;
+}
+
+/// A client resumes on a node that cannot reach the cluster's store and holds no copy
+/// of its session. The node closes the connection with `RESUME_UNAVAILABLE` (4012)
+/// and makes no fresh session: the client comes back and resumes once the store
+/// answers. Before, it was started afresh, and what was sent to it meanwhile was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_the_cluster_cannot_answer_is_refused_for_now_not_started_afresh() {
+    let backplane = LateWriter::default();
+    let (node, _disconnected) = node_over(&backplane).await;
+    let (client, sid, token) = opened_elsewhere(&backplane);
+
+    backplane.away.store(true, Ordering::SeqCst);
+    let mut refused = RawClient::connect(&format!("{}?resume=1", node.url())).await;
+    refused
+        .send(json!({"type":"resume","ref":"r","payload":{"session_id": sid, "token": token}}))
+        .await;
+    let error = refused.recv().await;
+    assert_eq!(error["payload"]["code"], "RESUME_UNAVAILABLE", "{error}");
+    assert_eq!(refused.closed().await.code, 4012);
+    assert!(node.server.connection_ids().is_empty(), "no fresh session");
+
+    backplane.away.store(false, Ordering::SeqCst);
+    let (_back, rooms) = resume(&node, &sid, &token).await;
+    assert!(rooms.is_empty());
+    assert_eq!(node.server.connection_ids(), [client], "the same session");
     node.stop().await;
 }

@@ -133,12 +133,6 @@ pub(super) async fn open(
         None
     };
 
-    let Opening {
-        ws,
-        adapter,
-        limiter,
-        ..
-    } = opening;
     let (identity, auth_ref) = match authenticated {
         Some((identity, r)) => (Some(identity), r),
         None => (None, None),
@@ -156,6 +150,21 @@ pub(super) async fn open(
         ))),
         None => None,
     };
+    if let Some(Err((ErrorCode::ResumeUnavailable, message, _))) = found {
+        // The session is kept for the client's next try: no fresh one is made.
+        let ref_id = resume.as_ref().and_then(|(_, r)| r.clone());
+        opening
+            .refuse(ref_id.as_deref(), ErrorCode::ResumeUnavailable, message)
+            .await;
+        server.release_admission();
+        return None;
+    }
+    let Opening {
+        ws,
+        adapter,
+        limiter,
+        ..
+    } = opening;
     let conn;
     let mut resume_error = None;
     let mut resume_ack = None;

@@ -156,10 +156,21 @@ impl Server {
         let (record, rooms) = match claimed {
             Ok(Some(found)) => found,
             Ok(None) => return here_only(self.find_session(request, identity)),
-            Err(e) => {
+            Err(e) if copy_here => {
                 let server = &self.inner.config.name;
                 tracing::debug!(error = %e, %server, "cannot claim a session in the cluster");
                 return here_only(self.find_session_unclaimed(request, identity));
+            }
+            // The session may well be in the cluster: the client keeps it and comes
+            // back, rather than start afresh and lose what was sent to it meanwhile.
+            Err(e) => {
+                let server = &self.inner.config.name;
+                tracing::debug!(error = %e, %server, "cannot claim a session in the cluster, and no copy here");
+                return Err((
+                    ErrorCode::ResumeUnavailable,
+                    "this node cannot reach the cluster's sessions now: resume again",
+                    RecoveryGap::SessionExpired,
+                ));
             }
         };
         if let Ok(here) = self.find_session(request, identity) {
