@@ -152,6 +152,9 @@ pub(super) async fn open(
     };
     if let Some(Err((ErrorCode::ResumeUnavailable, message, _))) = found {
         // The session is kept for the client's next try: no fresh one is made.
+        if let Some(metrics) = server.metrics() {
+            metrics.resumed("unavailable");
+        }
         let ref_id = resume.as_ref().and_then(|(_, r)| r.clone());
         opening
             .refuse(ref_id.as_deref(), ErrorCode::ResumeUnavailable, message)

@@ -249,7 +249,7 @@ impl Metrics {
             resumes: counter_vec(
                 &r,
                 "switchboard_resumes_total",
-                "Session resumes, by outcome (recovered, partial: some stream not recovered, failed: a fresh session).",
+                "Session resumes, by outcome (recovered, partial: some stream not recovered, failed: a fresh session, unavailable: refused for now, the cluster's sessions out of reach).",
                 &["outcome"],
             ),
             handlers: timings(&handler_durations, types),
