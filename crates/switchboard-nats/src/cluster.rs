@@ -81,7 +81,7 @@ impl Shared {
         };
         let mut tick = tokio::time::interval(self.config.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_sweep = Instant::now();
+        let mut last_sweep: Option<Instant> = None;
         let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             tokio::select! {
@@ -92,7 +92,7 @@ impl Shared {
                     let peer_died = self.forget_dead_peers();
                     let idle = sweeping.as_ref().is_none_or(|s| s.is_finished());
                     if idle && janitor::sweep_due(last_sweep, peer_died) && self.is_janitor() {
-                        last_sweep = Instant::now();
+                        last_sweep = Some(Instant::now());
                         let sweep = Arc::clone(&self).sweep_sessions();
                         sweeping = Some(self.tasks.spawn(sweep));
                     }

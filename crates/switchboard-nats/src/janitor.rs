@@ -1,6 +1,7 @@
 //! The sessions bucket's upkeep, done by one node: the live node with the lowest id,
 //! once its own link has been up for `node_ttl` (so it has heard every live peer).
-//! Every [`SWEEP_EVERY`], and as soon as a peer goes silent, it reads the records:
+//! As soon as it can, then every [`SWEEP_EVERY`], and as soon as a peer goes silent,
+//! it reads the records:
 //!
 //! - a session kept as connected by a node that is not alive waits its `ttl` from now,
 //!   as if its client had dropped (it stayed resumable until the bucket's 7-day
@@ -127,10 +128,11 @@ impl Shared {
     }
 }
 
-/// When the next sweep is due: at once when a peer went silent, else [`SWEEP_EVERY`]
-/// after the last.
-pub(crate) fn sweep_due(last: Instant, peer_died: bool) -> bool {
-    peer_died || last.elapsed() >= SWEEP_EVERY
+/// When the next sweep is due: as soon as this node can sweep (`last`: `None`, it
+/// has not swept yet: a peer may have died before it heard of it), at once when a
+/// peer went silent, else [`SWEEP_EVERY`] after the last.
+pub(crate) fn sweep_due(last: Option<Instant>, peer_died: bool) -> bool {
+    peer_died || last.is_none_or(|last| last.elapsed() >= SWEEP_EVERY)
 }
 
 #[cfg(test)]

@@ -537,3 +537,24 @@ async fn a_dead_nodes_sessions_wait_their_ttl_and_come_back_with_it() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A node that died before its peer ever heard of it: the peer's first sweep, once its
+/// own link has been up for `node_ttl`, finds the dead node's session kept as connected
+/// and sets it to wait its `ttl`. Before, only a peer heard going silent triggered a
+/// sweep before the minute's (CI saw the test above fail so, when the peer's
+/// subscription came after the node's last heartbeat).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dead_before_its_peer_heard_of_it_is_swept_too() {
+    let nats = NatsServer::start();
+    let (a, link_a) = common::linked_node(&nats).await;
+    let (client, _) = connect(&a).await;
+    link_a.block();
+    let (b, _link_b) = common::linked_node(&nats).await;
+    eventually(
+        "the dead node's session waits as a dropped one's",
+        || async { session_waits(&nats, "chaos", &client.id).await == Some(true) },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
