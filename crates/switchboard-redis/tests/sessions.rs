@@ -74,6 +74,17 @@ async fn session_on(node: &switchboard_test::TestServer) -> (RawClient, ConnId, 
     (client, id, sid, token)
 }
 
+/// A resume of the session `sid` with `token`, as another node would claim it.
+fn resume_of(session_id: String, token: String) -> ResumeRequest {
+    ResumeRequest {
+        session_id,
+        token,
+        streams: Default::default(),
+        resend: Vec::new(),
+        attempt: 0,
+    }
+}
+
 /// A node whose writes waited out an outage writes them after the session was claimed
 /// again (a resume, here on this same node, in a newer generation). Its old
 /// connection's detachment must not then cut the live session's record down to its
@@ -88,13 +99,7 @@ async fn a_change_from_an_older_generation_of_a_session_is_not_written() {
     join_kept(&mut client, &redis, prefix, id).await;
 
     // The session is claimed again (generation 2); this node's copy is still the first.
-    let resume = ResumeRequest {
-        session_id: sid,
-        token,
-        streams: Default::default(),
-        resend: Vec::new(),
-        attempt: 0,
-    };
+    let resume = resume_of(sid, token);
     let (record, rooms) = backplane.claim_session(id, &resume).await.unwrap().unwrap();
     assert_eq!(
         (record.generation, rooms.as_slice()),
@@ -255,13 +260,7 @@ async fn a_change_refused_because_the_session_moved_is_answered_not_durable() {
     assert_eq!(joined.get("durable"), None, "written: {joined}");
 
     // The session is claimed again (generation 2); this node's copy is still the first.
-    let resume = ResumeRequest {
-        session_id: sid,
-        token,
-        streams: Default::default(),
-        resend: Vec::new(),
-        attempt: 0,
-    };
+    let resume = resume_of(sid, token);
     let (record, _) = backplane.claim_session(id, &resume).await.unwrap().unwrap();
     assert_eq!(record.generation, 2);
     client
@@ -309,13 +308,7 @@ async fn opening_a_session_again_leaves_its_record_as_it_is() {
     let backplane = RedisBackplane::with_config(&redis.url(), common::config(prefix)).unwrap();
     let node = common::node_over(backplane.clone()).await;
     let (_client, id, sid, token) = session_on(&node).await;
-    let resume = ResumeRequest {
-        session_id: sid.clone(),
-        token: token.clone(),
-        streams: Default::default(),
-        resend: Vec::new(),
-        attempt: 0,
-    };
+    let resume = resume_of(sid, token);
     let (claimed, _) = backplane.claim_session(id, &resume).await.unwrap().unwrap();
     assert_eq!(claimed.generation, 2);
 

@@ -244,9 +244,10 @@ async fn a_resume_on_the_node_holding_unwritten_changes_keeps_them() {
         .send(json!({"type":"leave_room","ref":"l","payload":{"room_id":"flip"}}))
         .await;
     // The leave is made here (heard by the backplane) before the connection drops.
-    while backplane.store.lock().unwrap().pending.is_empty() {
-        tokio::task::yield_now().await;
-    }
+    eventually("the leave is made here", || async {
+        !backplane.store.lock().unwrap().pending.is_empty()
+    })
+    .await;
     drop(client);
     // Its answer waits for the write (2 s at most), then the drop is seen: the session
     // waits here, detached, with the leave.
