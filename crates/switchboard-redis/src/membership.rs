@@ -3,7 +3,7 @@
 //! dead nodes.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis::AsyncCommands;
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::RedisConfig;
-use crate::sessions::SessionCopy;
+use crate::sessions::{EXPIRE_AS_DROPPED_SCRIPT, FORGET_IDENTITY_SCRIPT, SessionCopy, eval_pipe};
 
 /// What the writer task sends to Redis.
 pub(crate) enum Out {
@@ -48,6 +48,10 @@ impl Out {
 /// node's rooms once it has no member here (one script: nothing in between).
 const LEAVE_ROOM: &str = "redis.call('SREM', KEYS[1], ARGV[1]) \
 if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end";
+
+/// [`LEAVE_ROOM`], sent by its hash (loaded with the writer's other scripts).
+pub(crate) static LEAVE_ROOM_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(LEAVE_ROOM));
 
 /// The header of a published delivery (the frame follows it, unescaped).
 #[derive(Serialize, Deserialize)]
@@ -166,12 +170,19 @@ impl Shared {
         for node in dead {
             let rooms: Vec<String> = conn.smembers(self.rooms_key(&node)).await?;
             let clients: Vec<String> = conn.smembers(self.conns_key(&node)).await?;
+            // Its clients' sessions wait for a resume elsewhere, as after a drop. The
+            // scripts go by hash, one call per client; the node's keys go only once
+            // they ran (a Redis that lost them in between answers NOSCRIPT, and the
+            // next heartbeat reaps the node again).
+            EXPIRE_AS_DROPPED_SCRIPT.load_async(conn).await?;
+            FORGET_IDENTITY_SCRIPT.load_async(conn).await?;
             let mut pipe = redis::pipe();
-            // Its clients' sessions wait for a resume elsewhere, as after a drop.
             self.expire_sessions_pipe(&mut pipe, &node, &clients);
             for client in clients.iter().filter_map(|c| c.parse().ok()) {
                 self.forget_identity_pipe(&mut pipe, client, &node);
             }
+            pipe.query_async::<()>(conn).await?;
+            let mut pipe = redis::pipe();
             for room in &rooms {
                 pipe.del(self.room_key(&node, room)).ignore();
             }
@@ -226,9 +237,7 @@ impl Shared {
 
     /// Takes a connection of this node out of a room's members here.
     fn leave_room_pipe(&self, pipe: &mut redis::Pipeline, id: ConnId, room: &str) {
-        pipe.cmd("EVAL")
-            .arg(LEAVE_ROOM)
-            .arg(2)
+        eval_pipe(pipe, &LEAVE_ROOM_SCRIPT, 2)
             .arg(self.room_key(&self.node, room))
             .arg(self.rooms_key(&self.node))
             .arg(id.to_string())

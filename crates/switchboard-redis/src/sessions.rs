@@ -116,14 +116,29 @@ redis.call('PEXPIRE', KEYS[3], ARGV[2])
 return 1
 ";
 
-/// [`CHANGE`] and [`KEEP_CONNECTED`], sent by their hash (`EVALSHA`): a join or leave
-/// costs Redis its arguments, not the script's kilobyte. The writer loads them (with
-/// the append script) when it connects, and again after Redis answers `NOSCRIPT` (it
-/// restarted).
+/// [`CHANGE`], [`KEEP_CONNECTED`], [`FORGET_IDENTITY`] and [`EXPIRE_AS_DROPPED`], sent
+/// by their hash (`EVALSHA`): a join or leave costs Redis its arguments, not the
+/// script's kilobyte. The writer loads them (with the append script) when it connects,
+/// and again after Redis answers `NOSCRIPT` (it restarted); the reaper before each
+/// dead node's pipeline.
 pub(crate) static CHANGE_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(CHANGE));
 pub(crate) static KEEP_CONNECTED_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(KEEP_CONNECTED));
+pub(crate) static FORGET_IDENTITY_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(FORGET_IDENTITY));
+pub(crate) static EXPIRE_AS_DROPPED_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(EXPIRE_AS_DROPPED));
+
+/// Starts an `EVALSHA` of `script`, with `keys` keys, in `pipe`; the keys and the
+/// arguments follow.
+pub(crate) fn eval_pipe<'p>(
+    pipe: &'p mut redis::Pipeline,
+    script: &redis::Script,
+    keys: usize,
+) -> &'p mut redis::Pipeline {
+    pipe.cmd("EVALSHA").arg(script.get_hash()).arg(keys)
+}
 
 /// Which copy of a session a change comes from: its client, and the generation this
 /// node had of it when the change was made (`None`: this node keeps no copy).
@@ -187,9 +202,7 @@ impl Shared {
     ) -> &'p mut redis::Pipeline {
         let client = session.client;
         let generation = session.generation.map(|g| g.to_string());
-        pipe.cmd("EVALSHA")
-            .arg(CHANGE_SCRIPT.get_hash())
-            .arg(4)
+        eval_pipe(pipe, &CHANGE_SCRIPT, 4)
             .arg(self.session_key(client))
             .arg(self.session_rooms_key(client))
             .arg(self.client_stream_key(client))
@@ -252,9 +265,7 @@ impl Shared {
         client: ConnId,
         node: &str,
     ) {
-        pipe.cmd("EVAL")
-            .arg(FORGET_IDENTITY)
-            .arg(1)
+        eval_pipe(pipe, &FORGET_IDENTITY_SCRIPT, 1)
             .arg(self.identities_key())
             .arg(client.to_string())
             .arg(format!("\"n\":\"{node}\""))
@@ -307,9 +318,7 @@ impl Shared {
             let Ok(client) = client.parse::<ConnId>() else {
                 continue;
             };
-            pipe.cmd("EVAL")
-                .arg(EXPIRE_AS_DROPPED)
-                .arg(3)
+            eval_pipe(pipe, &EXPIRE_AS_DROPPED_SCRIPT, 3)
                 .arg(self.session_key(client))
                 .arg(self.session_rooms_key(client))
                 .arg(self.client_stream_key(client))
@@ -321,9 +330,7 @@ impl Shared {
     /// The session record of `client`, connected here, lives as a connected one's
     /// (see [`KEEP_CONNECTED`]).
     pub(crate) fn keep_connected_pipe(&self, pipe: &mut redis::Pipeline, client: ConnId) {
-        pipe.cmd("EVALSHA")
-            .arg(KEEP_CONNECTED_SCRIPT.get_hash())
-            .arg(3)
+        eval_pipe(pipe, &KEEP_CONNECTED_SCRIPT, 3)
             .arg(self.session_key(client))
             .arg(self.session_rooms_key(client))
             .arg(self.client_stream_key(client))

@@ -10,8 +10,8 @@ use redis::AsyncCommands;
 use tokio::sync::mpsc;
 
 use crate::log::APPEND;
-use crate::membership::{Out, Shared, now_ms};
-use crate::sessions::{CHANGE_SCRIPT, KEEP_CONNECTED_SCRIPT};
+use crate::membership::{LEAVE_ROOM_SCRIPT, Out, Shared, now_ms};
+use crate::sessions::{CHANGE_SCRIPT, FORGET_IDENTITY_SCRIPT, KEEP_CONNECTED_SCRIPT};
 
 impl Shared {
     /// The writer: batches queued sends (appended to the cluster log) and presence
@@ -197,7 +197,7 @@ impl Shared {
 }
 
 /// Loads the scripts the writer sends by their hash: the append, a session's change,
-/// a connected session's life.
+/// a connected session's life, a leave of a room, an identity forgotten.
 async fn load_scripts(
     conn: &mut redis::aio::ConnectionManager,
     append: &redis::Script,
@@ -205,6 +205,8 @@ async fn load_scripts(
     append.load_async(conn).await?;
     CHANGE_SCRIPT.load_async(conn).await?;
     KEEP_CONNECTED_SCRIPT.load_async(conn).await?;
+    LEAVE_ROOM_SCRIPT.load_async(conn).await?;
+    FORGET_IDENTITY_SCRIPT.load_async(conn).await?;
     Ok(())
 }
 

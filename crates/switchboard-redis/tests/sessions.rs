@@ -272,9 +272,18 @@ async fn a_change_refused_because_the_session_moved_is_answered_not_durable() {
     node.stop().await;
 }
 
+/// Redis forgets its scripts, as a restart does.
+async fn forget_scripts(conn: &mut redis::aio::MultiplexedConnection) {
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
 /// A session's changes go to Redis as script hashes (`EVALSHA`). Redis forgetting its
 /// scripts (`SCRIPT FLUSH`, as a restart does) costs a retry: the writer loads them
-/// again, and the join is written and answered as kept.
+/// again, and the join (then a leave) is written and answered as kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_is_written_after_redis_forgets_the_scripts() {
     let redis = RedisServer::start();
@@ -284,17 +293,32 @@ async fn a_join_is_written_after_redis_forgets_the_scripts() {
     join_kept(&mut client, &redis, prefix, id).await;
 
     let mut conn = common::connection(&redis).await;
-    let () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    forget_scripts(&mut conn).await;
     client
         .send(json!({"type":"join_room","ref":"j2","payload":{"room_id":"later"}}))
         .await;
     let answer = client.recv_type("ack").await;
     assert_eq!(answer["payload"]["result"].get("durable"), None, "{answer}");
     assert_eq!(session_rooms(&redis, prefix, id).await, ["kept", "later"]);
+
+    // A leave goes by hash too: the node's membership of the room and the session's.
+    forget_scripts(&mut conn).await;
+    client
+        .send(json!({"type":"leave_room","ref":"l","payload":{"room_id":"kept"}}))
+        .await;
+    let answer = client.recv_type("ack").await;
+    assert_eq!(answer["payload"]["result"].get("durable"), None, "{answer}");
+    assert_eq!(session_rooms(&redis, prefix, id).await, ["later"]);
+    let members: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:node:*:room:kept"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        members,
+        Vec::<String>::new(),
+        "the node still lists the room"
+    );
     node.stop().await;
 }
 
