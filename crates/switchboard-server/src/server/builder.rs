@@ -362,7 +362,7 @@ impl ServerBuilder {
                 metrics,
                 streams: Streams::new(&self.config, now_ms()),
                 sessions: Sessions::default(),
-                unclaimed: Default::default(),
+                unrecorded: Default::default(),
                 room_updates: Default::default(),
                 http_routes: self.routes,
                 methods,

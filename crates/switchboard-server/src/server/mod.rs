@@ -16,7 +16,7 @@ mod room_updates;
 mod rooms;
 mod send;
 mod sessions;
-mod unclaimed;
+mod unrecorded;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -107,8 +107,9 @@ pub(crate) struct ServerInner {
     streams: Streams,
     /// Sessions without a connection, waiting for a resume.
     sessions: Sessions,
-    /// Sessions resumed from this node's copy, to claim in the cluster when it answers.
-    unclaimed: unclaimed::Unclaimed,
+    /// Sessions whose cluster record this node still owes: a claim of one resumed from
+    /// its copy, a first write of one opened while the cluster was away.
+    unrecorded: unrecorded::Unrecorded,
     /// The rooms inside their `room_update` interval.
     room_updates: room_updates::RoomUpdates,
 }

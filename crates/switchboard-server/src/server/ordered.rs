@@ -110,10 +110,10 @@ impl Server {
                 return; // a stale notice: the session came here since
             }
             conn.session().lock().set_moved();
-            if self.inner.unclaimed.take(client) {
+            if self.inner.unrecorded.take(client) {
                 // Served from this node's copy, unclaimed (the cluster could not be
                 // asked): this is likely the client's own connection, on an old copy.
-                conn.close(ErrorCode::StreamReset, super::unclaimed::OLDER_COPY);
+                conn.close(ErrorCode::StreamReset, super::unrecorded::OLDER_COPY);
             } else {
                 conn.close(
                     ErrorCode::SessionTaken,

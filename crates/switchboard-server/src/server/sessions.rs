@@ -110,7 +110,7 @@ impl Server {
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".to_owned(),
         };
-        // Kept later, once the backplane answers (`unclaimed.rs`).
+        // Kept later, once the backplane answers (`unrecorded.rs`).
         tracing::debug!(error = %failed, "cannot keep a session in the cluster yet");
         self.open_later(conn.session());
     }
@@ -213,7 +213,7 @@ impl Server {
     }
 
     /// The copy here of the session a `resume` names, served without a claim in the
-    /// cluster (it could not be asked): claimed once it can be (`unclaimed.rs`).
+    /// cluster (it could not be asked): claimed once it can be (`unrecorded.rs`).
     fn find_session_unclaimed(
         &self,
         request: &ResumeRequest,

@@ -34,9 +34,9 @@ const MOST: Duration = Duration::from_secs(1);
 pub(crate) const OLDER_COPY: &str =
     "this node's copy of the session was older than the cluster's: resume again";
 
-/// The sessions waiting to be claimed, and whether a task is trying.
+/// The sessions waiting to be claimed or written, and whether a task is trying.
 #[derive(Default)]
-pub(crate) struct Unclaimed {
+pub(crate) struct Unrecorded {
     waiting: Mutex<HashMap<ConnId, Waiting>>,
     trying: AtomicBool,
 }
@@ -59,7 +59,7 @@ enum Wanted {
     Claim(ResumeRequest),
 }
 
-impl Unclaimed {
+impl Unrecorded {
     fn snapshot(&self) -> Vec<(ConnId, Waiting)> {
         lock(&self.waiting)
             .iter()
@@ -121,9 +121,9 @@ impl Server {
             session: Arc::downgrade(session),
             generation: session.generation(),
         };
-        let unclaimed = &self.inner.unclaimed;
-        lock(&unclaimed.waiting).insert(session.client(), waiting);
-        if !unclaimed.trying.swap(true, Ordering::AcqRel) {
+        let unrecorded = &self.inner.unrecorded;
+        lock(&unrecorded.waiting).insert(session.client(), waiting);
+        if !unrecorded.trying.swap(true, Ordering::AcqRel) {
             let server = self.clone();
             self.spawn_tracked(async move { server.claim_waiting().await });
         }
@@ -139,10 +139,10 @@ impl Server {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
-            for (client, waiting) in self.inner.unclaimed.snapshot() {
+            for (client, waiting) in self.inner.unrecorded.snapshot() {
                 self.claim_one(client, waiting).await;
             }
-            if self.inner.unclaimed.stop_if_done() {
+            if self.inner.unrecorded.stop_if_done() {
                 return;
             }
             wait = (wait * 2).min(MOST);
@@ -151,17 +151,17 @@ impl Server {
 
     /// One try at opening or claiming `client`'s session (see the module's doc).
     async fn claim_one(&self, client: ConnId, waiting: Waiting) {
-        let unclaimed = &self.inner.unclaimed;
+        let unrecorded = &self.inner.unrecorded;
         let Waiting {
             wanted,
             session,
             generation,
         } = waiting;
         let Some(session) = session.upgrade() else {
-            return unclaimed.settle(client, generation);
+            return unrecorded.settle(client, generation);
         };
         if session.generation() != generation || session.lock().is_ended() {
-            return unclaimed.settle(client, generation); // claimed since, or over
+            return unrecorded.settle(client, generation); // claimed since, or over
         }
         // Only a session a connection serves here is claimed for: one whose client went
         // away is claimed by its next resume, wherever it lands (and one still being
@@ -181,7 +181,7 @@ impl Server {
                 if let Err(e) = backplane.open_session(&record).await {
                     return tracing::debug!(error = %e, %client, "keeping a session in the cluster failed again");
                 }
-                unclaimed.settle(client, generation);
+                unrecorded.settle(client, generation);
                 // Its rooms, joined before the record was there, are written now.
                 for room in conn.rooms() {
                     backplane.presence(&PresenceEvent::Joined(client, room));
@@ -192,7 +192,7 @@ impl Server {
         match backplane.claim_session(client, &resume).await {
             Err(e) => tracing::debug!(error = %e, %client, "claiming a session again failed"),
             Ok(Some((record, rooms))) => {
-                unclaimed.settle(client, generation);
+                unrecorded.settle(client, generation);
                 if record.generation > generation + 1 {
                     // Its detachment, in the old generation, is refused: the record
                     // keeps the rooms the session had where it lived meanwhile.
@@ -205,7 +205,7 @@ impl Server {
             // No such record (it was never written, or it ended), or the client's
             // attempt is one it gave up on (it went on elsewhere, and this connection
             // is a leftover the notice of that claim closes).
-            Ok(None) => unclaimed.settle(client, generation),
+            Ok(None) => unrecorded.settle(client, generation),
         }
     }
 }
