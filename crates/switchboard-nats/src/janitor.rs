@@ -61,14 +61,18 @@ impl Shared {
     /// Reads every record once and tends it (see the module's doc). The records come
     /// through one ordered consumer, each one's last value (a request per record took
     /// 50x longer: `examples/sweep_speed.rs`); the read ends at the last record of the
-    /// moment it began, or when nothing comes for [`READ_STALLED`].
+    /// moment it began, after twice as many entries as the bucket then held, or when
+    /// nothing comes for [`READ_STALLED`].
     pub(crate) async fn sweep_sessions(self: Arc<Self>) {
         let Ok(link) = self.link() else { return };
-        match link.sessions.stream.get_info().await {
+        // The records now; the read stops after twice as many entries at most (writes
+        // made meanwhile come after them, and under steady writes the read might
+        // never find itself at the end).
+        let mut most = match link.sessions.stream.get_info().await {
             Ok(info) if info.state.messages == 0 => return,
-            Ok(_) => {}
+            Ok(info) => info.state.messages.saturating_mul(2),
             Err(e) => return tracing::debug!(error = %e, "cannot read the sessions bucket"),
-        }
+        };
         let mut records = match link.sessions.watch_with_history(">").await {
             Ok(records) => records,
             Err(e) => return tracing::debug!(error = %e, "cannot read the sessions"),
@@ -79,7 +83,8 @@ impl Shared {
             if self.stop.is_cancelled() {
                 return;
             }
-            let last = entry.delta == 0;
+            most = most.saturating_sub(1);
+            let last = entry.delta == 0 || most == 0;
             match tend(&link.sessions, entry, |n| live.contains(n)).await {
                 Some(Upkeep::WaitFrom(_)) => waiting += 1,
                 Some(Upkeep::Remove) => removed += 1,
