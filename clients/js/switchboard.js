@@ -12,13 +12,18 @@
 //
 // `{ msgpack: true }` offers MessagePack envelopes (./msgpack.js, served beside this
 // file); the rest of the client always works in JSON text and the socket edge
-// (`_sendOn`, `_parse`) converts.
+// (frames.js) converts.
 //
 // Its other modules, imported from beside it (the hub serves them all): errors.js (the
 // error classes), reconnect.js (close hints and backoff), positions.js (stream
-// positions for resume). This file re-exports what they export.
+// positions for resume), handlers.js (handlers by type), requests.js (requests waiting
+// for their answers), options.js (options and defaults, connection states), frames.js
+// (a frame in the socket's encoding). This file re-exports what the first four export,
+// and `ConnectionState` and `tokenExpiry`.
 
-import { SUBPROTOCOL as MSGPACK, binaryData, binaryEnvelope, decode as decodeMsgpack, encode as encodeMsgpack } from "./msgpack.js";
+import { SUBPROTOCOL as MSGPACK } from "./msgpack.js";
+import { decodeFrame, encodeFrame } from "./frames.js";
+import { ConnectionState, clientOptions, tokenExpiry } from "./options.js";
 import {
   ClosedError,
   ConnectError,
@@ -37,51 +42,7 @@ export * from "./reconnect.js";
 export * from "./positions.js";
 export * from "./handlers.js";
 export * from "./requests.js";
-
-/** The connection states. */
-export const ConnectionState = Object.freeze({
-  CONNECTING: "connecting",
-  OPEN: "open",
-  RECONNECTING: "reconnecting",
-  CLOSING: "closing",
-  CLOSED: "closed",
-});
-
-const DEFAULTS = {
-  // After a reconnect, resume the session: same client id and rooms, and the messages
-  // missed meanwhile, without duplicates (see `onResume`).
-  resume: true,
-  // A request already written when the connection dropped is sent again after the
-  // reconnect (taking effect once when the session resumes); false: it fails with
-  // ConnectionLostError.
-  retryInFlight: true,
-  connectTimeout: 10_000,
-  // With `getToken`: how long before a token's `exp` a fresh one is fetched and sent.
-  refreshBefore: 30_000,
-  requestTimeout: 10_000,
-  offlineQueue: 1024,
-  offlineQueueBytes: 1024 * 1024,
-  reconnect: {
-    enabled: true,
-    initialDelay: 250,
-    maxDelay: 30_000,
-    multiplier: 2,
-    jitter: 0.3,
-    maxAttempts: null,
-  },
-};
-
-/** A JWT's `exp` (seconds since the epoch), or null when it has none or is not a JWT. */
-export function tokenExpiry(token) {
-  try {
-    const part = token.split(".")[1];
-    const json = atob(part.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((part.length + 3) % 4));
-    const exp = JSON.parse(json).exp;
-    return typeof exp === "number" ? exp : null;
-  } catch (_) {
-    return null;
-  }
-}
+export { ConnectionState, tokenExpiry } from "./options.js";
 
 // The rooms the requests in flight (`[ref, {data}]`, oldest first) join.
 function roomsBeingJoined(inFlight) {
@@ -114,24 +75,7 @@ export class Client {
   /** Creates a client without connecting; call `connect()`. */
   constructor(url, options = {}) {
     this.url = url;
-    // Metafor's names: a fixed `reconnectDelay` (ms; no growth, no jitter),
-    // `maxReconnectAttempts` and `autoReconnect`, over `reconnect`.
-    const seedNames = {};
-    if (options.reconnectDelay != null) {
-      Object.assign(seedNames, {
-        initialDelay: options.reconnectDelay,
-        maxDelay: options.reconnectDelay,
-        multiplier: 1,
-        jitter: 0,
-      });
-    }
-    if (options.maxReconnectAttempts !== undefined) seedNames.maxAttempts = options.maxReconnectAttempts;
-    if (options.autoReconnect !== undefined) seedNames.enabled = Boolean(options.autoReconnect);
-    this.options = {
-      ...DEFAULTS,
-      ...options,
-      reconnect: { ...DEFAULTS.reconnect, ...(options.reconnect || {}), ...seedNames },
-    };
+    this.options = clientOptions(options);
     const WS = this.options.WebSocket || globalThis.WebSocket;
     if (!WS) {
       throw new SwitchboardError(
@@ -394,34 +338,14 @@ export class Client {
     }
   }
 
-  // One frame on `ws`, in its encoding: JSON text as it is, or MessagePack when the
-  // server accepted it (raw bytes then travel as a `binary` envelope).
+  // One frame on `ws`, in its encoding (frames.js).
   _sendOn(ws, data) {
-    if (ws.protocol === MSGPACK) {
-      if (typeof data !== "string") data = binaryEnvelope(new Uint8Array(data));
-      else {
-        try {
-          data = encodeMsgpack(JSON.parse(data));
-        } catch (_) {
-          // Not JSON (sendRaw): sent as text, and the server answers it as such.
-        }
-      }
-    }
-    ws.send(data);
+    ws.send(encodeFrame(ws, data));
   }
 
-  // A frame from `ws`: `{ env }` for an envelope, `{ binary }` for raw bytes, `{}` for
-  // a frame that is neither.
+  // A frame from `ws` (frames.js): `{ env }`, `{ binary }` or `{}`.
   _parse(ws, data) {
-    try {
-      if (typeof data === "string") return { env: JSON.parse(data) };
-      if (ws.protocol !== MSGPACK) return { binary: new Uint8Array(data) };
-      const value = decodeMsgpack(new Uint8Array(data));
-      const raw = binaryData(value);
-      return raw ? { binary: raw } : { env: value };
-    } catch (_) {
-      return {};
-    }
+    return decodeFrame(ws, data);
   }
 
   _write(item) {

@@ -23,8 +23,10 @@ const ADMIN: &str = include_str!("../assets/admin.html");
 const CLIENT_JS: &str = include_str!("../assets/switchboard.js");
 /// The modules `client.js` imports from beside it (`./msgpack.js`, ...), served at
 /// those paths.
-const CLIENT_MODULES: [(&str, &str); 6] = [
+const CLIENT_MODULES: [(&str, &str); 8] = [
     ("/msgpack.js", include_str!("../assets/msgpack.js")),
+    ("/options.js", include_str!("../assets/options.js")),
+    ("/frames.js", include_str!("../assets/frames.js")),
     ("/errors.js", include_str!("../assets/errors.js")),
     ("/reconnect.js", include_str!("../assets/reconnect.js")),
     ("/positions.js", include_str!("../assets/positions.js")),

@@ -75,18 +75,29 @@ async fn the_hub_serves_its_page_and_health() {
             .contains("content-type: text/javascript")
     );
     assert!(js.contains("export class Client"));
-    // Every module the client imports from beside it is served there.
-    let imports: Vec<&str> = js
-        .split("from \"./")
-        .skip(1)
-        .filter_map(|rest| rest.split('"').next())
-        .collect();
-    assert!(imports.contains(&"msgpack.js"), "{imports:?}");
-    for module in imports {
+    // Every module the client imports from beside it is served there, and every module
+    // those import.
+    let imports_of = |source: &str| -> Vec<String> {
+        source
+            .split("from \"./")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut to_fetch = imports_of(&js);
+    assert!(to_fetch.iter().any(|m| m == "frames.js"), "{to_fetch:?}");
+    let mut served_modules = std::collections::BTreeSet::new();
+    while let Some(module) = to_fetch.pop() {
+        if !served_modules.insert(module.clone()) {
+            continue;
+        }
         let served = hub.get(&format!("/{module}"));
         assert!(served.starts_with("HTTP/1.1 200"), "/{module}: {served}");
         assert!(served.contains("export "), "/{module}");
+        to_fetch.extend(imports_of(&served));
     }
+    assert!(served_modules.contains("msgpack.js"), "{served_modules:?}");
     let _c = hub.raw().await;
     let health = hub.get("/health");
     assert!(health.starts_with("HTTP/1.1 200"));
