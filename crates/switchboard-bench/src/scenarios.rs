@@ -425,6 +425,18 @@ pub(crate) async fn storm(
     Ok(report)
 }
 
+/// Idle connections opened so far, by every round of this run.
+static IDLE_OPENED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The source address of the next idle connection: a new 127.0.0.x every 20,000
+/// connections, counted across rounds. One address has about 28k ports, and a port
+/// bound before `connect` cannot be one that the round before left in `TIME_WAIT`
+/// (a second round of 19,000 on the first round's address failed with `EADDRINUSE`).
+fn idle_source() -> IpAddr {
+    let opened = IDLE_OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (opened / 20_000 % 250) as u8))
+}
+
 pub(crate) async fn idle(
     target: Target,
     server: &ServerProc,
@@ -435,8 +447,7 @@ pub(crate) async fn idle(
     let mut conns = Vec::with_capacity(n);
     let start = Instant::now();
     for i in 0..n {
-        // A new 127.0.0.x source every 20,000 connections: one address has ~28k ports.
-        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i / 20_000) as u8));
+        let source = idle_source();
         let mut ws = if target.protocol() == Protocol::Switchboard {
             // Authenticated, as the budget says.
             let mut ws = open(&server.url(), server.addr, Some(source), None).await?;
