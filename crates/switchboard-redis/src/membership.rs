@@ -181,7 +181,9 @@ impl Shared {
             for client in clients.iter().filter_map(|c| c.parse().ok()) {
                 self.forget_identity_pipe(&mut pipe, client, &node);
             }
-            pipe.query_async::<()>(conn).await?;
+            if !pipe.is_empty() {
+                pipe.query_async::<()>(conn).await?;
+            }
             let mut pipe = redis::pipe();
             for room in &rooms {
                 pipe.del(self.room_key(&node, room)).ignore();

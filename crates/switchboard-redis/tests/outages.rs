@@ -393,3 +393,42 @@ async fn record_life_ms(redis: &RedisServer, key: &str) -> i64 {
         .await
         .unwrap()
 }
+
+/// How many nodes the live set under `key` holds.
+async fn live_nodes(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize {
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// A node with no clients is reaped too: its peer removes it from the live nodes. (The
+/// reaper sets the dead node's sessions to expire first, in a pipeline of its own,
+/// which is empty for a node without clients.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_without_clients_is_reaped() {
+    let redis = RedisServer::start();
+    let (a, _link_a) = node_behind(&redis, "reaped-empty").await;
+    let (b, link_b) = node_behind(&redis, "reaped-empty").await;
+    let key = format!("reaped-empty{}:nodes", std::process::id());
+    let mut conn = common::connection(&redis).await;
+    tokio::time::timeout(TIMEOUT, async {
+        while live_nodes(&mut conn, &key).await != 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both nodes are live");
+    link_b.block();
+    // b's heartbeat stops: after `node_ttl` (3 s) a reaps it.
+    tokio::time::timeout(TIMEOUT * 2, async {
+        while live_nodes(&mut conn, &key).await != 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a reaps b");
+    a.stop().await;
+    b.stop().await;
+}
