@@ -413,8 +413,13 @@ async fn a_dead_node_without_clients_is_reaped() {
     let (b, link_b) = node_behind(&redis, "reaped-empty").await;
     let key = format!("reaped-empty{}:nodes", std::process::id());
     let mut conn = common::connection(&redis).await;
+    // Both started: their backplanes' starts are over (b's cut in the middle of its
+    // start would fail its server), and both are among the live nodes.
     tokio::time::timeout(TIMEOUT, async {
-        while live_nodes(&mut conn, &key).await != 2 {
+        while !(a.server.is_running()
+            && b.server.is_running()
+            && live_nodes(&mut conn, &key).await == 2)
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
