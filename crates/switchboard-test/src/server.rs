@@ -53,7 +53,8 @@ impl TestCert {
 }
 
 impl TestServer {
-    /// Builds and serves on 127.0.0.1:0; returns once it is listening.
+    /// Builds and serves on 127.0.0.1:0; returns once it is running (listening, its
+    /// backplane started), or its start failed (the test sees why at `stop`).
     pub async fn start(builder: ServerBuilder) -> TestServer {
         TestServer::start_on("127.0.0.1:0".parse().expect("an address"), builder).await
     }
@@ -72,6 +73,7 @@ impl TestServer {
                 failed(&e);
             }
         });
+        until_running(&server, &task).await;
         TestServer {
             server,
             addr,
@@ -98,6 +100,7 @@ impl TestServer {
                 failed(&e);
             }
         });
+        until_running(&server, &task).await;
         TestServer {
             server,
             addr,
@@ -200,6 +203,16 @@ impl TestServer {
                 .expect("serve returns after shutdown")
                 .expect("serve task");
         }
+    }
+}
+
+/// Waits (at most [`TIMEOUT`]) until `server` runs, its backplane started, or its
+/// task ended. A test that cut a node's link at once could otherwise cut it in the
+/// middle of that start, and fail the server instead of testing an outage.
+async fn until_running(server: &Server, task: &JoinHandle<()>) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !server.is_running() && !task.is_finished() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
