@@ -53,8 +53,9 @@ impl Shared {
     /// Whether this node sweeps: its link has been up for `node_ttl`, and no live node
     /// has a lower id.
     pub(crate) fn is_janitor(&self) -> bool {
+        let up = self.connected.load(std::sync::atomic::Ordering::Acquire);
         let steady =
-            lock(&self.link_up_since).is_some_and(|up| up.elapsed() >= self.config.node_ttl);
+            up && lock(&self.link_since).is_some_and(|at| at.elapsed() >= self.config.node_ttl);
         steady && self.live_nodes().iter().all(|n| *n >= self.node)
     }
 

@@ -126,10 +126,9 @@ pub(crate) struct Shared {
     pub(crate) node_handle: OnceLock<NodeHandle>,
     /// Live nodes and when each was last heard.
     pub(crate) peers: Mutex<HashMap<String, Instant>>,
-    /// Since when this node's link to NATS has been up (`None`: down), and since when
-    /// it was down.
-    pub(crate) link_up_since: Mutex<Option<Instant>>,
-    pub(crate) link_down_since: Mutex<Option<Instant>>,
+    /// When this node's link to NATS last went up or down (`connected` says which;
+    /// `None`: it never went up).
+    pub(crate) link_since: Mutex<Option<Instant>>,
     /// Who this node's clients authenticated as.
     pub(crate) identities: Mutex<HashMap<ConnId, UserTag>>,
     /// The sessions this node serves or keeps, as the cluster keeps them.
@@ -197,8 +196,7 @@ impl Shared {
         }
         if connected {
             tracing::info!(node = %self.node, "NATS backplane connected");
-            *lock(&self.link_up_since) = Some(Instant::now());
-            let away = lock(&self.link_down_since).take();
+            let away = lock(&self.link_since).replace(Instant::now());
             if away.is_some_and(|since| since.elapsed() >= self.config.node_ttl) {
                 // Away long enough for its peers to take it for dead: its clients'
                 // sessions may have been set to wait as if dropped (`janitor.rs`).
@@ -208,8 +206,7 @@ impl Shared {
             }
         } else {
             tracing::warn!(node = %self.node, "NATS backplane unavailable: serving this node's clients only");
-            *lock(&self.link_up_since) = None;
-            *lock(&self.link_down_since) = Some(Instant::now());
+            *lock(&self.link_since) = Some(Instant::now());
         }
     }
 }
