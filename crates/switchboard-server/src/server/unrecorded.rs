@@ -78,8 +78,8 @@ impl Unrecorded {
         }
     }
 
-    /// Whether `client`'s session waits to be claimed (its connection was served from
-    /// this node's copy without a claim); it no longer waits after this.
+    /// Whether `client`'s session waits for the cluster (a claim of the copy its
+    /// connection is served from, or its first write); it no longer waits after this.
     pub(crate) fn take(&self, client: ConnId) -> bool {
         lock(&self.waiting).remove(&client).is_some()
     }
